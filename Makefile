@@ -1,0 +1,44 @@
+# One command per job; `make help` lists them.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help dev test pytest lint format pg15-test bench clean
+
+help: ## list the commands
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "pao needs Python 3.11 or newer"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { echo "could not create a virtual environment: install your Python's venv module (Debian: apt-get install python3-venv)"; exit 1; }
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+dev: $(STAMP) ## run API, scheduler and worker on the embedded database
+	$(BIN)/pao dev
+
+test: $(STAMP) ## run every test, then the linters and type checks
+	$(BIN)/python -m pytest
+	$(MAKE) --no-print-directory lint
+
+pytest: $(STAMP) ## run the test suite only (pass ARGS=... to pytest)
+	$(BIN)/python -m pytest $(ARGS)
+
+lint: $(STAMP) ## ruff, ruff format --check, mypy, import contracts
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+format: $(STAMP) ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+pg15-test: $(STAMP) ## run the suite again on a Debian PostgreSQL 15 cluster, if installed
+	bash .ci/pg15-suite
+
+clean: ## remove the virtual environment and local databases
+	rm -rf $(VENV) .pao .pao-test

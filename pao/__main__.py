@@ -1,0 +1,3 @@
+from pao.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,88 @@
+"""The one door to PostgreSQL: the pool, and psycopg errors turned into ours."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+import psycopg
+import psycopg.errors
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from pao.errors import DatabaseUnavailable
+
+log = logging.getLogger(__name__)
+
+Conn = psycopg.AsyncConnection[Any]
+
+# SQLSTATE classes that mean "the server is not there right now", not "your query is wrong".
+_UNAVAILABLE_PREFIXES = ("08", "57P", "53")
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when `exc` means the database is down, restarting or unreachable."""
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        sqlstate = getattr(exc, "sqlstate", None)
+        return sqlstate is None or sqlstate.startswith(_UNAVAILABLE_PREFIXES)
+    if isinstance(exc, psycopg.errors.AdminShutdown | psycopg.errors.CannotConnectNow):
+        return True
+    from psycopg_pool import PoolTimeout
+
+    return isinstance(exc, PoolTimeout)
+
+
+@contextmanager
+def wrap_exceptions() -> Iterator[None]:
+    """Turn "database is unavailable" psycopg errors into `DatabaseUnavailable`."""
+    try:
+        yield
+    except Exception as exc:
+        if is_unavailable(exc):
+            raise DatabaseUnavailable() from exc
+        raise
+
+
+async def _configure(conn: Conn) -> None:
+    await conn.execute("SET TIME ZONE 'UTC'")
+    await conn.commit()
+
+
+def make_pool(
+    url: str, *, min_size: int = 1, max_size: int = 10, name: str = "pao"
+) -> AsyncConnectionPool[Conn]:
+    """A pool that checks connections before use, so a database restart heals by itself."""
+    return AsyncConnectionPool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        open=False,
+        name=name,
+        timeout=3.0,
+        kwargs={"autocommit": False, "row_factory": dict_row},
+        configure=_configure,
+        check=AsyncConnectionPool.check_connection,
+        reconnect_timeout=3600.0,
+    )
+
+
+@asynccontextmanager
+async def connection(pool: AsyncConnectionPool[Conn]) -> AsyncIterator[Conn]:
+    """A pooled connection inside one transaction, with unavailability translated."""
+    with wrap_exceptions():
+        async with pool.connection() as conn:
+            yield conn
+
+
+async def connect(url: str, *, autocommit: bool = False) -> Conn:
+    """A single connection outside any pool (CLI commands, listeners)."""
+    with wrap_exceptions():
+        conn: Conn = await psycopg.AsyncConnection.connect(
+            url, autocommit=autocommit, row_factory=dict_row
+        )
+        await conn.execute("SET TIME ZONE 'UTC'")
+        if not autocommit:
+            await conn.commit()
+        return conn

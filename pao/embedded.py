@@ -1,0 +1,54 @@
+"""The embedded PostgreSQL used when `DATABASE_URL` is unset.
+
+`pgserver` ships PostgreSQL binaries inside a wheel, so a laptop needs nothing
+installed by hand. Every `pao` process on the machine that points at the same
+data directory shares one server: pgserver keeps a list of the processes using
+it and stops the server when the last of them exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+from pao.errors import PaoError
+
+log = logging.getLogger(__name__)
+
+
+class EmbeddedDatabaseError(PaoError):
+    """The embedded PostgreSQL could not be started; see its log under PAO_DATA_DIR."""
+
+
+def ensure_embedded(data_dir: Path, *, keep_running: bool = False) -> str:
+    """Start (or join) the embedded server under `data_dir` and return its URL.
+
+    With `keep_running` the server outlives this process (used by tests, which
+    start and stop it themselves).
+    """
+    data_dir = data_dir.expanduser().resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    pgdata = data_dir / "pgdata"
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (CI, containers); harmless.
+        warnings.simplefilter("ignore")
+        import pgserver
+
+        try:
+            server = pgserver.get_server(pgdata, cleanup_mode=None if keep_running else "stop")
+        except Exception as exc:
+            raise EmbeddedDatabaseError(
+                f"could not start the embedded PostgreSQL in {pgdata}: {exc}; "
+                f"see {pgdata / 'log'} or set DATABASE_URL to use your own server"
+            ) from exc
+    url: str = server.get_uri()
+    log.info("embedded PostgreSQL running in %s", pgdata)
+    return url
+
+
+def database_url(database_url: str | None, data_dir: Path) -> str:
+    """The URL to use: the configured one, else the embedded server's."""
+    if database_url:
+        return database_url
+    return ensure_embedded(data_dir)

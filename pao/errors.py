@@ -1,0 +1,78 @@
+"""Domain errors shared by every process.
+
+Each error's docstring is its default message, so raising one needs no text.
+The API maps these to RFC 7807 problem responses in one place
+(`api/problems.py`); nothing else decides status codes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One invalid field: `loc` is the path into the request body, e.g.
+    ``("payload", "pipeline", 1, "with", "url")``."""
+
+    loc: tuple[str | int, ...]
+    message: str
+
+
+class PaoError(Exception):
+    """Something went wrong in the orchestrator."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class InvalidInput(PaoError):
+    """The request is not valid; see `errors` for each field."""
+
+    def __init__(self, errors: list[FieldError], message: str | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors
+
+    @classmethod
+    def one(cls, loc: tuple[str | int, ...], message: str) -> InvalidInput:
+        return cls([FieldError(loc, message)])
+
+
+class NotFound(PaoError):
+    """No such object, or it belongs to another agent."""
+
+
+class Conflict(PaoError):
+    """The object is not in a state that allows this change."""
+
+
+class IdempotencyInFlight(PaoError):
+    """A request with this Idempotency-Key is still being processed; retry shortly."""
+
+
+class IdempotencyMismatch(PaoError):
+    """This Idempotency-Key was already used with a different request body."""
+
+
+class Unauthenticated(PaoError):
+    """Missing, unknown, revoked or expired bearer token."""
+
+
+class Forbidden(PaoError):
+    """The token lacks the scope this endpoint needs."""
+
+
+class DatabaseUnavailable(PaoError):
+    """The database cannot be reached right now; retry shortly."""
+
+
+class NotMigrated(PaoError):
+    """The database schema is not up to date: run `pao migrate` first."""
+
+
+class PreconditionFailed(PaoError):
+    """The object changed since you read it; fetch it again and retry."""

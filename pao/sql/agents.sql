@@ -1,0 +1,52 @@
+-- name: agent_insert
+-- Create an agent; the token itself is never stored, only its hash.
+INSERT INTO agents (name, token_hash, token_prefix, scopes, expires_at)
+VALUES (%(name)s, %(token_hash)s, %(token_prefix)s, %(scopes)s, %(expires_at)s)
+RETURNING id, name, token_prefix, scopes, expires_at, disabled, created_at, updated_at
+
+-- name: agent_get_by_token_hash
+-- The agent a bearer token belongs to, if it is still usable.
+SELECT id, name, token_prefix, scopes, expires_at, disabled, created_at, updated_at
+FROM agents
+WHERE token_hash = %(token_hash)s
+  AND deleted_at IS NULL
+  AND NOT disabled
+  AND (expires_at IS NULL OR expires_at > now())
+
+-- name: agent_exists_by_token_hash
+-- Whether any agent (even disabled) holds this token hash; used by the bootstrap.
+SELECT id FROM agents WHERE token_hash = %(token_hash)s
+
+-- name: agent_get
+-- One agent that has not been deleted.
+SELECT id, name, token_prefix, scopes, expires_at, disabled, created_at, updated_at
+FROM agents
+WHERE id = %(id)s AND deleted_at IS NULL
+
+-- name: agent_list
+-- A page of agents, newest first, after the cursor position.
+SELECT id, name, token_prefix, scopes, expires_at, disabled, created_at, updated_at
+FROM agents
+WHERE deleted_at IS NULL
+  AND (%(after_created)s::timestamptz IS NULL
+       OR (created_at, id) < (%(after_created)s::timestamptz, %(after_id)s::uuid))
+ORDER BY created_at DESC, id DESC
+LIMIT %(limit)s
+
+-- name: agent_update
+-- Change an agent's name, scopes, expiry or disabled flag (NULL keeps a field).
+UPDATE agents
+SET name = COALESCE(%(name)s, name),
+    scopes = COALESCE(%(scopes)s, scopes),
+    expires_at = CASE WHEN %(set_expires)s THEN %(expires_at)s ELSE expires_at END,
+    disabled = COALESCE(%(disabled)s, disabled),
+    updated_at = now()
+WHERE id = %(id)s AND deleted_at IS NULL
+RETURNING id, name, token_prefix, scopes, expires_at, disabled, created_at, updated_at
+
+-- name: agent_delete
+-- Revoke an agent for good; its row stays so its tasks and audit rows keep their owner.
+UPDATE agents
+SET deleted_at = now(), disabled = true, updated_at = now()
+WHERE id = %(id)s AND deleted_at IS NULL
+RETURNING id

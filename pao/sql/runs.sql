@@ -1,0 +1,43 @@
+-- name: run_insert_queued
+-- The queued first attempt of a newly queued occurrence.
+INSERT INTO runs (due_work_id, task_id, attempt, scheduled_for)
+VALUES (%(due_work_id)s, %(task_id)s, %(attempt)s, %(scheduled_for)s)
+RETURNING *
+
+-- name: run_get
+-- One run, optionally only if its task belongs to `owner`.
+SELECT r.* FROM runs r
+JOIN tasks t ON t.id = r.task_id
+WHERE r.id = %(id)s AND (%(owner)s::uuid IS NULL OR t.created_by = %(owner)s::uuid)
+
+-- name: run_list
+-- A page of runs, newest first, filtered; `owner` NULL lists every agent's runs.
+SELECT r.* FROM runs r
+JOIN tasks t ON t.id = r.task_id
+WHERE (%(owner)s::uuid IS NULL OR t.created_by = %(owner)s::uuid)
+  AND (%(task_id)s::uuid IS NULL OR r.task_id = %(task_id)s::uuid)
+  AND (%(status)s::text IS NULL OR r.status = %(status)s::text)
+  AND (%(after_queued)s::timestamptz IS NULL
+       OR (r.queued_at, r.id) < (%(after_queued)s::timestamptz, %(after_id)s::uuid))
+ORDER BY r.queued_at DESC, r.id DESC
+LIMIT %(limit)s
+
+-- name: run_cancel_queued_for_task
+-- Mark a cancelled task's queued runs cancelled.
+UPDATE runs
+SET status = 'cancelled', finished_at = now(), error = 'task cancelled'
+WHERE task_id = %(task_id)s AND status = 'queued'
+
+-- name: run_cancel_queued
+-- Cancel one run that has not started yet.
+UPDATE runs
+SET status = 'cancelled', finished_at = now(), error = %(reason)s
+WHERE id = %(id)s AND status = 'queued'
+RETURNING *
+
+-- name: run_log_list
+-- A page of a run's log lines, oldest first.
+SELECT * FROM run_logs
+WHERE run_id = %(run_id)s AND id > %(after_id)s
+ORDER BY id
+LIMIT %(limit)s

@@ -1,0 +1,81 @@
+-- name: task_insert
+-- Store a validated task with its first fire time.
+INSERT INTO tasks (
+    created_by, title, description, schedule_kind, schedule_expr, timezone, payload,
+    priority, dedupe_key, dedupe_window_seconds, max_retries, backoff_strategy,
+    concurrency_key, next_run_at
+) VALUES (
+    %(created_by)s, %(title)s, %(description)s, %(schedule_kind)s, %(schedule_expr)s,
+    %(timezone)s, %(payload)s, %(priority)s, %(dedupe_key)s, %(dedupe_window_seconds)s,
+    %(max_retries)s, %(backoff_strategy)s, %(concurrency_key)s, %(next_run_at)s
+)
+RETURNING *
+
+-- name: task_get
+-- One task, optionally only if `owner` created it (NULL owner: any task, for admins).
+SELECT * FROM tasks
+WHERE id = %(id)s AND (%(owner)s::uuid IS NULL OR created_by = %(owner)s::uuid)
+
+-- name: task_get_for_update
+-- One task, locked for a read-modify-write in this transaction.
+SELECT * FROM tasks
+WHERE id = %(id)s AND (%(owner)s::uuid IS NULL OR created_by = %(owner)s::uuid)
+FOR UPDATE
+
+-- name: task_list
+-- A page of tasks, newest first, filtered; `owner` NULL lists every agent's tasks.
+SELECT * FROM tasks
+WHERE (%(owner)s::uuid IS NULL OR created_by = %(owner)s::uuid)
+  AND (%(status)s::text IS NULL OR status = %(status)s::text)
+  AND (%(created_by)s::uuid IS NULL OR created_by = %(created_by)s::uuid)
+  AND (%(schedule_kind)s::text IS NULL OR schedule_kind = %(schedule_kind)s::text)
+  AND (%(after_created)s::timestamptz IS NULL
+       OR (created_at, id) < (%(after_created)s::timestamptz, %(after_id)s::uuid))
+ORDER BY created_at DESC, id DESC
+LIMIT %(limit)s
+
+-- name: task_update
+-- Write every changeable field of a task at once and bump its version.
+UPDATE tasks
+SET created_by = %(created_by)s,
+    title = %(title)s,
+    description = %(description)s,
+    schedule_kind = %(schedule_kind)s,
+    schedule_expr = %(schedule_expr)s,
+    timezone = %(timezone)s,
+    payload = %(payload)s,
+    priority = %(priority)s,
+    dedupe_key = %(dedupe_key)s,
+    dedupe_window_seconds = %(dedupe_window_seconds)s,
+    max_retries = %(max_retries)s,
+    backoff_strategy = %(backoff_strategy)s,
+    concurrency_key = %(concurrency_key)s,
+    next_run_at = %(next_run_at)s,
+    version = version + 1,
+    updated_at = now()
+WHERE id = %(id)s
+RETURNING *
+
+-- name: task_set_state
+-- Move a task to a status with its next fire time (pause, resume, cancel, snooze).
+UPDATE tasks
+SET status = %(status)s,
+    next_run_at = %(next_run_at)s,
+    version = version + 1,
+    updated_at = now()
+WHERE id = %(id)s
+RETURNING *
+
+-- name: task_owner_exists
+-- Whether an agent that may own tasks exists (admins assigning tasks to others).
+SELECT 1 AS ok FROM agents WHERE id = %(id)s AND deleted_at IS NULL
+
+-- name: task_list_matching_event
+-- Active event tasks whose pattern matches an event type (exact, or prefix ending in '*').
+SELECT id, priority FROM tasks
+WHERE schedule_kind = 'event'
+  AND status = 'active'
+  AND (schedule_expr = %(type)s
+       OR (right(schedule_expr, 1) = '*'
+           AND starts_with(%(type)s, left(schedule_expr, -1))))
+ORDER BY id

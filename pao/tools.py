@@ -1,0 +1,357 @@
+"""The tool registry: what a pipeline step may name in `uses`.
+
+Built-in tools ship with strict JSON Schemas so a bad argument is caught when the
+task is created, not at 3 a.m. when it runs. MCP servers are declared by the
+operator in the tools file (``PAO_TOOLS_FILE``); their tools are discovered later
+by connecting to them, and until then any tool name on a declared server is
+accepted without an argument check.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pao.errors import PaoError
+
+SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+EVENT_TYPE_PATTERN = r"^[A-Za-z0-9_.:/-]{1,200}$"
+SERVER_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+RESERVED_NAMESPACES = frozenset({"http", "events", "log", "sleep"})
+"""Names of built-ins (and their prefixes) that an MCP server may not shadow."""
+
+
+class ToolsFileError(PaoError):
+    """The tools file (PAO_TOOLS_FILE) is missing or invalid."""
+
+
+class UnknownTool(PaoError):
+    """A step's `uses` names no built-in tool and no declared MCP server."""
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A tool as listed by `GET /tools`; `name` is exactly what a step writes in `uses`."""
+
+    name: str
+    description: str
+    input_schema: dict[str, Any]
+    server: str | None = None
+
+
+def _object_schema(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    return {
+        "$schema": SCHEMA_DIALECT,
+        "type": "object",
+        "properties": properties,
+        "required": required,
+        "additionalProperties": False,
+    }
+
+
+_HTTP_REQUEST = ToolSpec(
+    name="http.request",
+    description=(
+        "Make one HTTP request and return {status, headers, body, json}. 'json' is the "
+        "parsed response when it is JSON, otherwise null. Send a JSON body with 'json' or "
+        "raw text with 'body' (not both). Only http:// and https:// URLs; hosts may be "
+        "restricted by the operator (PAO_HTTP_ALLOW). A non-2xx status does not fail the "
+        "step: check ${steps.<id>.status} in a later step's 'if'."
+    ),
+    input_schema={
+        **_object_schema(
+            {
+                "method": {
+                    "type": "string",
+                    "enum": ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"],
+                    "default": "GET",
+                    "description": "HTTP method.",
+                },
+                "url": {
+                    "type": "string",
+                    "format": "uri",
+                    "pattern": r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#]+[^\s]*$",
+                    "maxLength": 2048,
+                    "description": "Absolute http:// or https:// URL.",
+                },
+                "headers": {
+                    "type": "object",
+                    "additionalProperties": {"type": "string"},
+                    "description": "Request headers; values are strings.",
+                },
+                "json": {"description": "Any JSON value, sent as the JSON request body."},
+                "body": {"type": "string", "description": "Raw text request body."},
+                "timeout_seconds": {
+                    "type": "number",
+                    "exclusiveMinimum": 0,
+                    "maximum": 60,
+                    "default": 30,
+                    "description": "Give up after this many seconds (at most 60).",
+                },
+                "max_bytes": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": 10_485_760,
+                    "default": 1_048_576,
+                    "description": "Read at most this many bytes of the response body.",
+                },
+            },
+            ["url"],
+        ),
+        "not": {"required": ["json", "body"]},
+    },
+)
+
+_EVENTS_PUBLISH = ToolSpec(
+    name="events.publish",
+    description=(
+        "Publish an event that can trigger event tasks whose pattern matches 'type' "
+        "(e.g. 'weather.checked'). 'payload' becomes ${event.payload} in those tasks. "
+        "Returns {event_id}."
+    ),
+    input_schema=_object_schema(
+        {
+            "type": {
+                "type": "string",
+                "pattern": EVENT_TYPE_PATTERN,
+                "description": "Event type: 1-200 of letters, digits and _ . : / -",
+            },
+            "payload": {
+                "type": "object",
+                "default": {},
+                "description": "Free JSON object delivered with the event.",
+            },
+        },
+        ["type"],
+    ),
+)
+
+_LOG = ToolSpec(
+    name="log",
+    description=(
+        "Write a message to the run's log, visible in GET /runs/{id}. Use it to record "
+        "what a pipeline decided. Returns {logged: true}."
+    ),
+    input_schema=_object_schema(
+        {
+            "message": {"type": "string", "description": "Text to log."},
+            "level": {
+                "type": "string",
+                "enum": ["debug", "info", "warning", "error"],
+                "default": "info",
+                "description": "Log level.",
+            },
+        },
+        ["message"],
+    ),
+)
+
+_SLEEP = ToolSpec(
+    name="sleep",
+    description=(
+        "Wait before the next step, e.g. to respect a rate limit. Counts against the "
+        "step's timeout. Returns {slept_seconds}."
+    ),
+    input_schema=_object_schema(
+        {
+            "seconds": {
+                "type": "number",
+                "minimum": 0,
+                "maximum": 3600,
+                "description": "How long to wait, 0 to 3600 seconds.",
+            }
+        },
+        ["seconds"],
+    ),
+)
+
+BUILTIN_TOOLS: tuple[ToolSpec, ...] = (_EVENTS_PUBLISH, _HTTP_REQUEST, _LOG, _SLEEP)
+
+
+# Tools file -------------------------------------------------------------------
+
+
+class McpServerConfig(BaseModel):
+    """How to reach one MCP server: a local command (stdio) or a URL (HTTP)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    command: list[str] | None = Field(default=None, min_length=1)
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+    url: str | None = Field(default=None, pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://\S+$")
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("command")
+    @classmethod
+    def _no_empty_args(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value[0]:
+            raise ValueError("the program name (first item) must not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> McpServerConfig:
+        if (self.command is None) == (self.url is None):
+            raise ValueError(
+                "give exactly one of 'command' (a local stdio server) or 'url' (an HTTP server)"
+            )
+        if self.url is not None and (self.env or self.cwd is not None):
+            raise ValueError("'env' and 'cwd' apply to 'command' servers only")
+        if self.command is not None and self.headers:
+            raise ValueError("'headers' apply to 'url' servers only")
+        return self
+
+    @property
+    def transport(self) -> str:
+        return "stdio" if self.command is not None else "http"
+
+
+class _ToolsFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    servers: dict[str, McpServerConfig] = Field(default_factory=dict)
+
+
+def load_tools_file(path: str | None) -> dict[str, McpServerConfig]:
+    """Read and check the tools file; no file means no MCP servers."""
+    if path is None:
+        return {}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        raise ToolsFileError(
+            f"tools file {path}: cannot read it ({exc.strerror or exc}); "
+            "fix PAO_TOOLS_FILE or create the file"
+        ) from None
+    except UnicodeDecodeError:
+        raise ToolsFileError(f"tools file {path}: is not UTF-8 text") from None
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ToolsFileError(
+            f"tools file {path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from None
+    try:
+        parsed = _ToolsFile.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
+            for err in exc.errors(include_url=False)
+        )
+        raise ToolsFileError(
+            f'tools file {path}: {problems}. Expected {{"servers": {{"<name>": '
+            '{"command": [...]} or {"url": "http://..."}}}'
+        ) from None
+    for name in parsed.servers:
+        if not re.fullmatch(SERVER_NAME_PATTERN, name):
+            raise ToolsFileError(
+                f"tools file {path}: server name {name!r} is invalid; use 1-64 letters, "
+                "digits, '_' or '-'"
+            )
+        if name in RESERVED_NAMESPACES:
+            raise ToolsFileError(
+                f"tools file {path}: server name {name!r} is reserved for built-in tools; "
+                "rename the server"
+            )
+    return dict(parsed.servers)
+
+
+# Registry ---------------------------------------------------------------------
+
+
+class ToolRegistry:
+    """Built-in tools plus the MCP servers of the tools file and their discovered tools."""
+
+    def __init__(
+        self,
+        servers: Mapping[str, McpServerConfig] | None = None,
+        *,
+        builtins: Iterable[ToolSpec] = BUILTIN_TOOLS,
+    ) -> None:
+        self._builtins: dict[str, ToolSpec] = {t.name: t for t in builtins}
+        self._servers: dict[str, McpServerConfig] = dict(servers or {})
+        self._discovered: dict[str, dict[str, ToolSpec]] = {}
+
+    @classmethod
+    def builtin(cls) -> ToolRegistry:
+        return cls()
+
+    @classmethod
+    def from_tools_file(cls, path: str | None) -> ToolRegistry:
+        return cls(load_tools_file(path))
+
+    @property
+    def servers(self) -> dict[str, McpServerConfig]:
+        return dict(self._servers)
+
+    def is_discovered(self, server: str) -> bool:
+        return server in self._discovered
+
+    def add_server_tools(self, server: str, tools: Iterable[ToolSpec]) -> None:
+        """Record the tools a declared server offers, replacing any earlier list.
+
+        A spec may be named ``<server>.<tool>`` or just ``<tool>``; it is stored under
+        the full name with `server` set, which is what `uses` must say.
+        """
+        if server not in self._servers:
+            raise ValueError(f"MCP server {server!r} is not declared in the tools file")
+        found: dict[str, ToolSpec] = {}
+        prefix = server + "."
+        for spec in tools:
+            name = spec.name if spec.name.startswith(prefix) else prefix + spec.name
+            found[name] = dataclasses.replace(spec, name=name, server=server)
+        self._discovered[server] = found
+
+    def list_tools(self) -> list[ToolSpec]:
+        """Built-ins and discovered MCP tools, sorted by name."""
+        tools = list(self._builtins.values())
+        for found in self._discovered.values():
+            tools.extend(found.values())
+        return sorted(tools, key=lambda t: t.name)
+
+    def resolve(self, uses: str) -> ToolSpec | None:
+        """The tool `uses` names, or None. Undiscovered servers yield a schema-less spec."""
+        try:
+            return self.require(uses)
+        except UnknownTool:
+            return None
+
+    def require(self, uses: str) -> ToolSpec:
+        """Like `resolve`, but the error says what to write instead."""
+        if uses in self._builtins:
+            return self._builtins[uses]
+        builtin_names = ", ".join(sorted(self._builtins))
+        server, dot, tool = uses.partition(".")
+        if not dot or not server or not tool:
+            raise UnknownTool(
+                f"unknown tool {uses!r}; use a built-in tool ({builtin_names}) or "
+                "'<server>.<tool>' for an MCP server declared in PAO_TOOLS_FILE"
+            )
+        if server in RESERVED_NAMESPACES or server in {n.split(".")[0] for n in self._builtins}:
+            raise UnknownTool(
+                f"unknown built-in tool {uses!r}; built-in tools are: {builtin_names}"
+            )
+        if server not in self._servers:
+            raise UnknownTool(
+                f"MCP server {server!r} is not declared in PAO_TOOLS_FILE; declare it there "
+                f"or use one of the built-in tools: {builtin_names}"
+            )
+        found = self._discovered.get(server)
+        if found is None:
+            return ToolSpec(
+                name=uses,
+                description=f"Tool {tool!r} on MCP server {server!r} (not yet discovered).",
+                input_schema={},
+                server=server,
+            )
+        if uses not in found:
+            names = ", ".join(sorted(found)) or "none"
+            raise UnknownTool(f"MCP server {server!r} has no tool {tool!r}; its tools are: {names}")
+        return found[uses]

@@ -33,10 +33,10 @@ def ensure_embedded(data_dir: Path, *, keep_running: bool = False) -> str:
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (CI, containers); harmless.
         warnings.simplefilter("ignore")
-        import pgserver
+        from pgserver.postgres_server import get_server
 
         try:
-            server = pgserver.get_server(pgdata, cleanup_mode=None if keep_running else "stop")
+            server = get_server(pgdata, cleanup_mode=None if keep_running else "stop")
         except Exception as exc:
             raise EmbeddedDatabaseError(
                 f"could not start the embedded PostgreSQL in {pgdata}: {exc}; "

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from importlib import resources
-from typing import LiteralString, cast
+from typing import LiteralString
 
 from pao.db import Conn, connect, wrap_exceptions
 from pao.errors import NotMigrated
@@ -31,8 +31,7 @@ def available() -> list[Migration]:
     for entry in resources.files("migrations").iterdir():
         match = _FILE.match(entry.name)
         if match:
-            # Shipped with the package, never user input.
-            sql = cast(LiteralString, entry.read_text(encoding="utf-8"))
+            sql: LiteralString = entry.read_text(encoding="utf-8")  # shipped with us, not input
             found.append(Migration(int(match.group(1)), entry.name, sql))
     found.sort(key=lambda m: m.version)
     for expected, migration in enumerate(found, start=1):

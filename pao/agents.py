@@ -1,0 +1,119 @@
+"""Agent administration and the admin-token bootstrap."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from pao import tokens
+from pao.db import Conn
+from pao.errors import InvalidInput, NotFound
+from pao.models import SCOPES, Agent
+from pao.store import agents, audit
+from pao.store.agents import NewAgent
+
+
+def check_scopes(scopes: list[str], loc: tuple[str | int, ...] = ("scopes",)) -> list[str]:
+    unknown = [s for s in scopes if s not in SCOPES]
+    if unknown:
+        raise InvalidInput.one(loc, f"unknown scopes {unknown}; choose from {list(SCOPES)}")
+    return sorted(set(scopes))
+
+
+async def create_agent(
+    conn: Conn,
+    *,
+    actor: Agent | None,
+    name: str,
+    scopes: list[str],
+    expires_at: datetime | None = None,
+    request_id: str | None = None,
+) -> NewAgent:
+    new = await agents.create_agent(
+        conn, name=name, scopes=check_scopes(scopes), expires_at=expires_at
+    )
+    await audit.record(
+        conn,
+        actor_id=actor.id if actor else None,
+        action="agent.create",
+        target_type="agent",
+        target_id=new.agent.id,
+        request_id=request_id,
+        detail={"scopes": new.agent.scopes},
+    )
+    return new
+
+
+async def ensure_admin_token(conn: Conn, token: str) -> bool:
+    """Make sure an admin agent holds `token` (Kubernetes bootstrap); True if one was created."""
+    if not tokens.is_well_formed(token):
+        raise InvalidInput.one(
+            ("PAO_ADMIN_TOKEN",),
+            "is not a pao token; create one with `pao agents token` (pao_ + 38 characters)",
+        )
+    if await agents.token_exists(conn, token):
+        return False
+    new = await agents.create_agent(conn, name="admin", scopes=["admin"], token=token)
+    await audit.record(
+        conn,
+        actor_id=None,
+        action="agent.bootstrap",
+        target_type="agent",
+        target_id=new.agent.id,
+        request_id=None,
+    )
+    return True
+
+
+async def get_agent(conn: Conn, agent_id: uuid.UUID) -> Agent:
+    agent = await agents.get_agent(conn, agent_id)
+    if agent is None:
+        raise NotFound(f"no agent {agent_id}")
+    return agent
+
+
+async def update_agent(
+    conn: Conn,
+    *,
+    actor: Agent,
+    agent_id: uuid.UUID,
+    fields: dict[str, object],
+    request_id: str | None,
+) -> Agent:
+    scopes = fields.get("scopes")
+    updated = await agents.update_agent(
+        conn,
+        agent_id,
+        name=fields.get("name"),  # type: ignore[arg-type]
+        scopes=check_scopes(scopes) if isinstance(scopes, list) else None,
+        disabled=fields.get("disabled"),  # type: ignore[arg-type]
+        set_expires="expires_at" in fields,
+        expires_at=fields.get("expires_at"),  # type: ignore[arg-type]
+    )
+    if updated is None:
+        raise NotFound(f"no agent {agent_id}")
+    await audit.record(
+        conn,
+        actor_id=actor.id,
+        action="agent.update",
+        target_type="agent",
+        target_id=agent_id,
+        request_id=request_id,
+        detail={"fields": sorted(fields)},
+    )
+    return updated
+
+
+async def delete_agent(
+    conn: Conn, *, actor: Agent, agent_id: uuid.UUID, request_id: str | None
+) -> None:
+    if not await agents.delete_agent(conn, agent_id):
+        raise NotFound(f"no agent {agent_id}")
+    await audit.record(
+        conn,
+        actor_id=actor.id,
+        action="agent.delete",
+        target_type="agent",
+        target_id=agent_id,
+        request_id=request_id,
+    )

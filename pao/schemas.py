@@ -1,0 +1,96 @@
+"""Request bodies shared by every face of the orchestrator (HTTP API, CLI, MCP).
+
+Shapes and ranges only; meaning (schedules, pipelines, ownership) is checked
+by the logic in `pao.tasks`, which collects every error before answering.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, ClassVar, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, StrictInt
+
+ScheduleKindField = Literal["cron", "rrule", "once", "event", "condition"]
+BackoffField = Literal["fixed", "linear", "exponential", "exponential_jitter"]
+TaskStatusField = Literal["active", "paused", "cancelled", "completed"]
+RunStatusField = Literal["queued", "running", "succeeded", "failed", "cancelled", "timed_out"]
+ScopeField = Literal["tasks:read", "tasks:write", "runs:read", "events:publish", "admin"]
+
+
+class _Strict(BaseModel):
+    """Unknown fields are errors; numbers and booleans are not read from strings.
+
+    Not `strict=True` for the whole model: FastAPI validates parsed JSON in Python
+    mode, where strict mode would refuse UUIDs and times written as strings.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class TaskCreate(_Strict):
+    title: str = Field(min_length=1, max_length=200)
+    description: str = Field("", max_length=10_000)
+    schedule_kind: ScheduleKindField
+    schedule_expr: str = Field(min_length=1, max_length=1000)
+    timezone: str | None = Field(None, max_length=64, description="IANA zone; default from server")
+    payload: dict[str, Any] = Field(default_factory=dict)
+    priority: StrictInt = Field(5, ge=1, le=9, description="1 runs first")
+    dedupe_key: str | None = Field(None, min_length=1, max_length=500)
+    dedupe_window_seconds: StrictInt = Field(0, ge=0, le=31 * 86_400)
+    max_retries: StrictInt = Field(3, ge=0, le=100)
+    backoff_strategy: BackoffField = "exponential_jitter"
+    concurrency_key: str | None = Field(None, min_length=1, max_length=200)
+    created_by: uuid.UUID | None = Field(
+        None, description="the owner; only admins may name another agent"
+    )
+
+
+class TaskUpdate(_Strict):
+    """Any subset of a task's fields; what is left out stays as it is."""
+
+    title: str | None = Field(None, min_length=1, max_length=200)
+    description: str | None = Field(None, max_length=10_000)
+    schedule_kind: ScheduleKindField | None = None
+    schedule_expr: str | None = Field(None, min_length=1, max_length=1000)
+    timezone: str | None = Field(None, max_length=64)
+    payload: dict[str, Any] | None = None
+    priority: StrictInt | None = Field(None, ge=1, le=9)
+    dedupe_key: str | None = Field(None, min_length=1, max_length=500)
+    dedupe_window_seconds: StrictInt | None = Field(None, ge=0, le=31 * 86_400)
+    max_retries: StrictInt | None = Field(None, ge=0, le=100)
+    backoff_strategy: BackoffField | None = None
+    concurrency_key: str | None = Field(None, min_length=1, max_length=200)
+    created_by: uuid.UUID | None = None
+
+    # Fields that may be set to null explicitly; for the rest null is an error.
+    NULLABLE: ClassVar[frozenset[str]] = frozenset({"dedupe_key", "concurrency_key"})
+
+
+class SchedulePreview(_Strict):
+    schedule_kind: ScheduleKindField
+    schedule_expr: str = Field(min_length=1, max_length=1000)
+    timezone: str | None = Field(None, max_length=64)
+    count: StrictInt = Field(5, ge=1, le=100)
+
+
+class Snooze(_Strict):
+    seconds: StrictInt = Field(ge=1, le=366 * 86_400)
+
+
+class EventPublish(_Strict):
+    type: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:/-]+$")
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+class AgentCreate(_Strict):
+    name: str = Field(min_length=1, max_length=200)
+    scopes: list[ScopeField] = Field(min_length=1)
+    expires_at: AwareDatetime | None = Field(None, description="ISO 8601 with offset; null: never")
+
+
+class AgentUpdate(_Strict):
+    name: str | None = Field(None, min_length=1, max_length=200)
+    scopes: list[ScopeField] | None = Field(None, min_length=1)
+    disabled: StrictBool | None = None
+    expires_at: AwareDatetime | None = None

@@ -1,0 +1,114 @@
+"""Agents and their tokens."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from psycopg.rows import class_row
+
+from pao import tokens
+from pao.db import Conn
+from pao.models import Agent
+from pao.sql import QUERIES
+
+
+@dataclass(frozen=True)
+class NewAgent:
+    agent: Agent
+    token: str  # shown once, never stored
+
+
+async def create_agent(
+    conn: Conn,
+    *,
+    name: str,
+    scopes: list[str],
+    expires_at: datetime | None = None,
+    token: str | None = None,
+) -> NewAgent:
+    token = token or tokens.new_token()
+    async with conn.cursor(row_factory=class_row(Agent)) as cur:
+        await cur.execute(
+            QUERIES["agent_insert"],
+            {
+                "name": name,
+                "token_hash": tokens.token_hash(token),
+                "token_prefix": tokens.display_prefix(token),
+                "scopes": sorted(set(scopes)),
+                "expires_at": expires_at,
+            },
+        )
+        agent = await cur.fetchone()
+    assert agent is not None
+    return NewAgent(agent, token)
+
+
+async def authenticate(conn: Conn, token: str) -> Agent | None:
+    """The usable agent holding `token`, or None; malformed tokens never reach the database."""
+    if not tokens.is_well_formed(token):
+        return None
+    async with conn.cursor(row_factory=class_row(Agent)) as cur:
+        await cur.execute(
+            QUERIES["agent_get_by_token_hash"], {"token_hash": tokens.token_hash(token)}
+        )
+        return await cur.fetchone()
+
+
+async def token_exists(conn: Conn, token: str) -> bool:
+    cur = await conn.execute(
+        QUERIES["agent_exists_by_token_hash"], {"token_hash": tokens.token_hash(token)}
+    )
+    return await cur.fetchone() is not None
+
+
+async def get_agent(conn: Conn, agent_id: uuid.UUID) -> Agent | None:
+    async with conn.cursor(row_factory=class_row(Agent)) as cur:
+        await cur.execute(QUERIES["agent_get"], {"id": agent_id})
+        return await cur.fetchone()
+
+
+async def list_agents(
+    conn: Conn, *, limit: int, after: tuple[datetime, uuid.UUID] | None
+) -> list[Agent]:
+    async with conn.cursor(row_factory=class_row(Agent)) as cur:
+        await cur.execute(
+            QUERIES["agent_list"],
+            {
+                "limit": limit,
+                "after_created": after[0] if after else None,
+                "after_id": after[1] if after else None,
+            },
+        )
+        return await cur.fetchall()
+
+
+async def update_agent(
+    conn: Conn,
+    agent_id: uuid.UUID,
+    *,
+    name: str | None = None,
+    scopes: list[str] | None = None,
+    disabled: bool | None = None,
+    set_expires: bool = False,
+    expires_at: datetime | None = None,
+) -> Agent | None:
+    async with conn.cursor(row_factory=class_row(Agent)) as cur:
+        await cur.execute(
+            QUERIES["agent_update"],
+            {
+                "id": agent_id,
+                "name": name,
+                "scopes": sorted(set(scopes)) if scopes is not None else None,
+                "disabled": disabled,
+                "set_expires": set_expires,
+                "expires_at": expires_at,
+            },
+        )
+        return await cur.fetchone()
+
+
+async def delete_agent(conn: Conn, agent_id: uuid.UUID) -> bool:
+    cur = await conn.execute(QUERIES["agent_delete"], {"id": agent_id})
+    return await cur.fetchone() is not None

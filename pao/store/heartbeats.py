@@ -1,0 +1,24 @@
+"""Process heartbeats, written by long-running processes and read by /health."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pao.db import Conn
+from pao.sql import QUERIES
+
+
+async def beat(conn: Conn, *, process_id: str, kind: str, hostname: str, pid: int) -> None:
+    await conn.execute(
+        QUERIES["heartbeat_beat"],
+        {"process_id": process_id, "kind": kind, "hostname": hostname, "pid": pid},
+    )
+
+
+async def remove(conn: Conn, process_id: str) -> None:
+    await conn.execute(QUERIES["heartbeat_remove"], {"process_id": process_id})
+
+
+async def list_heartbeats(conn: Conn) -> list[dict[str, Any]]:
+    cur = await conn.execute(QUERIES["heartbeat_list"])
+    return list(await cur.fetchall())

@@ -1,0 +1,95 @@
+"""Tasks."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from psycopg.rows import class_row
+from psycopg.types.json import Jsonb
+
+from pao.db import Conn
+from pao.models import Task
+from pao.sql import QUERIES
+
+
+def _params(fields: dict[str, Any]) -> dict[str, Any]:
+    params = dict(fields)
+    params["payload"] = Jsonb(params["payload"])
+    return params
+
+
+async def insert_task(conn: Conn, fields: dict[str, Any]) -> Task:
+    async with conn.cursor(row_factory=class_row(Task)) as cur:
+        await cur.execute(QUERIES["task_insert"], _params(fields))
+        task = await cur.fetchone()
+    assert task is not None
+    return task
+
+
+async def get_task(
+    conn: Conn, task_id: uuid.UUID, *, owner: uuid.UUID | None, for_update: bool = False
+) -> Task | None:
+    """The task, if `owner` (None: anyone) may see it."""
+    query = QUERIES["task_get_for_update" if for_update else "task_get"]
+    async with conn.cursor(row_factory=class_row(Task)) as cur:
+        await cur.execute(query, {"id": task_id, "owner": owner})
+        return await cur.fetchone()
+
+
+async def list_tasks(
+    conn: Conn,
+    *,
+    owner: uuid.UUID | None,
+    limit: int,
+    after: tuple[datetime, uuid.UUID] | None,
+    status: str | None = None,
+    created_by: uuid.UUID | None = None,
+    schedule_kind: str | None = None,
+) -> list[Task]:
+    async with conn.cursor(row_factory=class_row(Task)) as cur:
+        await cur.execute(
+            QUERIES["task_list"],
+            {
+                "owner": owner,
+                "limit": limit,
+                "after_created": after[0] if after else None,
+                "after_id": after[1] if after else None,
+                "status": status,
+                "created_by": created_by,
+                "schedule_kind": schedule_kind,
+            },
+        )
+        return await cur.fetchall()
+
+
+async def update_task(conn: Conn, task_id: uuid.UUID, fields: dict[str, Any]) -> Task:
+    async with conn.cursor(row_factory=class_row(Task)) as cur:
+        await cur.execute(QUERIES["task_update"], {**_params(fields), "id": task_id})
+        task = await cur.fetchone()
+    assert task is not None
+    return task
+
+
+async def set_task_state(
+    conn: Conn, task_id: uuid.UUID, *, status: str, next_run_at: datetime | None
+) -> Task:
+    async with conn.cursor(row_factory=class_row(Task)) as cur:
+        await cur.execute(
+            QUERIES["task_set_state"],
+            {"id": task_id, "status": status, "next_run_at": next_run_at},
+        )
+        task = await cur.fetchone()
+    assert task is not None
+    return task
+
+
+async def owner_exists(conn: Conn, agent_id: uuid.UUID) -> bool:
+    cur = await conn.execute(QUERIES["task_owner_exists"], {"id": agent_id})
+    return await cur.fetchone() is not None
+
+
+async def list_tasks_matching_event(conn: Conn, event_type: str) -> list[tuple[uuid.UUID, int]]:
+    cur = await conn.execute(QUERIES["task_list_matching_event"], {"type": event_type})
+    return [(row["id"], row["priority"]) for row in await cur.fetchall()]

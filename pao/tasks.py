@@ -1,0 +1,305 @@
+"""What agents do with tasks: plain functions over a connection.
+
+Every function checks ownership itself (`owner` None means an admin, who may
+see everything), validates everything before writing anything, and appends
+one audit row in the same transaction as the change.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pao.db import Conn
+from pao.errors import Conflict, FieldError, Forbidden, InvalidInput, NotFound, PreconditionFailed
+from pao.models import Agent, Run, Task
+from pao.pipeline import validate_payload
+from pao.schedule import Schedule, parse_schedule
+from pao.schemas import TaskCreate, TaskUpdate
+from pao.store import audit, runs, tasks
+from pao.templates import parse_template
+from pao.tools import ToolRegistry
+
+SCHEDULED_KINDS = frozenset({"cron", "rrule", "once", "condition"})
+
+
+@dataclass(frozen=True)
+class Context:
+    """Who is acting, and the request they act in."""
+
+    actor: Agent
+    request_id: str | None
+    registry: ToolRegistry
+    default_timezone: str
+
+    @property
+    def owner(self) -> uuid.UUID | None:
+        return None if self.actor.is_admin else self.actor.id
+
+
+def _merge(errors: list[FieldError], exc: InvalidInput) -> None:
+    errors.extend(exc.errors)
+
+
+def check_schedule(
+    kind: str, expr: str, timezone: str, *, created_at: datetime, now: datetime
+) -> tuple[Schedule, datetime | None]:
+    """Parse a schedule and find its first fire time after `now`; InvalidInput if it never fires."""
+    schedule = parse_schedule(kind, expr, timezone, created_at=created_at)
+    if kind not in SCHEDULED_KINDS:
+        return schedule, None
+    first = schedule.next_after(now)
+    if first is None:
+        message = (
+            "is in the past; give a future time"
+            if kind == "once"
+            else "never fires after now; check the expression"
+        )
+        raise InvalidInput.one(("schedule_expr",), message)
+    return schedule, first
+
+
+def _validate(
+    ctx: Context, fields: dict[str, Any], *, created_at: datetime, now: datetime
+) -> datetime | None:
+    """Check a whole task; return its next fire time. Raises with every error found."""
+    errors: list[FieldError] = []
+    next_run_at: datetime | None = None
+    try:
+        _, next_run_at = check_schedule(
+            fields["schedule_kind"],
+            fields["schedule_expr"],
+            fields["timezone"],
+            created_at=created_at,
+            now=now,
+        )
+    except InvalidInput as exc:
+        _merge(errors, exc)
+    try:
+        validate_payload(fields["payload"], ctx.registry, schedule_kind=fields["schedule_kind"])
+    except InvalidInput as exc:
+        _merge(errors, exc)
+    if fields.get("dedupe_key") is not None:
+        try:
+            parse_template(fields["dedupe_key"])
+        except Exception as exc:
+            errors.append(FieldError(("dedupe_key",), str(exc)))
+    if errors:
+        raise InvalidInput(errors)
+    return next_run_at
+
+
+async def _check_owner(conn: Conn, ctx: Context, created_by: uuid.UUID | None) -> uuid.UUID:
+    if created_by is None or created_by == ctx.actor.id:
+        return ctx.actor.id
+    if not ctx.actor.is_admin:
+        raise Forbidden("only an admin may set created_by to another agent; leave it out")
+    if not await tasks.owner_exists(conn, created_by):
+        raise InvalidInput.one(("created_by",), "no such agent; give the id of an existing agent")
+    return created_by
+
+
+async def create_task(conn: Conn, ctx: Context, data: TaskCreate) -> Task:
+    now = datetime.now(UTC)
+    fields = data.model_dump()
+    fields["timezone"] = fields["timezone"] or ctx.default_timezone
+    next_run_at = _validate(ctx, fields, created_at=now, now=now)
+    fields["created_by"] = await _check_owner(conn, ctx, data.created_by)
+    fields["next_run_at"] = next_run_at
+    task = await tasks.insert_task(conn, fields)
+    await audit.record(
+        conn,
+        actor_id=ctx.actor.id,
+        action="task.create",
+        target_type="task",
+        target_id=task.id,
+        request_id=ctx.request_id,
+    )
+    return task
+
+
+async def get_task(conn: Conn, ctx: Context, task_id: uuid.UUID, *, lock: bool = False) -> Task:
+    task = await tasks.get_task(conn, task_id, owner=ctx.owner, for_update=lock)
+    if task is None:
+        raise NotFound(f"no task {task_id}")
+    return task
+
+
+_EDITABLE = (
+    "title",
+    "description",
+    "schedule_kind",
+    "schedule_expr",
+    "timezone",
+    "payload",
+    "priority",
+    "dedupe_key",
+    "dedupe_window_seconds",
+    "max_retries",
+    "backoff_strategy",
+    "concurrency_key",
+    "created_by",
+)
+
+
+async def update_task(
+    conn: Conn, ctx: Context, task_id: uuid.UUID, data: TaskUpdate, *, if_version: int | None
+) -> Task:
+    given = data.model_fields_set
+    nulls = [f for f in sorted(given) if getattr(data, f) is None and f not in data.NULLABLE]
+    if nulls:
+        raise InvalidInput(
+            [FieldError((f,), "may not be null; leave it out to keep it") for f in nulls]
+        )
+    task = await get_task(conn, ctx, task_id, lock=True)
+    if if_version is not None and task.version != if_version:
+        raise PreconditionFailed(
+            f"the task is at version {task.version}, not {if_version}; fetch it again and retry"
+        )
+    if task.status in ("cancelled", "completed"):
+        raise Conflict(f"the task is {task.status}; create a new task instead")
+    fields = {name: getattr(task, name) for name in _EDITABLE}
+    fields.update({name: getattr(data, name) for name in given})
+    now = datetime.now(UTC)
+    schedule_changed = any(
+        fields[f] != getattr(task, f) for f in ("schedule_kind", "schedule_expr", "timezone")
+    )
+    next_run_at = _validate(ctx, fields, created_at=task.created_at, now=now)
+    if "created_by" in given:
+        fields["created_by"] = await _check_owner(conn, ctx, data.created_by)
+    if not schedule_changed:
+        next_run_at = task.next_run_at
+    elif task.status == "paused":
+        next_run_at = None
+    fields["next_run_at"] = next_run_at
+    updated = await tasks.update_task(conn, task.id, fields)
+    await audit.record(
+        conn,
+        actor_id=ctx.actor.id,
+        action="task.update",
+        target_type="task",
+        target_id=task.id,
+        request_id=ctx.request_id,
+        detail={"fields": sorted(given)},
+    )
+    return updated
+
+
+async def _transition(
+    conn: Conn,
+    ctx: Context,
+    task: Task,
+    *,
+    action: str,
+    status: str,
+    next_run_at: datetime | None,
+    detail: dict[str, Any] | None = None,
+) -> Task:
+    updated = await tasks.set_task_state(conn, task.id, status=status, next_run_at=next_run_at)
+    await audit.record(
+        conn,
+        actor_id=ctx.actor.id,
+        action=action,
+        target_type="task",
+        target_id=task.id,
+        request_id=ctx.request_id,
+        detail=detail,
+    )
+    return updated
+
+
+async def pause_task(conn: Conn, ctx: Context, task_id: uuid.UUID) -> Task:
+    task = await get_task(conn, ctx, task_id, lock=True)
+    if task.status == "paused":
+        return task
+    if task.status != "active":
+        raise Conflict(f"the task is {task.status}; only an active task can be paused")
+    return await _transition(
+        conn, ctx, task, action="task.pause", status="paused", next_run_at=None
+    )
+
+
+async def resume_task(conn: Conn, ctx: Context, task_id: uuid.UUID) -> Task:
+    """Fire again from now: what fell due while paused is not replayed."""
+    task = await get_task(conn, ctx, task_id, lock=True)
+    if task.status == "active":
+        return task
+    if task.status != "paused":
+        raise Conflict(f"the task is {task.status}; only a paused task can be resumed")
+    now = datetime.now(UTC)
+    schedule = parse_schedule(
+        task.schedule_kind, task.schedule_expr, task.timezone, created_at=task.created_at
+    )
+    next_run_at = schedule.next_after(now) if task.schedule_kind in SCHEDULED_KINDS else None
+    if next_run_at is None and task.schedule_kind in SCHEDULED_KINDS:
+        return await _transition(
+            conn, ctx, task, action="task.resume", status="completed", next_run_at=None
+        )
+    return await _transition(
+        conn, ctx, task, action="task.resume", status="active", next_run_at=next_run_at
+    )
+
+
+async def snooze_task(conn: Conn, ctx: Context, task_id: uuid.UUID, seconds: int) -> Task:
+    """Delay the next execution by `seconds`."""
+    task = await get_task(conn, ctx, task_id, lock=True)
+    if task.status != "active":
+        raise Conflict(f"the task is {task.status}; only an active task can be snoozed")
+    if task.next_run_at is None:
+        raise Conflict("the task has no next run to snooze (event tasks run when events arrive)")
+    return await _transition(
+        conn,
+        ctx,
+        task,
+        action="task.snooze",
+        status="active",
+        next_run_at=task.next_run_at + timedelta(seconds=seconds),
+        detail={"seconds": seconds, "was": task.next_run_at.isoformat()},
+    )
+
+
+async def cancel_task(conn: Conn, ctx: Context, task_id: uuid.UUID) -> Task:
+    """Permanent: queued work is dropped and running work is asked to stop."""
+    task = await get_task(conn, ctx, task_id, lock=True)
+    if task.status == "cancelled":
+        return task
+    if task.status == "completed":
+        raise Conflict("the task is already completed")
+    dropped, stopping = await runs.cancel_task_work(conn, task.id)
+    return await _transition(
+        conn,
+        ctx,
+        task,
+        action="task.cancel",
+        status="cancelled",
+        next_run_at=None,
+        detail={"dropped": dropped, "stopping": stopping},
+    )
+
+
+async def run_now(conn: Conn, ctx: Context, task_id: uuid.UUID) -> Run:
+    """Queue one run of the task now; the schedule is untouched."""
+    task = await get_task(conn, ctx, task_id, lock=True)
+    if task.status == "cancelled":
+        raise Conflict("the task is cancelled; create a new task instead")
+    run = await runs.enqueue(
+        conn,
+        task_id=task.id,
+        scheduled_for=datetime.now(UTC),
+        priority=task.priority,
+        reason="run_now",
+    )
+    if run is None:  # same microsecond as another run_now of this task
+        raise Conflict("a run of this task was queued at this very instant; retry")
+    await audit.record(
+        conn,
+        actor_id=ctx.actor.id,
+        action="task.run_now",
+        target_type="task",
+        target_id=task.id,
+        request_id=ctx.request_id,
+        detail={"run_id": str(run.id)},
+    )
+    return run

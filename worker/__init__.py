@@ -1,0 +1,1 @@
+"""The worker process: claims `due_work` and runs pipelines (not built yet)."""

@@ -1,0 +1,84 @@
+"""The FastAPI application, built by `create_app(settings)` so tests can point it anywhere."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from api import problems
+from api.deps import AppState
+from api.middleware import RequestMiddleware
+from api.routes import agents, events, health, runs, tasks, tools
+from pao import db
+from pao.agents import ensure_admin_token
+from pao.migrate import ensure_migrated
+from pao.settings import Settings
+from pao.tools import ToolRegistry
+
+log = logging.getLogger(__name__)
+
+
+async def _start(state: AppState) -> None:
+    """Refuse to serve an unmigrated database; make sure PAO_ADMIN_TOKEN's agent exists."""
+    async with state.tx() as conn:
+        await ensure_migrated(conn)
+        token = state.settings.admin_token
+        if token and await ensure_admin_token(conn, token):
+            log.info("created the admin agent for PAO_ADMIN_TOKEN")
+
+
+def create_app(settings: Settings, *, database_url: str | None = None) -> FastAPI:
+    """The API over `database_url` (default: the settings' URL)."""
+    url = database_url or settings.database_url
+    if not url:
+        raise ValueError("create_app needs a database URL; the CLI resolves the embedded one")
+    registry = ToolRegistry.from_tools_file(settings.tools_file)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool = db.make_pool(url, min_size=settings.pool_min_size, max_size=settings.pool_max_size)
+        await pool.open(wait=False)
+        state = AppState(settings=settings, pool=pool, registry=registry)
+        app.state.pao = state
+        try:
+            await _start(state)
+            yield
+        finally:
+            await pool.close()
+
+    app = FastAPI(
+        title="Personal Agent Orchestrator",
+        version="0.1.0",
+        summary="A Postgres-native scheduler for software agents.",
+        lifespan=lifespan,
+    )
+    problems.install(app)
+    for router in (
+        tasks.router,
+        runs.router,
+        events.router,
+        tools.router,
+        agents.router,
+        health.router,
+    ):
+        app.include_router(router)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "Idempotency-Key",
+                "If-Match",
+                "X-Request-ID",
+            ],
+            expose_headers=["X-Request-ID", "ETag", "Location"],
+        )
+    app.add_middleware(RequestMiddleware)
+    return app

@@ -1,0 +1,151 @@
+"""Response bodies (`…Public`) and their builders from rows."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel
+
+from pao.models import Agent, Event, Run, RunLog, Task
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next_cursor: str | None
+
+
+class TaskPublic(BaseModel):
+    id: uuid.UUID
+    title: str
+    description: str
+    schedule_kind: str
+    schedule_expr: str
+    timezone: str
+    payload: dict[str, Any]
+    priority: int
+    dedupe_key: str | None
+    dedupe_window_seconds: int
+    max_retries: int
+    backoff_strategy: str
+    concurrency_key: str | None
+    created_by: uuid.UUID
+    status: str
+    next_run_at: datetime | None
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, task: Task) -> TaskPublic:
+        return cls.model_validate(task, from_attributes=True)
+
+
+class Occurrence(BaseModel):
+    at: datetime
+    local: datetime
+
+    @classmethod
+    def of(cls, at: datetime, zone: ZoneInfo) -> Occurrence:
+        return cls(at=at, local=at.astimezone(zone))
+
+
+class Occurrences(BaseModel):
+    items: list[Occurrence]
+
+
+class RunPublic(BaseModel):
+    id: uuid.UUID
+    task_id: uuid.UUID
+    status: str
+    attempt: int
+    scheduled_for: datetime
+    queued_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_ms: int | None
+    worker_id: str | None
+    steps: list[Any]
+    error: str | None
+
+    @classmethod
+    def of(cls, run: Run) -> RunPublic:
+        duration = None
+        if run.started_at and run.finished_at:
+            duration = int((run.finished_at - run.started_at).total_seconds() * 1000)
+        return cls(
+            id=run.id,
+            task_id=run.task_id,
+            status=run.status,
+            attempt=run.attempt,
+            scheduled_for=run.scheduled_for,
+            queued_at=run.queued_at,
+            started_at=run.started_at,
+            finished_at=run.finished_at,
+            duration_ms=duration,
+            worker_id=run.worker_id,
+            steps=run.steps,
+            error=run.error,
+        )
+
+
+class RunLogPublic(BaseModel):
+    id: int
+    at: datetime
+    level: str
+    step_id: str | None
+    message: str
+
+    @classmethod
+    def of(cls, line: RunLog) -> RunLogPublic:
+        return cls.model_validate(line, from_attributes=True)
+
+
+class RunLogs(BaseModel):
+    items: list[RunLogPublic]
+    next_cursor: str | None
+
+
+class EventAccepted(BaseModel):
+    id: uuid.UUID
+    type: str
+    received_at: datetime
+    queued: int
+
+    @classmethod
+    def of(cls, event: Event, runs: list[Run]) -> EventAccepted:
+        return cls(id=event.id, type=event.type, received_at=event.received_at, queued=len(runs))
+
+
+class ToolPublic(BaseModel):
+    name: str
+    description: str
+    input_schema: dict[str, Any]
+    server: str | None
+
+
+class ToolList(BaseModel):
+    items: list[ToolPublic]
+
+
+class AgentPublic(BaseModel):
+    id: uuid.UUID
+    name: str
+    token_prefix: str
+    scopes: list[str]
+    expires_at: datetime | None
+    disabled: bool
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, agent: Agent) -> AgentPublic:
+        return cls.model_validate(agent, from_attributes=True)
+
+
+class AgentCreated(AgentPublic):
+    token: str

@@ -1,0 +1,90 @@
+"""Agents and their tokens; admin only."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+
+from api.deps import Admin, State, request_id
+from api.models import AgentCreated, AgentPublic, Page
+from pao import agents as logic
+from pao import pagination
+from pao.errors import FieldError, InvalidInput
+from pao.schemas import AgentCreate, AgentUpdate
+from pao.store import agents as store
+
+router = APIRouter(prefix="/agents", tags=["agents"])
+
+
+@router.post("", status_code=201, response_model=AgentCreated)
+async def create_agent(
+    request: Request, state: State, admin: Admin, body: AgentCreate
+) -> AgentCreated:
+    """Create an agent. Its token is in this response only: store it now."""
+    async with state.tx() as conn:
+        new = await logic.create_agent(
+            conn,
+            actor=admin,
+            name=body.name,
+            scopes=list(body.scopes),
+            expires_at=body.expires_at,
+            request_id=request_id(request),
+        )
+    return AgentCreated(**AgentPublic.of(new.agent).model_dump(), token=new.token)
+
+
+@router.get("", response_model=Page[AgentPublic])
+async def list_agents(
+    state: State,
+    admin: Admin,
+    limit: Annotated[int, Query(ge=1, le=pagination.MAX_LIMIT)] = pagination.DEFAULT_LIMIT,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> Page[AgentPublic]:
+    """Agents, newest first."""
+    after = pagination.decode_cursor(cursor)
+    async with state.tx() as conn:
+        rows = await store.list_agents(conn, limit=limit + 1, after=after)
+    items = rows[:limit]
+    next_cursor = (
+        pagination.encode_cursor(items[-1].created_at, items[-1].id) if len(rows) > limit else None
+    )
+    return Page(items=[AgentPublic.of(a) for a in items], next_cursor=next_cursor)
+
+
+@router.get("/{agent_id}", response_model=AgentPublic)
+async def get_agent(state: State, admin: Admin, agent_id: uuid.UUID) -> AgentPublic:
+    """One agent (never its token)."""
+    async with state.tx() as conn:
+        return AgentPublic.of(await logic.get_agent(conn, agent_id))
+
+
+@router.put("/{agent_id}", response_model=AgentPublic)
+async def update_agent(
+    request: Request, state: State, admin: Admin, agent_id: uuid.UUID, body: AgentUpdate
+) -> AgentPublic:
+    """Change an agent's name, scopes, expiry, or disable it."""
+    fields = {name: getattr(body, name) for name in body.model_fields_set}
+    nulls = sorted(k for k, v in fields.items() if v is None and k != "expires_at")
+    if nulls:
+        raise InvalidInput(
+            [FieldError((k,), "may not be null; leave it out to keep it") for k in nulls]
+        )
+    async with state.tx() as conn:
+        agent = await logic.update_agent(
+            conn, actor=admin, agent_id=agent_id, fields=fields, request_id=request_id(request)
+        )
+    return AgentPublic.of(agent)
+
+
+@router.delete("/{agent_id}", status_code=204)
+async def delete_agent(
+    request: Request, state: State, admin: Admin, agent_id: uuid.UUID
+) -> Response:
+    """Revoke an agent for good: its token stops working at once."""
+    async with state.tx() as conn:
+        await logic.delete_agent(
+            conn, actor=admin, agent_id=agent_id, request_id=request_id(request)
+        )
+    return Response(status_code=204)

@@ -1,0 +1,83 @@
+"""Runs: one per attempt at an occurrence."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+
+from api.deps import RunsRead, State, TasksWrite, request_id
+from api.models import Page, RunLogPublic, RunLogs, RunPublic
+from pao import pagination
+from pao import runs as logic
+from pao.errors import InvalidInput
+from pao.schemas import RunStatusField
+from pao.store import runs as store
+
+router = APIRouter(prefix="/runs", tags=["runs"])
+
+
+@router.get("", response_model=Page[RunPublic])
+async def list_runs(
+    state: State,
+    agent: RunsRead,
+    task_id: uuid.UUID | None = None,
+    status: RunStatusField | None = None,
+    limit: Annotated[int, Query(ge=1, le=pagination.MAX_LIMIT)] = pagination.DEFAULT_LIMIT,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> Page[RunPublic]:
+    """Runs, newest first. Non-admin agents see only runs of their own tasks."""
+    after = pagination.decode_cursor(cursor)
+    async with state.tx() as conn:
+        rows = await store.list_runs(
+            conn,
+            owner=None if agent.is_admin else agent.id,
+            limit=limit + 1,
+            after=after,
+            task_id=task_id,
+            status=status,
+        )
+    items = rows[:limit]
+    next_cursor = (
+        pagination.encode_cursor(items[-1].queued_at, items[-1].id) if len(rows) > limit else None
+    )
+    return Page(items=[RunPublic.of(r) for r in items], next_cursor=next_cursor)
+
+
+@router.get("/{run_id}", response_model=RunPublic)
+async def get_run(state: State, agent: RunsRead, run_id: uuid.UUID) -> RunPublic:
+    """One run with its steps and their outputs."""
+    async with state.tx() as conn:
+        return RunPublic.of(await logic.get_run(conn, agent, run_id))
+
+
+@router.get("/{run_id}/logs", response_model=RunLogs)
+async def run_logs(
+    state: State,
+    agent: RunsRead,
+    run_id: uuid.UUID,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(max_length=20)] = None,
+) -> RunLogs:
+    """The run's log lines, oldest first; pass `next_cursor` back for more."""
+    if cursor is not None and not cursor.isdigit():
+        raise InvalidInput.one(("query", "cursor"), "is not a cursor this API gave out")
+    after_id = int(cursor) if cursor else 0
+    async with state.tx() as conn:
+        await logic.get_run(conn, agent, run_id)
+        lines = await store.list_run_logs(conn, run_id, after_id=after_id, limit=limit + 1)
+    items = lines[:limit]
+    next_cursor = str(items[-1].id) if len(lines) > limit else None
+    return RunLogs(items=[RunLogPublic.of(line) for line in items], next_cursor=next_cursor)
+
+
+@router.post("/{run_id}/cancel", status_code=202, response_model=RunPublic)
+async def cancel_run(
+    request: Request, state: State, agent: TasksWrite, run_id: uuid.UUID
+) -> RunPublic:
+    """Stop this run: a queued run is cancelled at once, a running one by its worker."""
+    async with state.tx() as conn:
+        return RunPublic.of(
+            await logic.cancel_run(conn, agent, run_id, request_id=request_id(request))
+        )

@@ -1,0 +1,222 @@
+"""Tasks: create, read, change, and steer their schedule."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import JSONResponse
+from pao.schedule import parse_schedule
+
+from api.deps import State, TasksRead, TasksWrite, task_context
+from api.idempotency import idempotent
+from api.models import Occurrence, Occurrences, Page, RunPublic, TaskPublic
+from pao import pagination
+from pao import tasks as logic
+from pao.errors import InvalidInput
+from pao.schemas import (
+    ScheduleKindField,
+    SchedulePreview,
+    Snooze,
+    TaskCreate,
+    TaskStatusField,
+    TaskUpdate,
+)
+from pao.store import tasks as store
+from pao.zones import get_zone
+
+router = APIRouter(prefix="/tasks", tags=["tasks"])
+
+Limit = Annotated[int, Query(ge=1, le=pagination.MAX_LIMIT)]
+
+
+def _etag(task: TaskPublic, response: Response) -> TaskPublic:
+    response.headers["ETag"] = f'"{task.version}"'
+    return task
+
+
+def _if_match(value: str | None) -> int | None:
+    if value is None:
+        return None
+    raw = value.strip().removeprefix("W/").strip('"')
+    if not raw.isdigit():
+        raise InvalidInput.one(("header", "If-Match"), 'must be a task version in quotes, e.g. "3"')
+    return int(raw)
+
+
+@router.post("", status_code=201, response_model=TaskPublic)
+async def create_task(
+    request: Request, state: State, agent: TasksWrite, body: TaskCreate
+) -> Response:
+    """Create a task. Answers 201 with the task and its first `next_run_at`.
+
+    Send `Idempotency-Key` to make retries safe: the same key and body get the
+    first response again.
+    """
+    ctx = task_context(request, state, agent)
+    async with idempotent(
+        request, state, agent, body.model_dump(mode="json", exclude_unset=True)
+    ) as guard:
+        if guard.replay is not None:
+            return guard.replay
+        async with state.tx() as conn:
+            task = await logic.create_task(conn, ctx, body)
+            public = TaskPublic.of(task).model_dump(mode="json")
+            await guard.complete(conn, 201, public)
+    return JSONResponse(
+        public,
+        status_code=201,
+        headers={"Location": f"/tasks/{task.id}", "ETag": f'"{task.version}"'},
+    )
+
+
+@router.post("/preview", response_model=Occurrences)
+async def preview(state: State, agent: TasksRead, body: SchedulePreview) -> Occurrences:
+    """The next fire times of a schedule, without storing anything."""
+    now = datetime.now(UTC)
+    zone_name = body.timezone or state.settings.default_timezone
+    schedule, _ = logic.check_schedule(
+        body.schedule_kind, body.schedule_expr, zone_name, created_at=now, now=now
+    )
+    zone = get_zone(zone_name)
+    return Occurrences(items=[Occurrence.of(at, zone) for at in schedule.upcoming(now, body.count)])
+
+
+@router.get("", response_model=Page[TaskPublic])
+async def list_tasks(
+    state: State,
+    agent: TasksRead,
+    status: TaskStatusField | None = None,
+    created_by: uuid.UUID | None = None,
+    schedule_kind: ScheduleKindField | None = None,
+    limit: Limit = pagination.DEFAULT_LIMIT,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> Page[TaskPublic]:
+    """Tasks, newest first. Non-admin agents see only their own."""
+    after = pagination.decode_cursor(cursor)
+    async with state.tx() as conn:
+        rows = await store.list_tasks(
+            conn,
+            owner=None if agent.is_admin else agent.id,
+            limit=limit + 1,
+            after=after,
+            status=status,
+            created_by=created_by,
+            schedule_kind=schedule_kind,
+        )
+    items = rows[:limit]
+    next_cursor = (
+        pagination.encode_cursor(items[-1].created_at, items[-1].id) if len(rows) > limit else None
+    )
+    return Page(items=[TaskPublic.of(t) for t in items], next_cursor=next_cursor)
+
+
+@router.get("/{task_id}", response_model=TaskPublic)
+async def get_task(
+    request: Request, response: Response, state: State, agent: TasksRead, task_id: uuid.UUID
+) -> TaskPublic:
+    """One task."""
+    async with state.tx() as conn:
+        task = await logic.get_task(conn, task_context(request, state, agent), task_id)
+    return _etag(TaskPublic.of(task), response)
+
+
+@router.get("/{task_id}/occurrences", response_model=Occurrences)
+async def occurrences(
+    request: Request,
+    state: State,
+    agent: TasksRead,
+    task_id: uuid.UUID,
+    count: Annotated[int, Query(ge=1, le=100)] = 10,
+    from_: Annotated[datetime | None, Query(alias="from")] = None,
+) -> Occurrences:
+    """Coming fire times from `from` (default now): UTC `at` and the task's local wall time."""
+    if from_ is not None and from_.tzinfo is None:
+        raise InvalidInput.one(("query", "from"), "needs a UTC offset, e.g. 2026-01-01T00:00:00Z")
+    async with state.tx() as conn:
+        task = await logic.get_task(conn, task_context(request, state, agent), task_id)
+    if task.status in ("cancelled", "completed") or task.schedule_kind == "event":
+        return Occurrences(items=[])
+    schedule = parse_schedule(
+        task.schedule_kind, task.schedule_expr, task.timezone, created_at=task.created_at
+    )
+    start = from_ or datetime.now(UTC)
+    zone = get_zone(task.timezone)
+    return Occurrences(items=[Occurrence.of(at, zone) for at in schedule.upcoming(start, count)])
+
+
+@router.put("/{task_id}", response_model=TaskPublic)
+async def update_task(
+    request: Request,
+    response: Response,
+    state: State,
+    agent: TasksWrite,
+    task_id: uuid.UUID,
+    body: TaskUpdate,
+    if_match: Annotated[str | None, Header()] = None,
+) -> TaskPublic:
+    """Change any subset of fields. A schedule change recomputes `next_run_at`.
+
+    Send `If-Match` with the version from the task's `ETag` to refuse the change
+    (412) when someone else changed the task meanwhile.
+    """
+    version = _if_match(if_match)
+    async with state.tx() as conn:
+        task = await logic.update_task(
+            conn, task_context(request, state, agent), task_id, body, if_version=version
+        )
+    return _etag(TaskPublic.of(task), response)
+
+
+@router.post("/{task_id}/run_now", status_code=202, response_model=RunPublic)
+async def run_now(
+    request: Request, state: State, agent: TasksWrite, task_id: uuid.UUID
+) -> RunPublic:
+    """Queue one run now; the schedule is untouched. Answers 202 with the queued run."""
+    async with state.tx() as conn:
+        run = await logic.run_now(conn, task_context(request, state, agent), task_id)
+    return RunPublic.of(run)
+
+
+@router.post("/{task_id}/snooze", response_model=TaskPublic)
+async def snooze(
+    request: Request, state: State, agent: TasksWrite, task_id: uuid.UUID, body: Snooze
+) -> TaskPublic:
+    """Delay the next execution by `seconds`."""
+    async with state.tx() as conn:
+        task = await logic.snooze_task(
+            conn, task_context(request, state, agent), task_id, body.seconds
+        )
+    return TaskPublic.of(task)
+
+
+@router.post("/{task_id}/pause", response_model=TaskPublic)
+async def pause(
+    request: Request, state: State, agent: TasksWrite, task_id: uuid.UUID
+) -> TaskPublic:
+    """Stop firing until resumed."""
+    async with state.tx() as conn:
+        task = await logic.pause_task(conn, task_context(request, state, agent), task_id)
+    return TaskPublic.of(task)
+
+
+@router.post("/{task_id}/resume", response_model=TaskPublic)
+async def resume(
+    request: Request, state: State, agent: TasksWrite, task_id: uuid.UUID
+) -> TaskPublic:
+    """Fire again from now; what fell due while paused is not replayed."""
+    async with state.tx() as conn:
+        task = await logic.resume_task(conn, task_context(request, state, agent), task_id)
+    return TaskPublic.of(task)
+
+
+@router.post("/{task_id}/cancel", response_model=TaskPublic)
+async def cancel(
+    request: Request, state: State, agent: TasksWrite, task_id: uuid.UUID
+) -> TaskPublic:
+    """Cancel for good: queued work is dropped and a running run is stopped."""
+    async with state.tx() as conn:
+        task = await logic.cancel_task(conn, task_context(request, state, agent), task_id)
+    return TaskPublic.of(task)

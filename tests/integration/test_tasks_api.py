@@ -1,0 +1,266 @@
+"""The task endpoints against a real database."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import psycopg
+from fastapi.testclient import TestClient
+
+from tests.helpers import SEED_TASK, auth
+
+
+def _next_weekday_0830(now: datetime, zone: ZoneInfo) -> datetime:
+    local = now.astimezone(zone)
+    for days in range(8):
+        day = (local + timedelta(days=days)).date()
+        candidate = datetime(day.year, day.month, day.day, 8, 30, tzinfo=zone)
+        if candidate.weekday() < 5 and candidate > now:
+            return candidate.astimezone(UTC)
+    raise AssertionError("no weekday in a week")
+
+
+def test_seed_example_is_created_with_next_weekday_0830(
+    client: TestClient, admin_token: str
+) -> None:
+    before = datetime.now(UTC)
+    resp = client.post("/tasks", json=SEED_TASK, headers=auth(admin_token))
+    assert resp.status_code == 201, resp.text
+    body = resp.json()
+    expected = _next_weekday_0830(before, ZoneInfo("Europe/Chisinau"))
+    assert datetime.fromisoformat(body["next_run_at"]) == expected
+    assert body["status"] == "active"
+    assert body["priority"] == 5
+    assert body["backoff_strategy"] == "exponential_jitter"
+    assert body["max_retries"] == 3
+    assert resp.headers["Location"] == f"/tasks/{body['id']}"
+    got = client.get(f"/tasks/{body['id']}", headers=auth(admin_token))
+    assert got.status_code == 200
+    assert got.json() == body
+
+
+def test_create_writes_one_audit_row(
+    client: TestClient, writer_token: str, db: psycopg.Connection[Any]
+) -> None:
+    resp = client.post(
+        "/tasks", json=SEED_TASK, headers={**auth(writer_token), "X-Request-ID": "req-42"}
+    )
+    assert resp.status_code == 201
+    assert resp.headers["X-Request-ID"] == "req-42"
+    rows = db.execute(
+        "SELECT action, target_id, request_id FROM audit_log WHERE target_type = 'task'"
+    ).fetchall()
+    assert rows == [("task.create", resp.json()["id"], "req-42")]
+
+
+def test_default_timezone_applies(client: TestClient, writer_token: str) -> None:
+    task = {**SEED_TASK}
+    del task["timezone"]
+    resp = client.post("/tasks", json=task, headers=auth(writer_token))
+    assert resp.status_code == 201
+    assert resp.json()["timezone"] == "Europe/Chisinau"
+
+
+def test_list_paginates_and_filters(client: TestClient, writer_token: str) -> None:
+    ids = []
+    for i in range(5):
+        body = {**SEED_TASK, "title": f"t{i}"}
+        if i % 2:
+            body = {**body, "schedule_kind": "event", "schedule_expr": "github.*"}
+        ids.append(client.post("/tasks", json=body, headers=auth(writer_token)).json()["id"])
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"limit": 2}
+        if cursor:
+            params["cursor"] = cursor
+        page = client.get("/tasks", params=params, headers=auth(writer_token)).json()
+        seen += [t["id"] for t in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == list(reversed(ids))
+    events = client.get("/tasks", params={"schedule_kind": "event"}, headers=auth(writer_token))
+    assert {t["id"] for t in events.json()["items"]} == {ids[1], ids[3]}
+
+
+def test_preview_and_occurrences(client: TestClient, writer_token: str) -> None:
+    preview = client.post(
+        "/tasks/preview",
+        json={
+            "schedule_kind": "cron",
+            "schedule_expr": "30 2 * * *",
+            "timezone": "America/New_York",
+            "count": 3,
+        },
+        headers=auth(writer_token),
+    )
+    assert preview.status_code == 200, preview.text
+    items = preview.json()["items"]
+    assert len(items) == 3
+    for item in items:
+        local = datetime.fromisoformat(item["local"])
+        assert datetime.fromisoformat(item["at"]) == local
+    created = client.post("/tasks", json=SEED_TASK, headers=auth(writer_token)).json()
+    occ = client.get(
+        f"/tasks/{created['id']}/occurrences",
+        params={"count": 5, "from": "2027-07-01T00:00:00Z"},
+        headers=auth(writer_token),
+    )
+    assert occ.status_code == 200
+    # July 2027 in Chisinau is UTC+3: 08:30 local is 05:30Z, on weekdays from Thu 1 July.
+    assert [o["at"] for o in occ.json()["items"]] == [
+        "2027-07-01T05:30:00Z",
+        "2027-07-02T05:30:00Z",
+        "2027-07-05T05:30:00Z",
+        "2027-07-06T05:30:00Z",
+        "2027-07-07T05:30:00Z",
+    ]
+    assert occ.json()["items"][0]["local"] == "2027-07-01T08:30:00+03:00"
+
+
+def test_update_recomputes_next_run(client: TestClient, writer_token: str) -> None:
+    task = client.post("/tasks", json=SEED_TASK, headers=auth(writer_token)).json()
+    resp = client.put(
+        f"/tasks/{task['id']}",
+        json={"schedule_kind": "cron", "schedule_expr": "0 0 1 1 *", "timezone": "UTC"},
+        headers=auth(writer_token),
+    )
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    now = datetime.now(UTC)
+    assert datetime.fromisoformat(body["next_run_at"]) == datetime(now.year + 1, 1, 1, tzinfo=UTC)
+    assert body["version"] == task["version"] + 1
+    title_only = client.put(f"/tasks/{task['id']}", json={"title": "x"}, headers=auth(writer_token))
+    assert title_only.json()["next_run_at"] == body["next_run_at"]
+
+
+def test_update_with_stale_if_match_is_refused(client: TestClient, writer_token: str) -> None:
+    task = client.post("/tasks", json=SEED_TASK, headers=auth(writer_token)).json()
+    ok = client.put(
+        f"/tasks/{task['id']}",
+        json={"title": "a"},
+        headers={**auth(writer_token), "If-Match": '"1"'},
+    )
+    assert ok.status_code == 200
+    assert ok.headers["ETag"] == '"2"'
+    stale = client.put(
+        f"/tasks/{task['id']}",
+        json={"title": "b"},
+        headers={**auth(writer_token), "If-Match": '"1"'},
+    )
+    assert stale.status_code == 412
+    assert stale.headers["content-type"] == "application/problem+json"
+
+
+def test_pause_resume_snooze_cancel(
+    client: TestClient, writer_token: str, db: psycopg.Connection[Any]
+) -> None:
+    task = client.post("/tasks", json=SEED_TASK, headers=auth(writer_token)).json()
+    tid = task["id"]
+    paused = client.post(f"/tasks/{tid}/pause", headers=auth(writer_token)).json()
+    assert paused["status"] == "paused"
+    assert paused["next_run_at"] is None
+    assert (
+        client.post(
+            f"/tasks/{tid}/snooze", json={"seconds": 60}, headers=auth(writer_token)
+        ).status_code
+        == 409
+    )
+    resumed = client.post(f"/tasks/{tid}/resume", headers=auth(writer_token)).json()
+    assert resumed["status"] == "active"
+    assert resumed["next_run_at"] == task["next_run_at"]
+    snoozed = client.post(f"/tasks/{tid}/snooze", json={"seconds": 600}, headers=auth(writer_token))
+    assert snoozed.status_code == 200
+    delta = datetime.fromisoformat(snoozed.json()["next_run_at"]) - datetime.fromisoformat(
+        task["next_run_at"]
+    )
+    assert delta == timedelta(seconds=600)
+    run = client.post(f"/tasks/{tid}/run_now", headers=auth(writer_token))
+    assert run.status_code == 202
+    assert run.json()["status"] == "queued"
+    cancelled = client.post(f"/tasks/{tid}/cancel", headers=auth(writer_token)).json()
+    assert cancelled["status"] == "cancelled"
+    assert cancelled["next_run_at"] is None
+    states = db.execute("SELECT state FROM due_work WHERE task_id = %s", (tid,)).fetchall()
+    assert states == [("cancelled",)]
+    run_after = client.get(f"/runs/{run.json()['id']}", headers=auth(writer_token)).json()
+    assert run_after["status"] == "cancelled"
+    assert client.post(f"/tasks/{tid}/run_now", headers=auth(writer_token)).status_code == 409
+    actions = [
+        r[0]
+        for r in db.execute(
+            "SELECT action FROM audit_log WHERE target_type = 'task' ORDER BY id"
+        ).fetchall()
+    ]
+    assert actions == [
+        "task.create",
+        "task.pause",
+        "task.resume",
+        "task.snooze",
+        "task.run_now",
+        "task.cancel",
+    ]
+
+
+def test_run_now_queues_due_work_and_run(
+    client: TestClient, writer_token: str, db: psycopg.Connection[Any]
+) -> None:
+    task = client.post("/tasks", json=SEED_TASK, headers=auth(writer_token)).json()
+    run = client.post(f"/tasks/{task['id']}/run_now", headers=auth(writer_token)).json()
+    row = db.execute(
+        "SELECT d.state, d.reason, d.priority, r.attempt FROM due_work d "
+        "JOIN runs r ON r.due_work_id = d.id WHERE r.id = %s",
+        (run["id"],),
+    ).fetchone()
+    assert row == ("queued", "run_now", 5, 1)
+    listed = client.get("/runs", params={"task_id": task["id"]}, headers=auth(writer_token)).json()
+    assert [r["id"] for r in listed["items"]] == [run["id"]]
+    cancel = client.post(f"/runs/{run['id']}/cancel", headers=auth(writer_token))
+    assert cancel.status_code == 202
+    assert cancel.json()["status"] == "cancelled"
+    again = client.post(f"/runs/{run['id']}/cancel", headers=auth(writer_token))
+    assert again.status_code == 409
+
+
+def test_events_fan_out_to_matching_tasks(
+    client: TestClient,
+    writer_token: str,
+    make_token: Callable[..., str],
+    db: psycopg.Connection[Any],
+) -> None:
+    def event_task(pattern: str) -> str:
+        body = {**SEED_TASK, "schedule_kind": "event", "schedule_expr": pattern}
+        resp = client.post("/tasks", json=body, headers=auth(writer_token))
+        assert resp.status_code == 201, resp.text
+        assert resp.json()["next_run_at"] is None
+        return str(resp.json()["id"])
+
+    exact = event_task("github.push")
+    prefix = event_task("github.*")
+    other = event_task("gitlab.push")
+    paused = event_task("github.push")
+    client.post(f"/tasks/{paused}/pause", headers=auth(writer_token))
+    publisher = make_token("events:publish", name="ingest")
+    resp = client.post(
+        "/events", json={"type": "github.push", "payload": {"ref": "main"}}, headers=auth(publisher)
+    )
+    assert resp.status_code == 202, resp.text
+    assert resp.json()["queued"] == 2
+    queued = {
+        r[0]
+        for r in db.execute("SELECT task_id::text FROM due_work WHERE reason = 'event'").fetchall()
+    }
+    assert queued == {exact, prefix}
+    assert other not in queued
+
+
+def test_tools_lists_builtins_with_schemas(client: TestClient, writer_token: str) -> None:
+    resp = client.get("/tools", headers=auth(writer_token))
+    assert resp.status_code == 200
+    names = {t["name"]: t for t in resp.json()["items"]}
+    assert {"http.request", "events.publish", "log", "sleep"} <= set(names)
+    assert names["log"]["input_schema"]["type"] == "object"

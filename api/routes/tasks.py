@@ -8,7 +8,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pao.schedule import parse_schedule
 
 from api.deps import State, TasksRead, TasksWrite, task_context
 from api.idempotency import idempotent
@@ -16,6 +15,7 @@ from api.models import Occurrence, Occurrences, Page, RunPublic, TaskPublic
 from pao import pagination
 from pao import tasks as logic
 from pao.errors import InvalidInput
+from pao.schedule import parse_schedule
 from pao.schemas import (
     ScheduleKindField,
     SchedulePreview,

@@ -121,6 +121,15 @@ def _cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     return _supervise(children)
 
 
+def _die_with_parent() -> None:
+    """In a child of `pao dev`: get SIGTERM if the parent dies, so nothing is orphaned (Linux)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def _supervise(children: list[subprocess.Popen[bytes]]) -> int:
     """Wait for the children; on a signal or a child's exit, stop them all."""
     stopping = False

@@ -21,11 +21,10 @@ class EmbeddedDatabaseError(PaoError):
     """The embedded PostgreSQL could not be started; see its log under PAO_DATA_DIR."""
 
 
-def ensure_embedded(data_dir: Path, *, keep_running: bool = False) -> str:
+def ensure_embedded(data_dir: Path) -> str:
     """Start (or join) the embedded server under `data_dir` and return its URL.
 
-    With `keep_running` the server outlives this process (used by tests, which
-    start and stop it themselves).
+    The server stops when the last process that joined it exits.
     """
     data_dir = data_dir.expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -36,7 +35,7 @@ def ensure_embedded(data_dir: Path, *, keep_running: bool = False) -> str:
         from pgserver.postgres_server import get_server
 
         try:
-            server = get_server(pgdata, cleanup_mode=None if keep_running else "stop")
+            server = get_server(pgdata, cleanup_mode="stop")
         except Exception as exc:
             raise EmbeddedDatabaseError(
                 f"could not start the embedded PostgreSQL in {pgdata}: {exc}; "

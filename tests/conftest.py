@@ -54,7 +54,7 @@ def pg_server() -> Server:
     url = os.environ.get("DATABASE_URL")
     if not url:
         data_dir = Path(os.environ.get("PAO_TEST_DATA_DIR") or ROOT / ".pao-test")
-        url = ensure_embedded(data_dir, keep_running=True)
+        url = ensure_embedded(data_dir)  # stopped when the test session exits
     return _server_from_url(url)
 
 

@@ -4,71 +4,16 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
 
+from tests.acceptance.procs import ROOT, Process, free_port, pao, wait_ready
 from tests.helpers import SEED_TASK, auth
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _pao(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pao", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
-
-
-class Process:
-    """A `pao` process whose output goes to a file, so no pipe is left open."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
-        self.log = log
-        with log.open("a") as out:
-            self.proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=out, stderr=out)
-
-    def output(self) -> str:
-        return self.log.read_text()
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=20)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-
-def _wait_ready(base: str, api: Process, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if api.proc.poll() is not None:
-            raise AssertionError(f"the API exited early:\n{api.output()}")
-        try:
-            if httpx.get(f"{base}/health/ready", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("the API did not become ready")
 
 
 @pytest.fixture
@@ -81,7 +26,7 @@ def blank_db(db_url: str) -> str:
 
 
 def test_migrate_agents_and_api_as_processes(blank_db: str, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "DATABASE_URL": blank_db, "PAO_LOG_LEVEL": "info", "PAO_PORT": str(port)}
 
     refused = subprocess.run(
@@ -103,16 +48,16 @@ def test_migrate_agents_and_api_as_processes(blank_db: str, tmp_path: Path) -> N
     assert [r.proc.wait(timeout=60) for r in racers] == [0, 0]
     assert sum("applied version_0001.sql" in r.output() for r in racers) == 1
 
-    made = _pao("agents", "create", "--name", "ci", "--scopes", "tasks:read,tasks:write", env=env)
+    made = pao("agents", "create", "--name", "ci", "--scopes", "tasks:read,tasks:write", env=env)
     assert made.returncode == 0, made.stderr
     token = made.stdout.strip()
-    bootstrap = _pao("agents", "token", env=env).stdout.strip()
+    bootstrap = pao("agents", "token", env=env).stdout.strip()
     env["PAO_ADMIN_TOKEN"] = bootstrap
 
     base = f"http://127.0.0.1:{port}"
     api = Process([sys.executable, "-m", "pao", "api"], env, tmp_path / "api.log")
     try:
-        _wait_ready(base, api)
+        wait_ready(base, api)
         created = httpx.post(f"{base}/tasks", json=SEED_TASK, headers=auth(token), timeout=10)
         assert created.status_code == 201, created.text
         admin_view = httpx.get(f"{base}/agents", headers=auth(bootstrap), timeout=10)
@@ -124,7 +69,7 @@ def test_migrate_agents_and_api_as_processes(blank_db: str, tmp_path: Path) -> N
 
         # Restarted, it serves the same data, and the bootstrap adds no second admin.
         api = Process([sys.executable, "run_api.py"], env, tmp_path / "api2.log")
-        _wait_ready(base, api)
+        wait_ready(base, api)
         got = httpx.get(f"{base}/tasks/{created.json()['id']}", headers=auth(token), timeout=10)
         assert got.status_code == 200
         agents = httpx.get(f"{base}/agents", headers=auth(bootstrap), timeout=10).json()["items"]

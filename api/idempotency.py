@@ -8,10 +8,8 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
 
-from fastapi import Request
-from fastapi.responses import JSONResponse
+from fastapi import Request, Response
 
 from api.deps import AppState
 from pao import db
@@ -20,6 +18,8 @@ from pao.models import Agent
 from pao.store import idempotency
 
 _KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+# Headers of the first response that a replay repeats.
+_KEPT_HEADERS = ("location", "etag")
 
 
 @dataclass
@@ -29,30 +29,35 @@ class Idempotent:
     key: str | None
     endpoint: str
     agent: Agent
-    replay: JSONResponse | None = None
+    replay: Response | None = None
 
-    async def complete(self, conn: db.Conn, status: int, body: Any) -> None:
-        if self.key is not None:
-            await idempotency.complete(
-                conn,
-                agent_id=self.agent.id,
-                endpoint=self.endpoint,
-                key=self.key,
-                status=status,
-                body=body,
-            )
+    async def complete(self, conn: db.Conn, response: Response) -> None:
+        """Store `response` in the work's own transaction."""
+        if self.key is None:
+            return
+        headers = {k: v for k, v in response.headers.items() if k in _KEPT_HEADERS}
+        await idempotency.complete(
+            conn,
+            agent_id=self.agent.id,
+            endpoint=self.endpoint,
+            key=self.key,
+            status=response.status_code,
+            body=bytes(response.body).decode(),
+            headers=headers,
+        )
 
 
-def request_hash(body: dict[str, Any]) -> bytes:
-    """The fingerprint that tells "the same request again" from "another request"."""
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+def request_hash(raw_body: bytes) -> bytes:
+    """What tells "the same request again" from "another request": the JSON, not its spacing."""
+    try:
+        canonical = json.dumps(json.loads(raw_body), sort_keys=True, separators=(",", ":"))
+    except ValueError:
+        canonical = raw_body.decode(errors="replace")
     return hashlib.sha256(canonical.encode()).digest()
 
 
 @asynccontextmanager
-async def idempotent(
-    request: Request, state: AppState, agent: Agent, body: dict[str, Any]
-) -> AsyncIterator[Idempotent]:
+async def idempotent(request: Request, state: AppState, agent: Agent) -> AsyncIterator[Idempotent]:
     """Claim the Idempotency-Key (if sent) around the block; release it if the block fails."""
     key = request.headers.get("idempotency-key")
     endpoint = f"{request.method} {request.url.path}"
@@ -64,7 +69,7 @@ async def idempotent(
         raise InvalidInput.one(
             ("header", "Idempotency-Key"), "must be 1 to 255 visible ASCII characters"
         )
-    digest = request_hash(body)
+    digest = request_hash(await request.body())
     async with state.tx() as conn:
         claim = await idempotency.claim(
             conn, agent_id=agent.id, endpoint=endpoint, key=key, request_hash=digest
@@ -75,8 +80,12 @@ async def idempotent(
         raise IdempotencyInFlight()
     if claim.outcome == "replay":
         assert claim.status is not None
-        guard.replay = JSONResponse(
-            claim.body, status_code=claim.status, headers={"Idempotent-Replayed": "true"}
+        assert claim.body is not None
+        guard.replay = Response(
+            claim.body,
+            status_code=claim.status,
+            media_type="application/json",
+            headers={**claim.headers, "Idempotent-Replayed": "true"},
         )
         yield guard
         return

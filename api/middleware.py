@@ -8,6 +8,7 @@ PostgreSQL (which rejects them: another 500).
 from __future__ import annotations
 
 import json
+import math
 import re
 import uuid
 from typing import Any
@@ -16,12 +17,27 @@ from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.problems import field_errors, problem
+from api.problems import field_errors, problem, unexpected_error_response
 from pao.pipeline import reject_bad_text
 
 MAX_BODY_BYTES = 256 * 1024
 MAX_DEPTH = 64
-_CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_CLIENT_ID = re.compile(r"^[\x21-\x7e]{1,128}$")  # visible ASCII: safe to echo in a header
+
+
+class _NotJson(ValueError):
+    """A number JSON does not have (NaN, Infinity, or too large for a float)."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise _NotJson(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise _NotJson(f"{text} is too large a number")
+    return value
 
 
 def _depth_ok(value: Any, limit: int) -> bool:
@@ -63,7 +79,21 @@ class RequestMiddleware:
                 await rejection(scope, receive, send_with_id)
                 return
             receive = _replay(body, receive)
-        await self.app(scope, receive, send_with_id)
+        started = False
+
+        async def send_tracking(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send_with_id(message)
+
+        try:
+            await self.app(scope, receive, send_tracking)
+        except Exception as exc:
+            # Here rather than in Starlette's outermost handler, so even a 500 has its id.
+            if started:
+                raise
+            response = await unexpected_error_response(request, exc)
+            await response(scope, receive, send_with_id)
 
     async def _read_body(self, request: Request, receive: Receive) -> tuple[bytes, Any]:
         declared = request.headers.get("content-length")
@@ -92,14 +122,22 @@ class RequestMiddleware:
 
     @staticmethod
     def _vet_json(request: Request, body: bytes) -> Any:
-        if not body or "json" not in request.headers.get("content-type", "json"):
+        if not body:
             return None
         try:
-            value = json.loads(body)
+            value = json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
         except RecursionError:
             return _nested(request)
+        except _NotJson as exc:
+            return problem(
+                422,
+                f"{exc}; send finite numbers only",
+                request=request,
+                slug="validation",
+                errors=[{"field": "body", "loc": ["body"], "message": str(exc)}],
+            )
         except ValueError:
-            return None  # FastAPI answers malformed JSON with its own 422
+            return None  # not JSON at all: FastAPI answers with its own 4xx
         if not _depth_ok(value, MAX_DEPTH):
             return _nested(request)
         errors = reject_bad_text(value, ())

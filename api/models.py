@@ -36,6 +36,8 @@ class TaskPublic(BaseModel):
     created_by: uuid.UUID
     status: str
     next_run_at: datetime | None
+    misfire_policy: str
+    misfire_grace_seconds: int
     version: int
     created_at: datetime
     updated_at: datetime
@@ -117,8 +119,10 @@ class EventAccepted(BaseModel):
     queued: int
 
     @classmethod
-    def of(cls, event: Event, runs: list[Run]) -> EventAccepted:
-        return cls(id=event.id, type=event.type, received_at=event.received_at, queued=len(runs))
+    def of(cls, event: Event, runs: list[Run], *, visible: set[uuid.UUID] | None) -> EventAccepted:
+        """`queued` counts only runs of tasks in `visible` (None: all, for admins)."""
+        mine = [r for r in runs if visible is None or r.task_id in visible]
+        return cls(id=event.id, type=event.type, received_at=event.received_at, queued=len(mine))
 
 
 class ToolPublic(BaseModel):

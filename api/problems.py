@@ -40,9 +40,7 @@ _TITLES = {
     409: "Conflict",
     412: "Precondition failed",
     413: "Request body too large",
-    415: "Unsupported media type",
     422: "Invalid request",
-    429: "Too many requests",
     500: "Internal error",
     503: "Service unavailable",
 }
@@ -135,7 +133,7 @@ async def _on_pao_error(request: Request, exc: Exception) -> JSONResponse:
             return problem(
                 status, exc.message, request=request, slug=slug, errors=errors, headers=headers
             )
-    return await _on_unexpected(request, exc)
+    return await unexpected_error_response(request, exc)
 
 
 async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
@@ -151,7 +149,8 @@ async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     return problem(exc.status_code, detail, request=request, headers=dict(exc.headers or {}))
 
 
-async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+async def unexpected_error_response(request: Request, exc: Exception) -> JSONResponse:
+    """The answer to an exception nothing else handled: 503 if the database is away, else 500."""
     if is_unavailable(exc):
         return await _on_pao_error(request, DatabaseUnavailable())
     log.exception("unhandled error on %s %s", request.method, request.url.path)
@@ -166,4 +165,3 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(PaoError, _on_pao_error)
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http)
-    app.add_exception_handler(Exception, _on_unexpected)

@@ -187,7 +187,8 @@ CREATE TRIGGER audit_log_no_truncate
     BEFORE TRUNCATE ON audit_log
     FOR EACH STATEMENT EXECUTE FUNCTION audit_log_is_append_only();
 
--- Idempotency-Key records: one per (agent, endpoint, key).
+-- Idempotency-Key records: one per (agent, endpoint, key), kept for 24 hours.
+-- The response is stored byte for byte, so a replay is the first answer again.
 CREATE TABLE idempotency_keys (
     agent_id         uuid NOT NULL REFERENCES agents (id),
     endpoint         text NOT NULL,
@@ -195,7 +196,8 @@ CREATE TABLE idempotency_keys (
     request_hash     bytea NOT NULL,
     state            text NOT NULL DEFAULT 'in_flight',
     response_status  integer,
-    response_body    jsonb,
+    response_body    text,
+    response_headers jsonb,
     created_at       timestamptz NOT NULL DEFAULT now(),
     locked_until     timestamptz NOT NULL DEFAULT now() + interval '60 seconds',
     PRIMARY KEY (agent_id, endpoint, key),

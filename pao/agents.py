@@ -7,7 +7,7 @@ from datetime import datetime
 
 from pao import tokens
 from pao.db import Conn
-from pao.errors import InvalidInput, NotFound
+from pao.errors import Conflict, InvalidInput, NotFound
 from pao.models import SCOPES, Agent
 from pao.store import agents, audit
 from pao.store.agents import NewAgent
@@ -65,6 +65,12 @@ async def ensure_admin_token(conn: Conn, token: str) -> bool:
     return True
 
 
+async def _keep_an_admin(conn: Conn) -> None:
+    """Refuse (and so roll back) a change that leaves nobody able to administer."""
+    if await agents.count_usable_admins(conn) == 0:
+        raise Conflict("this would leave no usable admin agent; create another admin first")
+
+
 async def get_agent(conn: Conn, agent_id: uuid.UUID) -> Agent:
     agent = await agents.get_agent(conn, agent_id)
     if agent is None:
@@ -92,6 +98,7 @@ async def update_agent(
     )
     if updated is None:
         raise NotFound(f"no agent {agent_id}")
+    await _keep_an_admin(conn)
     await audit.record(
         conn,
         actor_id=actor.id,
@@ -109,6 +116,7 @@ async def delete_agent(
 ) -> None:
     if not await agents.delete_agent(conn, agent_id):
         raise NotFound(f"no agent {agent_id}")
+    await _keep_an_admin(conn)
     await audit.record(
         conn,
         actor_id=actor.id,

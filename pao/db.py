@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 import psycopg.errors
-from psycopg.rows import dict_row
+from psycopg.rows import BaseRowFactory, RowMaker, dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from pao.errors import DatabaseUnavailable
@@ -17,6 +18,7 @@ from pao.errors import DatabaseUnavailable
 log = logging.getLogger(__name__)
 
 Conn = psycopg.AsyncConnection[Any]
+T = TypeVar("T")
 
 # SQLSTATE classes that mean "the server is not there right now", not "your query is wrong".
 _UNAVAILABLE_PREFIXES = ("08", "57P", "53")
@@ -86,3 +88,23 @@ async def connect(url: str, *, autocommit: bool = False) -> Conn:
         if not autocommit:
             await conn.commit()
         return conn
+
+
+def model_row(cls: type[T]) -> BaseRowFactory[T]:
+    """Rows into dataclass `cls`, ignoring columns it does not name.
+
+    Unlike `class_row`, a column added by a later migration does not break
+    code that predates it (rolling deploys run old and new code side by side).
+    """
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+
+    def factory(cursor: Any) -> RowMaker[T]:
+        description = cursor.description or []
+        keep = [(i, col.name) for i, col in enumerate(description) if col.name in names]
+
+        def make(values: Sequence[Any]) -> T:
+            return cls(**{name: values[i] for i, name in keep})
+
+        return make
+
+    return factory

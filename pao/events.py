@@ -1,37 +1,47 @@
-"""Publishing events: stored once, fanned out to every matching active event task."""
+"""Events: stored once, fanned out to every matching active event task."""
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from pao import occurrences
 from pao.db import Conn
-from pao.models import Agent, Event, Run
-from pao.store import audit, events, runs, tasks
+from pao.models import Agent, Event, Run, Task
+from pao.store import audit, events, tasks
 
 
 @dataclass(frozen=True)
 class Published:
     event: Event
     runs: list[Run]
+    own_task_ids: set[uuid.UUID]  # the publisher's tasks among those that fired
+
+
+async def dispatch(conn: Conn, event: Event) -> list[tuple[Task, Run]]:
+    """Queue one occurrence of each matching active event task (dedupe keys applied)."""
+    queued: list[tuple[Task, Run]] = []
+    for task in await tasks.list_tasks_matching_event(conn, event.type):
+        run = await occurrences.queue_one(
+            conn,
+            task,
+            nominal_at=event.received_at,
+            reason="event",
+            event=event,
+            detail=f"event {event.type} {event.id}",
+        )
+        if run is not None:
+            queued.append((task, run))
+    return queued
 
 
 async def publish(
     conn: Conn, *, actor: Agent, type: str, payload: dict[str, Any], request_id: str | None
 ) -> Published:
+    """Store an event and fan it out in the same transaction."""
     event = await events.insert_event(conn, type=type, payload=payload, published_by=actor.id)
-    queued: list[Run] = []
-    for task_id, priority in await tasks.list_tasks_matching_event(conn, type):
-        run = await runs.enqueue(
-            conn,
-            task_id=task_id,
-            scheduled_for=event.received_at,
-            priority=priority,
-            reason="event",
-            event_id=event.id,
-        )
-        if run is not None:
-            queued.append(run)
+    queued = await dispatch(conn, event)
     await audit.record(
         conn,
         actor_id=actor.id,
@@ -41,4 +51,5 @@ async def publish(
         request_id=request_id,
         detail={"type": type, "queued": len(queued)},
     )
-    return Published(event, queued)
+    own = {task.id for task, _ in queued if task.created_by == actor.id}
+    return Published(event, [run for _, run in queued], own)

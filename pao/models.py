@@ -47,6 +47,10 @@ class Task:
     version: int
     created_at: datetime
     updated_at: datetime
+    misfire_policy: str
+    misfire_grace_seconds: int
+    paused_at: datetime | None
+    condition_state: bool | None
 
 
 @dataclass(frozen=True)
@@ -82,13 +86,3 @@ class Event:
     payload: dict[str, Any]
     published_by: uuid.UUID | None
     received_at: datetime
-
-
-@dataclass(frozen=True)
-class Heartbeat:
-    process_id: str
-    kind: str
-    hostname: str
-    pid: int
-    started_at: datetime
-    seen_at: datetime

@@ -14,8 +14,8 @@ def _owner(actor: Agent) -> uuid.UUID | None:
     return None if actor.is_admin else actor.id
 
 
-async def get_run(conn: Conn, actor: Agent, run_id: uuid.UUID) -> Run:
-    run = await runs.get_run(conn, run_id, owner=_owner(actor))
+async def get_run(conn: Conn, actor: Agent, run_id: uuid.UUID, *, lock: bool = False) -> Run:
+    run = await runs.get_run(conn, run_id, owner=_owner(actor), for_update=lock)
     if run is None:
         raise NotFound(f"no run {run_id}")
     return run
@@ -23,7 +23,7 @@ async def get_run(conn: Conn, actor: Agent, run_id: uuid.UUID) -> Run:
 
 async def cancel_run(conn: Conn, actor: Agent, run_id: uuid.UUID, *, request_id: str | None) -> Run:
     """Stop this run: at once when queued; a running one is stopped by its worker."""
-    run = await get_run(conn, actor, run_id)
+    run = await get_run(conn, actor, run_id, lock=True)
     if run.status not in ("queued", "running"):
         raise Conflict(f"the run already ended as {run.status}")
     cancelled = await runs.cancel_run(conn, run, reason=f"cancelled by agent {actor.name}")

@@ -11,8 +11,11 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
+from pao.errors import FieldError, InvalidInput
+
 ScheduleKindField = Literal["cron", "rrule", "once", "event", "condition"]
 BackoffField = Literal["fixed", "linear", "exponential", "exponential_jitter"]
+MisfireField = Literal["coalesce", "skip", "all"]
 TaskStatusField = Literal["active", "paused", "cancelled", "completed"]
 RunStatusField = Literal["queued", "running", "succeeded", "failed", "cancelled", "timed_out"]
 ScopeField = Literal["tasks:read", "tasks:write", "runs:read", "events:publish", "admin"]
@@ -28,12 +31,31 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class _Patch(_Strict):
+    """A partial update: fields left out stay as they are; null only where `NULLABLE` says."""
+
+    NULLABLE: ClassVar[frozenset[str]] = frozenset()
+
+    def changes(self) -> dict[str, Any]:
+        """The fields the client sent; InvalidInput if one that may not be null is null."""
+        given = {name: getattr(self, name) for name in sorted(self.model_fields_set)}
+        nulls = [name for name, value in given.items() if value is None]
+        bad = [name for name in nulls if name not in self.NULLABLE]
+        if bad:
+            raise InvalidInput(
+                [FieldError((name,), "may not be null; leave it out to keep it") for name in bad]
+            )
+        return given
+
+
 class TaskCreate(_Strict):
     title: str = Field(min_length=1, max_length=200)
     description: str = Field("", max_length=10_000)
     schedule_kind: ScheduleKindField
     schedule_expr: str = Field(min_length=1, max_length=1000)
-    timezone: str | None = Field(None, max_length=64, description="IANA zone; default from server")
+    timezone: str | None = Field(
+        None, min_length=1, max_length=64, description="IANA zone; default from server"
+    )
     payload: dict[str, Any] = Field(default_factory=dict)
     priority: StrictInt = Field(5, ge=1, le=9, description="1 runs first")
     dedupe_key: str | None = Field(None, min_length=1, max_length=500)
@@ -44,16 +66,21 @@ class TaskCreate(_Strict):
     created_by: uuid.UUID | None = Field(
         None, description="the owner; only admins may name another agent"
     )
+    misfire_policy: MisfireField = Field(
+        "coalesce",
+        description="after downtime: coalesce (missed ones become one run), skip, or all",
+    )
+    misfire_grace_seconds: StrictInt = Field(300, ge=0, le=31 * 86_400)
 
 
-class TaskUpdate(_Strict):
+class TaskUpdate(_Patch):
     """Any subset of a task's fields; what is left out stays as it is."""
 
     title: str | None = Field(None, min_length=1, max_length=200)
     description: str | None = Field(None, max_length=10_000)
     schedule_kind: ScheduleKindField | None = None
     schedule_expr: str | None = Field(None, min_length=1, max_length=1000)
-    timezone: str | None = Field(None, max_length=64)
+    timezone: str | None = Field(None, min_length=1, max_length=64)
     payload: dict[str, Any] | None = None
     priority: StrictInt | None = Field(None, ge=1, le=9)
     dedupe_key: str | None = Field(None, min_length=1, max_length=500)
@@ -62,6 +89,8 @@ class TaskUpdate(_Strict):
     backoff_strategy: BackoffField | None = None
     concurrency_key: str | None = Field(None, min_length=1, max_length=200)
     created_by: uuid.UUID | None = None
+    misfire_policy: MisfireField | None = None
+    misfire_grace_seconds: StrictInt | None = Field(None, ge=0, le=31 * 86_400)
 
     # Fields that may be set to null explicitly; for the rest null is an error.
     NULLABLE: ClassVar[frozenset[str]] = frozenset({"dedupe_key", "concurrency_key"})
@@ -70,7 +99,7 @@ class TaskUpdate(_Strict):
 class SchedulePreview(_Strict):
     schedule_kind: ScheduleKindField
     schedule_expr: str = Field(min_length=1, max_length=1000)
-    timezone: str | None = Field(None, max_length=64)
+    timezone: str | None = Field(None, min_length=1, max_length=64)
     count: StrictInt = Field(5, ge=1, le=100)
 
 
@@ -89,7 +118,9 @@ class AgentCreate(_Strict):
     expires_at: AwareDatetime | None = Field(None, description="ISO 8601 with offset; null: never")
 
 
-class AgentUpdate(_Strict):
+class AgentUpdate(_Patch):
+    NULLABLE: ClassVar[frozenset[str]] = frozenset({"expires_at"})
+
     name: str | None = Field(None, min_length=1, max_length=200)
     scopes: list[ScopeField] | None = Field(None, min_length=1)
     disabled: StrictBool | None = None

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pao import occurrences
 from pao.db import Conn
 from pao.errors import Conflict, FieldError, Forbidden, InvalidInput, NotFound, PreconditionFailed
 from pao.models import Agent, Run, Task
@@ -19,10 +20,16 @@ from pao.pipeline import validate_payload
 from pao.schedule import Schedule, parse_schedule
 from pao.schemas import TaskCreate, TaskUpdate
 from pao.store import audit, runs, tasks
+from pao.store import occurrences as occurrence_store
+from pao.store.occurrences import Decision
 from pao.templates import parse_template
 from pao.tools import ToolRegistry
 
 SCHEDULED_KINDS = frozenset({"cron", "rrule", "once", "condition"})
+# Fire times stay well inside what datetime can represent, whatever is added to them.
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+# Resuming records what fell due while paused, up to this many occurrences.
+MAX_PAUSE_RECORDS = 1000
 
 
 @dataclass(frozen=True)
@@ -58,23 +65,37 @@ def check_schedule(
             else "never fires after now; check the expression"
         )
         raise InvalidInput.one(("schedule_expr",), message)
+    if first >= LATEST:
+        raise InvalidInput.one(
+            ("schedule_expr",), f"first fires after {LATEST.year - 1}; give a nearer time"
+        )
     return schedule, first
 
 
 def _validate(
-    ctx: Context, fields: dict[str, Any], *, created_at: datetime, now: datetime
+    ctx: Context,
+    fields: dict[str, Any],
+    *,
+    created_at: datetime,
+    now: datetime,
+    schedule: bool = True,
 ) -> datetime | None:
-    """Check a whole task; return its next fire time. Raises with every error found."""
+    """Check a whole task; return its next fire time. Raises with every error found.
+
+    With `schedule` False (an edit that leaves the schedule alone) the schedule
+    is not checked again: a once task whose time has passed may still be renamed.
+    """
     errors: list[FieldError] = []
     next_run_at: datetime | None = None
     try:
-        _, next_run_at = check_schedule(
-            fields["schedule_kind"],
-            fields["schedule_expr"],
-            fields["timezone"],
-            created_at=created_at,
-            now=now,
-        )
+        if schedule:
+            _, next_run_at = check_schedule(
+                fields["schedule_kind"],
+                fields["schedule_expr"],
+                fields["timezone"],
+                created_at=created_at,
+                now=now,
+            )
     except InvalidInput as exc:
         _merge(errors, exc)
     try:
@@ -141,18 +162,15 @@ _EDITABLE = (
     "backoff_strategy",
     "concurrency_key",
     "created_by",
+    "misfire_policy",
+    "misfire_grace_seconds",
 )
 
 
 async def update_task(
     conn: Conn, ctx: Context, task_id: uuid.UUID, data: TaskUpdate, *, if_version: int | None
 ) -> Task:
-    given = data.model_fields_set
-    nulls = [f for f in sorted(given) if getattr(data, f) is None and f not in data.NULLABLE]
-    if nulls:
-        raise InvalidInput(
-            [FieldError((f,), "may not be null; leave it out to keep it") for f in nulls]
-        )
+    given = data.changes()
     task = await get_task(conn, ctx, task_id, lock=True)
     if if_version is not None and task.version != if_version:
         raise PreconditionFailed(
@@ -161,20 +179,29 @@ async def update_task(
     if task.status in ("cancelled", "completed"):
         raise Conflict(f"the task is {task.status}; create a new task instead")
     fields = {name: getattr(task, name) for name in _EDITABLE}
-    fields.update({name: getattr(data, name) for name in given})
+    fields.update(given)
     now = datetime.now(UTC)
     schedule_changed = any(
         fields[f] != getattr(task, f) for f in ("schedule_kind", "schedule_expr", "timezone")
     )
-    next_run_at = _validate(ctx, fields, created_at=task.created_at, now=now)
+    next_run_at = _validate(
+        ctx, fields, created_at=task.created_at, now=now, schedule=schedule_changed
+    )
     if "created_by" in given:
         fields["created_by"] = await _check_owner(conn, ctx, data.created_by)
     if not schedule_changed:
         next_run_at = task.next_run_at
-    elif task.status == "paused":
-        next_run_at = None
+    else:
+        taken = await runs.take_back_scheduled(conn, task.id, reason="the schedule changed")
+        await occurrences.take_back(
+            conn, task, taken, decision=occurrences.CANCELLED, detail="the schedule changed"
+        )
+        if task.status == "paused":
+            next_run_at = None
     fields["next_run_at"] = next_run_at
     updated = await tasks.update_task(conn, task.id, fields)
+    if updated.priority != task.priority:
+        await runs.reprioritise_queued(conn, task.id, updated.priority)
     await audit.record(
         conn,
         actor_id=ctx.actor.id,
@@ -211,11 +238,16 @@ async def _transition(
 
 
 async def pause_task(conn: Conn, ctx: Context, task_id: uuid.UUID) -> Task:
+    """Stop firing; occurrences already queued but not started are taken back."""
     task = await get_task(conn, ctx, task_id, lock=True)
     if task.status == "paused":
         return task
     if task.status != "active":
         raise Conflict(f"the task is {task.status}; only an active task can be paused")
+    taken = await runs.take_back_scheduled(conn, task.id, reason="the task was paused")
+    await occurrences.take_back(
+        conn, task, taken, decision=occurrences.SKIPPED_PAUSED, detail="the task was paused"
+    )
     return await _transition(
         conn, ctx, task, action="task.pause", status="paused", next_run_at=None
     )
@@ -233,6 +265,16 @@ async def resume_task(conn: Conn, ctx: Context, task_id: uuid.UUID) -> Task:
         task.schedule_kind, task.schedule_expr, task.timezone, created_at=task.created_at
     )
     next_run_at = schedule.next_after(now) if task.schedule_kind in SCHEDULED_KINDS else None
+    if task.paused_at is not None and task.schedule_kind in SCHEDULED_KINDS:
+        skipped = schedule.upcoming(task.paused_at, MAX_PAUSE_RECORDS + 1)
+        skipped = [t for t in skipped if t <= now]
+        await occurrence_store.record_many(
+            conn,
+            [
+                Decision(task.id, t, occurrences.SKIPPED_PAUSED, None, "the task was paused")
+                for t in skipped[:MAX_PAUSE_RECORDS]
+            ],
+        )
     if next_run_at is None and task.schedule_kind in SCHEDULED_KINDS:
         return await _transition(
             conn, ctx, task, action="task.resume", status="completed", next_run_at=None
@@ -247,16 +289,25 @@ async def snooze_task(conn: Conn, ctx: Context, task_id: uuid.UUID, seconds: int
     task = await get_task(conn, ctx, task_id, lock=True)
     if task.status != "active":
         raise Conflict(f"the task is {task.status}; only an active task can be snoozed")
-    if task.next_run_at is None:
+    taken = await runs.take_back_scheduled(conn, task.id, reason="snoozed")
+    pending = [t[1] for t in taken] + ([task.next_run_at] if task.next_run_at else [])
+    if not pending:
         raise Conflict("the task has no next run to snooze (event tasks run when events arrive)")
+    nominal = min(pending)
+    moved_to = nominal + timedelta(seconds=seconds)
+    detail = f"snoozed by {seconds}s to {moved_to.isoformat()}"
+    await occurrences.take_back(conn, task, taken, decision=occurrences.SNOOZED, detail=detail)
+    await occurrence_store.record_many(
+        conn, [Decision(task.id, nominal, occurrences.SNOOZED, None, detail)]
+    )
     return await _transition(
         conn,
         ctx,
         task,
         action="task.snooze",
         status="active",
-        next_run_at=task.next_run_at + timedelta(seconds=seconds),
-        detail={"seconds": seconds, "was": task.next_run_at.isoformat()},
+        next_run_at=moved_to,
+        detail={"seconds": seconds, "was": nominal.isoformat()},
     )
 
 
@@ -268,6 +319,9 @@ async def cancel_task(conn: Conn, ctx: Context, task_id: uuid.UUID) -> Task:
     if task.status == "completed":
         raise Conflict("the task is already completed")
     dropped, stopping = await runs.cancel_task_work(conn, task.id)
+    await occurrence_store.redecide(
+        conn, dropped, decision=occurrences.CANCELLED, detail="the task was cancelled"
+    )
     return await _transition(
         conn,
         ctx,
@@ -275,7 +329,7 @@ async def cancel_task(conn: Conn, ctx: Context, task_id: uuid.UUID) -> Task:
         action="task.cancel",
         status="cancelled",
         next_run_at=None,
-        detail={"dropped": dropped, "stopping": stopping},
+        detail={"dropped": len(dropped), "stopping": stopping},
     )
 
 
@@ -284,12 +338,13 @@ async def run_now(conn: Conn, ctx: Context, task_id: uuid.UUID) -> Run:
     task = await get_task(conn, ctx, task_id, lock=True)
     if task.status == "cancelled":
         raise Conflict("the task is cancelled; create a new task instead")
-    run = await runs.enqueue(
+    run = await occurrences.queue_one(
         conn,
-        task_id=task.id,
-        scheduled_for=datetime.now(UTC),
-        priority=task.priority,
+        task,
+        nominal_at=datetime.now(UTC),
         reason="run_now",
+        dedupe=False,
+        detail=f"run now by agent {ctx.actor.name}",
     )
     if run is None:  # same microsecond as another run_now of this task
         raise Conflict("a run of this task was queued at this very instant; retry")

@@ -11,7 +11,6 @@ from api.deps import Admin, State, request_id
 from api.models import AgentCreated, AgentPublic, Page
 from pao import agents as logic
 from pao import pagination
-from pao.errors import FieldError, InvalidInput
 from pao.schemas import AgentCreate, AgentUpdate
 from pao.store import agents as store
 
@@ -46,9 +45,8 @@ async def list_agents(
     after = pagination.decode_cursor(cursor)
     async with state.tx() as conn:
         rows = await store.list_agents(conn, limit=limit + 1, after=after)
-    items = rows[:limit]
-    next_cursor = (
-        pagination.encode_cursor(items[-1].created_at, items[-1].id) if len(rows) > limit else None
+    items, next_cursor = pagination.page(
+        rows, limit, lambda a: pagination.encode_cursor(a.created_at, a.id)
     )
     return Page(items=[AgentPublic.of(a) for a in items], next_cursor=next_cursor)
 
@@ -65,12 +63,7 @@ async def update_agent(
     request: Request, state: State, admin: Admin, agent_id: uuid.UUID, body: AgentUpdate
 ) -> AgentPublic:
     """Change an agent's name, scopes, expiry, or disable it."""
-    fields = {name: getattr(body, name) for name in body.model_fields_set}
-    nulls = sorted(k for k, v in fields.items() if v is None and k != "expires_at")
-    if nulls:
-        raise InvalidInput(
-            [FieldError((k,), "may not be null; leave it out to keep it") for k in nulls]
-        )
+    fields = body.changes()
     async with state.tx() as conn:
         agent = await logic.update_agent(
             conn, actor=admin, agent_id=agent_id, fields=fields, request_id=request_id(request)

@@ -22,7 +22,7 @@ async def publish(
 
     Honours `Idempotency-Key` like `POST /tasks`.
     """
-    async with idempotent(request, state, agent, body.model_dump(mode="json")) as guard:
+    async with idempotent(request, state, agent) as guard:
         if guard.replay is not None:
             return guard.replay
         async with state.tx() as conn:
@@ -33,6 +33,10 @@ async def publish(
                 payload=body.payload,
                 request_id=request_id(request),
             )
-            accepted = EventAccepted.of(published.event, published.runs).model_dump(mode="json")
-            await guard.complete(conn, 202, accepted)
-    return JSONResponse(accepted, status_code=202)
+            visible = None if agent.is_admin else published.own_task_ids
+            accepted = EventAccepted.of(
+                published.event, published.runs, visible=visible
+            ).model_dump(mode="json")
+            response = JSONResponse(accepted, status_code=202)
+            await guard.complete(conn, response)
+    return response

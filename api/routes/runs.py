@@ -11,7 +11,6 @@ from api.deps import RunsRead, State, TasksWrite, request_id
 from api.models import Page, RunLogPublic, RunLogs, RunPublic
 from pao import pagination
 from pao import runs as logic
-from pao.errors import InvalidInput
 from pao.schemas import RunStatusField
 from pao.store import runs as store
 
@@ -38,9 +37,8 @@ async def list_runs(
             task_id=task_id,
             status=status,
         )
-    items = rows[:limit]
-    next_cursor = (
-        pagination.encode_cursor(items[-1].queued_at, items[-1].id) if len(rows) > limit else None
+    items, next_cursor = pagination.page(
+        rows, limit, lambda r: pagination.encode_cursor(r.queued_at, r.id)
     )
     return Page(items=[RunPublic.of(r) for r in items], next_cursor=next_cursor)
 
@@ -57,18 +55,17 @@ async def run_logs(
     state: State,
     agent: RunsRead,
     run_id: uuid.UUID,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: Annotated[str | None, Query(max_length=20)] = None,
+    limit: Annotated[int, Query(ge=1, le=pagination.MAX_LIMIT)] = pagination.DEFAULT_LIMIT,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> RunLogs:
     """The run's log lines, oldest first; pass `next_cursor` back for more."""
-    if cursor is not None and not cursor.isdigit():
-        raise InvalidInput.one(("query", "cursor"), "is not a cursor this API gave out")
-    after_id = int(cursor) if cursor else 0
+    after_id = pagination.decode_position(cursor)
     async with state.tx() as conn:
         await logic.get_run(conn, agent, run_id)
         lines = await store.list_run_logs(conn, run_id, after_id=after_id, limit=limit + 1)
-    items = lines[:limit]
-    next_cursor = str(items[-1].id) if len(lines) > limit else None
+    items, next_cursor = pagination.page(
+        lines, limit, lambda line: pagination.encode_position(line.id)
+    )
     return RunLogs(items=[RunLogPublic.of(line) for line in items], next_cursor=next_cursor)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated
@@ -29,6 +30,8 @@ from pao.zones import get_zone
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
 
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+
 Limit = Annotated[int, Query(ge=1, le=pagination.MAX_LIMIT)]
 
 
@@ -41,7 +44,7 @@ def _if_match(value: str | None) -> int | None:
     if value is None:
         return None
     raw = value.strip().removeprefix("W/").strip('"')
-    if not raw.isdigit():
+    if not re.fullmatch(r"[0-9]{1,9}", raw):
         raise InvalidInput.one(("header", "If-Match"), 'must be a task version in quotes, e.g. "3"')
     return int(raw)
 
@@ -56,20 +59,18 @@ async def create_task(
     first response again.
     """
     ctx = task_context(request, state, agent)
-    async with idempotent(
-        request, state, agent, body.model_dump(mode="json", exclude_unset=True)
-    ) as guard:
+    async with idempotent(request, state, agent) as guard:
         if guard.replay is not None:
             return guard.replay
         async with state.tx() as conn:
             task = await logic.create_task(conn, ctx, body)
-            public = TaskPublic.of(task).model_dump(mode="json")
-            await guard.complete(conn, 201, public)
-    return JSONResponse(
-        public,
-        status_code=201,
-        headers={"Location": f"/tasks/{task.id}", "ETag": f'"{task.version}"'},
-    )
+            response = JSONResponse(
+                TaskPublic.of(task).model_dump(mode="json"),
+                status_code=201,
+                headers={"Location": f"/tasks/{task.id}", "ETag": f'"{task.version}"'},
+            )
+            await guard.complete(conn, response)
+    return response
 
 
 @router.post("/preview", response_model=Occurrences)
@@ -106,9 +107,8 @@ async def list_tasks(
             created_by=created_by,
             schedule_kind=schedule_kind,
         )
-    items = rows[:limit]
-    next_cursor = (
-        pagination.encode_cursor(items[-1].created_at, items[-1].id) if len(rows) > limit else None
+    items, next_cursor = pagination.page(
+        rows, limit, lambda t: pagination.encode_cursor(t.created_at, t.id)
     )
     return Page(items=[TaskPublic.of(t) for t in items], next_cursor=next_cursor)
 
@@ -135,6 +135,10 @@ async def occurrences(
     """Coming fire times from `from` (default now): UTC `at` and the task's local wall time."""
     if from_ is not None and from_.tzinfo is None:
         raise InvalidInput.one(("query", "from"), "needs a UTC offset, e.g. 2026-01-01T00:00:00Z")
+    if from_ is not None and not EARLIEST <= from_ < logic.LATEST:
+        raise InvalidInput.one(
+            ("query", "from"), f"must lie between 1970 and {logic.LATEST.year - 1}"
+        )
     async with state.tx() as conn:
         task = await logic.get_task(conn, task_context(request, state, agent), task_id)
     if task.status in ("cancelled", "completed") or task.schedule_kind == "event":

@@ -50,3 +50,11 @@ UPDATE agents
 SET deleted_at = now(), disabled = true, updated_at = now()
 WHERE id = %(id)s AND deleted_at IS NULL
 RETURNING id
+
+-- name: agent_count_usable_admins
+-- How many admins could still sign in; never let that reach zero.
+SELECT count(*) AS n FROM agents
+WHERE 'admin' = ANY(scopes)
+  AND NOT disabled
+  AND deleted_at IS NULL
+  AND (expires_at IS NULL OR expires_at > now())

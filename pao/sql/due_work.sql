@@ -1,10 +1,3 @@
--- name: due_work_enqueue
--- Queue one occurrence of a task; nothing when that occurrence already exists.
-INSERT INTO due_work (task_id, scheduled_for, run_after, priority, reason, event_id)
-VALUES (%(task_id)s, %(scheduled_for)s, %(scheduled_for)s, %(priority)s, %(reason)s, %(event_id)s)
-ON CONFLICT (task_id, scheduled_for) DO NOTHING
-RETURNING id, task_id, scheduled_for, attempt
-
 -- name: due_work_cancel_queued_for_task
 -- Drop a cancelled task's queued work; return what was dropped.
 UPDATE due_work
@@ -28,9 +21,21 @@ SET state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END,
 WHERE id = %(id)s AND state IN ('queued', 'running')
 RETURNING id, state
 
+-- name: due_work_reprioritise_queued
+-- A task's new priority applies to its occurrences still waiting.
+UPDATE due_work SET priority = %(priority)s
+WHERE task_id = %(task_id)s AND state = 'queued'
+
 -- name: due_work_queue_depth
 -- How much work waits: all queued rows, and those already due.
 SELECT count(*) AS queued,
        count(*) FILTER (WHERE run_after <= now()) AS due
 FROM due_work
 WHERE state = 'queued'
+
+-- name: due_work_drop_queued_schedule
+-- Take back a task's scheduled occurrences that are queued but not started (pause, snooze, new schedule).
+UPDATE due_work
+SET state = 'cancelled', finished_at = now()
+WHERE task_id = %(task_id)s AND state = 'queued' AND reason = 'schedule'
+RETURNING id, scheduled_for

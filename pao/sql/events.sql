@@ -1,5 +1,18 @@
 -- name: event_insert
--- Store a published event.
-INSERT INTO events (type, payload, published_by, source_run_id)
-VALUES (%(type)s, %(payload)s, %(published_by)s, %(source_run_id)s)
+-- Store a published event; `dispatched` says whether its fan-out happens in this transaction.
+INSERT INTO events (type, payload, published_by, source_run_id, dispatched_at)
+VALUES (%(type)s, %(payload)s, %(published_by)s, %(source_run_id)s,
+        CASE WHEN %(dispatched)s THEN now() END)
 RETURNING id, type, payload, published_by, received_at
+
+-- name: event_lock_pending
+-- Events waiting for fan-out (published by pipeline steps), oldest first, for one dispatcher.
+SELECT id, type, payload, published_by, received_at FROM events
+WHERE dispatched_at IS NULL
+ORDER BY received_at
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED
+
+-- name: event_mark_dispatched
+-- The event's matching tasks have been queued.
+UPDATE events SET dispatched_at = now() WHERE id = ANY(%(ids)s)

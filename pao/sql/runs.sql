@@ -1,14 +1,16 @@
--- name: run_insert_queued
--- The queued first attempt of a newly queued occurrence.
-INSERT INTO runs (due_work_id, task_id, attempt, scheduled_for)
-VALUES (%(due_work_id)s, %(task_id)s, %(attempt)s, %(scheduled_for)s)
-RETURNING *
-
 -- name: run_get
 -- One run, optionally only if its task belongs to `owner`.
 SELECT r.* FROM runs r
 JOIN tasks t ON t.id = r.task_id
 WHERE r.id = %(id)s AND (%(owner)s::uuid IS NULL OR t.created_by = %(owner)s::uuid)
+
+-- name: run_get_for_update
+-- One run, locked with its occurrence, for a state change (cancel).
+SELECT r.* FROM runs r
+JOIN tasks t ON t.id = r.task_id
+JOIN due_work d ON d.id = r.due_work_id
+WHERE r.id = %(id)s AND (%(owner)s::uuid IS NULL OR t.created_by = %(owner)s::uuid)
+FOR UPDATE OF r, d
 
 -- name: run_list
 -- A page of runs, newest first, filtered; `owner` NULL lists every agent's runs.
@@ -41,3 +43,9 @@ SELECT * FROM run_logs
 WHERE run_id = %(run_id)s AND id > %(after_id)s
 ORDER BY id
 LIMIT %(limit)s
+
+-- name: run_cancel_queued_for_work
+-- Cancel the queued runs of occurrences that were taken back.
+UPDATE runs
+SET status = 'cancelled', finished_at = now(), error = %(reason)s
+WHERE due_work_id = ANY(%(due_work_ids)s) AND status = 'queued'

@@ -3,11 +3,12 @@
 INSERT INTO tasks (
     created_by, title, description, schedule_kind, schedule_expr, timezone, payload,
     priority, dedupe_key, dedupe_window_seconds, max_retries, backoff_strategy,
-    concurrency_key, next_run_at
+    concurrency_key, next_run_at, misfire_policy, misfire_grace_seconds
 ) VALUES (
     %(created_by)s, %(title)s, %(description)s, %(schedule_kind)s, %(schedule_expr)s,
     %(timezone)s, %(payload)s, %(priority)s, %(dedupe_key)s, %(dedupe_window_seconds)s,
-    %(max_retries)s, %(backoff_strategy)s, %(concurrency_key)s, %(next_run_at)s
+    %(max_retries)s, %(backoff_strategy)s, %(concurrency_key)s, %(next_run_at)s,
+    %(misfire_policy)s, %(misfire_grace_seconds)s
 )
 RETURNING *
 
@@ -51,6 +52,8 @@ SET created_by = %(created_by)s,
     backoff_strategy = %(backoff_strategy)s,
     concurrency_key = %(concurrency_key)s,
     next_run_at = %(next_run_at)s,
+    misfire_policy = %(misfire_policy)s,
+    misfire_grace_seconds = %(misfire_grace_seconds)s,
     version = version + 1,
     updated_at = now()
 WHERE id = %(id)s
@@ -61,6 +64,7 @@ RETURNING *
 UPDATE tasks
 SET status = %(status)s,
     next_run_at = %(next_run_at)s,
+    paused_at = CASE WHEN %(status)s = 'paused' THEN COALESCE(paused_at, now()) END,
     version = version + 1,
     updated_at = now()
 WHERE id = %(id)s
@@ -72,7 +76,7 @@ SELECT 1 AS ok FROM agents WHERE id = %(id)s AND deleted_at IS NULL
 
 -- name: task_list_matching_event
 -- Active event tasks whose pattern matches an event type (exact, or prefix ending in '*').
-SELECT id, priority FROM tasks
+SELECT * FROM tasks
 WHERE schedule_kind = 'event'
   AND status = 'active'
   AND (schedule_expr = %(type)s

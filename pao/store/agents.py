@@ -6,10 +6,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from psycopg.rows import class_row
-
 from pao import tokens
-from pao.db import Conn
+from pao.db import Conn, model_row
 from pao.models import Agent
 from pao.sql import QUERIES
 
@@ -29,14 +27,14 @@ async def create_agent(
     token: str | None = None,
 ) -> NewAgent:
     token = token or tokens.new_token()
-    async with conn.cursor(row_factory=class_row(Agent)) as cur:
+    async with conn.cursor(row_factory=model_row(Agent)) as cur:
         await cur.execute(
             QUERIES["agent_insert"],
             {
                 "name": name,
                 "token_hash": tokens.token_hash(token),
                 "token_prefix": tokens.display_prefix(token),
-                "scopes": sorted(set(scopes)),
+                "scopes": scopes,
                 "expires_at": expires_at,
             },
         )
@@ -49,7 +47,7 @@ async def authenticate(conn: Conn, token: str) -> Agent | None:
     """The usable agent holding `token`, or None; malformed tokens never reach the database."""
     if not tokens.is_well_formed(token):
         return None
-    async with conn.cursor(row_factory=class_row(Agent)) as cur:
+    async with conn.cursor(row_factory=model_row(Agent)) as cur:
         await cur.execute(
             QUERIES["agent_get_by_token_hash"], {"token_hash": tokens.token_hash(token)}
         )
@@ -64,7 +62,7 @@ async def token_exists(conn: Conn, token: str) -> bool:
 
 
 async def get_agent(conn: Conn, agent_id: uuid.UUID) -> Agent | None:
-    async with conn.cursor(row_factory=class_row(Agent)) as cur:
+    async with conn.cursor(row_factory=model_row(Agent)) as cur:
         await cur.execute(QUERIES["agent_get"], {"id": agent_id})
         return await cur.fetchone()
 
@@ -72,7 +70,7 @@ async def get_agent(conn: Conn, agent_id: uuid.UUID) -> Agent | None:
 async def list_agents(
     conn: Conn, *, limit: int, after: tuple[datetime, uuid.UUID] | None
 ) -> list[Agent]:
-    async with conn.cursor(row_factory=class_row(Agent)) as cur:
+    async with conn.cursor(row_factory=model_row(Agent)) as cur:
         await cur.execute(
             QUERIES["agent_list"],
             {
@@ -94,19 +92,26 @@ async def update_agent(
     set_expires: bool = False,
     expires_at: datetime | None = None,
 ) -> Agent | None:
-    async with conn.cursor(row_factory=class_row(Agent)) as cur:
+    async with conn.cursor(row_factory=model_row(Agent)) as cur:
         await cur.execute(
             QUERIES["agent_update"],
             {
                 "id": agent_id,
                 "name": name,
-                "scopes": sorted(set(scopes)) if scopes is not None else None,
+                "scopes": scopes,
                 "disabled": disabled,
                 "set_expires": set_expires,
                 "expires_at": expires_at,
             },
         )
         return await cur.fetchone()
+
+
+async def count_usable_admins(conn: Conn) -> int:
+    cur = await conn.execute(QUERIES["agent_count_usable_admins"])
+    row = await cur.fetchone()
+    assert row is not None
+    return int(row["n"])
 
 
 async def delete_agent(conn: Conn, agent_id: uuid.UUID) -> bool:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
-from pao.db import Conn
+from pao.db import Conn, model_row
 from pao.models import Event
 from pao.sql import QUERIES
 
@@ -20,8 +19,9 @@ async def insert_event(
     payload: dict[str, Any],
     published_by: uuid.UUID | None,
     source_run_id: uuid.UUID | None = None,
+    dispatched: bool = True,
 ) -> Event:
-    async with conn.cursor(row_factory=class_row(Event)) as cur:
+    async with conn.cursor(row_factory=model_row(Event)) as cur:
         await cur.execute(
             QUERIES["event_insert"],
             {
@@ -29,8 +29,20 @@ async def insert_event(
                 "payload": Jsonb(payload),
                 "published_by": published_by,
                 "source_run_id": source_run_id,
+                "dispatched": dispatched,
             },
         )
         event = await cur.fetchone()
     assert event is not None
     return event
+
+
+async def lock_pending(conn: Conn, *, limit: int) -> list[Event]:
+    async with conn.cursor(row_factory=model_row(Event)) as cur:
+        await cur.execute(QUERIES["event_lock_pending"], {"limit": limit})
+        return await cur.fetchall()
+
+
+async def mark_dispatched(conn: Conn, ids: list[uuid.UUID]) -> None:
+    if ids:
+        await conn.execute(QUERIES["event_mark_dispatched"], {"ids": ids})

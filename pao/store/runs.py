@@ -5,55 +5,15 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from psycopg.rows import class_row
-
-from pao.db import Conn
+from pao.db import Conn, model_row
 from pao.models import Run, RunLog
 from pao.sql import QUERIES
 
 
-async def enqueue(
-    conn: Conn,
-    *,
-    task_id: uuid.UUID,
-    scheduled_for: datetime,
-    priority: int,
-    reason: str,
-    event_id: uuid.UUID | None = None,
-) -> Run | None:
-    """Queue an occurrence and its first run; None when that occurrence already exists."""
-    cur = await conn.execute(
-        QUERIES["due_work_enqueue"],
-        {
-            "task_id": task_id,
-            "scheduled_for": scheduled_for,
-            "priority": priority,
-            "reason": reason,
-            "event_id": event_id,
-        },
-    )
-    work = await cur.fetchone()
-    if work is None:
-        return None
-    async with conn.cursor(row_factory=class_row(Run)) as rcur:
-        await rcur.execute(
-            QUERIES["run_insert_queued"],
-            {
-                "due_work_id": work["id"],
-                "task_id": task_id,
-                "attempt": work["attempt"],
-                "scheduled_for": work["scheduled_for"],
-            },
-        )
-        run = await rcur.fetchone()
-    assert run is not None
-    return run
-
-
-async def cancel_task_work(conn: Conn, task_id: uuid.UUID) -> tuple[int, int]:
-    """Drop queued work and ask running work to stop; returns (dropped, stopping)."""
+async def cancel_task_work(conn: Conn, task_id: uuid.UUID) -> tuple[list[int], int]:
+    """Drop queued work and ask running work to stop; returns (dropped ids, number stopping)."""
     cur = await conn.execute(QUERIES["due_work_cancel_queued_for_task"], {"task_id": task_id})
-    dropped = len(await cur.fetchall())
+    dropped = [row["id"] for row in await cur.fetchall()]
     await conn.execute(QUERIES["run_cancel_queued_for_task"], {"task_id": task_id})
     cur = await conn.execute(
         QUERIES["due_work_request_cancel_running_for_task"], {"task_id": task_id}
@@ -62,20 +22,47 @@ async def cancel_task_work(conn: Conn, task_id: uuid.UUID) -> tuple[int, int]:
     return dropped, stopping
 
 
+async def reprioritise_queued(conn: Conn, task_id: uuid.UUID, priority: int) -> None:
+    await conn.execute(
+        QUERIES["due_work_reprioritise_queued"], {"task_id": task_id, "priority": priority}
+    )
+
+
+async def take_back_scheduled(
+    conn: Conn, task_id: uuid.UUID, *, reason: str
+) -> list[tuple[int, datetime]]:
+    """Cancel the task's scheduled occurrences that are queued but not started.
+
+    The scheduler writes occurrences a little before they are due; pause, snooze
+    and a schedule change must take those back. Returns (due_work id, scheduled_for).
+    """
+    cur = await conn.execute(QUERIES["due_work_drop_queued_schedule"], {"task_id": task_id})
+    taken = [(row["id"], row["scheduled_for"]) for row in await cur.fetchall()]
+    if taken:
+        await conn.execute(
+            QUERIES["run_cancel_queued_for_work"],
+            {"due_work_ids": [t[0] for t in taken], "reason": reason},
+        )
+    return taken
+
+
 async def cancel_run(conn: Conn, run: Run, *, reason: str) -> Run:
     """Cancel a queued run at once; ask a running one's worker to stop it."""
     await conn.execute(QUERIES["due_work_cancel_one"], {"id": run.due_work_id})
     if run.status != "queued":
         return run
-    async with conn.cursor(row_factory=class_row(Run)) as cur:
+    async with conn.cursor(row_factory=model_row(Run)) as cur:
         await cur.execute(QUERIES["run_cancel_queued"], {"id": run.id, "reason": reason})
         cancelled = await cur.fetchone()
     return cancelled or run
 
 
-async def get_run(conn: Conn, run_id: uuid.UUID, *, owner: uuid.UUID | None) -> Run | None:
-    async with conn.cursor(row_factory=class_row(Run)) as cur:
-        await cur.execute(QUERIES["run_get"], {"id": run_id, "owner": owner})
+async def get_run(
+    conn: Conn, run_id: uuid.UUID, *, owner: uuid.UUID | None, for_update: bool = False
+) -> Run | None:
+    query = QUERIES["run_get_for_update" if for_update else "run_get"]
+    async with conn.cursor(row_factory=model_row(Run)) as cur:
+        await cur.execute(query, {"id": run_id, "owner": owner})
         return await cur.fetchone()
 
 
@@ -88,7 +75,7 @@ async def list_runs(
     task_id: uuid.UUID | None = None,
     status: str | None = None,
 ) -> list[Run]:
-    async with conn.cursor(row_factory=class_row(Run)) as cur:
+    async with conn.cursor(row_factory=model_row(Run)) as cur:
         await cur.execute(
             QUERIES["run_list"],
             {
@@ -106,7 +93,7 @@ async def list_runs(
 async def list_run_logs(
     conn: Conn, run_id: uuid.UUID, *, after_id: int, limit: int
 ) -> list[RunLog]:
-    async with conn.cursor(row_factory=class_row(RunLog)) as cur:
+    async with conn.cursor(row_factory=model_row(RunLog)) as cur:
         await cur.execute(
             QUERIES["run_log_list"], {"run_id": run_id, "after_id": after_id, "limit": limit}
         )

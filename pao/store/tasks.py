@@ -6,10 +6,9 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
-from pao.db import Conn
+from pao.db import Conn, model_row
 from pao.models import Task
 from pao.sql import QUERIES
 
@@ -21,7 +20,7 @@ def _params(fields: dict[str, Any]) -> dict[str, Any]:
 
 
 async def insert_task(conn: Conn, fields: dict[str, Any]) -> Task:
-    async with conn.cursor(row_factory=class_row(Task)) as cur:
+    async with conn.cursor(row_factory=model_row(Task)) as cur:
         await cur.execute(QUERIES["task_insert"], _params(fields))
         task = await cur.fetchone()
     assert task is not None
@@ -33,7 +32,7 @@ async def get_task(
 ) -> Task | None:
     """The task, if `owner` (None: anyone) may see it."""
     query = QUERIES["task_get_for_update" if for_update else "task_get"]
-    async with conn.cursor(row_factory=class_row(Task)) as cur:
+    async with conn.cursor(row_factory=model_row(Task)) as cur:
         await cur.execute(query, {"id": task_id, "owner": owner})
         return await cur.fetchone()
 
@@ -48,7 +47,7 @@ async def list_tasks(
     created_by: uuid.UUID | None = None,
     schedule_kind: str | None = None,
 ) -> list[Task]:
-    async with conn.cursor(row_factory=class_row(Task)) as cur:
+    async with conn.cursor(row_factory=model_row(Task)) as cur:
         await cur.execute(
             QUERIES["task_list"],
             {
@@ -65,7 +64,7 @@ async def list_tasks(
 
 
 async def update_task(conn: Conn, task_id: uuid.UUID, fields: dict[str, Any]) -> Task:
-    async with conn.cursor(row_factory=class_row(Task)) as cur:
+    async with conn.cursor(row_factory=model_row(Task)) as cur:
         await cur.execute(QUERIES["task_update"], {**_params(fields), "id": task_id})
         task = await cur.fetchone()
     assert task is not None
@@ -75,7 +74,7 @@ async def update_task(conn: Conn, task_id: uuid.UUID, fields: dict[str, Any]) ->
 async def set_task_state(
     conn: Conn, task_id: uuid.UUID, *, status: str, next_run_at: datetime | None
 ) -> Task:
-    async with conn.cursor(row_factory=class_row(Task)) as cur:
+    async with conn.cursor(row_factory=model_row(Task)) as cur:
         await cur.execute(
             QUERIES["task_set_state"],
             {"id": task_id, "status": status, "next_run_at": next_run_at},
@@ -90,6 +89,7 @@ async def owner_exists(conn: Conn, agent_id: uuid.UUID) -> bool:
     return await cur.fetchone() is not None
 
 
-async def list_tasks_matching_event(conn: Conn, event_type: str) -> list[tuple[uuid.UUID, int]]:
-    cur = await conn.execute(QUERIES["task_list_matching_event"], {"type": event_type})
-    return [(row["id"], row["priority"]) for row in await cur.fetchall()]
+async def list_tasks_matching_event(conn: Conn, event_type: str) -> list[Task]:
+    async with conn.cursor(row_factory=model_row(Task)) as cur:
+        await cur.execute(QUERIES["task_list_matching_event"], {"type": event_type})
+        return await cur.fetchall()

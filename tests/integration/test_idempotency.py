@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from typing import Any
 
@@ -51,7 +52,7 @@ def test_key_in_flight_is_409(
                 agent_id=agent_id,
                 endpoint="POST /tasks",
                 key="busy",
-                request_hash=request_hash(SEED_TASK),
+                request_hash=request_hash(json.dumps(SEED_TASK).encode()),
             )
         await conn.close()
 

@@ -249,13 +249,17 @@ def test_events_fan_out_to_matching_tasks(
         "/events", json={"type": "github.push", "payload": {"ref": "main"}}, headers=auth(publisher)
     )
     assert resp.status_code == 202, resp.text
-    assert resp.json()["queued"] == 2
+    # The publisher learns nothing about other agents' tasks...
+    assert resp.json()["queued"] == 0
     queued = {
         r[0]
         for r in db.execute("SELECT task_id::text FROM due_work WHERE reason = 'event'").fetchall()
     }
     assert queued == {exact, prefix}
     assert other not in queued
+    # ...while the owner is told about its own.
+    own = client.post("/events", json={"type": "github.push"}, headers=auth(writer_token))
+    assert own.json()["queued"] == 2
 
 
 def test_tools_lists_builtins_with_schemas(client: TestClient, writer_token: str) -> None:

@@ -1,0 +1,45 @@
+-- name: occurrence_queue
+-- Queue one occurrence: its due_work row, its first run and its decision record, in one round trip.
+WITH work AS (
+    INSERT INTO due_work (task_id, scheduled_for, run_after, priority, reason, event_id)
+    VALUES (%(task_id)s, %(scheduled_for)s, %(scheduled_for)s, %(priority)s, %(reason)s, %(event_id)s)
+    ON CONFLICT (task_id, scheduled_for) DO NOTHING
+    RETURNING id, task_id, scheduled_for, attempt
+), run AS (
+    INSERT INTO runs (due_work_id, task_id, attempt, scheduled_for)
+    SELECT id, task_id, attempt, scheduled_for FROM work
+    RETURNING *
+), decision AS (
+    INSERT INTO occurrences (task_id, nominal_at, decision, due_work_id, detail)
+    SELECT task_id, %(nominal_at)s, 'queued', id, %(detail)s FROM work
+    ON CONFLICT (task_id, nominal_at) DO NOTHING
+)
+SELECT * FROM run
+
+-- name: occurrence_record
+-- Record what became of a nominal fire time that was not queued by itself.
+INSERT INTO occurrences (task_id, nominal_at, decision, due_work_id, detail)
+VALUES (%(task_id)s, %(nominal_at)s, %(decision)s, %(due_work_id)s, %(detail)s)
+ON CONFLICT (task_id, nominal_at) DO NOTHING
+
+-- name: occurrence_list
+-- A task's decision records, newest first, each with the latest run of its occurrence.
+SELECT o.nominal_at, o.decision, o.detail, o.decided_at,
+       r.id AS run_id, r.status AS run_status
+FROM occurrences o
+LEFT JOIN LATERAL (
+    SELECT id, status FROM runs
+    WHERE due_work_id = o.due_work_id
+    ORDER BY attempt DESC
+    LIMIT 1
+) r ON true
+WHERE o.task_id = %(task_id)s
+  AND (%(before)s::timestamptz IS NULL OR o.nominal_at < %(before)s::timestamptz)
+ORDER BY o.nominal_at DESC
+LIMIT %(limit)s
+
+-- name: occurrence_redecide
+-- Change the decision of occurrences whose queued work was taken back.
+UPDATE occurrences
+SET decision = %(decision)s, detail = %(detail)s, decided_at = now()
+WHERE due_work_id = ANY(%(due_work_ids)s) AND decision = 'queued'

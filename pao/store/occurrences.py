@@ -1,0 +1,116 @@
+"""Occurrence decision records and dedupe keys."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pao.db import Conn, model_row
+from pao.models import Run
+from pao.sql import QUERIES
+
+
+@dataclass(frozen=True)
+class QueueRequest:
+    task_id: uuid.UUID
+    nominal_at: datetime
+    scheduled_for: datetime
+    priority: int
+    reason: str
+    event_id: uuid.UUID | None = None
+    detail: str | None = None
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "task_id": self.task_id,
+            "nominal_at": self.nominal_at,
+            "scheduled_for": self.scheduled_for,
+            "priority": self.priority,
+            "reason": self.reason,
+            "event_id": self.event_id,
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True)
+class Decision:
+    task_id: uuid.UUID
+    nominal_at: datetime
+    decision: str
+    due_work_id: int | None = None
+    detail: str | None = None
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "task_id": self.task_id,
+            "nominal_at": self.nominal_at,
+            "decision": self.decision,
+            "due_work_id": self.due_work_id,
+            "detail": self.detail,
+        }
+
+
+async def queue(conn: Conn, request: QueueRequest) -> Run | None:
+    """Queue one occurrence with its run and record; None if it was already queued."""
+    async with conn.cursor(row_factory=model_row(Run)) as cur:
+        await cur.execute(QUERIES["occurrence_queue"], request.params())
+        return await cur.fetchone()
+
+
+async def queue_many(conn: Conn, requests: Sequence[QueueRequest]) -> list[Run]:
+    """Queue many occurrences in one pipelined batch; returns the runs actually created."""
+    if not requests:
+        return []
+    runs: list[Run] = []
+    async with conn.cursor(row_factory=model_row(Run)) as cur:
+        await cur.executemany(
+            QUERIES["occurrence_queue"], [r.params() for r in requests], returning=True
+        )
+        while True:
+            runs.extend(await cur.fetchall())
+            if not cur.nextset():
+                break
+    return runs
+
+
+async def record_many(conn: Conn, decisions: Sequence[Decision]) -> None:
+    if decisions:
+        async with conn.cursor() as cur:
+            await cur.executemany(QUERIES["occurrence_record"], [d.params() for d in decisions])
+
+
+async def redecide(conn: Conn, due_work_ids: list[int], *, decision: str, detail: str) -> None:
+    """Change the record of occurrences whose queued work was taken back or dropped."""
+    if due_work_ids:
+        await conn.execute(
+            QUERIES["occurrence_redecide"],
+            {"due_work_ids": due_work_ids, "decision": decision, "detail": detail},
+        )
+
+
+async def list_for_task(
+    conn: Conn, task_id: uuid.UUID, *, before: datetime | None, limit: int
+) -> list[dict[str, Any]]:
+    cur = await conn.execute(
+        QUERIES["occurrence_list"], {"task_id": task_id, "before": before, "limit": limit}
+    )
+    return list(await cur.fetchall())
+
+
+async def claim_dedupe_key(
+    conn: Conn, *, task_id: uuid.UUID, key: str, seen_at: datetime, window_seconds: int
+) -> bool:
+    """True when `key` was not seen for this task within the window (and is now noted)."""
+    cur = await conn.execute(
+        QUERIES["dedupe_key_claim"],
+        {"task_id": task_id, "key": key, "seen_at": seen_at, "window": window_seconds},
+    )
+    return await cur.fetchone() is not None
+
+
+async def prune_dedupe_keys(conn: Conn, *, now: datetime, limit: int) -> int:
+    cur = await conn.execute(QUERIES["dedupe_key_prune"], {"now": now, "limit": limit})
+    return cur.rowcount

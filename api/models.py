@@ -48,12 +48,31 @@ class TaskPublic(BaseModel):
 
 
 class Occurrence(BaseModel):
+    """A fire time; with `past=true`, also what became of it and the run it led to."""
+
     at: datetime
     local: datetime
+    decision: str | None = None
+    detail: str | None = None
+    decided_at: datetime | None = None
+    run_id: uuid.UUID | None = None
+    run_status: str | None = None
 
     @classmethod
     def of(cls, at: datetime, zone: ZoneInfo) -> Occurrence:
         return cls(at=at, local=at.astimezone(zone))
+
+    @classmethod
+    def record(cls, row: dict[str, Any], zone: ZoneInfo) -> Occurrence:
+        return cls(
+            at=row["nominal_at"],
+            local=row["nominal_at"].astimezone(zone),
+            decision=row["decision"],
+            detail=row["detail"],
+            decided_at=row["decided_at"],
+            run_id=row["run_id"],
+            run_status=row["run_status"],
+        )
 
 
 class Occurrences(BaseModel):

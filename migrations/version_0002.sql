@@ -49,3 +49,6 @@ ALTER TABLE events ADD COLUMN dispatched_at timestamptz;
 UPDATE events SET dispatched_at = received_at;
 -- The scheduler fans out what pipeline steps publish; the API dispatches its own at once.
 CREATE INDEX events_pending_idx ON events (received_at) WHERE dispatched_at IS NULL;
+
+-- Housekeeping prunes finished work by age.
+CREATE INDEX due_work_finished_idx ON due_work (finished_at) WHERE finished_at IS NOT NULL;

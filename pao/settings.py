@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from pao.errors import PaoError
@@ -28,7 +28,11 @@ class Settings:
     pool_min_size: int = 1
     pool_max_size: int = 10
     log_level: str = "info"
-    extra: Mapping[str, str] = field(default_factory=dict)
+    retention_days: int = 30
+    lookahead_seconds: int = 5
+    scheduler_tick_ms: int = 500
+    retry_base_seconds: int = 5
+    retry_cap_seconds: int = 3600
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -46,6 +50,11 @@ class Settings:
             pool_min_size=_int(env, "PAO_POOL_MIN_SIZE", 1, low=0, high=1000),
             pool_max_size=_int(env, "PAO_POOL_MAX_SIZE", 10, low=1, high=1000),
             log_level=(env.get("PAO_LOG_LEVEL") or "info").lower(),
+            retention_days=_int(env, "PAO_RETENTION_DAYS", 30, low=1, high=36_500),
+            lookahead_seconds=_int(env, "PAO_LOOKAHEAD_SECONDS", 5, low=1, high=3600),
+            scheduler_tick_ms=_int(env, "PAO_SCHEDULER_TICK_MS", 500, low=10, high=60_000),
+            retry_base_seconds=_int(env, "PAO_RETRY_BASE_SECONDS", 5, low=0, high=86_400),
+            retry_cap_seconds=_int(env, "PAO_RETRY_CAP_SECONDS", 3600, low=1, high=7 * 86_400),
         )
 
 

@@ -25,6 +25,7 @@ from pao.schemas import (
     TaskStatusField,
     TaskUpdate,
 )
+from pao.store import occurrences as occurrence_store
 from pao.store import tasks as store
 from pao.zones import get_zone
 
@@ -131,8 +132,14 @@ async def occurrences(
     task_id: uuid.UUID,
     count: Annotated[int, Query(ge=1, le=100)] = 10,
     from_: Annotated[datetime | None, Query(alias="from")] = None,
+    past: bool = False,
 ) -> Occurrences:
-    """Coming fire times from `from` (default now): UTC `at` and the task's local wall time."""
+    """Coming fire times from `from` (default now): UTC `at` and the task's local wall time.
+
+    With `past=true`: the occurrences before `from` (default: all), newest first,
+    each with its `decision` (queued, coalesced, skipped_paused, snoozed, missed,
+    deduplicated, cancelled), a `detail` saying why, and the run it led to.
+    """
     if from_ is not None and from_.tzinfo is None:
         raise InvalidInput.one(("query", "from"), "needs a UTC offset, e.g. 2026-01-01T00:00:00Z")
     if from_ is not None and not EARLIEST <= from_ < logic.LATEST:
@@ -141,13 +148,17 @@ async def occurrences(
         )
     async with state.tx() as conn:
         task = await logic.get_task(conn, task_context(request, state, agent), task_id)
+        if past:
+            rows = await occurrence_store.list_for_task(conn, task.id, before=from_, limit=count)
+    zone = get_zone(task.timezone)
+    if past:
+        return Occurrences(items=[Occurrence.record(row, zone) for row in rows])
     if task.status in ("cancelled", "completed") or task.schedule_kind == "event":
         return Occurrences(items=[])
     schedule = parse_schedule(
         task.schedule_kind, task.schedule_expr, task.timezone, created_at=task.created_at
     )
     start = from_ or datetime.now(UTC)
-    zone = get_zone(task.timezone)
     return Occurrences(items=[Occurrence.of(at, zone) for at in schedule.upcoming(start, count)])
 
 

@@ -39,3 +39,37 @@ UPDATE due_work
 SET state = 'cancelled', finished_at = now()
 WHERE task_id = %(task_id)s AND state = 'queued' AND reason = 'schedule'
 RETURNING id, scheduled_for
+
+-- name: due_work_lock_expired
+-- Running work whose lease ran out (its worker died or lost the database), for one rescuer.
+SELECT d.id, d.task_id, d.attempt, d.lease_owner, d.cancel_requested,
+       t.max_retries, t.backoff_strategy
+FROM due_work d
+JOIN tasks t ON t.id = d.task_id
+WHERE d.state = 'running' AND d.lease_expires_at < now()
+ORDER BY d.lease_expires_at
+LIMIT %(limit)s
+FOR UPDATE OF d SKIP LOCKED
+
+-- name: due_work_requeue_lost
+-- Give lost work another attempt later; the new attempt number fences out the old worker.
+UPDATE due_work
+SET state = 'queued', attempt = attempt + 1, lease_owner = NULL, lease_expires_at = NULL,
+    run_after = now() + make_interval(secs => %(delay_seconds)s)
+WHERE id = %(id)s AND state = 'running' AND attempt = %(attempt)s
+RETURNING id, task_id, scheduled_for, attempt
+
+-- name: due_work_finish_lost
+-- End lost work for good: out of retries (failed), or asked to stop (cancelled).
+UPDATE due_work
+SET state = %(state)s, finished_at = now(), lease_owner = NULL, lease_expires_at = NULL
+WHERE id = %(id)s AND state = 'running' AND attempt = %(attempt)s
+
+-- name: due_work_prune
+-- Delete finished work older than the retention, a batch at a time (runs and logs go with it).
+DELETE FROM due_work
+WHERE id = ANY(ARRAY(
+    SELECT id FROM due_work
+    WHERE finished_at < %(before)s
+    LIMIT %(limit)s
+))

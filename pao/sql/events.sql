@@ -16,3 +16,12 @@ FOR UPDATE SKIP LOCKED
 -- name: event_mark_dispatched
 -- The event's matching tasks have been queued.
 UPDATE events SET dispatched_at = now() WHERE id = ANY(%(ids)s)
+
+-- name: event_prune
+-- Forget dispatched events older than the retention, a batch at a time.
+DELETE FROM events
+WHERE id = ANY(ARRAY(
+    SELECT id FROM events
+    WHERE dispatched_at IS NOT NULL AND received_at < %(before)s
+    LIMIT %(limit)s
+))

@@ -43,3 +43,10 @@ LIMIT %(limit)s
 UPDATE occurrences
 SET decision = %(decision)s, detail = %(detail)s, decided_at = now()
 WHERE due_work_id = ANY(%(due_work_ids)s) AND decision = 'queued'
+
+-- name: occurrence_prune
+-- Forget decision records older than the retention, a batch at a time.
+DELETE FROM occurrences
+WHERE id = ANY(ARRAY(
+    SELECT id FROM occurrences WHERE decided_at < %(before)s LIMIT %(limit)s
+))

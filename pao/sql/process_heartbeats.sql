@@ -14,3 +14,7 @@ SELECT process_id, kind, hostname, pid, started_at, seen_at,
        extract(epoch FROM now() - seen_at)::float8 AS age_seconds
 FROM process_heartbeats
 ORDER BY kind, process_id
+
+-- name: heartbeat_prune
+-- Forget processes not seen for a day.
+DELETE FROM process_heartbeats WHERE seen_at < %(before)s

@@ -49,3 +49,14 @@ LIMIT %(limit)s
 UPDATE runs
 SET status = 'cancelled', finished_at = now(), error = %(reason)s
 WHERE due_work_id = ANY(%(due_work_ids)s) AND status = 'queued'
+
+-- name: run_insert_retry
+-- The queued next attempt of an occurrence that is tried again.
+INSERT INTO runs (due_work_id, task_id, attempt, scheduled_for)
+VALUES (%(due_work_id)s, %(task_id)s, %(attempt)s, %(scheduled_for)s)
+
+-- name: run_end_lost
+-- The attempt whose worker lost its lease ends, with the reason.
+UPDATE runs
+SET status = %(status)s, finished_at = now(), error = %(error)s
+WHERE due_work_id = %(due_work_id)s AND attempt = %(attempt)s AND status IN ('queued', 'running')

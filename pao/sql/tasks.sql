@@ -83,3 +83,16 @@ WHERE schedule_kind = 'event'
        OR (right(schedule_expr, 1) = '*'
            AND starts_with(%(type)s, left(schedule_expr, -1))))
 ORDER BY id
+
+-- name: task_lock_due
+-- Active tasks with an occurrence before the horizon, locked for this scheduler; replicas skip them.
+SELECT * FROM tasks
+WHERE status = 'active' AND next_run_at <= %(horizon)s
+ORDER BY next_run_at
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED
+
+-- name: task_advance
+-- After materialising: the task's next fire time, and `completed` when nothing is left to run.
+UPDATE tasks SET next_run_at = %(next_run_at)s, status = %(status)s
+WHERE id = %(id)s

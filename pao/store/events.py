@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 from psycopg.types.json import Jsonb
@@ -46,3 +47,8 @@ async def lock_pending(conn: Conn, *, limit: int) -> list[Event]:
 async def mark_dispatched(conn: Conn, ids: list[uuid.UUID]) -> None:
     if ids:
         await conn.execute(QUERIES["event_mark_dispatched"], {"ids": ids})
+
+
+async def prune(conn: Conn, *, before: datetime, limit: int) -> int:
+    cur = await conn.execute(QUERIES["event_prune"], {"before": before, "limit": limit})
+    return cur.rowcount

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from pao.db import Conn
@@ -22,3 +23,8 @@ async def remove(conn: Conn, process_id: str) -> None:
 async def list_heartbeats(conn: Conn) -> list[dict[str, Any]]:
     cur = await conn.execute(QUERIES["heartbeat_list"])
     return list(await cur.fetchall())
+
+
+async def prune(conn: Conn, *, before: datetime) -> int:
+    cur = await conn.execute(QUERIES["heartbeat_prune"], {"before": before})
+    return cur.rowcount

@@ -114,3 +114,8 @@ async def claim_dedupe_key(
 async def prune_dedupe_keys(conn: Conn, *, now: datetime, limit: int) -> int:
     cur = await conn.execute(QUERIES["dedupe_key_prune"], {"now": now, "limit": limit})
     return cur.rowcount
+
+
+async def prune(conn: Conn, *, before: datetime, limit: int) -> int:
+    cur = await conn.execute(QUERIES["occurrence_prune"], {"before": before, "limit": limit})
+    return cur.rowcount

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 
 from pao.db import Conn, model_row
@@ -106,3 +107,59 @@ async def queue_depth(conn: Conn) -> tuple[int, int]:
     row = await cur.fetchone()
     assert row is not None
     return int(row["queued"]), int(row["due"])
+
+
+@dataclass(frozen=True)
+class LostWork:
+    id: int
+    task_id: uuid.UUID
+    attempt: int
+    lease_owner: str | None
+    cancel_requested: bool
+    max_retries: int
+    backoff_strategy: str
+
+
+async def lock_expired(conn: Conn, *, limit: int) -> list[LostWork]:
+    async with conn.cursor(row_factory=model_row(LostWork)) as cur:
+        await cur.execute(QUERIES["due_work_lock_expired"], {"limit": limit})
+        return await cur.fetchall()
+
+
+async def end_lost_run(conn: Conn, work: LostWork, *, status: str, error: str) -> None:
+    await conn.execute(
+        QUERIES["run_end_lost"],
+        {"due_work_id": work.id, "attempt": work.attempt, "status": status, "error": error},
+    )
+
+
+async def finish_lost(conn: Conn, work: LostWork, *, state: str) -> None:
+    await conn.execute(
+        QUERIES["due_work_finish_lost"], {"id": work.id, "attempt": work.attempt, "state": state}
+    )
+
+
+async def requeue_lost(conn: Conn, work: LostWork, *, delay_seconds: float) -> bool:
+    """Queue the next attempt (and its run row); False if the work moved on meanwhile."""
+    cur = await conn.execute(
+        QUERIES["due_work_requeue_lost"],
+        {"id": work.id, "attempt": work.attempt, "delay_seconds": delay_seconds},
+    )
+    row = await cur.fetchone()
+    if row is None:
+        return False
+    await conn.execute(
+        QUERIES["run_insert_retry"],
+        {
+            "due_work_id": row["id"],
+            "task_id": row["task_id"],
+            "attempt": row["attempt"],
+            "scheduled_for": row["scheduled_for"],
+        },
+    )
+    return True
+
+
+async def prune_finished(conn: Conn, *, before: datetime, limit: int) -> int:
+    cur = await conn.execute(QUERIES["due_work_prune"], {"before": before, "limit": limit})
+    return cur.rowcount

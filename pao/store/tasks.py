@@ -93,3 +93,20 @@ async def list_tasks_matching_event(conn: Conn, event_type: str) -> list[Task]:
     async with conn.cursor(row_factory=model_row(Task)) as cur:
         await cur.execute(QUERIES["task_list_matching_event"], {"type": event_type})
         return await cur.fetchall()
+
+
+async def lock_due(conn: Conn, *, horizon: datetime, limit: int) -> list[Task]:
+    """Active tasks due before `horizon`, locked; other schedulers skip them."""
+    async with conn.cursor(row_factory=model_row(Task)) as cur:
+        await cur.execute(QUERIES["task_lock_due"], {"horizon": horizon, "limit": limit})
+        return await cur.fetchall()
+
+
+async def advance_many(conn: Conn, advances: list[tuple[uuid.UUID, datetime | None, str]]) -> None:
+    """Set (task id, next_run_at, status) for each materialised task."""
+    if advances:
+        async with conn.cursor() as cur:
+            await cur.executemany(
+                QUERIES["task_advance"],
+                [{"id": i, "next_run_at": n, "status": s} for i, n, s in advances],
+            )

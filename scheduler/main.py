@@ -1,0 +1,32 @@
+"""`pao scheduler`: run the scheduler until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+from pao import db
+from pao.embedded import database_url
+from pao.migrate import check_database
+from pao.settings import Settings
+from scheduler.service import Scheduler
+
+
+async def _main(settings: Settings, url: str) -> None:
+    await check_database(url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    pool = db.make_pool(url, min_size=1, max_size=4, name="scheduler")
+    await pool.open(wait=False)
+    try:
+        await Scheduler(settings, pool).serve(stop)
+    finally:
+        await pool.close()
+
+
+def run(settings: Settings) -> int:
+    url = database_url(settings.database_url, settings.data_dir)
+    asyncio.run(_main(settings, url))
+    return 0

@@ -1,0 +1,98 @@
+"""Turning due occurrences into `due_work` rows, one short transaction per batch.
+
+Tasks are taken with `FOR UPDATE SKIP LOCKED`, so any number of schedulers
+share the work and none sees a task another is handling; `UNIQUE (task_id,
+scheduled_for)` with `ON CONFLICT DO NOTHING` makes a repeated attempt
+harmless. Each occurrence and its `next_run_at` advance commit together, so a
+scheduler killed mid-batch leaves the batch either done or untouched.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+from datetime import datetime
+
+from pao import occurrences
+from pao.db import Conn
+from pao.models import Task
+from pao.schedule import Schedule, parse_schedule
+from pao.store import occurrences as occurrence_store
+from pao.store import tasks as task_store
+from pao.store.occurrences import Decision, QueueRequest
+from scheduler.plan import plan
+
+log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=20_000)
+def _schedule(kind: str, expr: str, timezone: str, created_at: datetime) -> Schedule:
+    # Parsed schedules are immutable; most ticks meet the same tasks again.
+    return parse_schedule(kind, expr, timezone, created_at=created_at)
+
+
+def schedule_of(task: Task) -> Schedule:
+    return _schedule(task.schedule_kind, task.schedule_expr, task.timezone, task.created_at)
+
+
+async def materialise_batch(
+    conn: Conn, *, now: datetime, horizon: datetime, limit: int
+) -> tuple[int, int]:
+    """Settle up to `limit` due tasks in the caller's transaction; returns (tasks, queued)."""
+    tasks = await task_store.lock_due(conn, horizon=horizon, limit=limit)
+    requests: list[QueueRequest] = []
+    decisions: list[Decision] = []
+    coalesced: list[tuple[Task, datetime, datetime, str]] = []
+    advances: list[tuple[uuid.UUID, datetime | None, str]] = []
+    for task in tasks:
+        assert task.next_run_at is not None
+        try:
+            planned = plan(
+                schedule_of(task),
+                next_run_at=task.next_run_at,
+                policy=task.misfire_policy,
+                grace_seconds=task.misfire_grace_seconds,
+                now=now,
+                horizon=horizon,
+            )
+        except Exception:
+            # A schedule that no longer parses (zone data changed): it stops firing until
+            # someone edits it, rather than failing every tick.
+            log.exception("task %s: cannot compute its schedule; it stops firing", task.id)
+            advances.append((task.id, None, "active"))
+            continue
+        for nominal, detail in planned.queue:
+            why = await occurrences.duplicate_reason(conn, task, nominal, None)
+            if why is not None:
+                decisions.append(Decision(task.id, nominal, occurrences.DEDUPLICATED, None, why))
+                continue
+            requests.append(
+                QueueRequest(
+                    task_id=task.id,
+                    nominal_at=nominal,
+                    scheduled_for=nominal,
+                    priority=task.priority,
+                    reason="schedule",
+                    detail=detail,
+                )
+            )
+        for verdict in planned.verdicts:
+            if verdict.into is not None:
+                coalesced.append((task, verdict.nominal_at, verdict.into, verdict.detail))
+            else:
+                decisions.append(
+                    Decision(task.id, verdict.nominal_at, verdict.decision, None, verdict.detail)
+                )
+        status = "completed" if planned.finished else "active"
+        advances.append((task.id, planned.next_run_at, status))
+
+    runs = await occurrence_store.queue_many(conn, requests)
+    work_of = {(r.task_id, r.scheduled_for): r.due_work_id for r in runs}
+    for task, nominal, into, detail in coalesced:
+        decisions.append(
+            Decision(task.id, nominal, occurrences.COALESCED, work_of.get((task.id, into)), detail)
+        )
+    await occurrence_store.record_many(conn, decisions)
+    await task_store.advance_many(conn, advances)
+    return len(tasks), len(runs)

@@ -1,0 +1,59 @@
+"""Work whose worker died: back to the queue with its attempt counted, or ended.
+
+A lease runs out only when its worker stopped renewing it (died, or lost the
+database), never while a long step is still heartbeating. The requeue bumps
+the attempt number, and every write a worker makes names the attempt it
+holds, so the old worker can no longer change anything for this occurrence.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pao.backoff import retry_delay
+from pao.db import Conn
+from pao.store import runs
+
+log = logging.getLogger(__name__)
+
+
+async def rescue_batch(conn: Conn, *, limit: int, base_seconds: float, cap_seconds: float) -> int:
+    """Handle up to `limit` expired leases in the caller's transaction; returns how many."""
+    lost = await runs.lock_expired(conn, limit=limit)
+    for work in lost:
+        owner = work.lease_owner or "unknown"
+        if work.cancel_requested:
+            await runs.end_lost_run(
+                conn, work, status="cancelled", error=f"cancelled; worker {owner} lost its lease"
+            )
+            await runs.finish_lost(conn, work, state="cancelled")
+        elif work.attempt > work.max_retries:
+            await runs.end_lost_run(
+                conn,
+                work,
+                status="failed",
+                error=(
+                    f"worker {owner} lost its lease (it died or lost the database); "
+                    f"no retries left (max_retries={work.max_retries})"
+                ),
+            )
+            await runs.finish_lost(conn, work, state="failed")
+        else:
+            delay = retry_delay(
+                work.backoff_strategy,
+                work.attempt,
+                base_seconds=base_seconds,
+                cap_seconds=cap_seconds,
+            )
+            await runs.end_lost_run(
+                conn,
+                work,
+                status="failed",
+                error=(
+                    f"worker {owner} lost its lease (it died or lost the database); "
+                    f"retrying in {delay.total_seconds():.1f}s"
+                ),
+            )
+            await runs.requeue_lost(conn, work, delay_seconds=delay.total_seconds())
+        log.warning("rescued due_work %s (attempt %s) from %s", work.id, work.attempt, owner)
+    return len(lost)

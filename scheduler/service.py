@@ -1,0 +1,206 @@
+"""The scheduler process: APScheduler drives the periodic jobs; PostgreSQL holds all state.
+
+Any number of replicas may run. None is special: every job takes its rows
+with `SKIP LOCKED`, so replicas share the work and never do the same piece
+twice. A job that finds the database gone logs it and tries again on its next
+tick; the pool reconnects by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from psycopg_pool import AsyncConnectionPool
+
+from pao import db
+from pao import events as event_logic
+from pao.errors import DatabaseUnavailable
+from pao.settings import Settings
+from pao.store import events, heartbeats
+from scheduler.housekeeping import prune_step
+from scheduler.materialise import materialise_batch
+from scheduler.rescue import rescue_batch
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+MATERIALISE_BATCH = 1000
+RESCUE_BATCH = 100
+EVENT_BATCH = 100
+HEARTBEAT_SECONDS = 5.0
+HOUSEKEEPING_SECONDS = 60.0
+# One tick's jobs stop taking new batches after this long, so ticks stay short.
+TICK_BUDGET_SECONDS = 10.0
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: AsyncConnectionPool[db.Conn],
+        *,
+        clock: Clock = utc_now,
+        process_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.clock = clock
+        self.process_id = process_id or (
+            f"scheduler-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        )
+        self._db_down = False
+        self._running = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def materialise(self) -> int:
+        """Queue every occurrence due before now + look-ahead; returns how many were queued."""
+        queued = 0
+        started = asyncio.get_running_loop().time()
+        while True:
+            now = self.clock()
+            horizon = now + timedelta(seconds=self.settings.lookahead_seconds)
+            async with db.connection(self.pool) as conn:
+                tasks, n = await materialise_batch(
+                    conn, now=now, horizon=horizon, limit=MATERIALISE_BATCH
+                )
+            queued += n
+            if tasks < MATERIALISE_BATCH or self._over_budget(started):
+                return queued
+
+    async def rescue(self) -> int:
+        """Return work with expired leases to the queue (or end it); returns how many."""
+        rescued = 0
+        started = asyncio.get_running_loop().time()
+        while True:
+            async with db.connection(self.pool) as conn:
+                n = await rescue_batch(
+                    conn,
+                    limit=RESCUE_BATCH,
+                    base_seconds=self.settings.retry_base_seconds,
+                    cap_seconds=self.settings.retry_cap_seconds,
+                )
+            rescued += n
+            if n < RESCUE_BATCH or self._over_budget(started):
+                return rescued
+
+    async def dispatch_events(self) -> int:
+        """Fan out events published by pipeline steps; returns how many events."""
+        async with db.connection(self.pool) as conn:
+            pending = await events.lock_pending(conn, limit=EVENT_BATCH)
+            for event in pending:
+                await event_logic.dispatch(conn, event)
+            await events.mark_dispatched(conn, [e.id for e in pending])
+        return len(pending)
+
+    async def housekeeping(self) -> int:
+        """Prune history older than the retention, in small transactions; returns rows deleted."""
+        deleted = 0
+        started = asyncio.get_running_loop().time()
+        retention = timedelta(days=self.settings.retention_days)
+        while True:
+            async with db.connection(self.pool) as conn:
+                n = await prune_step(conn, now=self.clock(), retention=retention)
+            deleted += n
+            if n == 0 or self._over_budget(started):
+                return deleted
+
+    async def heartbeat(self) -> None:
+        async with db.connection(self.pool) as conn:
+            await heartbeats.beat(
+                conn,
+                process_id=self.process_id,
+                kind="scheduler",
+                hostname=socket.gethostname(),
+                pid=os.getpid(),
+            )
+
+    async def say_goodbye(self) -> None:
+        try:
+            async with db.connection(self.pool) as conn:
+                await heartbeats.remove(conn, self.process_id)
+        except DatabaseUnavailable:
+            pass
+
+    def _over_budget(self, started: float) -> bool:
+        return asyncio.get_running_loop().time() - started > TICK_BUDGET_SECONDS
+
+    def _guarded(
+        self, name: str, job: Callable[[], Awaitable[object]]
+    ) -> Callable[[], Awaitable[None]]:
+        """Run a job; log a database outage once (and its end), never let it escape."""
+
+        async def run() -> None:
+            self._running += 1
+            self._idle.clear()
+            try:
+                await job()
+            except DatabaseUnavailable:
+                if not self._db_down:
+                    log.warning("database unavailable; the scheduler keeps retrying")
+                self._db_down = True
+                return
+            except Exception:
+                log.exception("scheduler job %s failed; it runs again on its next tick", name)
+                return
+            if self._db_down:
+                log.info("database is back")
+                self._db_down = False
+
+        self._running = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+        return run
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Run the periodic jobs until `stop` is set."""
+        tick = self.settings.scheduler_tick_ms / 1000
+        jobs: list[tuple[str, Callable[[], Awaitable[object]], float]] = [
+            ("materialise", self.materialise, tick),
+            ("rescue", self.rescue, max(tick, 1.0)),
+            ("events", self.dispatch_events, tick),
+            ("heartbeat", self.heartbeat, HEARTBEAT_SECONDS),
+            ("housekeeping", self.housekeeping, HOUSEKEEPING_SECONDS),
+        ]
+        aps = AsyncIOScheduler(timezone=UTC)
+        for name, job, seconds in jobs:
+            aps.add_job(
+                self._guarded(name, job),
+                "interval",
+                seconds=seconds,
+                id=name,
+                max_instances=1,
+                coalesce=True,
+                next_run_time=datetime.now(UTC),
+                misfire_grace_time=None,
+            )
+        aps.start()
+        log.info("scheduler %s running", self.process_id)
+        try:
+            await stop.wait()
+        finally:
+            aps.shutdown(wait=False)
+            await self._drain()
+            await self.say_goodbye()
+            log.info("scheduler %s stopped", self.process_id)
+
+    async def _drain(self) -> None:
+        """Let jobs already running finish their transaction (they are short)."""
+        try:
+            async with asyncio.timeout(TICK_BUDGET_SECONDS + 5):
+                await self._idle.wait()
+        except TimeoutError:
+            log.warning("scheduler jobs still running at shutdown; their transactions roll back")

@@ -76,7 +76,9 @@ CREATE TABLE events (
     payload       jsonb NOT NULL DEFAULT '{}'::jsonb,
     published_by  uuid REFERENCES agents (id),
     source_run_id uuid,
-    received_at   timestamptz NOT NULL DEFAULT now(),
+    -- clock_timestamp, not now(): events published in one transaction get distinct
+    -- times, and an event's occurrence of a task is keyed by (task, time).
+    received_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
     CONSTRAINT events_type_length CHECK (char_length(type) BETWEEN 1 AND 200)
 );
 CREATE INDEX events_received_idx ON events (received_at);

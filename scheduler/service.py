@@ -155,13 +155,13 @@ class Scheduler:
             except Exception:
                 log.exception("scheduler job %s failed; it runs again on its next tick", name)
                 return
+            finally:
+                self._running -= 1
+                if self._running == 0:
+                    self._idle.set()
             if self._db_down:
                 log.info("database is back")
                 self._db_down = False
-
-        self._running = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
 
         return run
 
@@ -192,8 +192,9 @@ class Scheduler:
         try:
             await stop.wait()
         finally:
-            aps.shutdown(wait=False)
+            aps.pause()  # no new job starts; those running finish their transaction
             await self._drain()
+            aps.shutdown(wait=False)
             await self.say_goodbye()
             log.info("scheduler %s stopped", self.process_id)
 

@@ -40,6 +40,14 @@ def test_dev_runs_on_a_shared_embedded_database(tmp_path: Path) -> None:
         assert httpx.get(f"{base}/docs", timeout=10).status_code == 200
         created = httpx.post(f"{base}/tasks", json=SEED_TASK, headers=auth(token), timeout=10)
         assert created.status_code == 201, created.text
+        # The scheduler runs beside the API and reports in.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            health = httpx.get(f"{base}/health", timeout=10).json()
+            if health["scheduler"]["status"] == "ok":
+                break
+            time.sleep(0.3)
+        assert health["scheduler"]["status"] == "ok", health
 
         # Another pao process on this machine joins the same embedded server.
         made = pao("agents", "create", "--name", "cli", "--scopes", "tasks:read", env=env)

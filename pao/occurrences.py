@@ -13,6 +13,7 @@ from datetime import datetime
 from pao.db import Conn
 from pao.models import Event, Run, Task
 from pao.store import occurrences as store
+from pao.store import work
 from pao.store.occurrences import Decision, QueueRequest
 from pao.templates import JSONValue, TemplateError, parse_template
 
@@ -87,7 +88,7 @@ async def queue_one(
         if why is not None:
             await store.record_many(conn, [Decision(task.id, nominal_at, DEDUPLICATED, None, why)])
             return None
-    return await store.queue(
+    run = await store.queue(
         conn,
         QueueRequest(
             task_id=task.id,
@@ -99,6 +100,9 @@ async def queue_one(
             detail=detail,
         ),
     )
+    if run is not None:
+        await work.notify_workers(conn)
+    return run
 
 
 async def take_back(

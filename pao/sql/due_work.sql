@@ -73,3 +73,68 @@ WHERE id = ANY(ARRAY(
     WHERE finished_at < %(before)s
     LIMIT %(limit)s
 ))
+
+-- name: due_work_claim
+-- Claim a batch: due queued work in priority order, leased to this worker by the database clock,
+-- and its runs marked running, in one statement; the transaction commits before any step runs.
+WITH next AS (
+    -- SKIP LOCKED: concurrent workers take disjoint rows instead of waiting on each other.
+    SELECT id FROM due_work
+    WHERE state = 'queued' AND run_after <= now()
+    ORDER BY priority, run_after, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE due_work d
+    SET state = 'running', lease_owner = %(worker_id)s,
+        lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
+    FROM next
+    WHERE d.id = next.id
+    RETURNING d.id, d.task_id, d.scheduled_for, d.attempt, d.event_id, d.reason
+), started AS (
+    UPDATE runs r
+    SET status = 'running', started_at = now(), worker_id = %(worker_id)s
+    FROM claimed c
+    WHERE r.due_work_id = c.id AND r.attempt = c.attempt AND r.status = 'queued'
+    RETURNING r.id AS run_id, r.due_work_id
+)
+SELECT c.id, c.task_id, c.scheduled_for, c.attempt, c.event_id, c.reason, s.run_id
+FROM claimed c
+JOIN started s ON s.due_work_id = c.id
+
+-- name: due_work_next_due
+-- When the earliest queued work falls due, so an idle worker sleeps until exactly then.
+SELECT min(run_after) AS at FROM due_work WHERE state = 'queued'
+
+-- name: due_work_renew_leases
+-- Extend this worker's leases; rows missing from the answer were lost (rescued elsewhere).
+UPDATE due_work
+SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
+WHERE id = ANY(%(ids)s) AND lease_owner = %(worker_id)s AND state = 'running'
+RETURNING id, attempt, cancel_requested
+
+-- name: due_work_finish
+-- End held work in a final state; nothing happens unless this worker still holds this attempt.
+UPDATE due_work
+SET state = %(state)s, finished_at = now(), lease_owner = NULL, lease_expires_at = NULL
+WHERE id = %(id)s AND attempt = %(attempt)s AND lease_owner = %(worker_id)s AND state = 'running'
+RETURNING id
+
+-- name: due_work_retry
+-- A failed attempt with retries left: queue the next one after the backoff (fenced like finish).
+UPDATE due_work
+SET state = 'queued', attempt = attempt + 1, lease_owner = NULL, lease_expires_at = NULL,
+    run_after = now() + make_interval(secs => %(delay_seconds)s)
+WHERE id = %(id)s AND attempt = %(attempt)s AND lease_owner = %(worker_id)s AND state = 'running'
+RETURNING id, task_id, scheduled_for, attempt
+
+-- name: due_work_hand_back
+-- Shutting down: give held work back at once without spending its attempt (fenced).
+UPDATE due_work
+SET state = 'queued', run_after = now(), lease_owner = NULL, lease_expires_at = NULL
+WHERE id = %(id)s AND attempt = %(attempt)s AND lease_owner = %(worker_id)s AND state = 'running'
+RETURNING id
+
+-- name: due_work_notify
+-- Wake idle workers; delivered when the queueing transaction commits.
+SELECT pg_notify('pao_work', '')

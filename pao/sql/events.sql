@@ -25,3 +25,14 @@ WHERE id = ANY(ARRAY(
     WHERE dispatched_at IS NOT NULL AND received_at < %(before)s
     LIMIT %(limit)s
 ))
+
+-- name: event_insert_from_step
+-- An event published by a pipeline step; a retried step with the same key publishes nothing new.
+INSERT INTO events (type, payload, source_run_id, idempotency_key)
+VALUES (%(type)s, %(payload)s, %(source_run_id)s, %(idempotency_key)s)
+ON CONFLICT (idempotency_key) DO NOTHING
+RETURNING id
+
+-- name: event_get_many
+-- The triggering events of a claimed batch.
+SELECT id, type, payload, published_by, received_at FROM events WHERE id = ANY(%(ids)s)

@@ -60,3 +60,31 @@ VALUES (%(due_work_id)s, %(task_id)s, %(attempt)s, %(scheduled_for)s)
 UPDATE runs
 SET status = %(status)s, finished_at = now(), error = %(error)s
 WHERE due_work_id = %(due_work_id)s AND attempt = %(attempt)s AND status IN ('queued', 'running')
+
+-- name: run_finish
+-- Record how an attempt ended (called only after its due_work was finished under a lease).
+UPDATE runs
+SET status = %(status)s, finished_at = now(), steps = %(steps)s, error = %(error)s
+WHERE id = %(id)s AND status = 'running'
+
+-- name: run_reset
+-- An attempt handed back at shutdown was not spent: its run is queued again.
+UPDATE runs
+SET status = 'queued', started_at = NULL, worker_id = NULL, steps = '[]'::jsonb, error = NULL
+WHERE id = %(id)s AND status = 'running'
+
+-- name: run_save_steps
+-- Progress: the steps so far, written only while this worker holds the attempt.
+UPDATE runs r
+SET steps = %(steps)s
+FROM due_work d
+WHERE r.id = %(run_id)s AND d.id = r.due_work_id AND d.attempt = %(attempt)s
+  AND d.lease_owner = %(worker_id)s AND d.state = 'running'
+
+-- name: run_log_append
+-- One log line, written only while this worker holds the attempt.
+INSERT INTO run_logs (run_id, level, step_id, message)
+SELECT %(run_id)s, %(level)s, %(step_id)s, %(message)s
+FROM due_work d
+WHERE d.id = %(due_work_id)s AND d.attempt = %(attempt)s
+  AND d.lease_owner = %(worker_id)s AND d.state = 'running'

@@ -96,3 +96,21 @@ FOR UPDATE SKIP LOCKED
 -- After materialising: the task's next fire time, and `completed` when nothing is left to run.
 UPDATE tasks SET next_run_at = %(next_run_at)s, status = %(status)s
 WHERE id = %(id)s
+
+-- name: task_get_many
+-- The tasks of a claimed batch.
+SELECT * FROM tasks WHERE id = ANY(%(ids)s)
+
+-- name: task_complete_if_done
+-- A task with nothing more to fire and nothing queued or running is completed.
+UPDATE tasks t
+SET status = 'completed', updated_at = now()
+WHERE t.id = %(id)s AND t.status = 'active' AND t.next_run_at IS NULL
+  AND t.schedule_kind IN ('once', 'cron', 'rrule', 'condition')
+  AND NOT EXISTS (
+      SELECT 1 FROM due_work d WHERE d.task_id = t.id AND d.state IN ('queued', 'running')
+  )
+
+-- name: task_set_condition_state
+-- Remember the condition guard's last value, so a restart neither repeats nor misses an edge.
+UPDATE tasks SET condition_state = %(state)s WHERE id = %(id)s

@@ -1,0 +1,196 @@
+"""What workers do to `due_work` and runs: claim, renew, finish, retry, hand back.
+
+Every write names the attempt and the lease owner, so a worker that lost its
+lease (the scheduler rescued the work) changes nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from pao.db import Conn, model_row
+from pao.models import Event, Task
+from pao.sql import QUERIES
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: int
+    task_id: uuid.UUID
+    scheduled_for: datetime
+    attempt: int
+    event_id: uuid.UUID | None
+    reason: str
+    run_id: uuid.UUID
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Which attempt of which work a worker holds."""
+
+    due_work_id: int
+    attempt: int
+    worker_id: str
+
+    def params(self) -> dict[str, Any]:
+        return {"id": self.due_work_id, "attempt": self.attempt, "worker_id": self.worker_id}
+
+
+async def claim(conn: Conn, *, worker_id: str, limit: int, lease_seconds: float) -> list[Claimed]:
+    async with conn.cursor(row_factory=model_row(Claimed)) as cur:
+        await cur.execute(
+            QUERIES["due_work_claim"],
+            {"worker_id": worker_id, "limit": limit, "lease_seconds": lease_seconds},
+        )
+        return await cur.fetchall()
+
+
+async def tasks_of(conn: Conn, ids: list[uuid.UUID]) -> dict[uuid.UUID, Task]:
+    async with conn.cursor(row_factory=model_row(Task)) as cur:
+        await cur.execute(QUERIES["task_get_many"], {"ids": ids})
+        return {t.id: t for t in await cur.fetchall()}
+
+
+async def events_of(conn: Conn, ids: list[uuid.UUID]) -> dict[uuid.UUID, Event]:
+    if not ids:
+        return {}
+    async with conn.cursor(row_factory=model_row(Event)) as cur:
+        await cur.execute(QUERIES["event_get_many"], {"ids": ids})
+        return {e.id: e for e in await cur.fetchall()}
+
+
+async def next_due(conn: Conn) -> datetime | None:
+    cur = await conn.execute(QUERIES["due_work_next_due"])
+    row = await cur.fetchone()
+    return row["at"] if row else None
+
+
+async def renew(
+    conn: Conn, *, worker_id: str, ids: list[int], lease_seconds: float
+) -> dict[int, tuple[int, bool]]:
+    """Renew leases; returns {id: (attempt, cancel_requested)} for those still held."""
+    if not ids:
+        return {}
+    cur = await conn.execute(
+        QUERIES["due_work_renew_leases"],
+        {"worker_id": worker_id, "ids": ids, "lease_seconds": lease_seconds},
+    )
+    return {r["id"]: (r["attempt"], r["cancel_requested"]) for r in await cur.fetchall()}
+
+
+async def finish(
+    conn: Conn, lease: Lease, *, run_id: uuid.UUID, status: str, steps: list[Any], error: str | None
+) -> bool:
+    """End the attempt in a final state; False (and nothing written) if the lease was lost."""
+    cur = await conn.execute(QUERIES["due_work_finish"], {**lease.params(), "state": status})
+    if await cur.fetchone() is None:
+        return False
+    await conn.execute(
+        QUERIES["run_finish"],
+        {"id": run_id, "status": status, "steps": Jsonb(steps), "error": error},
+    )
+    return True
+
+
+async def retry(
+    conn: Conn,
+    lease: Lease,
+    *,
+    run_id: uuid.UUID,
+    delay_seconds: float,
+    steps: list[Any],
+    error: str,
+) -> bool:
+    """Fail this attempt and queue the next; False if the lease was lost."""
+    cur = await conn.execute(
+        QUERIES["due_work_retry"], {**lease.params(), "delay_seconds": delay_seconds}
+    )
+    row = await cur.fetchone()
+    if row is None:
+        return False
+    await conn.execute(
+        QUERIES["run_finish"],
+        {"id": run_id, "status": "failed", "steps": Jsonb(steps), "error": error},
+    )
+    await conn.execute(
+        QUERIES["run_insert_retry"],
+        {
+            "due_work_id": row["id"],
+            "task_id": row["task_id"],
+            "attempt": row["attempt"],
+            "scheduled_for": row["scheduled_for"],
+        },
+    )
+    return True
+
+
+async def hand_back(conn: Conn, lease: Lease, *, run_id: uuid.UUID) -> bool:
+    """Give the work back unspent (shutdown); False if the lease was lost."""
+    cur = await conn.execute(QUERIES["due_work_hand_back"], lease.params())
+    if await cur.fetchone() is None:
+        return False
+    await conn.execute(QUERIES["run_reset"], {"id": run_id})
+    return True
+
+
+async def save_steps(conn: Conn, lease: Lease, *, run_id: uuid.UUID, steps: list[Any]) -> None:
+    await conn.execute(
+        QUERIES["run_save_steps"],
+        {
+            "run_id": run_id,
+            "steps": Jsonb(steps),
+            "attempt": lease.attempt,
+            "worker_id": lease.worker_id,
+        },
+    )
+
+
+async def log(
+    conn: Conn, lease: Lease, *, run_id: uuid.UUID, level: str, step_id: str | None, message: str
+) -> None:
+    await conn.execute(
+        QUERIES["run_log_append"],
+        {
+            "run_id": run_id,
+            "level": level,
+            "step_id": step_id,
+            "message": message,
+            "due_work_id": lease.due_work_id,
+            "attempt": lease.attempt,
+            "worker_id": lease.worker_id,
+        },
+    )
+
+
+async def complete_task_if_done(conn: Conn, task_id: uuid.UUID) -> None:
+    await conn.execute(QUERIES["task_complete_if_done"], {"id": task_id})
+
+
+async def set_condition_state(conn: Conn, task_id: uuid.UUID, state: bool) -> None:
+    await conn.execute(QUERIES["task_set_condition_state"], {"id": task_id, "state": state})
+
+
+async def publish_from_step(
+    conn: Conn, *, type: str, payload: Any, run_id: uuid.UUID, idempotency_key: str
+) -> uuid.UUID | None:
+    """Store a step's event for the scheduler to fan out; None if this key already published."""
+    cur = await conn.execute(
+        QUERIES["event_insert_from_step"],
+        {
+            "type": type,
+            "payload": Jsonb(payload),
+            "source_run_id": run_id,
+            "idempotency_key": idempotency_key,
+        },
+    )
+    row = await cur.fetchone()
+    return row["id"] if row else None
+
+
+async def notify_workers(conn: Conn) -> None:
+    await conn.execute(QUERIES["due_work_notify"])

@@ -1,0 +1,173 @@
+"""The `http.request` tool, guarded against reaching private networks.
+
+The host is resolved once, the address checked, and the connection made to
+that very address (with the original name for `Host` and TLS), so a DNS
+answer cannot change between the check and the request. Every redirect is
+checked again. Only addresses that are globally routable are allowed, unless
+`PAO_HTTP_ALLOW` names the host or a network containing the address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from pao.errors import PaoError
+
+MAX_REDIRECTS = 5
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class ToolFailed(PaoError):
+    """The tool could not do what the step asked."""
+
+
+@dataclass(frozen=True)
+class Allow:
+    """The operator's exceptions to the private-address guard (PAO_HTTP_ALLOW)."""
+
+    hosts: frozenset[str]
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+    @classmethod
+    def parse(cls, entries: Sequence[str]) -> Allow:
+        hosts: set[str] = set()
+        networks = []
+        for entry in entries:
+            try:
+                networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                hosts.add(entry.lower().rstrip("."))
+        return cls(frozenset(hosts), tuple(networks))
+
+    def permits(self, host: str, address: IPAddress) -> bool:
+        if host.lower().rstrip(".") in self.hosts:
+            return True
+        return any(address in net for net in self.networks)
+
+
+def _public(address: IPAddress) -> bool:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_global and not address.is_multicast
+
+
+async def _resolve(host: str, port: int) -> IPAddress:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ToolFailed(f"cannot resolve {host!r}: {exc.strerror}") from None
+    if not infos:
+        raise ToolFailed(f"cannot resolve {host!r}")
+    return ipaddress.ip_address(infos[0][4][0])
+
+
+async def _checked_target(url: httpx.URL, allow: Allow) -> tuple[httpx.URL, dict[str, Any]]:
+    """The URL to connect to (host replaced by its checked address) and its extensions."""
+    if url.scheme not in ("http", "https"):
+        raise ToolFailed(f"only http and https URLs are allowed, not {url.scheme!r}")
+    host = url.host
+    if not host:
+        raise ToolFailed("the URL has no host")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    address = await _resolve(host, port)
+    if not _public(address) and not allow.permits(host, address):
+        raise ToolFailed(
+            f"{host} resolves to {address}, a private, loopback, link-local or reserved "
+            "address; an operator may allow it with PAO_HTTP_ALLOW"
+        )
+    pinned = url.copy_with(host=str(address))
+    extensions: dict[str, Any] = {}
+    if url.scheme == "https":
+        extensions["sni_hostname"] = host
+    return pinned, extensions
+
+
+async def http_request(args: dict[str, Any], allow: Allow) -> dict[str, Any]:
+    method = str(args.get("method", "GET")).upper()
+    url = httpx.URL(str(args["url"]))
+    headers = {str(k): str(v) for k, v in (args.get("headers") or {}).items()}
+    timeout = float(args.get("timeout_seconds", 30))
+    max_bytes = int(args.get("max_bytes", 1_048_576))
+    content: bytes | None = None
+    if "json" in args:
+        content = json.dumps(args["json"]).encode()
+        headers.setdefault("Content-Type", "application/json")
+    elif "body" in args:
+        content = str(args["body"]).encode()
+    try:
+        async with asyncio.timeout(timeout), httpx.AsyncClient(follow_redirects=False) as client:
+            for _ in range(MAX_REDIRECTS + 1):
+                target, extensions = await _checked_target(url, allow)
+                request = client.build_request(
+                    method,
+                    target,
+                    headers={**headers, "Host": url.netloc.decode()},
+                    content=content,
+                    extensions=extensions,
+                )
+                response = await client.send(request, stream=True)
+                try:
+                    if response.is_redirect and "location" in response.headers:
+                        url = url.join(response.headers["location"])
+                        if response.status_code == 303 or (
+                            response.status_code in (301, 302) and method == "POST"
+                        ):
+                            method, content = "GET", None
+                        continue
+                    body, truncated = await _read(response, max_bytes)
+                finally:
+                    await response.aclose()
+                return _result(response, body, truncated, url)
+    except TimeoutError:
+        raise ToolFailed(f"no complete answer within {timeout:g}s") from None
+    except httpx.HTTPError as exc:
+        raise ToolFailed(f"HTTP request failed: {exc}") from None
+    raise ToolFailed(f"more than {MAX_REDIRECTS} redirects")
+
+
+async def _read(response: httpx.Response, max_bytes: int) -> tuple[bytes, bool]:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= max_bytes:
+            return b"".join(chunks)[:max_bytes], True
+    return b"".join(chunks), False
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} cannot be stored as JSON")
+
+
+def _result(
+    response: httpx.Response, body: bytes, truncated: bool, url: httpx.URL
+) -> dict[str, Any]:
+    text = body.decode(response.encoding or "utf-8", errors="replace")
+    parsed: Any = None
+    if "json" in response.headers.get("content-type", "") and not truncated:
+        try:
+            parsed = json.loads(text, parse_constant=_no_constants)
+        except ValueError:
+            parsed = None
+    return {
+        "status": response.status_code,
+        "headers": dict(response.headers),
+        "body": text,
+        "json": parsed,
+        "truncated": truncated,
+        "url": str(url),
+    }

@@ -1,0 +1,38 @@
+"""`pao worker`: run the worker until SIGTERM (drain) or a second signal (stop now)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+from pao import db
+from pao.embedded import database_url
+from pao.migrate import check_database
+from pao.settings import Settings
+from worker.service import Worker
+
+
+async def _main(settings: Settings, url: str) -> None:
+    await check_database(url)
+    stop, force = asyncio.Event(), asyncio.Event()
+
+    def on_signal() -> None:
+        # The first signal drains; a second one hands everything back at once.
+        (force if stop.is_set() else stop).set()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    size = settings.worker_concurrency * 2 + 2
+    pool = db.make_pool(url, min_size=2, max_size=size, name="worker")
+    await pool.open(wait=False)
+    try:
+        await Worker(settings, pool, url).serve(stop, force)
+    finally:
+        await pool.close()
+
+
+def run(settings: Settings) -> int:
+    url = database_url(settings.database_url, settings.data_dir)
+    asyncio.run(_main(settings, url))
+    return 0

@@ -1,0 +1,169 @@
+"""Running a task's pipeline: steps in order, templates looked up in one pass.
+
+A step's output is stored on the run as it ends, so `GET /runs/{id}` shows
+progress. A failed step fails the run; the caller decides about retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pao.errors import PaoError
+from pao.models import Event, Task
+from pao.pipeline import Pipeline
+from pao.templates import JSONValue, TemplateError, parse_guard, render
+
+DEFAULT_STEP_TIMEOUT = 300.0
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
+
+
+class StepFailed(PaoError):
+    """A step failed; the run fails with this message."""
+
+
+class ConditionNotMet(PaoError):
+    """The condition guard did not turn from false to true: the rest does not run."""
+
+
+@dataclass
+class StepCall:
+    """What a tool learns about the step calling it."""
+
+    step_id: str
+    idempotency_key: str
+    log: Callable[[str, str], Awaitable[None]]
+
+
+Tool = Callable[[dict[str, Any], StepCall], Awaitable[JSONValue]]
+
+
+@dataclass
+class Execution:
+    task: Task
+    pipeline: Pipeline
+    run: dict[str, JSONValue]
+    event: Event | None
+    due_work_id: int
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+
+def storable(value: Any) -> JSONValue:
+    """A JSON value PostgreSQL's jsonb accepts: no NUL, no lone surrogates, no NaN."""
+    if isinstance(value, str):
+        return _UNSTORABLE.sub("\ufffd", value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(storable(str(k))): storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable(v) for v in value]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return storable(str(value))
+
+
+def _context(ex: Execution, outputs: dict[str, JSONValue]) -> dict[str, JSONValue]:
+    context: dict[str, JSONValue] = {
+        "steps": outputs,
+        "run": ex.run,
+        "task": {
+            "id": str(ex.task.id),
+            "title": ex.task.title,
+            "payload": ex.task.payload,
+            "created_by": str(ex.task.created_by),
+        },
+    }
+    if ex.event is not None:
+        context["event"] = {
+            "id": str(ex.event.id),
+            "type": ex.event.type,
+            "payload": ex.event.payload,
+        }
+    return context
+
+
+async def execute(
+    ex: Execution,
+    tools: Callable[[str], Tool],
+    *,
+    log: Callable[[str | None, str, str], Awaitable[None]],
+    save: Callable[[list[dict[str, Any]]], Awaitable[None]],
+    condition_state: bool | None = None,
+    on_condition: Callable[[bool], Awaitable[None]] | None = None,
+) -> None:
+    """Run every step; raise StepFailed on the first failure, ConditionNotMet to stop early."""
+    outputs: dict[str, JSONValue] = {}
+    for index, step in enumerate(ex.pipeline.steps):
+        context = _context(ex, outputs)
+        record: dict[str, Any] = {
+            "id": step.id,
+            "uses": step.uses,
+            "status": "running",
+            "started_at": datetime.now(UTC).isoformat(),
+        }
+        if step.if_ is not None:
+            try:
+                wanted = parse_guard(step.if_).evaluate(context)
+            except TemplateError as exc:
+                raise _fail(ex, record, f"step {step.id}: its 'if' failed: {exc}") from None
+            if not wanted:
+                record.update(status="skipped", detail=f"'if' was false: {step.if_}")
+                ex.steps.append(record)
+                await save(ex.steps)
+                continue
+        try:
+            args = render(step.with_, context)
+        except TemplateError as exc:
+            raise _fail(ex, record, f"step {step.id}: {exc}") from None
+        assert isinstance(args, dict)
+        record["input"] = storable(args)
+        ex.steps.append(record)
+        await save(ex.steps)
+
+        async def step_log(level: str, message: str, step_id: str = step.id) -> None:
+            await log(step_id, level, message)
+
+        call = StepCall(step.id, f"{ex.due_work_id}:{step.id}", step_log)
+        started = time.monotonic()
+        timeout = float(step.timeout_seconds or DEFAULT_STEP_TIMEOUT)
+        try:
+            async with asyncio.timeout(timeout):
+                output = storable(await tools(step.uses)(args, call))
+        except TimeoutError:
+            raise _fail(ex, record, f"step {step.id}: timed out after {timeout:g}s") from None
+        except PaoError as exc:
+            raise _fail(ex, record, f"step {step.id}: {exc.message}") from None
+        record.update(
+            status="succeeded",
+            output=output,
+            duration_ms=int((time.monotonic() - started) * 1000),
+        )
+        outputs[step.id] = output
+        if step.save_as:
+            outputs[step.save_as] = output
+        await save(ex.steps)
+        if index == 0 and ex.pipeline.condition is not None and on_condition is not None:
+            try:
+                now_true = parse_guard(ex.pipeline.condition).evaluate(_context(ex, outputs))
+            except TemplateError as exc:
+                raise StepFailed(f"the condition failed: {exc}") from None
+            await on_condition(now_true)
+            if not (now_true and condition_state is not True):
+                raise ConditionNotMet(
+                    f"condition is {str(now_true).lower()} (was {condition_state}); "
+                    "the rest runs only when it turns from false to true"
+                )
+
+
+def _fail(ex: Execution, record: dict[str, Any], message: str) -> StepFailed:
+    record.update(status="failed", error=message)
+    if record not in ex.steps:
+        ex.steps.append(record)
+    return StepFailed(message)

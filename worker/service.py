@@ -1,0 +1,374 @@
+"""The worker process: claims due work and runs pipelines, `--concurrency` at a time.
+
+Claiming is one short transaction that commits before any step runs. Leases
+are renewed every second while a pipeline runs, which also carries cancel
+requests; a lease that could not be renewed means the work may be rescued
+elsewhere, so the pipeline is stopped and nothing more is written for it.
+Idle workers wake on LISTEN/NOTIFY (on a connection of their own), poll as a
+fallback, and sleep until exactly the next `run_after`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from pao import db
+from pao.backoff import retry_delay
+from pao.errors import DatabaseUnavailable, InvalidInput
+from pao.models import Event, Task
+from pao.pipeline import validate_payload
+from pao.settings import Settings
+from pao.store import heartbeats, work
+from pao.store.work import Claimed, Lease
+from pao.tools import ToolRegistry
+from worker.http_tool import Allow
+from worker.pipeline import ConditionNotMet, Execution, StepFailed, execute
+from worker.tools import Toolbox
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 1.0
+KEEPER_SECONDS = 1.0
+HEARTBEAT_SECONDS = 5.0
+CHANNEL = "pao_work"
+
+StopReason = Literal["cancel", "lost", "shutdown"]
+
+
+@dataclass
+class Running:
+    claimed: Claimed
+    lease: Lease
+    task: asyncio.Task[None] | None = None
+    stop_reason: StopReason | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    def stop(self, reason: StopReason) -> None:
+        if self.stop_reason is None and self.task is not None and not self.task.done():
+            self.stop_reason = reason
+            self.task.cancel()
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: AsyncConnectionPool[db.Conn],
+        listen_url: str,
+        *,
+        worker_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.listen_url = listen_url
+        self.worker_id = worker_id or (
+            f"worker-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        )
+        self.registry = ToolRegistry.from_tools_file(settings.tools_file)
+        self.allow = Allow.parse(settings.http_allow)
+        self.running: dict[int, Running] = {}
+        self.wake = asyncio.Event()
+        self._last_renewal = time.monotonic()
+        self._db_down = False
+
+    # -- the claim loop ------------------------------------------------------------------
+
+    async def serve(self, stop: asyncio.Event, force: asyncio.Event) -> None:
+        """Claim and run until `stop`; then drain (until `force` or the grace ends)."""
+        helpers = [
+            asyncio.create_task(self._listen(stop), name="listen"),
+            asyncio.create_task(self._keep(stop), name="keeper"),
+        ]
+        log.info("worker %s running (concurrency %s)", self.worker_id, self.concurrency)
+        try:
+            while not stop.is_set():
+                timeout = POLL_SECONDS
+                free = self.concurrency - len(self.running)
+                if free > 0:
+                    try:
+                        claimed = await self.claim(free)
+                        if len(claimed) == free:
+                            continue  # maybe more is waiting
+                        timeout = await self._until_next_due(timeout)
+                        self._db_ok()
+                    except DatabaseUnavailable:
+                        self._db_failed()
+                await self._sleep(stop, timeout)
+            await self._drain(force)
+        finally:
+            for helper in helpers:
+                helper.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            with contextlib.suppress(DatabaseUnavailable):
+                async with db.connection(self.pool) as conn:
+                    await heartbeats.remove(conn, self.worker_id)
+            log.info("worker %s stopped", self.worker_id)
+
+    @property
+    def concurrency(self) -> int:
+        return self.settings.worker_concurrency
+
+    async def claim(self, limit: int) -> list[Claimed]:
+        """Claim up to `limit` due occurrences and start running them."""
+        async with db.connection(self.pool) as conn:
+            claimed = await work.claim(
+                conn,
+                worker_id=self.worker_id,
+                limit=limit,
+                lease_seconds=self.settings.lease_seconds,
+            )
+        if not claimed:
+            return claimed
+        async with db.connection(self.pool) as conn:
+            tasks = await work.tasks_of(conn, list({c.task_id for c in claimed}))
+            events = await work.events_of(conn, [c.event_id for c in claimed if c.event_id])
+        for c in claimed:
+            held = Running(c, Lease(c.id, c.attempt, self.worker_id))
+            self.running[c.id] = held
+            event = events.get(c.event_id) if c.event_id else None
+            held.task = asyncio.create_task(self._run(held, tasks[c.task_id], event))
+            held.task.add_done_callback(functools.partial(self._done, c.id))
+        return claimed
+
+    def _done(self, due_work_id: int, _task: object) -> None:
+        self.running.pop(due_work_id, None)
+        self.wake.set()
+
+    async def _until_next_due(self, default: float) -> float:
+        async with db.connection(self.pool) as conn:
+            at = await work.next_due(conn)
+        if at is None:
+            return default
+        return max(0.0, min(default, (at - datetime.now(UTC)).total_seconds()))
+
+    async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
+        waiters = [asyncio.create_task(self.wake.wait()), asyncio.create_task(stop.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+        self.wake.clear()
+
+    async def _drain(self, force: asyncio.Event) -> None:
+        """Let running pipelines finish within the grace; hand the rest back unspent."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.shutdown_grace_seconds
+        forced = asyncio.create_task(force.wait())
+        try:
+            while self.running and not force.is_set() and loop.time() < deadline:
+                pending = {r.task for r in self.running.values() if r.task}
+                await asyncio.wait(
+                    {*pending, forced},
+                    timeout=deadline - loop.time(),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+        finally:
+            forced.cancel()
+        for held in list(self.running.values()):
+            held.stop("shutdown")
+        pending = {r.task for r in self.running.values() if r.task}
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    # -- one run -------------------------------------------------------------------------
+
+    async def _run(self, held: Running, task: Task, event: Event | None) -> None:
+        c = held.claimed
+        steps: list[dict[str, Any]] = []
+        try:
+            pipeline = validate_payload(
+                task.payload, self.registry, schedule_kind=task.schedule_kind
+            )
+            ex = Execution(
+                task=task,
+                pipeline=pipeline,
+                run={
+                    "id": str(c.run_id),
+                    "attempt": c.attempt,
+                    "scheduled_for": c.scheduled_for.isoformat(),
+                },
+                event=event,
+                due_work_id=c.id,
+                steps=steps,
+            )
+            async with asyncio.timeout(self.settings.run_timeout_seconds):
+                await execute(
+                    ex,
+                    Toolbox(self.pool, run_id=c.run_id, allow=self.allow),
+                    log=lambda step_id, level, message: self._log(held, step_id, level, message),
+                    save=lambda s: self._save(held, s),
+                    condition_state=task.condition_state,
+                    on_condition=lambda state: self._condition(task, state),
+                )
+            await self._end(held, task, "succeeded", None, steps)
+        except ConditionNotMet as exc:
+            await self._end(held, task, "succeeded", exc.message, steps)
+        except (StepFailed, InvalidInput) as exc:
+            await self._end(held, task, "failed", exc.message, steps)
+        except TimeoutError:
+            message = f"the run took longer than {self.settings.run_timeout_seconds}s"
+            await self._end(held, task, "timed_out", message, steps)
+        except asyncio.CancelledError:
+            await self._stopped(held, task, steps)
+        except Exception as exc:
+            log.exception("run %s failed inside the worker", c.run_id)
+            await self._end(held, task, "failed", f"internal error: {exc}", steps)
+
+    async def _end(
+        self,
+        held: Running,
+        task: Task,
+        status: str,
+        error: str | None,
+        steps: list[dict[str, Any]],
+    ) -> None:
+        """Write the outcome under the lease: retry a failure while retries last."""
+        c = held.claimed
+        try:
+            async with db.connection(self.pool) as conn:
+                if status in ("failed", "timed_out") and c.attempt <= task.max_retries:
+                    delay = retry_delay(
+                        task.backoff_strategy,
+                        c.attempt,
+                        base_seconds=self.settings.retry_base_seconds,
+                        cap_seconds=self.settings.retry_cap_seconds,
+                    )
+                    note = f"{error}; retrying in {delay.total_seconds():.1f}s"
+                    await work.retry(
+                        conn,
+                        held.lease,
+                        run_id=c.run_id,
+                        delay_seconds=delay.total_seconds(),
+                        steps=steps,
+                        error=note,
+                    )
+                    await work.notify_workers(conn)
+                    return
+                if await work.finish(
+                    conn, held.lease, run_id=c.run_id, status=status, steps=steps, error=error
+                ):
+                    await work.complete_task_if_done(conn, task.id)
+        except DatabaseUnavailable:
+            log.warning("run %s: cannot record its end; its lease will expire", c.run_id)
+
+    async def _stopped(self, held: Running, task: Task, steps: list[dict[str, Any]]) -> None:
+        reason = held.stop_reason
+        c = held.claimed
+        if reason == "lost":
+            log.warning("run %s: lease lost; stopped without writing", c.run_id)
+            return
+        try:
+            async with db.connection(self.pool) as conn:
+                if reason == "cancel":
+                    if await work.finish(
+                        conn,
+                        held.lease,
+                        run_id=c.run_id,
+                        status="cancelled",
+                        steps=steps,
+                        error="cancelled while running",
+                    ):
+                        await work.complete_task_if_done(conn, task.id)
+                else:
+                    await work.hand_back(conn, held.lease, run_id=c.run_id)
+                    await work.notify_workers(conn)
+        except DatabaseUnavailable:
+            log.warning("run %s: cannot record its stop; its lease will expire", c.run_id)
+
+    async def _log(self, held: Running, step_id: str | None, level: str, message: str) -> None:
+        async with db.connection(self.pool) as conn:
+            await work.log(
+                conn,
+                held.lease,
+                run_id=held.claimed.run_id,
+                level=level if level in ("debug", "info", "warning", "error") else "info",
+                step_id=step_id,
+                message=message[:10_000],
+            )
+
+    async def _save(self, held: Running, steps: list[dict[str, Any]]) -> None:
+        async with db.connection(self.pool) as conn:
+            await work.save_steps(conn, held.lease, run_id=held.claimed.run_id, steps=steps)
+
+    async def _condition(self, task: Task, state: bool) -> None:
+        async with db.connection(self.pool) as conn:
+            await work.set_condition_state(conn, task.id, state)
+
+    # -- helpers running beside the loop -------------------------------------------------
+
+    async def _keep(self, stop: asyncio.Event) -> None:
+        """Renew leases every second (carrying cancel requests) and beat every few."""
+        last_beat = 0.0
+        while True:
+            try:
+                await self._renew()
+                if time.monotonic() - last_beat > HEARTBEAT_SECONDS:
+                    async with db.connection(self.pool) as conn:
+                        await heartbeats.beat(
+                            conn,
+                            process_id=self.worker_id,
+                            kind="worker",
+                            hostname=socket.gethostname(),
+                            pid=os.getpid(),
+                        )
+                    last_beat = time.monotonic()
+                self._db_ok()
+            except DatabaseUnavailable:
+                self._db_failed()
+                if time.monotonic() - self._last_renewal > self.settings.lease_seconds:
+                    for held in list(self.running.values()):
+                        held.stop("lost")
+            await asyncio.sleep(KEEPER_SECONDS)
+
+    async def _renew(self) -> None:
+        held = dict(self.running)
+        async with db.connection(self.pool) as conn:
+            kept = await work.renew(
+                conn,
+                worker_id=self.worker_id,
+                ids=list(held),
+                lease_seconds=self.settings.lease_seconds,
+            )
+        self._last_renewal = time.monotonic()
+        for due_work_id, running in held.items():
+            state = kept.get(due_work_id)
+            if state is None or state[0] != running.lease.attempt:
+                running.stop("lost")
+            elif state[1]:
+                running.stop("cancel")
+
+    async def _listen(self, stop: asyncio.Event) -> None:
+        """LISTEN on a connection of its own; a lost notification only delays (we also poll)."""
+        while not stop.is_set():
+            try:
+                conn = await psycopg.AsyncConnection.connect(self.listen_url, autocommit=True)
+                async with conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    async for _ in conn.notifies():
+                        self.wake.set()
+            except psycopg.Error:
+                await asyncio.sleep(1.0)
+
+    def _db_failed(self) -> None:
+        if not self._db_down:
+            log.warning("database unavailable; the worker keeps retrying")
+        self._db_down = True
+
+    def _db_ok(self) -> None:
+        if self._db_down:
+            log.info("database is back")
+        self._db_down = False

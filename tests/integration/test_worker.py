@@ -1,0 +1,279 @@
+"""The worker against a real database: runs, retries, cancels, leases, conditions."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.background import scheduler, worker
+from tests.helpers import SEED_TASK, auth
+
+
+def _create(client: TestClient, token: str, **fields: Any) -> dict[str, Any]:
+    resp = client.post("/tasks", json={**SEED_TASK, **fields}, headers=auth(token))
+    assert resp.status_code == 201, resp.text
+    body: dict[str, Any] = resp.json()
+    return body
+
+
+def _run_now(client: TestClient, token: str, task: dict[str, Any]) -> str:
+    resp = client.post(f"/tasks/{task['id']}/run_now", headers=auth(token))
+    assert resp.status_code == 202, resp.text
+    return str(resp.json()["id"])
+
+
+def _wait(
+    client: TestClient,
+    token: str,
+    run_id: str,
+    done: Callable[[dict[str, Any]], bool],
+    timeout: float = 15,
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    run: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        run = client.get(f"/runs/{run_id}", headers=auth(token)).json()
+        if done(run):
+            return run
+        time.sleep(0.05)
+    raise AssertionError(f"run {run_id} never got there: {run}")
+
+
+def _final(run: dict[str, Any]) -> bool:
+    return run["status"] not in ("queued", "running")
+
+
+def _pipeline(*steps: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"pipeline": list(steps), **extra}
+
+
+def test_a_run_goes_through_its_steps(client: TestClient, writer_token: str, db_url: str) -> None:
+    task = _create(
+        client,
+        writer_token,
+        payload=_pipeline(
+            {"id": "hello", "uses": "log", "with": {"message": "hi ${task.title}"}},
+            {"id": "nap", "uses": "sleep", "with": {"seconds": 0.1}, "save_as": "rest"},
+            {
+                "id": "skip",
+                "uses": "log",
+                "with": {"message": "never"},
+                "if": "${steps.rest.slept} > 1",
+            },
+            {"id": "bye", "uses": "log", "with": {"message": "slept ${steps.rest.slept}s"}},
+        ),
+    )
+    with worker(db_url):
+        run_id = _run_now(client, writer_token, task)
+        done = _wait(client, writer_token, run_id, _final)
+    assert done["status"] == "succeeded", done
+    assert [s["status"] for s in done["steps"]] == [
+        "succeeded",
+        "succeeded",
+        "skipped",
+        "succeeded",
+    ]
+    assert done["steps"][1]["output"] == {"slept": 0.1}
+    assert done["duration_ms"] >= 100
+    logs = client.get(f"/runs/{run_id}/logs", headers=auth(writer_token)).json()["items"]
+    assert [(line["step_id"], line["message"]) for line in logs] == [
+        ("hello", "hi Morning Briefing"),
+        ("bye", "slept 0.1s"),
+    ]
+
+
+def test_a_failing_step_is_retried_then_fails(
+    client: TestClient, writer_token: str, db_url: str, db: psycopg.Connection[Any]
+) -> None:
+    # Loopback is refused by the private-address guard, every time.
+    task = _create(
+        client,
+        writer_token,
+        max_retries=2,
+        backoff_strategy="fixed",
+        payload=_pipeline(
+            {"id": "get", "uses": "http.request", "with": {"url": "http://127.0.0.1:9/"}}
+        ),
+    )
+    with worker(db_url, retry_base_seconds=0):
+        first = _run_now(client, writer_token, task)
+        _wait(client, writer_token, first, _final)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            states = db.execute("SELECT state, attempt FROM due_work").fetchall()
+            if states == [("failed", 3)]:
+                break
+            time.sleep(0.05)
+    assert states == [("failed", 3)]
+    runs = client.get("/runs", params={"task_id": task["id"]}, headers=auth(writer_token)).json()
+    attempts = sorted((r["attempt"], r["status"]) for r in runs["items"])
+    assert attempts == [(1, "failed"), (2, "failed"), (3, "failed")]
+    errors = [r["error"] for r in runs["items"]]
+    assert all("loopback" in e or "private" in e for e in errors), errors
+    assert "retrying" in next(r["error"] for r in runs["items"] if r["attempt"] == 1)
+
+
+def test_cancel_stops_a_running_pipeline_within_a_second(
+    client: TestClient, writer_token: str, db_url: str
+) -> None:
+    task = _create(
+        client,
+        writer_token,
+        payload=_pipeline({"id": "long", "uses": "sleep", "with": {"seconds": 30}}),
+    )
+    with worker(db_url):
+        run_id = _run_now(client, writer_token, task)
+        _wait(client, writer_token, run_id, lambda r: r["status"] == "running")
+        asked = time.monotonic()
+        assert client.post(f"/runs/{run_id}/cancel", headers=auth(writer_token)).status_code == 202
+        done = _wait(client, writer_token, run_id, _final)
+        took = time.monotonic() - asked
+    assert done["status"] == "cancelled"
+    assert took < 2.5, took
+
+
+def test_a_worker_that_lost_its_lease_writes_nothing(
+    client: TestClient, writer_token: str, db_url: str, db: psycopg.Connection[Any]
+) -> None:
+    task = _create(
+        client,
+        writer_token,
+        payload=_pipeline(
+            {"id": "long", "uses": "sleep", "with": {"seconds": 2}},
+            {"id": "after", "uses": "log", "with": {"message": "must not appear"}},
+        ),
+    )
+    with worker(db_url):
+        run_id = _run_now(client, writer_token, task)
+        _wait(client, writer_token, run_id, lambda r: r["status"] == "running")
+        # What a rescue does: the occurrence moves to another attempt and owner.
+        db.execute(
+            "UPDATE due_work SET attempt = 2, lease_owner = 'someone-else', "
+            "lease_expires_at = now() + interval '1 minute'"
+        )
+        time.sleep(3)
+    state = db.execute("SELECT state, attempt, lease_owner FROM due_work").fetchone()
+    assert state == ("running", 2, "someone-else")
+    run = client.get(f"/runs/{run_id}", headers=auth(writer_token)).json()
+    assert run["status"] == "running"  # nothing written by the old holder
+    assert client.get(f"/runs/{run_id}/logs", headers=auth(writer_token)).json()["items"] == []
+
+
+def test_a_once_task_completes_after_its_run(
+    client: TestClient, writer_token: str, db_url: str
+) -> None:
+    at = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
+    task = _create(client, writer_token, schedule_kind="once", schedule_expr=at)
+    with worker(db_url), scheduler(db_url, scheduler_tick_ms=100):
+        deadline = time.monotonic() + 15
+        status = ""
+        while time.monotonic() < deadline and status != "completed":
+            status = client.get(f"/tasks/{task['id']}", headers=auth(writer_token)).json()["status"]
+            time.sleep(0.1)
+    assert status == "completed"
+    [run] = client.get("/runs", params={"task_id": task["id"]}, headers=auth(writer_token)).json()[
+        "items"
+    ]
+    assert run["status"] == "succeeded"
+    assert run["scheduled_for"] == at.replace("+00:00", "Z")
+
+
+def test_step_events_trigger_other_tasks(
+    client: TestClient, writer_token: str, db_url: str, db: psycopg.Connection[Any]
+) -> None:
+    listener = _create(
+        client,
+        writer_token,
+        schedule_kind="event",
+        schedule_expr="report.*",
+        payload=_pipeline({"id": "got", "uses": "log", "with": {"message": "${event.payload.n}"}}),
+    )
+    publisher = _create(
+        client,
+        writer_token,
+        payload=_pipeline(
+            {
+                "id": "emit",
+                "uses": "events.publish",
+                "with": {"type": "report.ready", "payload": {"n": 7}},
+            }
+        ),
+    )
+    with worker(db_url), scheduler(db_url, scheduler_tick_ms=100):
+        run_id = _run_now(client, writer_token, publisher)
+        _wait(client, writer_token, run_id, _final)
+        deadline = time.monotonic() + 15
+        runs: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            runs = client.get(
+                "/runs",
+                params={"task_id": listener["id"], "status": "succeeded"},
+                headers=auth(writer_token),
+            ).json()["items"]
+            if runs:
+                break
+            time.sleep(0.1)
+    assert len(runs) == 1
+    logs = client.get(f"/runs/{runs[0]['id']}/logs", headers=auth(writer_token)).json()["items"]
+    assert [line["message"] for line in logs] == ["7"]
+
+
+class _Flag(BaseHTTPRequestHandler):
+    ready = False
+
+    def do_GET(self) -> None:
+        body = json.dumps({"ready": _Flag.ready}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def flag_server() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Flag)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/flag"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_condition_fires_on_the_false_to_true_edge_only(
+    client: TestClient, writer_token: str, db_url: str, flag_server: str
+) -> None:
+    task = _create(
+        client,
+        writer_token,
+        schedule_kind="condition",
+        schedule_expr="* * * * *",
+        payload=_pipeline(
+            {"id": "check", "uses": "http.request", "with": {"url": flag_server}},
+            {"id": "act", "uses": "log", "with": {"message": "it is ready"}},
+            condition="${steps.check.json.ready} == true",
+        ),
+    )
+    outcomes = []
+    with worker(db_url, http_allow=("127.0.0.1",)):
+        for ready in (False, True, True, False, True):
+            _Flag.ready = ready
+            run_id = _run_now(client, writer_token, task)
+            run = _wait(client, writer_token, run_id, _final)
+            assert run["status"] == "succeeded", run
+            outcomes.append(len(run["steps"]) == 2)
+    assert outcomes == [False, True, False, False, True]

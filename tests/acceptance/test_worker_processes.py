@@ -1,0 +1,140 @@
+"""Real `pao worker` processes: killed, drained, and holding long steps."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from fastapi.testclient import TestClient
+
+from tests.acceptance.procs import Process
+from tests.helpers import SEED_TASK, auth
+
+
+def _env(db_url: str, **extra: str) -> dict[str, str]:
+    return {**os.environ, "DATABASE_URL": db_url, "PAO_LOG_LEVEL": "info", **extra}
+
+
+@contextmanager
+def _process(name: str, env: dict[str, str], log: Path) -> Iterator[Process]:
+    proc = Process([sys.executable, "-m", "pao", name], env, log)
+    try:
+        yield proc
+    finally:
+        proc.kill()
+
+
+def _task(client: TestClient, token: str, *steps: dict[str, Any], **fields: Any) -> str:
+    body = {**SEED_TASK, "payload": {"pipeline": list(steps)}, **fields}
+    resp = client.post("/tasks", json=body, headers=auth(token))
+    assert resp.status_code == 201, resp.text
+    return str(resp.json()["id"])
+
+
+def _run_now(client: TestClient, token: str, task_id: str) -> str:
+    return str(client.post(f"/tasks/{task_id}/run_now", headers=auth(token)).json()["id"])
+
+
+def _until(check: Callable[[], bool], timeout: float = 30, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _runs(db: psycopg.Connection[Any], task_id: str) -> list[tuple[int, str, str | None]]:
+    return [
+        (r[0], r[1], r[2])
+        for r in db.execute(
+            "SELECT attempt, status, worker_id FROM runs WHERE task_id = %s ORDER BY attempt",
+            (task_id,),
+        ).fetchall()
+    ]
+
+
+def test_a_killed_worker_s_run_is_finished_by_another_after_the_lease(
+    client: TestClient, writer_token: str, db_url: str, db: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    env = _env(
+        db_url, PAO_LEASE_SECONDS="3", PAO_RETRY_BASE_SECONDS="0", PAO_SCHEDULER_TICK_MS="200"
+    )
+    task_id = _task(
+        client,
+        writer_token,
+        {"id": "work", "uses": "sleep", "with": {"seconds": 1.5}},
+        {"id": "done", "uses": "log", "with": {"message": "finished"}},
+    )
+    with (
+        _process("scheduler", env, tmp_path / "scheduler.log"),
+        _process("worker", env, tmp_path / "a.log") as a,
+    ):
+        run_id = _run_now(client, writer_token, task_id)
+        _until(
+            lambda: _runs(db, task_id) == [(1, "running", _runs(db, task_id)[0][2])], what="start"
+        )
+        a.proc.send_signal(signal.SIGKILL)
+        a.proc.wait(timeout=10)
+        with _process("worker", env, tmp_path / "b.log"):
+            _until(
+                lambda: any(s == "succeeded" for _, s, _ in _runs(db, task_id)),
+                what="the second worker to finish",
+            )
+    runs = _runs(db, task_id)
+    assert [(attempt, status) for attempt, status, _ in runs] == [(1, "failed"), (2, "succeeded")]
+    assert runs[0][2] != runs[1][2]  # two different workers
+    assert db.execute("SELECT state FROM due_work").fetchall() == [("succeeded",)]
+    first = client.get(f"/runs/{run_id}", headers=auth(writer_token)).json()
+    assert "lost its lease" in first["error"]
+
+
+def test_sigterm_drains_short_steps_and_hands_back_long_ones(
+    client: TestClient, writer_token: str, db_url: str, db: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    env = _env(db_url, PAO_SHUTDOWN_GRACE="2", PAO_WORKER_CONCURRENCY="2")
+    short = _task(client, writer_token, {"id": "s", "uses": "sleep", "with": {"seconds": 1}})
+    long = _task(client, writer_token, {"id": "l", "uses": "sleep", "with": {"seconds": 30}})
+    with _process("worker", env, tmp_path / "w.log") as w:
+        _run_now(client, writer_token, short)
+        _run_now(client, writer_token, long)
+        _until(
+            lambda: [s for _, s, _ in _runs(db, short) + _runs(db, long)] == ["running"] * 2,
+            what="both running",
+        )
+        started = time.monotonic()
+        assert w.stop() == 0
+        took = time.monotonic() - started
+    assert took < 6, took
+    assert [(a, s) for a, s, _ in _runs(db, short)] == [(1, "succeeded")]
+    # The long one was handed back with its attempt unspent, ready for another worker.
+    assert [(a, s) for a, s, _ in _runs(db, long)] == [(1, "queued")]
+    state = db.execute(
+        "SELECT state, attempt, lease_owner FROM due_work WHERE task_id = %s", (long,)
+    ).fetchone()
+    assert state == ("queued", 1, None)
+    assert db.execute(
+        "SELECT count(*) FROM process_heartbeats WHERE kind = 'worker'"
+    ).fetchone() == (0,)
+
+
+def test_a_step_longer_than_the_lease_runs_once(
+    client: TestClient, writer_token: str, db_url: str, db: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    env = _env(db_url, PAO_LEASE_SECONDS="3", PAO_SCHEDULER_TICK_MS="200")
+    task_id = _task(client, writer_token, {"id": "long", "uses": "sleep", "with": {"seconds": 7}})
+    with (
+        _process("scheduler", env, tmp_path / "s.log"),
+        _process("worker", env, tmp_path / "a.log"),
+        _process("worker", env, tmp_path / "b.log"),
+    ):
+        _run_now(client, writer_token, task_id)
+        _until(lambda: any(s == "succeeded" for _, s, _ in _runs(db, task_id)), what="success")
+    assert [(a, s) for a, s, _ in _runs(db, task_id)] == [(1, "succeeded")]

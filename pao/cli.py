@@ -191,8 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # pgserver narrates every pg_ctl call at INFO; its warnings are what matter.
     logging.getLogger("pgserver").setLevel(logging.WARNING)
-    # APScheduler logs every run of every job at INFO.
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # APScheduler logs every run of every job at INFO, and a tick skipped under load at WARNING.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
     try:
         settings = Settings.from_env()
         if args.command in processes:

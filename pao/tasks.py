@@ -129,6 +129,7 @@ async def create_task(conn: Conn, ctx: Context, data: TaskCreate) -> Task:
     next_run_at = _validate(ctx, fields, created_at=now, now=now)
     fields["created_by"] = await _check_owner(conn, ctx, data.created_by)
     fields["next_run_at"] = next_run_at
+    fields["created_at"] = now
     task = await tasks.insert_task(conn, fields)
     await audit.record(
         conn,

@@ -1,14 +1,15 @@
 -- name: task_insert
--- Store a validated task with its first fire time.
+-- Store a validated task with its first fire time; `created_at` is the instant the schedule
+-- was checked against (an rrule without DTSTART starts from it), not the database's clock.
 INSERT INTO tasks (
     created_by, title, description, schedule_kind, schedule_expr, timezone, payload,
     priority, dedupe_key, dedupe_window_seconds, max_retries, backoff_strategy,
-    concurrency_key, next_run_at, misfire_policy, misfire_grace_seconds
+    concurrency_key, next_run_at, misfire_policy, misfire_grace_seconds, created_at, updated_at
 ) VALUES (
     %(created_by)s, %(title)s, %(description)s, %(schedule_kind)s, %(schedule_expr)s,
     %(timezone)s, %(payload)s, %(priority)s, %(dedupe_key)s, %(dedupe_window_seconds)s,
     %(max_retries)s, %(backoff_strategy)s, %(concurrency_key)s, %(next_run_at)s,
-    %(misfire_policy)s, %(misfire_grace_seconds)s
+    %(misfire_policy)s, %(misfire_grace_seconds)s, %(created_at)s, %(created_at)s
 )
 RETURNING *
 

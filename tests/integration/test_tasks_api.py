@@ -268,3 +268,22 @@ def test_tools_lists_builtins_with_schemas(client: TestClient, writer_token: str
     names = {t["name"]: t for t in resp.json()["items"]}
     assert {"http.request", "events.publish", "log", "sleep"} <= set(names)
     assert names["log"]["input_schema"]["type"] == "object"
+
+
+def test_stored_created_at_is_the_anchor_the_schedule_was_checked_with(
+    client: TestClient, writer_token: str
+) -> None:
+    """An rrule without DTSTART starts at created_at: the scheduler must see the same instant."""
+    from pao.schedule import parse_schedule
+
+    for _ in range(5):
+        task = client.post(
+            "/tasks",
+            json={**SEED_TASK, "schedule_expr": "FREQ=MINUTELY;INTERVAL=7"},
+            headers=auth(writer_token),
+        ).json()
+        created = datetime.fromisoformat(task["created_at"])
+        schedule = parse_schedule(
+            "rrule", task["schedule_expr"], task["timezone"], created_at=created
+        )
+        assert datetime.fromisoformat(task["next_run_at"]) == schedule.next_after(created)

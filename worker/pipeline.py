@@ -148,7 +148,8 @@ async def execute(
         outputs[step.id] = output
         if step.save_as:
             outputs[step.save_as] = output
-        await save(ex.steps)
+        if index < len(ex.pipeline.steps) - 1:
+            await save(ex.steps)  # the last step's result is written with the run's end
         if index == 0 and ex.pipeline.condition is not None and on_condition is not None:
             try:
                 now_true = parse_guard(ex.pipeline.condition).evaluate(_context(ex, outputs))

@@ -29,7 +29,7 @@ from pao import db
 from pao.backoff import retry_delay
 from pao.errors import DatabaseUnavailable, InvalidInput
 from pao.models import Event, Task
-from pao.pipeline import validate_payload
+from pao.pipeline import Pipeline, validate_payload
 from pao.settings import Settings
 from pao.store import heartbeats, work
 from pao.store.work import Claimed, Lease
@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 1.0
 KEEPER_SECONDS = 1.0
 HEARTBEAT_SECONDS = 5.0
+PIPELINE_CACHE = 10_000
 CHANNEL = "pao_work"
 
 StopReason = Literal["cancel", "lost", "shutdown"]
@@ -83,6 +84,7 @@ class Worker:
         self.wake = asyncio.Event()
         self._last_renewal = time.monotonic()
         self._db_down = False
+        self._pipelines: dict[tuple[uuid.UUID, int], Pipeline] = {}
 
     # -- the claim loop ------------------------------------------------------------------
 
@@ -190,9 +192,7 @@ class Worker:
         c = held.claimed
         steps: list[dict[str, Any]] = []
         try:
-            pipeline = validate_payload(
-                task.payload, self.registry, schedule_kind=task.schedule_kind
-            )
+            pipeline = self._pipeline(task)
             ex = Execution(
                 task=task,
                 pipeline=pipeline,
@@ -228,6 +228,19 @@ class Worker:
             log.exception("run %s failed inside the worker", c.run_id)
             await self._end(held, task, "failed", f"internal error: {exc}", steps)
 
+    def _pipeline(self, task: Task) -> Pipeline:
+        """The task's parsed pipeline; a task's payload changes only with its version."""
+        key = (task.id, task.version)
+        pipeline = self._pipelines.get(key)
+        if pipeline is None:
+            if len(self._pipelines) >= PIPELINE_CACHE:
+                self._pipelines.clear()
+            pipeline = validate_payload(
+                task.payload, self.registry, schedule_kind=task.schedule_kind
+            )
+            self._pipelines[key] = pipeline
+        return pipeline
+
     async def _end(
         self,
         held: Running,
@@ -258,9 +271,10 @@ class Worker:
                     )
                     await work.notify_workers(conn)
                     return
-                if await work.finish(
+                finished = await work.finish(
                     conn, held.lease, run_id=c.run_id, status=status, steps=steps, error=error
-                ):
+                )
+                if finished and _may_complete(task):
                     await work.complete_task_if_done(conn, task.id)
         except DatabaseUnavailable:
             log.warning("run %s: cannot record its end; its lease will expire", c.run_id)
@@ -281,7 +295,7 @@ class Worker:
                         status="cancelled",
                         steps=steps,
                         error="cancelled while running",
-                    ):
+                    ) and _may_complete(task):
                         await work.complete_task_if_done(conn, task.id)
                 else:
                     await work.hand_back(conn, held.lease, run_id=c.run_id)
@@ -372,3 +386,8 @@ class Worker:
         if self._db_down:
             log.info("database is back")
         self._db_down = False
+
+
+def _may_complete(task: Task) -> bool:
+    """Only a task with nothing more to fire can be completed by its last run."""
+    return task.schedule_kind != "event" and task.next_run_at is None

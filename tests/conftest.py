@@ -22,6 +22,7 @@ from pytest_postgresql.janitor import DatabaseJanitor
 
 from pao.embedded import ensure_embedded
 from pao.migrate import migrate
+from tests.pgcluster import Cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,3 +97,14 @@ def db(db_url: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
     """A plain autocommit connection for assertions."""
     with psycopg.connect(db_url, autocommit=True) as conn:
         yield conn
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    """A PostgreSQL of this test's own, which it may stop and start."""
+    c = Cluster()
+    c.start()
+    try:
+        yield c
+    finally:
+        c.destroy()

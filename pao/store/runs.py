@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from pao.db import Conn, model_row
 from pao.models import Run, RunLog
@@ -148,16 +149,21 @@ async def requeue_lost(conn: Conn, work: LostWork, *, delay_seconds: float) -> b
     row = await cur.fetchone()
     if row is None:
         return False
+    await insert_next_attempt(conn, row)
+    return True
+
+
+async def insert_next_attempt(conn: Conn, work: dict[str, Any]) -> None:
+    """The queued run of an occurrence's next attempt (`work`: its requeued due_work row)."""
     await conn.execute(
         QUERIES["run_insert_retry"],
         {
-            "due_work_id": row["id"],
-            "task_id": row["task_id"],
-            "attempt": row["attempt"],
-            "scheduled_for": row["scheduled_for"],
+            "due_work_id": work["id"],
+            "task_id": work["task_id"],
+            "attempt": work["attempt"],
+            "scheduled_for": work["scheduled_for"],
         },
     )
-    return True
 
 
 async def prune_finished(conn: Conn, *, before: datetime, limit: int) -> int:

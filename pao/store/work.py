@@ -16,6 +16,7 @@ from psycopg.types.json import Jsonb
 from pao.db import Conn, model_row
 from pao.models import Event, Task
 from pao.sql import QUERIES
+from pao.store import runs
 
 
 @dataclass(frozen=True)
@@ -117,15 +118,7 @@ async def retry(
         QUERIES["run_finish"],
         {"id": run_id, "status": "failed", "steps": Jsonb(steps), "error": error},
     )
-    await conn.execute(
-        QUERIES["run_insert_retry"],
-        {
-            "due_work_id": row["id"],
-            "task_id": row["task_id"],
-            "attempt": row["attempt"],
-            "scheduled_for": row["scheduled_for"],
-        },
-    )
+    await runs.insert_next_attempt(conn, row)
     return True
 
 

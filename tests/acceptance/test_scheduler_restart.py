@@ -6,7 +6,6 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -15,16 +14,6 @@ import pytest
 from pao.migrate import migrate
 from tests.acceptance.procs import Process
 from tests.pgcluster import Cluster
-
-
-@pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    c = Cluster()
-    c.start()
-    try:
-        yield c
-    finally:
-        c.destroy()
 
 
 def _last_beat(url: str) -> float | None:

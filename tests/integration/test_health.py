@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
@@ -40,16 +39,6 @@ def test_health_is_ok_with_fresh_heartbeats(client: TestClient, db_url: str) -> 
     resp = client.get("/health")
     assert resp.status_code == 200, resp.text
     assert resp.json()["worker"]["processes"] == 1
-
-
-@pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    c = Cluster()
-    c.start()
-    try:
-        yield c
-    finally:
-        c.destroy()
 
 
 def test_api_answers_503_while_the_database_is_down_and_recovers(cluster: Cluster) -> None:

@@ -107,7 +107,10 @@ def _cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     asyncio.run(_bootstrap_admin(url, token))
     env = {**os.environ, "DATABASE_URL": url, "PAO_ADMIN_TOKEN": token}
     names = [name for name in ("api", "scheduler", "worker") if name in _processes()]
-    children = [subprocess.Popen([sys.executable, "-m", "pao", name], env=env) for name in names]
+    children = [
+        subprocess.Popen([sys.executable, "-m", "pao", name], env=env, preexec_fn=_die_with_parent)
+        for name in names
+    ]
     base = f"http://{settings.host}:{settings.port}"
     print(
         f"\npao dev is running ({', '.join(names)}) on the embedded database\n"

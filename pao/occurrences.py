@@ -7,7 +7,6 @@ path that queues or drops an occurrence leaves the same trail.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from datetime import datetime
 
 from pao.db import Conn
@@ -103,10 +102,3 @@ async def queue_one(
     if run is not None:
         await work.notify_workers(conn)
     return run
-
-
-async def take_back(
-    conn: Conn, task: Task, taken: Sequence[tuple[int, datetime]], *, decision: str, detail: str
-) -> None:
-    """Re-record occurrences whose queued work was taken back (pause, snooze, new schedule)."""
-    await store.redecide(conn, [t[0] for t in taken], decision=decision, detail=detail)

@@ -194,8 +194,11 @@ async def update_task(
         next_run_at = task.next_run_at
     else:
         taken = await runs.take_back_scheduled(conn, task.id, reason="the schedule changed")
-        await occurrences.take_back(
-            conn, task, taken, decision=occurrences.CANCELLED, detail="the schedule changed"
+        await occurrence_store.redecide(
+            conn,
+            [work_id for work_id, _ in taken],
+            decision=occurrences.CANCELLED,
+            detail="the schedule changed",
         )
         if task.status == "paused":
             next_run_at = None
@@ -246,8 +249,11 @@ async def pause_task(conn: Conn, ctx: Context, task_id: uuid.UUID) -> Task:
     if task.status != "active":
         raise Conflict(f"the task is {task.status}; only an active task can be paused")
     taken = await runs.take_back_scheduled(conn, task.id, reason="the task was paused")
-    await occurrences.take_back(
-        conn, task, taken, decision=occurrences.SKIPPED_PAUSED, detail="the task was paused"
+    await occurrence_store.redecide(
+        conn,
+        [work_id for work_id, _ in taken],
+        decision=occurrences.SKIPPED_PAUSED,
+        detail="the task was paused",
     )
     return await _transition(
         conn, ctx, task, action="task.pause", status="paused", next_run_at=None
@@ -297,7 +303,9 @@ async def snooze_task(conn: Conn, ctx: Context, task_id: uuid.UUID, seconds: int
     nominal = min(pending)
     moved_to = nominal + timedelta(seconds=seconds)
     detail = f"snoozed by {seconds}s to {moved_to.isoformat()}"
-    await occurrences.take_back(conn, task, taken, decision=occurrences.SNOOZED, detail=detail)
+    await occurrence_store.redecide(
+        conn, [work_id for work_id, _ in taken], decision=occurrences.SNOOZED, detail=detail
+    )
     await occurrence_store.record_many(
         conn, [Decision(task.id, nominal, occurrences.SNOOZED, None, detail)]
     )

@@ -147,6 +147,11 @@ class Scheduler:
             self._idle.clear()
             try:
                 await job()
+            except asyncio.CancelledError:
+                # Only shutdown cancels a job; its transaction rolls back and
+                # the next replica or start picks the work up again.
+                log.info("scheduler job %s interrupted by shutdown", name)
+                return
             except DatabaseUnavailable:
                 if not self._db_down:
                     log.warning("database unavailable; the scheduler keeps retrying")
@@ -199,9 +204,17 @@ class Scheduler:
             log.info("scheduler %s stopped", self.process_id)
 
     async def _drain(self) -> None:
-        """Let jobs already running finish their transaction (they are short)."""
+        """Let jobs already running finish their transaction (they are short).
+
+        A job handed to the loop just before the pause has not counted itself
+        yet, and another may start as one ends: yield first, then wait until
+        the count is really zero.
+        """
         try:
             async with asyncio.timeout(TICK_BUDGET_SECONDS + 5):
-                await self._idle.wait()
+                await asyncio.sleep(0)
+                while self._running:
+                    await self._idle.wait()
+                    await asyncio.sleep(0)
         except TimeoutError:
             log.warning("scheduler jobs still running at shutdown; their transactions roll back")

@@ -2,15 +2,18 @@
 
 Built-in tools ship with strict JSON Schemas so a bad argument is caught when the
 task is created, not at 3 a.m. when it runs. MCP servers are declared by the
-operator in the tools file (``PAO_TOOLS_FILE``); their tools are discovered later
-by connecting to them, and until then any tool name on a declared server is
-accepted without an argument check.
+operator in the tools file (``PAO_TOOLS_FILE``); their tools are discovered by
+connecting to them (`pao.mcp`) and recorded with `add_server_tools`. Until a server
+is discovered, any tool name on it resolves to a spec without a schema: the API
+discovers a server before it checks a payload naming it, while the worker, which
+only runs payloads already checked, never needs to.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -260,7 +263,16 @@ def load_tools_file(path: str | None) -> dict[str, McpServerConfig]:
                 f"tools file {path}: server name {name!r} is reserved for built-in tools; "
                 "rename the server"
             )
-    return dict(parsed.servers)
+    # A stdio server runs in the tools file's directory unless it says otherwise, and
+    # a relative `cwd` is read from there too, wherever pao itself was started.
+    base = os.path.dirname(os.path.abspath(path))
+    servers: dict[str, McpServerConfig] = {}
+    for name, config in parsed.servers.items():
+        if config.command is not None:
+            cwd = os.path.normpath(os.path.join(base, config.cwd or "."))
+            config = config.model_copy(update={"cwd": cwd})
+        servers[name] = config
+    return servers
 
 
 # Registry ---------------------------------------------------------------------
@@ -308,6 +320,18 @@ class ToolRegistry:
             name = spec.name if spec.name.startswith(prefix) else prefix + spec.name
             found[name] = dataclasses.replace(spec, name=name, server=server)
         self._discovered[server] = found
+
+    def servers_used(self, payload: object) -> list[str]:
+        """The declared MCP servers a payload's steps name in `uses`, each once, in order."""
+        steps = payload.get("pipeline") if isinstance(payload, Mapping) else None
+        found: list[str] = []
+        for step in steps if isinstance(steps, list) else []:
+            uses = step.get("uses") if isinstance(step, Mapping) else None
+            if isinstance(uses, str) and uses not in self._builtins:
+                server = uses.partition(".")[0]
+                if server in self._servers and server not in found:
+                    found.append(server)
+        return found
 
     def list_tools(self) -> list[ToolSpec]:
         """Built-ins and discovered MCP tools, sorted by name."""

@@ -1,0 +1,94 @@
+"""The tools file as the MCP hub reads it: working directories and the servers a payload names."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from mcp import types
+
+from pao.mcp import child_environment, describe, tool_output
+from pao.tools import McpServerConfig, ToolRegistry, load_tools_file
+
+
+def test_cwd_is_read_from_the_tools_files_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "conf").mkdir()
+    path = tmp_path / "conf" / "tools.json"
+    path.write_text(
+        json.dumps(
+            {
+                "servers": {
+                    "none": {"command": ["python", "a.py"]},
+                    "relative": {"command": ["python", "a.py"], "cwd": "../srv/tools"},
+                    "absolute": {"command": ["python", "a.py"], "cwd": "/opt/x"},
+                    "web": {"url": "http://127.0.0.1:9/mcp"},
+                }
+            }
+        )
+    )
+    monkeypatch.chdir(tmp_path / "conf")  # a relative path to the file is made absolute
+    servers = load_tools_file("tools.json")
+    assert servers["none"].cwd == str(tmp_path / "conf")
+    assert servers["relative"].cwd == str(tmp_path / "srv" / "tools")
+    assert servers["absolute"].cwd == "/opt/x"
+    assert servers["web"].cwd is None
+
+
+def test_the_child_environment_puts_pao_python_first() -> None:
+    config = McpServerConfig(command=["python"], env={"TOKEN": "t", "PATH": "/only/here"})
+    env = child_environment(config)
+    assert env["TOKEN"] == "t"
+    assert env["PATH"] == os.path.dirname(sys.executable) + os.pathsep + "/only/here"
+    assert env.get("HOME") == os.environ.get("HOME")
+
+
+def test_descriptions_name_the_command_or_url() -> None:
+    stdio = McpServerConfig(command=["python", "my server.py"], cwd="/srv")
+    assert describe("w", stdio) == "'w' (python 'my server.py' in /srv)"
+    assert describe("t", McpServerConfig(url="http://h/mcp")) == "'t' (http://h/mcp)"
+
+
+def test_servers_used_by_a_payload() -> None:
+    reg = ToolRegistry(
+        {
+            "weather-mcp": McpServerConfig(command=["python"]),
+            "telegram-mcp": McpServerConfig(url="http://h/mcp"),
+        }
+    )
+    payload = {
+        "pipeline": [
+            {"id": "a", "uses": "telegram-mcp.send_message"},
+            {"id": "b", "uses": "log"},
+            {"id": "c", "uses": "weather-mcp.forecast"},
+            {"id": "d", "uses": "telegram-mcp.other"},
+            {"id": "e", "uses": "undeclared.tool"},
+            {"id": "f", "uses": 3},
+            "not a step",
+        ]
+    }
+    assert reg.servers_used(payload) == ["telegram-mcp", "weather-mcp"]
+    assert reg.servers_used({"pipeline": "nope"}) == []
+    assert reg.servers_used([1]) == []
+
+
+def _result(*content: types.TextContent | types.ImageContent, **kw: object) -> types.CallToolResult:
+    return types.CallToolResult(content=list(content), **kw)
+
+
+def test_tool_results_as_json() -> None:
+    def text(t: str) -> types.TextContent:
+        return types.TextContent(type="text", text=t)
+
+    assert tool_output(_result(text("{}"), structuredContent={"a": 1})) == {"a": 1}
+    assert tool_output(_result(text('{"b": [1, 2]}'))) == {"b": [1, 2]}
+    assert tool_output(_result(text("42"))) == 42
+    assert tool_output(_result(text("sunny"))) == {"text": "sunny"}
+    assert tool_output(_result(text("a"), text("b"))) == {"text": "a\nb"}
+    image = types.ImageContent(type="image", data="AAAA", mimeType="image/png")
+    assert tool_output(_result(image)) == {"text": ""}
+    assert tool_output(_result()) == {"text": ""}

@@ -33,6 +33,7 @@ class TaskPublic(BaseModel):
     max_retries: int
     backoff_strategy: str
     concurrency_key: str | None
+    concurrency_limit: int | None
     created_by: uuid.UUID
     status: str
     next_run_at: datetime | None
@@ -151,8 +152,20 @@ class ToolPublic(BaseModel):
     server: str | None
 
 
+class ToolServerPublic(BaseModel):
+    """An MCP server of the tools file, as the API last saw it."""
+
+    name: str
+    transport: str  # stdio or http
+    reachable: bool | None  # null: not asked yet
+    error: str | None
+    checked_at: datetime | None
+    tools: int
+
+
 class ToolList(BaseModel):
     items: list[ToolPublic]
+    servers: list[ToolServerPublic] = []
 
 
 class AgentPublic(BaseModel):

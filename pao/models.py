@@ -51,6 +51,9 @@ class Task:
     misfire_grace_seconds: int
     paused_at: datetime | None
     condition_state: bool | None
+    concurrency_limit: int | None = None
+    claim_key: str | None = None
+    claim_limit: int | None = None
 
 
 @dataclass(frozen=True)

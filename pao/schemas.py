@@ -62,7 +62,19 @@ class TaskCreate(_Strict):
     dedupe_window_seconds: StrictInt = Field(0, ge=0, le=31 * 86_400)
     max_retries: StrictInt = Field(3, ge=0, le=100)
     backoff_strategy: BackoffField = "exponential_jitter"
-    concurrency_key: str | None = Field(None, min_length=1, max_length=200)
+    concurrency_key: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="at most concurrency_limit (default 1) running runs among this agent's "
+        "tasks with the same key",
+    )
+    concurrency_limit: StrictInt | None = Field(
+        None,
+        ge=1,
+        le=1000,
+        description="running runs allowed for the key; without a key, for this task alone",
+    )
     created_by: uuid.UUID | None = Field(
         None, description="the owner; only admins may name another agent"
     )
@@ -88,12 +100,15 @@ class TaskUpdate(_Patch):
     max_retries: StrictInt | None = Field(None, ge=0, le=100)
     backoff_strategy: BackoffField | None = None
     concurrency_key: str | None = Field(None, min_length=1, max_length=200)
+    concurrency_limit: StrictInt | None = Field(None, ge=1, le=1000)
     created_by: uuid.UUID | None = None
     misfire_policy: MisfireField | None = None
     misfire_grace_seconds: StrictInt | None = Field(None, ge=0, le=31 * 86_400)
 
     # Fields that may be set to null explicitly; for the rest null is an error.
-    NULLABLE: ClassVar[frozenset[str]] = frozenset({"dedupe_key", "concurrency_key"})
+    NULLABLE: ClassVar[frozenset[str]] = frozenset(
+        {"dedupe_key", "concurrency_key", "concurrency_limit"}
+    )
 
 
 class SchedulePreview(_Strict):

@@ -162,6 +162,7 @@ _EDITABLE = (
     "max_retries",
     "backoff_strategy",
     "concurrency_key",
+    "concurrency_limit",
     "created_by",
     "misfire_policy",
     "misfire_grace_seconds",
@@ -204,8 +205,12 @@ async def update_task(
             next_run_at = None
     fields["next_run_at"] = next_run_at
     updated = await tasks.update_task(conn, task.id, fields)
-    if updated.priority != task.priority:
-        await runs.reprioritise_queued(conn, task.id, updated.priority)
+    if (updated.priority, updated.claim_key, updated.claim_limit) != (
+        task.priority,
+        task.claim_key,
+        task.claim_limit,
+    ):
+        await runs.refresh_queued(conn, task.id)
     await audit.record(
         conn,
         actor_id=ctx.actor.id,

@@ -13,6 +13,7 @@ import logging
 from pao.backoff import retry_delay
 from pao.db import Conn
 from pao.store import runs
+from pao.store import work as work_store
 
 log = logging.getLogger(__name__)
 
@@ -56,4 +57,6 @@ async def rescue_batch(conn: Conn, *, limit: int, base_seconds: float, cap_secon
             )
             await runs.requeue_lost(conn, work, delay_seconds=delay.total_seconds())
         log.warning("rescued due_work %s (attempt %s) from %s", work.id, work.attempt, owner)
+    if lost:
+        await work_store.notify_workers(conn)  # concurrency keys they held are free again
     return len(lost)

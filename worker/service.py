@@ -35,12 +35,15 @@ from pao.store import heartbeats, work
 from pao.store.work import Claimed, Lease
 from pao.tools import ToolRegistry
 from worker.http_tool import Allow
+from worker.outcomes import End, Outcomes
 from worker.pipeline import ConditionNotMet, Execution, StepFailed, execute
 from worker.tools import Toolbox
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0
+MIN_IDLE_SECONDS = 0.02
+WRITER_GRACE_SECONDS = 10.0
 KEEPER_SECONDS = 1.0
 HEARTBEAT_SECONDS = 5.0
 PIPELINE_CACHE = 10_000
@@ -56,8 +59,11 @@ class Running:
     task: asyncio.Task[None] | None = None
     stop_reason: StopReason | None = None
     started: float = field(default_factory=time.monotonic)
+    ending: bool = False  # its end is being written: nothing left to stop
 
     def stop(self, reason: StopReason) -> None:
+        if self.ending:
+            return
         if self.stop_reason is None and self.task is not None and not self.task.done():
             self.stop_reason = reason
             self.task.cancel()
@@ -85,11 +91,13 @@ class Worker:
         self._last_renewal = time.monotonic()
         self._db_down = False
         self._pipelines: dict[tuple[uuid.UUID, int], Pipeline] = {}
+        self.outcomes = Outcomes(pool, self.worker_id)
 
     # -- the claim loop ------------------------------------------------------------------
 
     async def serve(self, stop: asyncio.Event, force: asyncio.Event) -> None:
         """Claim and run until `stop`; then drain (until `force` or the grace ends)."""
+        writer = asyncio.create_task(self.outcomes.run(), name="outcomes")
         helpers = [
             asyncio.create_task(self._listen(stop), name="listen"),
             asyncio.create_task(self._keep(stop), name="keeper"),
@@ -105,12 +113,19 @@ class Worker:
                         if len(claimed) == free:
                             continue  # maybe more is waiting
                         timeout = await self._until_next_due(timeout)
+                        if not claimed and timeout <= 0:
+                            # Due rows that another claim holds locked: no busy loop meanwhile.
+                            timeout = MIN_IDLE_SECONDS
                         self._db_ok()
                     except DatabaseUnavailable:
                         self._db_failed()
                 await self._sleep(stop, timeout)
             await self._drain(force)
         finally:
+            self.outcomes.close()
+            await asyncio.wait({writer}, timeout=WRITER_GRACE_SECONDS)
+            self.outcomes.abandon()
+            helpers.append(writer)
             for helper in helpers:
                 helper.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
@@ -184,6 +199,9 @@ class Worker:
             held.stop("shutdown")
         pending = {r.task for r in self.running.values() if r.task}
         if pending:
+            # Their ends are being written; if the database stays away, their leases decide.
+            await asyncio.wait(pending, timeout=WRITER_GRACE_SECONDS)
+            self.outcomes.abandon()
             await asyncio.gather(*pending, return_exceptions=True)
 
     # -- one run -------------------------------------------------------------------------
@@ -249,59 +267,34 @@ class Worker:
         error: str | None,
         steps: list[dict[str, Any]],
     ) -> None:
-        """Write the outcome under the lease: retry a failure while retries last."""
+        """Hand the outcome to the writer and wait for it: retry a failure while retries last."""
         c = held.claimed
-        try:
-            async with db.connection(self.pool) as conn:
-                if status in ("failed", "timed_out") and c.attempt <= task.max_retries:
-                    delay = retry_delay(
-                        task.backoff_strategy,
-                        c.attempt,
-                        base_seconds=self.settings.retry_base_seconds,
-                        cap_seconds=self.settings.retry_cap_seconds,
-                    )
-                    note = f"{error}; retrying in {delay.total_seconds():.1f}s"
-                    await work.retry(
-                        conn,
-                        held.lease,
-                        run_id=c.run_id,
-                        delay_seconds=delay.total_seconds(),
-                        steps=steps,
-                        error=note,
-                    )
-                    await work.notify_workers(conn)
-                    return
-                finished = await work.finish(
-                    conn, held.lease, run_id=c.run_id, status=status, steps=steps, error=error
-                )
-                if finished and _may_complete(task):
-                    await work.complete_task_if_done(conn, task.id)
-        except DatabaseUnavailable:
-            log.warning("run %s: cannot record its end; its lease will expire", c.run_id)
+        end = End(held.lease, c.run_id, task, status, steps, error)
+        if status in ("failed", "timed_out") and c.attempt <= task.max_retries:
+            delay = retry_delay(
+                task.backoff_strategy,
+                c.attempt,
+                base_seconds=self.settings.retry_base_seconds,
+                cap_seconds=self.settings.retry_cap_seconds,
+            ).total_seconds()
+            end.retry_delay = delay
+            end.error = f"{error}; retrying in {delay:.1f}s"
+        await self._write(held, end)
 
     async def _stopped(self, held: Running, task: Task, steps: list[dict[str, Any]]) -> None:
-        reason = held.stop_reason
         c = held.claimed
-        if reason == "lost":
+        if held.stop_reason == "lost":
             log.warning("run %s: lease lost; stopped without writing", c.run_id)
-            return
-        try:
-            async with db.connection(self.pool) as conn:
-                if reason == "cancel":
-                    if await work.finish(
-                        conn,
-                        held.lease,
-                        run_id=c.run_id,
-                        status="cancelled",
-                        steps=steps,
-                        error="cancelled while running",
-                    ) and _may_complete(task):
-                        await work.complete_task_if_done(conn, task.id)
-                else:
-                    await work.hand_back(conn, held.lease, run_id=c.run_id)
-                    await work.notify_workers(conn)
-        except DatabaseUnavailable:
-            log.warning("run %s: cannot record its stop; its lease will expire", c.run_id)
+        elif held.stop_reason == "cancel":
+            error = "cancelled while running"
+            await self._write(held, End(held.lease, c.run_id, task, "cancelled", steps, error))
+        else:
+            await self._write(held, End(held.lease, c.run_id, task, "queued", [], hand_back=True))
+
+    async def _write(self, held: Running, end: End) -> None:
+        held.ending = True
+        if not await self.outcomes.end(end):
+            log.warning("run %s: its end was not recorded; its lease decides", end.run_id)
 
     async def _log(self, held: Running, step_id: str | None, level: str, message: str) -> None:
         async with db.connection(self.pool) as conn:
@@ -315,8 +308,7 @@ class Worker:
             )
 
     async def _save(self, held: Running, steps: list[dict[str, Any]]) -> None:
-        async with db.connection(self.pool) as conn:
-            await work.save_steps(conn, held.lease, run_id=held.claimed.run_id, steps=steps)
+        self.outcomes.progress(held.lease, held.claimed.run_id, steps)
 
     async def _condition(self, task: Task, state: bool) -> None:
         async with db.connection(self.pool) as conn:
@@ -386,8 +378,3 @@ class Worker:
         if self._db_down:
             log.info("database is back")
         self._db_down = False
-
-
-def _may_complete(task: Task) -> bool:
-    """Only a task with nothing more to fire can be completed by its last run."""
-    return task.schedule_kind != "event" and task.next_run_at is None

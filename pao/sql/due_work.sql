@@ -21,10 +21,12 @@ SET state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END,
 WHERE id = %(id)s AND state IN ('queued', 'running')
 RETURNING id, state
 
--- name: due_work_reprioritise_queued
--- A task's new priority applies to its occurrences still waiting.
-UPDATE due_work SET priority = %(priority)s
-WHERE task_id = %(task_id)s AND state = 'queued'
+-- name: due_work_refresh_queued
+-- A task's new priority and concurrency key apply to its occurrences still waiting.
+UPDATE due_work d
+SET priority = t.priority, claim_key = t.claim_key, claim_limit = t.claim_limit
+FROM tasks t
+WHERE t.id = d.task_id AND d.task_id = %(task_id)s AND d.state = 'queued'
 
 -- name: due_work_queue_depth
 -- How much work waits: all queued rows, and those already due.
@@ -74,22 +76,43 @@ WHERE id = ANY(ARRAY(
     LIMIT %(limit)s
 ))
 
--- name: due_work_claim
--- Claim a batch: due queued work in priority order, leased to this worker by the database clock,
--- and its runs marked running, in one statement; the transaction commits before any step runs.
-WITH next AS (
-    -- SKIP LOCKED: concurrent workers take disjoint rows instead of waiting on each other.
-    SELECT id FROM due_work
-    WHERE state = 'queued' AND run_after <= now()
-    ORDER BY priority, run_after, id
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
+-- name: due_work_claim_lock
+-- A claim's first half: lock due queued work in priority order (SKIP LOCKED: concurrent workers
+-- take disjoint rows instead of waiting on each other). Work under a concurrency key is taken
+-- only if its key looked free and this transaction holds the key's advisory lock; that lock
+-- makes the second half's count exact, since any other claim of the key has committed by then.
+SELECT d.id, d.claim_key, d.claim_limit
+FROM due_work d
+WHERE d.state = 'queued' AND d.run_after <= now()
+  AND (d.claim_key IS NULL OR (
+      (SELECT count(*) FROM due_work r
+       WHERE r.state = 'running' AND r.claim_key = d.claim_key) < d.claim_limit
+      AND pg_try_advisory_xact_lock(%(lock_space)s, hashtext(d.claim_key))))
+ORDER BY d.priority, d.run_after, d.id
+LIMIT %(limit)s
+FOR UPDATE OF d SKIP LOCKED
+
+-- name: due_work_claim_start
+-- A claim's second half, in the same transaction with a fresh snapshot: of the locked rows, keep
+-- those their key still has room for, lease them by the database clock and mark their runs
+-- running; the transaction commits before any step runs.
+WITH candidate AS (
+    SELECT d.id, d.claim_key, d.claim_limit,
+           row_number() OVER (PARTITION BY d.claim_key ORDER BY d.priority, d.run_after, d.id)
+               AS place
+    FROM due_work d
+    WHERE d.id = ANY(%(ids)s)
+), fits AS (
+    SELECT c.id FROM candidate c
+    WHERE c.claim_key IS NULL
+       OR c.place <= c.claim_limit - (SELECT count(*) FROM due_work r
+                                      WHERE r.state = 'running' AND r.claim_key = c.claim_key)
 ), claimed AS (
     UPDATE due_work d
     SET state = 'running', lease_owner = %(worker_id)s,
         lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
-    FROM next
-    WHERE d.id = next.id
+    FROM fits
+    WHERE d.id = fits.id
     RETURNING d.id, d.task_id, d.scheduled_for, d.attempt, d.event_id, d.reason
 ), started AS (
     UPDATE runs r
@@ -103,8 +126,13 @@ FROM claimed c
 JOIN started s ON s.due_work_id = c.id
 
 -- name: due_work_next_due
--- When the earliest queued work falls due, so an idle worker sleeps until exactly then.
-SELECT min(run_after) AS at FROM due_work WHERE state = 'queued'
+-- When the earliest queued work falls due, so an idle worker sleeps until exactly then; work
+-- waiting for a full concurrency key does not count (a finishing holder wakes the workers).
+SELECT min(d.run_after) AS at FROM due_work d
+WHERE d.state = 'queued'
+  AND (d.claim_key IS NULL
+       OR (SELECT count(*) FROM due_work r
+           WHERE r.state = 'running' AND r.claim_key = d.claim_key) < d.claim_limit)
 
 -- name: due_work_renew_leases
 -- Extend this worker's leases; rows missing from the answer were lost (rescued elsewhere).
@@ -113,12 +141,29 @@ SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
 WHERE id = ANY(%(ids)s) AND lease_owner = %(worker_id)s AND state = 'running'
 RETURNING id, attempt, cancel_requested
 
--- name: due_work_finish
--- End held work in a final state; nothing happens unless this worker still holds this attempt.
-UPDATE due_work
-SET state = %(state)s, finished_at = now(), lease_owner = NULL, lease_expires_at = NULL
-WHERE id = %(id)s AND attempt = %(attempt)s AND lease_owner = %(worker_id)s AND state = 'running'
-RETURNING id
+-- name: due_work_finish_many
+-- End a batch of held attempts in their final states with their runs, in one statement; rows
+-- this worker no longer holds (another attempt took over) are left alone and not returned.
+WITH v AS (
+    SELECT *
+    FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(states)s::text[], %(run_ids)s::uuid[],
+                %(steps)s::jsonb[], %(errors)s::text[])
+        AS v(id, attempt, state, run_id, steps, error)
+), done AS (
+    UPDATE due_work d
+    SET state = v.state, finished_at = now(), lease_owner = NULL, lease_expires_at = NULL
+    FROM v
+    WHERE d.id = v.id AND d.attempt = v.attempt AND d.lease_owner = %(worker_id)s
+      AND d.state = 'running'
+    RETURNING d.id, d.task_id, d.claim_key
+), ran AS (
+    UPDATE runs r
+    SET status = v.state, finished_at = now(), steps = v.steps, error = v.error
+    FROM v
+    JOIN done ON done.id = v.id
+    WHERE r.id = v.run_id AND r.status = 'running'
+)
+SELECT id, task_id, claim_key FROM done
 
 -- name: due_work_retry
 -- A failed attempt with retries left: queue the next one after the backoff (fenced like finish).

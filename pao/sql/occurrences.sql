@@ -1,8 +1,12 @@
 -- name: occurrence_queue
 -- Queue one occurrence: its due_work row, its first run and its decision record, in one round trip.
 WITH work AS (
-    INSERT INTO due_work (task_id, scheduled_for, run_after, priority, reason, event_id)
-    VALUES (%(task_id)s, %(scheduled_for)s, %(scheduled_for)s, %(priority)s, %(reason)s, %(event_id)s)
+    INSERT INTO due_work (
+        task_id, scheduled_for, run_after, priority, reason, event_id, claim_key, claim_limit
+    )
+    SELECT t.id, %(scheduled_for)s, %(scheduled_for)s, %(priority)s, %(reason)s, %(event_id)s,
+           t.claim_key, t.claim_limit
+    FROM tasks t WHERE t.id = %(task_id)s
     ON CONFLICT (task_id, scheduled_for) DO NOTHING
     RETURNING id, task_id, scheduled_for, attempt
 ), run AS (

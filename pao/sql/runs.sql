@@ -73,13 +73,15 @@ UPDATE runs
 SET status = 'queued', started_at = NULL, worker_id = NULL, steps = '[]'::jsonb, error = NULL
 WHERE id = %(id)s AND status = 'running'
 
--- name: run_save_steps
--- Progress: the steps so far, written only while this worker holds the attempt.
+-- name: run_save_steps_many
+-- Progress of a batch of runs: the steps so far, written only where this worker holds the attempt.
 UPDATE runs r
-SET steps = %(steps)s
-FROM due_work d
-WHERE r.id = %(run_id)s AND d.id = r.due_work_id AND d.attempt = %(attempt)s
-  AND d.lease_owner = %(worker_id)s AND d.state = 'running'
+SET steps = v.steps
+FROM unnest(%(run_ids)s::uuid[], %(ids)s::bigint[], %(attempts)s::int[], %(steps)s::jsonb[])
+    AS v(run_id, id, attempt, steps)
+JOIN due_work d ON d.id = v.id
+WHERE r.id = v.run_id AND d.attempt = v.attempt AND d.lease_owner = %(worker_id)s
+  AND d.state = 'running'
 
 -- name: run_log_append
 -- One log line, written only while this worker holds the attempt.

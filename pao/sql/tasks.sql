@@ -4,11 +4,13 @@
 INSERT INTO tasks (
     created_by, title, description, schedule_kind, schedule_expr, timezone, payload,
     priority, dedupe_key, dedupe_window_seconds, max_retries, backoff_strategy,
-    concurrency_key, next_run_at, misfire_policy, misfire_grace_seconds, created_at, updated_at
+    concurrency_key, concurrency_limit, next_run_at, misfire_policy, misfire_grace_seconds,
+    created_at, updated_at
 ) VALUES (
     %(created_by)s, %(title)s, %(description)s, %(schedule_kind)s, %(schedule_expr)s,
     %(timezone)s, %(payload)s, %(priority)s, %(dedupe_key)s, %(dedupe_window_seconds)s,
-    %(max_retries)s, %(backoff_strategy)s, %(concurrency_key)s, %(next_run_at)s,
+    %(max_retries)s, %(backoff_strategy)s, %(concurrency_key)s, %(concurrency_limit)s,
+    %(next_run_at)s,
     %(misfire_policy)s, %(misfire_grace_seconds)s, %(created_at)s, %(created_at)s
 )
 RETURNING *
@@ -52,6 +54,7 @@ SET created_by = %(created_by)s,
     max_retries = %(max_retries)s,
     backoff_strategy = %(backoff_strategy)s,
     concurrency_key = %(concurrency_key)s,
+    concurrency_limit = %(concurrency_limit)s,
     next_run_at = %(next_run_at)s,
     misfire_policy = %(misfire_policy)s,
     misfire_grace_seconds = %(misfire_grace_seconds)s,

@@ -24,10 +24,9 @@ async def cancel_task_work(conn: Conn, task_id: uuid.UUID) -> tuple[list[int], i
     return dropped, stopping
 
 
-async def reprioritise_queued(conn: Conn, task_id: uuid.UUID, priority: int) -> None:
-    await conn.execute(
-        QUERIES["due_work_reprioritise_queued"], {"task_id": task_id, "priority": priority}
-    )
+async def refresh_queued(conn: Conn, task_id: uuid.UUID) -> None:
+    """Carry a task's new priority and concurrency key to its occurrences still waiting."""
+    await conn.execute(QUERIES["due_work_refresh_queued"], {"task_id": task_id})
 
 
 async def take_back_scheduled(

@@ -42,13 +42,28 @@ class Lease:
         return {"id": self.due_work_id, "attempt": self.attempt, "worker_id": self.worker_id}
 
 
+CLAIM_LOCK_SPACE = 0x5041_4F01
+"""First key of the two-key advisory locks that serialise claims of one concurrency key."""
+
+
 async def claim(conn: Conn, *, worker_id: str, limit: int, lease_seconds: float) -> list[Claimed]:
-    async with conn.cursor(row_factory=model_row(Claimed)) as cur:
-        await cur.execute(
-            QUERIES["due_work_claim"],
-            {"worker_id": worker_id, "limit": limit, "lease_seconds": lease_seconds},
+    """Lock due work, then start what concurrency keys allow; the caller's transaction commits.
+
+    Two statements: the second needs a snapshot taken after the first one's key locks, so
+    that it counts every run another claim of the same key has started.
+    """
+    cur = await conn.execute(
+        QUERIES["due_work_claim_lock"], {"limit": limit, "lock_space": CLAIM_LOCK_SPACE}
+    )
+    ids = [row["id"] for row in await cur.fetchall()]
+    if not ids:
+        return []
+    async with conn.cursor(row_factory=model_row(Claimed)) as claimed:
+        await claimed.execute(
+            QUERIES["due_work_claim_start"],
+            {"ids": ids, "worker_id": worker_id, "lease_seconds": lease_seconds},
         )
-        return await cur.fetchall()
+        return await claimed.fetchall()
 
 
 async def tasks_of(conn: Conn, ids: list[uuid.UUID]) -> dict[uuid.UUID, Task]:
@@ -84,18 +99,42 @@ async def renew(
     return {r["id"]: (r["attempt"], r["cancel_requested"]) for r in await cur.fetchall()}
 
 
-async def finish(
-    conn: Conn, lease: Lease, *, run_id: uuid.UUID, status: str, steps: list[Any], error: str | None
-) -> bool:
-    """End the attempt in a final state; False (and nothing written) if the lease was lost."""
-    cur = await conn.execute(QUERIES["due_work_finish"], {**lease.params(), "state": status})
-    if await cur.fetchone() is None:
-        return False
-    await conn.execute(
-        QUERIES["run_finish"],
-        {"id": run_id, "status": status, "steps": Jsonb(steps), "error": error},
-    )
-    return True
+@dataclass(frozen=True)
+class Ending:
+    """How one held attempt ended, for `finish_many`."""
+
+    lease: Lease
+    run_id: uuid.UUID
+    status: str
+    steps: list[Any]
+    error: str | None
+
+
+@dataclass(frozen=True)
+class Finished:
+    id: int
+    task_id: uuid.UUID
+    claim_key: str | None
+
+
+async def finish_many(conn: Conn, worker_id: str, endings: list[Ending]) -> list[Finished]:
+    """End attempts in final states in one statement; returns those this worker still held."""
+    if not endings:
+        return []
+    async with conn.cursor(row_factory=model_row(Finished)) as cur:
+        await cur.execute(
+            QUERIES["due_work_finish_many"],
+            {
+                "worker_id": worker_id,
+                "ids": [e.lease.due_work_id for e in endings],
+                "attempts": [e.lease.attempt for e in endings],
+                "states": [e.status for e in endings],
+                "run_ids": [e.run_id for e in endings],
+                "steps": [Jsonb(e.steps) for e in endings],
+                "errors": [e.error for e in endings],
+            },
+        )
+        return await cur.fetchall()
 
 
 async def retry(
@@ -131,14 +170,20 @@ async def hand_back(conn: Conn, lease: Lease, *, run_id: uuid.UUID) -> bool:
     return True
 
 
-async def save_steps(conn: Conn, lease: Lease, *, run_id: uuid.UUID, steps: list[Any]) -> None:
+async def save_progress(
+    conn: Conn, worker_id: str, progress: list[tuple[Lease, uuid.UUID, list[Any]]]
+) -> None:
+    """Write the steps so far of several runs (lease, run id, steps) in one statement."""
+    if not progress:
+        return
     await conn.execute(
-        QUERIES["run_save_steps"],
+        QUERIES["run_save_steps_many"],
         {
-            "run_id": run_id,
-            "steps": Jsonb(steps),
-            "attempt": lease.attempt,
-            "worker_id": lease.worker_id,
+            "worker_id": worker_id,
+            "run_ids": [run_id for _, run_id, _ in progress],
+            "ids": [lease.due_work_id for lease, _, _ in progress],
+            "attempts": [lease.attempt for lease, _, _ in progress],
+            "steps": [Jsonb(steps) for _, _, steps in progress],
         },
     )
 

@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -138,3 +139,96 @@ def test_a_step_longer_than_the_lease_runs_once(
         _run_now(client, writer_token, task_id)
         _until(lambda: any(s == "succeeded" for _, s, _ in _runs(db, task_id)), what="success")
     assert [(a, s) for a, s, _ in _runs(db, task_id)] == [(1, "succeeded")]
+
+
+def _span(db: psycopg.Connection[Any], task_id: str) -> list[tuple[Any, Any, str]]:
+    return [
+        (r[0], r[1], r[2])
+        for r in db.execute(
+            "SELECT started_at, finished_at, status FROM runs WHERE task_id = %s ORDER BY attempt",
+            (task_id,),
+        ).fetchall()
+    ]
+
+
+def test_a_concurrency_key_stays_held_until_its_killed_holder_s_lease_runs_out(
+    client: TestClient, writer_token: str, db_url: str, db: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    env = _env(
+        db_url, PAO_LEASE_SECONDS="3", PAO_RETRY_BASE_SECONDS="0", PAO_SCHEDULER_TICK_MS="200"
+    )
+    holder = _task(
+        client,
+        writer_token,
+        {"id": "hold", "uses": "sleep", "with": {"seconds": 60}},
+        concurrency_key="modem",
+        max_retries=0,
+    )
+    waiter = _task(
+        client,
+        writer_token,
+        {"id": "quick", "uses": "sleep", "with": {"seconds": 0.2}},
+        concurrency_key="modem",
+    )
+    with (
+        _process("scheduler", env, tmp_path / "scheduler.log"),
+        _process("worker", env, tmp_path / "a.log") as a,
+    ):
+        _run_now(client, writer_token, holder)
+        _until(lambda: [s for _, s, _ in _runs(db, holder)] == ["running"], what="the holder")
+        _run_now(client, writer_token, waiter)
+        with _process("worker", env, tmp_path / "b.log"):
+            time.sleep(1.5)  # two workers with free slots, yet the key is taken
+            assert [s for _, s, _ in _runs(db, waiter)] == ["queued"]
+            a.proc.send_signal(signal.SIGKILL)
+            a.proc.wait(timeout=10)
+            _until(
+                lambda: [s for _, s, _ in _runs(db, waiter)] == ["succeeded"],
+                what="the waiter to run once the dead holder's lease ran out",
+            )
+    [(_held_from, held_until, held_status)] = _span(db, holder)
+    [(ran_from, _, _)] = _span(db, waiter)
+    assert held_status == "failed"  # rescued after the lease, no retries left
+    assert ran_from >= held_until
+
+
+def _attempt_running(db: psycopg.Connection[Any], task_id: str, attempt: int) -> bool:
+    return (attempt, "running") in [(a, s) for a, s, _ in _runs(db, task_id)]
+
+
+def test_a_pipeline_that_kills_its_worker_every_time_stops_after_max_retries(
+    client: TestClient, writer_token: str, db_url: str, db: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """Each attempt's worker dies mid-step (SIGKILL as soon as it starts the run, as an
+    out-of-memory kill would); the occurrence is retried by the lease rescue, and after
+    `max_retries` retries it ends `failed` instead of taking workers down forever."""
+    env = _env(
+        db_url, PAO_LEASE_SECONDS="3", PAO_RETRY_BASE_SECONDS="0", PAO_SCHEDULER_TICK_MS="200"
+    )
+    task_id = _task(
+        client,
+        writer_token,
+        {"id": "doomed", "uses": "sleep", "with": {"seconds": 60}},
+        max_retries=2,
+        backoff_strategy="fixed",
+    )
+    with _process("scheduler", env, tmp_path / "scheduler.log"):
+        _run_now(client, writer_token, task_id)
+        for attempt in (1, 2, 3):
+            with _process("worker", env, tmp_path / f"w{attempt}.log") as w:
+                _until(partial(_attempt_running, db, task_id, attempt), what=f"attempt {attempt}")
+                w.proc.send_signal(signal.SIGKILL)
+                w.proc.wait(timeout=10)
+        _until(
+            lambda: db.execute("SELECT state FROM due_work").fetchall() == [("failed",)],
+            what="the rescue to give up",
+        )
+    runs = client.get("/runs", params={"task_id": task_id}, headers=auth(writer_token)).json()
+    assert sorted((r["attempt"], r["status"]) for r in runs["items"]) == [
+        (1, "failed"),
+        (2, "failed"),
+        (3, "failed"),
+    ]
+    last = max(runs["items"], key=lambda r: r["attempt"])
+    assert "no retries left (max_retries=2)" in last["error"]
+    assert db.execute("SELECT count(*) FROM runs WHERE task_id = %s", (task_id,)).fetchone() == (3,)

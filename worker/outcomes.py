@@ -1,0 +1,196 @@
+"""Run ends and step progress, written in batches by one writer.
+
+A run's end counts only once it is written: until then the run keeps its slot
+and its lease is renewed, so a worker that dies first loses no more than a
+crash at any other moment would (the lease runs out; the run is retried).
+Ends that arrive while a write is in flight go into the next one, so batches
+grow with load and an idle worker writes each end at once. Progress (the
+steps so far of long runs) is written by the same writer, never beside an
+end of the same run, so a late progress write cannot overwrite a final one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+
+from pao import db
+from pao.errors import DatabaseUnavailable
+from pao.models import Task
+from pao.store import work
+from pao.store.work import Ending, Lease
+from worker.pipeline import storable
+
+log = logging.getLogger(__name__)
+
+PROGRESS_SECONDS = 1.0
+RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+@dataclass
+class End:
+    """One attempt's end: final, a retry after `retry_delay` seconds, or handed back unspent."""
+
+    lease: Lease
+    run_id: uuid.UUID
+    task: Task
+    status: str
+    steps: list[Any]
+    error: str | None = None
+    retry_delay: float | None = None
+    hand_back: bool = False
+    written: asyncio.Future[bool] = field(default_factory=lambda: _future())
+
+
+def _future() -> asyncio.Future[bool]:
+    return asyncio.get_running_loop().create_future()
+
+
+class Outcomes:
+    """The worker's single writer of run ends and progress."""
+
+    def __init__(self, pool: AsyncConnectionPool[db.Conn], worker_id: str) -> None:
+        self.pool = pool
+        self.worker_id = worker_id
+        self._ends: list[End] = []
+        self._progress: dict[uuid.UUID, tuple[Lease, list[Any]]] = {}
+        self._wake = asyncio.Event()
+        self._closing = False
+
+    async def end(self, item: End) -> bool:
+        """Queue an end and wait until it is written; True if this worker still held the run."""
+        self._progress.pop(item.run_id, None)
+        self._ends.append(item)
+        self._wake.set()
+        return await asyncio.shield(item.written)
+
+    def progress(self, lease: Lease, run_id: uuid.UUID, steps: list[Any]) -> None:
+        """Note a run's steps so far; written within about a second, batched with others."""
+        self._progress[run_id] = (lease, steps)
+
+    async def run(self) -> None:
+        """Write until closed and nothing is left; runs as one task beside the claim loop."""
+        failures = 0
+        loop = asyncio.get_running_loop()
+        last_progress = loop.time()
+        while not (self._closing and not self._ends):
+            if not self._ends:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(PROGRESS_SECONDS):
+                        await self._wake.wait()
+                self._wake.clear()
+            try:
+                await self._write_ends()
+                if loop.time() - last_progress >= PROGRESS_SECONDS:
+                    await self._write_progress()
+                    last_progress = loop.time()
+                failures = 0
+            except DatabaseUnavailable:
+                delay = RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)]
+                failures += 1
+                if failures == 1:
+                    log.warning("cannot write run ends; retrying (leases are still renewed)")
+                await asyncio.sleep(delay)
+
+    def close(self) -> None:
+        """Let `run` return once every queued end is written."""
+        self._closing = True
+        self._wake.set()
+
+    def abandon(self) -> None:
+        """Give up on ends not yet written (the database stayed away); their leases expire."""
+        for item in self._ends:
+            if not item.written.done():
+                item.written.set_result(False)
+        self._ends = []
+
+    async def _write_ends(self) -> None:
+        batch, self._ends = self._ends, []
+        if not batch:
+            return
+        try:
+            results = await self._write(batch)
+        except DatabaseUnavailable:
+            self._ends = batch + self._ends
+            raise
+        except Exception:
+            # One bad row spoils a batch: write them one by one to find it.
+            log.exception("writing %s run ends failed; writing them one at a time", len(batch))
+            results = [await self._write_alone(item) for item in batch]
+        for item, held in zip(batch, results, strict=True):
+            if not item.written.done():
+                item.written.set_result(held)
+
+    async def _write_alone(self, item: End) -> bool:
+        try:
+            return (await self._write([item]))[0]
+        except DatabaseUnavailable:
+            raise
+        except Exception:
+            log.exception("run %s: its end cannot be written; its lease will expire", item.run_id)
+            return False
+
+    async def _write(self, batch: list[End]) -> list[bool]:
+        held: dict[uuid.UUID, bool] = {}
+        notify = False
+        async with db.connection(self.pool) as conn:
+            final = [i for i in batch if i.retry_delay is None and not i.hand_back]
+            finished = await work.finish_many(
+                conn,
+                self.worker_id,
+                [
+                    Ending(
+                        i.lease,
+                        i.run_id,
+                        i.status,
+                        i.steps,
+                        None if i.error is None else str(storable(i.error)),
+                    )
+                    for i in final
+                ],
+            )
+            done = {f.id for f in finished}
+            notify = any(f.claim_key is not None for f in finished)
+            completing: set[uuid.UUID] = set()
+            for i in final:
+                held[i.run_id] = i.lease.due_work_id in done
+                if held[i.run_id] and _may_complete(i.task):
+                    completing.add(i.task.id)
+            for task_id in sorted(completing):
+                await work.complete_task_if_done(conn, task_id)
+            for i in batch:
+                if i.retry_delay is not None:
+                    held[i.run_id] = await work.retry(
+                        conn,
+                        i.lease,
+                        run_id=i.run_id,
+                        delay_seconds=i.retry_delay,
+                        steps=i.steps,
+                        error=str(storable(i.error or "failed")),
+                    )
+                    notify = True
+                elif i.hand_back:
+                    held[i.run_id] = await work.hand_back(conn, i.lease, run_id=i.run_id)
+                    notify = True
+            if notify:
+                await work.notify_workers(conn)  # retried, handed back or freed a key
+        return [held[i.run_id] for i in batch]
+
+    async def _write_progress(self) -> None:
+        if not self._progress:
+            return
+        batch = [(lease, run_id, list(steps)) for run_id, (lease, steps) in self._progress.items()]
+        self._progress.clear()
+        async with db.connection(self.pool) as conn:
+            await work.save_progress(conn, self.worker_id, batch)
+
+
+def _may_complete(task: Task) -> bool:
+    """Only a task with nothing more to fire can be completed by its last run."""
+    return task.schedule_kind != "event" and task.next_run_at is None

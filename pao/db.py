@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import time
+import weakref
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
@@ -53,9 +56,30 @@ async def _configure(conn: Conn) -> None:
 
 
 def make_pool(
-    url: str, *, min_size: int = 1, max_size: int = 10, name: str = "pao"
+    url: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    name: str = "pao",
+    trust_recent: float = 0.0,
 ) -> AsyncConnectionPool[Conn]:
-    """A pool that checks connections before use, so a database restart heals by itself."""
+    """A pool that checks connections before use, so a database restart heals by itself.
+
+    The check costs a round trip. With `trust_recent`, a connection that came
+    back to the pool less than that many seconds ago is not pinged: a hot loop
+    saves the round trip, and its rare failure after a restart is retried by
+    the caller like any other outage.
+    """
+    returned: weakref.WeakKeyDictionary[Conn, float] = weakref.WeakKeyDictionary()
+
+    async def note_return(conn: Conn) -> None:
+        returned[conn] = time.monotonic()
+
+    async def check(conn: Conn) -> None:
+        recent = time.monotonic() - returned.get(conn, -math.inf) < trust_recent
+        if not (recent and not conn.broken):
+            await AsyncConnectionPool.check_connection(conn)
+
     return AsyncConnectionPool(
         url,
         min_size=min_size,
@@ -65,7 +89,8 @@ def make_pool(
         timeout=3.0,
         kwargs={"autocommit": False, "row_factory": dict_row},
         configure=_configure,
-        check=AsyncConnectionPool.check_connection,
+        check=check,
+        reset=note_return if trust_recent else None,
         reconnect_timeout=3600.0,
     )
 

@@ -24,7 +24,7 @@ async def _main(settings: Settings, url: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     size = settings.worker_concurrency * 2 + 2
-    pool = db.make_pool(url, min_size=2, max_size=size, name="worker")
+    pool = db.make_pool(url, min_size=2, max_size=size, name="worker", trust_recent=1.0)
     await pool.open(wait=False)
     try:
         await Worker(settings, pool, url).serve(stop, force)

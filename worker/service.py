@@ -106,7 +106,7 @@ class Worker:
         try:
             while not stop.is_set():
                 timeout = POLL_SECONDS
-                free = self.concurrency - len(self.running)
+                free = self._free()
                 if free > 0:
                     try:
                         claimed = await self.claim(free)
@@ -138,6 +138,12 @@ class Worker:
     def concurrency(self) -> int:
         return self.settings.worker_concurrency
 
+    def _free(self) -> int:
+        """Slots for new claims: runs whose end is being written hold only a lease, not a
+        slot, so the next batch runs while the last one is written (up to twice as many)."""
+        busy = sum(1 for r in self.running.values() if not r.ending)
+        return min(self.concurrency - busy, 2 * self.concurrency - len(self.running))
+
     async def claim(self, limit: int) -> list[Claimed]:
         """Claim up to `limit` due occurrences and start running them."""
         async with db.connection(self.pool) as conn:
@@ -147,9 +153,8 @@ class Worker:
                 limit=limit,
                 lease_seconds=self.settings.lease_seconds,
             )
-        if not claimed:
-            return claimed
-        async with db.connection(self.pool) as conn:
+            if not claimed:
+                return claimed
             tasks = await work.tasks_of(conn, list({c.task_id for c in claimed}))
             events = await work.events_of(conn, [c.event_id for c in claimed if c.event_id])
         for c in claimed:
@@ -293,6 +298,7 @@ class Worker:
 
     async def _write(self, held: Running, end: End) -> None:
         held.ending = True
+        self.wake.set()  # its slot is free for the next claim
         if not await self.outcomes.end(end):
             log.warning("run %s: its end was not recorded; its lease decides", end.run_id)
 

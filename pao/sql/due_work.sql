@@ -145,10 +145,9 @@ RETURNING id, attempt, cancel_requested
 -- End a batch of held attempts in their final states with their runs, in one statement; rows
 -- this worker no longer holds (another attempt took over) are left alone and not returned.
 WITH v AS (
-    SELECT *
-    FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(states)s::text[], %(run_ids)s::uuid[],
-                %(steps)s::jsonb[], %(errors)s::text[])
-        AS v(id, attempt, state, run_id, steps, error)
+    -- One JSON document rather than six arrays: far cheaper to send from Python.
+    SELECT * FROM jsonb_to_recordset(%(endings)s::jsonb)
+        AS v(id bigint, attempt int, state text, run_id uuid, steps jsonb, error text)
 ), done AS (
     UPDATE due_work d
     SET state = v.state, finished_at = now(), lease_owner = NULL, lease_expires_at = NULL

@@ -77,8 +77,7 @@ WHERE id = %(id)s AND status = 'running'
 -- Progress of a batch of runs: the steps so far, written only where this worker holds the attempt.
 UPDATE runs r
 SET steps = v.steps
-FROM unnest(%(run_ids)s::uuid[], %(ids)s::bigint[], %(attempts)s::int[], %(steps)s::jsonb[])
-    AS v(run_id, id, attempt, steps)
+FROM jsonb_to_recordset(%(progress)s::jsonb) AS v(run_id uuid, id bigint, attempt int, steps jsonb)
 JOIN due_work d ON d.id = v.id
 WHERE r.id = v.run_id AND d.attempt = v.attempt AND d.lease_owner = %(worker_id)s
   AND d.state = 'running'

@@ -126,12 +126,19 @@ async def finish_many(conn: Conn, worker_id: str, endings: list[Ending]) -> list
             QUERIES["due_work_finish_many"],
             {
                 "worker_id": worker_id,
-                "ids": [e.lease.due_work_id for e in endings],
-                "attempts": [e.lease.attempt for e in endings],
-                "states": [e.status for e in endings],
-                "run_ids": [e.run_id for e in endings],
-                "steps": [Jsonb(e.steps) for e in endings],
-                "errors": [e.error for e in endings],
+                "endings": Jsonb(
+                    [
+                        {
+                            "id": e.lease.due_work_id,
+                            "attempt": e.lease.attempt,
+                            "state": e.status,
+                            "run_id": str(e.run_id),
+                            "steps": e.steps,
+                            "error": e.error,
+                        }
+                        for e in endings
+                    ]
+                ),
             },
         )
         return await cur.fetchall()
@@ -180,10 +187,17 @@ async def save_progress(
         QUERIES["run_save_steps_many"],
         {
             "worker_id": worker_id,
-            "run_ids": [run_id for _, run_id, _ in progress],
-            "ids": [lease.due_work_id for lease, _, _ in progress],
-            "attempts": [lease.attempt for lease, _, _ in progress],
-            "steps": [Jsonb(steps) for _, _, steps in progress],
+            "progress": Jsonb(
+                [
+                    {
+                        "run_id": str(run_id),
+                        "id": lease.due_work_id,
+                        "attempt": lease.attempt,
+                        "steps": steps,
+                    }
+                    for lease, run_id, steps in progress
+                ]
+            ),
         },
     )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,10 +13,12 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from api import problems
 from api.deps import AppState
+from api.discovery import ToolDiscovery
 from api.middleware import RequestMiddleware
 from api.routes import agents, events, health, runs, tasks, tools
 from pao import db
 from pao.agents import ensure_admin_token
+from pao.mcp import McpHub
 from pao.migrate import ensure_migrated
 from pao.settings import Settings
 from pao.tools import ToolRegistry
@@ -42,12 +46,25 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = db.make_pool(url, min_size=settings.pool_min_size, max_size=settings.pool_max_size)
         await pool.open(wait=False)
-        state = AppState(settings=settings, pool=pool, registry=registry)
+        hub = McpHub(registry.servers)
+        discovery = ToolDiscovery(hub, registry)
+        state = AppState(
+            settings=settings, pool=pool, registry=registry, mcp=hub, discovery=discovery
+        )
         app.state.pao = state
+        discovering: asyncio.Task[None] | None = None
         try:
             await _start(state)
+            if registry.servers:
+                # In the background: readiness does not wait for MCP servers.
+                discovering = asyncio.create_task(discovery.run(), name="mcp-discovery")
             yield
         finally:
+            if discovering is not None:
+                discovering.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await discovering
+            await hub.close()
             await pool.close()
 
     app = FastAPI(

@@ -10,8 +10,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 from psycopg_pool import AsyncConnectionPool
 
+from api.discovery import ToolDiscovery
 from pao import db
 from pao.errors import Forbidden, Unauthenticated
+from pao.mcp import McpHub
 from pao.models import Agent
 from pao.settings import Settings
 from pao.store import agents
@@ -26,6 +28,8 @@ class AppState:
     settings: Settings
     pool: AsyncConnectionPool[db.Conn]
     registry: ToolRegistry
+    mcp: McpHub
+    discovery: ToolDiscovery
 
     @asynccontextmanager
     async def tx(self) -> AsyncIterator[db.Conn]:

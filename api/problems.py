@@ -26,6 +26,7 @@ from pao.errors import (
     PreconditionFailed,
     Unauthenticated,
 )
+from pao.mcp import McpUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ _STATUS: list[tuple[type[PaoError], int, str]] = [
     (Unauthenticated, 401, "unauthenticated"),
     (DatabaseUnavailable, 503, "database-unavailable"),
     (NotMigrated, 503, "not-migrated"),
+    (McpUnavailable, 503, "tool-server-unavailable"),
 ]
 
 

@@ -106,7 +106,10 @@ def describe(name: str, config: McpServerConfig) -> str:
     if config.command is not None:
         where = f" in {config.cwd}" if config.cwd else ""
         return f"{name!r} ({shlex.join(config.command)}{where})"
-    return f"{name!r} ({config.url})"
+    assert config.url is not None
+    # Messages reach API callers: leave out credentials in the URL.
+    url = httpx.URL(config.url).copy_with(username=None, password=None, query=None)
+    return f"{name!r} ({url})"
 
 
 def _leaves(exc: BaseException) -> Iterator[BaseException]:

@@ -321,17 +321,29 @@ class ToolRegistry:
             found[name] = dataclasses.replace(spec, name=name, server=server)
         self._discovered[server] = found
 
-    def servers_used(self, payload: object) -> list[str]:
-        """The declared MCP servers a payload's steps name in `uses`, each once, in order."""
+    def mcp_uses(self, payload: object) -> dict[str, list[str]]:
+        """The declared MCP servers a payload's steps name, each with the `uses` naming it.
+
+        In the order of the steps, each once. The API discovers these servers
+        before it checks the payload.
+        """
         steps = payload.get("pipeline") if isinstance(payload, Mapping) else None
-        found: list[str] = []
+        found: dict[str, list[str]] = {}
         for step in steps if isinstance(steps, list) else []:
             uses = step.get("uses") if isinstance(step, Mapping) else None
             if isinstance(uses, str) and uses not in self._builtins:
-                server = uses.partition(".")[0]
-                if server in self._servers and server not in found:
-                    found.append(server)
+                server, dot, tool = uses.partition(".")
+                if dot and tool and server in self._servers:
+                    named = found.setdefault(server, [])
+                    if uses not in named:
+                        named.append(uses)
         return found
+
+    def knows(self, uses: str) -> bool:
+        """True if `uses` is a built-in or a tool its (discovered) MCP server listed."""
+        if uses in self._builtins:
+            return True
+        return uses in self._discovered.get(uses.partition(".")[0], {})
 
     def list_tools(self) -> list[ToolSpec]:
         """Built-ins and discovered MCP tools, sorted by name."""

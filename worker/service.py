@@ -28,6 +28,7 @@ from psycopg_pool import AsyncConnectionPool
 from pao import db
 from pao.backoff import retry_delay
 from pao.errors import DatabaseUnavailable, InvalidInput
+from pao.mcp import McpHub
 from pao.models import Event, Task
 from pao.pipeline import Pipeline, validate_payload
 from pao.settings import Settings
@@ -86,6 +87,7 @@ class Worker:
         )
         self.registry = ToolRegistry.from_tools_file(settings.tools_file)
         self.allow = Allow.parse(settings.http_allow)
+        self.mcp = McpHub(self.registry.servers)  # one session per MCP server, shared
         self.running: dict[int, Running] = {}
         self.wake = asyncio.Event()
         self._last_renewal = time.monotonic()
@@ -129,6 +131,7 @@ class Worker:
             for helper in helpers:
                 helper.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
+            await self.mcp.close()  # the pipelines that used it have ended
             with contextlib.suppress(DatabaseUnavailable):
                 async with db.connection(self.pool) as conn:
                     await heartbeats.remove(conn, self.worker_id)
@@ -231,7 +234,7 @@ class Worker:
             async with asyncio.timeout(self.settings.run_timeout_seconds):
                 await execute(
                     ex,
-                    Toolbox(self.pool, run_id=c.run_id, allow=self.allow),
+                    Toolbox(self.pool, run_id=c.run_id, allow=self.allow, mcp=self.mcp),
                     log=lambda step_id, level, message: self._log(held, step_id, level, message),
                     save=lambda s: self._save(held, s),
                     condition_state=task.condition_state,

@@ -1,14 +1,16 @@
-"""The tools a worker can run: the built-ins. MCP tools are not wired in yet."""
+"""The tools a worker can run: the built-ins, and the MCP servers of its tools file."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
 from pao import db
+from pao.mcp import McpCallFailed, McpHub, McpUnavailable
 from pao.store import work
 from pao.templates import JSONValue
 from worker.http_tool import Allow, ToolFailed, http_request
@@ -19,11 +21,17 @@ class Toolbox:
     """Looks up the function behind a step's `uses` for one run."""
 
     def __init__(
-        self, pool: AsyncConnectionPool[db.Conn], *, run_id: uuid.UUID, allow: Allow
+        self,
+        pool: AsyncConnectionPool[db.Conn],
+        *,
+        run_id: uuid.UUID,
+        allow: Allow,
+        mcp: McpHub | None = None,
     ) -> None:
         self.pool = pool
         self.run_id = run_id
         self.allow = allow
+        self.mcp = mcp
 
     def __call__(self, uses: str) -> Tool:
         tools: dict[str, Tool] = {
@@ -34,6 +42,9 @@ class Toolbox:
         }
         if uses in tools:
             return tools[uses]
+        server, dot, tool = uses.partition(".")
+        if dot and self.mcp is not None and server in self.mcp:
+            return functools.partial(self.call_mcp, server, tool)
         return self.unavailable(uses)
 
     async def log(self, args: dict[str, Any], call: StepCall) -> JSONValue:
@@ -61,11 +72,28 @@ class Toolbox:
         result: JSONValue = await http_request(args, self.allow)
         return result
 
+    async def call_mcp(
+        self, server: str, tool: str, args: dict[str, Any], call: StepCall
+    ) -> JSONValue:
+        """Call a tool on the worker's shared session with its MCP server.
+
+        The step's timeout and a cancel stop waiting for the answer; the session
+        stays usable for other steps. The step's idempotency key goes along in
+        the request's `_meta`, for servers that can use it.
+        """
+        assert self.mcp is not None
+        try:
+            return await self.mcp.call_tool(
+                server, tool, args, idempotency_key=call.idempotency_key
+            )
+        except (McpCallFailed, McpUnavailable) as exc:
+            raise ToolFailed(exc.message) from None
+
     def unavailable(self, uses: str) -> Tool:
         async def fail(args: dict[str, Any], call: StepCall) -> JSONValue:
             raise ToolFailed(
-                f"tool {uses!r} cannot run here: this worker runs the built-in tools only "
-                "(MCP tools are not supported yet)"
+                f"tool {uses!r} cannot run here: it is not a built-in tool, and this worker's "
+                "PAO_TOOLS_FILE declares no MCP server by that name"
             )
 
         return fail

@@ -63,6 +63,7 @@ async def create_task(
     async with idempotent(request, state, agent) as guard:
         if guard.replay is not None:
             return guard.replay
+        await state.discovery.ensure(state.registry.mcp_uses(body.payload))
         async with state.tx() as conn:
             task = await logic.create_task(conn, ctx, body)
             response = JSONResponse(
@@ -178,6 +179,8 @@ async def update_task(
     (412) when someone else changed the task meanwhile.
     """
     version = _if_match(if_match)
+    if body.payload is not None:
+        await state.discovery.ensure(state.registry.mcp_uses(body.payload))
     async with state.tx() as conn:
         task = await logic.update_task(
             conn, task_context(request, state, agent), task_id, body, if_version=version

@@ -2,22 +2,48 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from fastapi import APIRouter
 
 from api.deps import State, TasksRead
-from api.models import ToolList, ToolPublic
+from api.models import ToolList, ToolPublic, ToolServerPublic
 
 router = APIRouter(prefix="/tools", tags=["tools"])
 
 
 @router.get("", response_model=ToolList)
 async def list_tools(state: State, agent: TasksRead) -> ToolList:
-    """Every tool a step may name in `uses`, with the JSON schema of its `with`."""
+    """Every tool a step may name in `uses`, with the JSON schema of its `with`.
+
+    Built-in tools, and the tools of the MCP servers declared in `PAO_TOOLS_FILE`
+    as each server last listed them (named `<server>.<tool>`). `servers` says,
+    for each MCP server, whether it could be reached and when it was last asked;
+    a server not reached yet is asked now, briefly.
+    """
+    await state.discovery.try_all()
+    tools = state.registry.list_tools()
+    servers = []
+    for name, config in state.registry.servers.items():
+        seen = state.discovery.states[name]
+        servers.append(
+            ToolServerPublic(
+                name=name,
+                transport=config.transport,
+                reachable=seen.ok,
+                error=seen.error,
+                checked_at=(
+                    datetime.fromtimestamp(seen.checked_at, UTC) if seen.checked_at else None
+                ),
+                tools=sum(1 for t in tools if t.server == name),
+            )
+        )
     return ToolList(
         items=[
             ToolPublic(
                 name=t.name, description=t.description, input_schema=t.input_schema, server=t.server
             )
-            for t in state.registry.list_tools()
-        ]
+            for t in tools
+        ],
+        servers=servers,
     )

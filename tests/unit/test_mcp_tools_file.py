@@ -11,7 +11,7 @@ import pytest
 from mcp import types
 
 from pao.mcp import child_environment, describe, tool_output
-from pao.tools import McpServerConfig, ToolRegistry, load_tools_file
+from pao.tools import McpServerConfig, ToolRegistry, ToolSpec, load_tools_file
 
 
 def test_cwd_is_read_from_the_tools_files_directory(
@@ -51,9 +51,11 @@ def test_descriptions_name_the_command_or_url() -> None:
     stdio = McpServerConfig(command=["python", "my server.py"], cwd="/srv")
     assert describe("w", stdio) == "'w' (python 'my server.py' in /srv)"
     assert describe("t", McpServerConfig(url="http://h/mcp")) == "'t' (http://h/mcp)"
+    secret = McpServerConfig(url="https://me:pw@h:8443/mcp?key=k")
+    assert describe("s", secret) == "'s' (https://h:8443/mcp)"
 
 
-def test_servers_used_by_a_payload() -> None:
+def test_mcp_servers_and_tools_a_payload_names() -> None:
     reg = ToolRegistry(
         {
             "weather-mcp": McpServerConfig(command=["python"]),
@@ -71,9 +73,18 @@ def test_servers_used_by_a_payload() -> None:
             "not a step",
         ]
     }
-    assert reg.servers_used(payload) == ["telegram-mcp", "weather-mcp"]
-    assert reg.servers_used({"pipeline": "nope"}) == []
-    assert reg.servers_used([1]) == []
+    assert reg.mcp_uses(payload) == {
+        "telegram-mcp": ["telegram-mcp.send_message", "telegram-mcp.other"],
+        "weather-mcp": ["weather-mcp.forecast"],
+    }
+    assert list(reg.mcp_uses(payload)) == ["telegram-mcp", "weather-mcp"]
+    assert reg.mcp_uses({"pipeline": "nope"}) == {}
+    assert reg.mcp_uses([1]) == {}
+    assert not reg.knows("weather-mcp.forecast")
+    reg.add_server_tools("weather-mcp", [ToolSpec("forecast", "", {})])
+    assert reg.knows("weather-mcp.forecast")
+    assert not reg.knows("weather-mcp.other")
+    assert reg.knows("log")
 
 
 def _result(*content: types.TextContent | types.ImageContent, **kw: object) -> types.CallToolResult:

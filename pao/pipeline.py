@@ -7,6 +7,7 @@ round trip instead of discovering errors one failed run at a time.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -59,6 +60,21 @@ class Pipeline(BaseModel):
 
     steps: list[Step] = Field(default_factory=list)
     condition: str | None = None
+
+
+def load_pipeline(payload: Mapping[str, Any]) -> Pipeline:
+    """A stored payload's pipeline, parsed without checking it again.
+
+    Only `validate_payload` lets a payload into the database, so a worker need
+    not pay for the checks (schemas, references) once per task it runs.
+    """
+    try:
+        steps = [Step.model_validate(raw) for raw in payload.get("pipeline", [])]
+    except ValidationError as exc:
+        message = f"stored pipeline is unreadable: {exc}"
+        raise InvalidInput([FieldError(("payload", "pipeline"), message)], message) from None
+    condition = payload.get("condition")
+    return Pipeline(steps=steps, condition=condition if isinstance(condition, str) else None)
 
 
 def validate_payload(
@@ -260,18 +276,28 @@ def _with_errors(
     return out
 
 
+@functools.lru_cache(maxsize=1024)
+def _validator(schema: str) -> Draft202012Validator | None:
+    """A checked validator per distinct schema: building one costs far more than using it.
+
+    A broken schema from an MCP server is not the caller's fault: None skips the check.
+    """
+    parsed = json.loads(schema)
+    try:
+        Draft202012Validator.check_schema(parsed)
+    except SchemaError:
+        return None
+    return Draft202012Validator(parsed, format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+
 def _schema_errors(
     with_: Mapping[str, Any], spec: ToolSpec, templated: Sequence[Loc], loc: Loc
 ) -> list[FieldError]:
-    # A broken schema from an MCP server is not the caller's fault: skip the check.
-    try:
-        Draft202012Validator.check_schema(spec.input_schema)
-        validator = Draft202012Validator(
-            spec.input_schema, format_checker=Draft202012Validator.FORMAT_CHECKER
-        )
-        found = sorted(validator.iter_errors(dict(with_)), key=lambda e: list(e.absolute_path))
-    except SchemaError:
+    validator = _validator(json.dumps(spec.input_schema, sort_keys=True))
+    if validator is None:
         return []
+    try:
+        found = sorted(validator.iter_errors(dict(with_)), key=lambda e: list(e.absolute_path))
     except Exception:  # unresolvable $ref, unknown type and the like
         return []
     out: list[FieldError] = []

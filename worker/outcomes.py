@@ -162,8 +162,7 @@ class Outcomes:
                 held[i.run_id] = i.lease.due_work_id in done
                 if held[i.run_id] and _may_complete(i.task):
                     completing.add(i.task.id)
-            for task_id in sorted(completing):
-                await work.complete_task_if_done(conn, task_id)
+            await work.complete_tasks_if_done(conn, sorted(completing))
             for i in batch:
                 if i.retry_delay is not None:
                     held[i.run_id] = await work.retry(

@@ -261,9 +261,7 @@ class Worker:
         if pipeline is None:
             if len(self._pipelines) >= PIPELINE_CACHE:
                 self._pipelines.clear()
-            pipeline = validate_payload(
-                task.payload, self.registry, schedule_kind=task.schedule_kind
-            )
+            pipeline = load_pipeline(task.payload)
             self._pipelines[key] = pipeline
         return pipeline
 

@@ -106,10 +106,10 @@ WHERE id = %(id)s
 SELECT * FROM tasks WHERE id = ANY(%(ids)s)
 
 -- name: task_complete_if_done
--- A task with nothing more to fire and nothing queued or running is completed.
+-- Tasks with nothing more to fire and nothing queued or running are completed.
 UPDATE tasks t
 SET status = 'completed', updated_at = now()
-WHERE t.id = %(id)s AND t.status = 'active' AND t.next_run_at IS NULL
+WHERE t.id = ANY(%(ids)s) AND t.status = 'active' AND t.next_run_at IS NULL
   AND t.schedule_kind IN ('once', 'cron', 'rrule', 'condition')
   AND NOT EXISTS (
       SELECT 1 FROM due_work d WHERE d.task_id = t.id AND d.state IN ('queued', 'running')

@@ -219,8 +219,9 @@ async def log(
     )
 
 
-async def complete_task_if_done(conn: Conn, task_id: uuid.UUID) -> None:
-    await conn.execute(QUERIES["task_complete_if_done"], {"id": task_id})
+async def complete_tasks_if_done(conn: Conn, task_ids: list[uuid.UUID]) -> None:
+    if task_ids:
+        await conn.execute(QUERIES["task_complete_if_done"], {"ids": task_ids})
 
 
 async def set_condition_state(conn: Conn, task_id: uuid.UUID, state: bool) -> None:

@@ -12,6 +12,7 @@ from pao.pipeline import (
     MAX_PAYLOAD_BYTES,
     Pipeline,
     Step,
+    load_pipeline,
     reject_bad_text,
     validate_payload,
 )
@@ -116,6 +117,32 @@ def test_all_step_fields() -> None:
     assert result.steps[1].if_ == "${steps.fetch.status} == 200"
     assert result.steps[1].result_name == "paused"
     assert result.steps[1].timeout_seconds == 3600
+
+
+@pytest.mark.parametrize(
+    ("payload", "kind"),
+    [
+        (SEED, "cron"),
+        ({}, "once"),
+        (
+            {
+                "pipeline": [
+                    step("check", "http.request", **{"with": {"url": "https://x.y/"}}),
+                    step("say", save_as="said", timeout_seconds=9, **{"if": "${steps.check}"}),
+                ],
+                "condition": "${steps.check.status} == 200",
+            },
+            "condition",
+        ),
+    ],
+)
+def test_a_stored_payload_loads_as_it_was_validated(payload: dict[str, Any], kind: str) -> None:
+    assert load_pipeline(payload) == validate_payload(payload, registry(), schedule_kind=kind)
+
+
+def test_an_unreadable_stored_pipeline_is_a_clear_error() -> None:
+    with pytest.raises(InvalidInput, match="stored pipeline is unreadable"):
+        load_pipeline({"pipeline": [{"id": "x"}]})
 
 
 def test_step_model_accepts_field_names_and_aliases() -> None:

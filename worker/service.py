@@ -30,7 +30,7 @@ from pao.backoff import retry_delay
 from pao.errors import DatabaseUnavailable, InvalidInput
 from pao.mcp import McpHub
 from pao.models import Event, Task
-from pao.pipeline import Pipeline, validate_payload
+from pao.pipeline import Pipeline, load_pipeline
 from pao.settings import Settings
 from pao.store import heartbeats, work
 from pao.store.work import Claimed, Lease

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import httpx
 import pytest
 
-from worker.http_tool import Allow, ToolFailed, _checked_target
+from worker.http_tool import Allow, ToolFailed, _checked_target, http_request
 
 NOTHING_ALLOWED = Allow.parse([])
 
@@ -60,3 +65,47 @@ def test_the_allow_list_admits_named_hosts_and_networks() -> None:
     asyncio.run(_checked_target(httpx.URL("http://10.1.2.3/"), allow))
     with pytest.raises(ToolFailed):
         asyncio.run(_checked_target(httpx.URL("http://10.2.0.1/"), allow))
+
+
+class _Redirect(BaseHTTPRequestHandler):
+    """Answers /go with a redirect to the URL in its query, and anything else with 200."""
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/go?to="):
+            self.send_response(302)
+            self.send_header("Location", self.path.removeprefix("/go?to="))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        body = b'{"reached": true}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def _serving(host: str) -> Iterator[str]:
+    server = ThreadingHTTPServer((host, 0), _Redirect)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{host}:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_redirect_to_a_private_address_is_refused_on_a_live_server() -> None:
+    """The first hop is allowed (127.0.0.2 is listed); the redirect to 127.0.0.1 is not."""
+    allow = Allow.parse(["127.0.0.2/32"])
+    with _serving("127.0.0.2") as allowed, _serving("127.0.0.1") as private:
+        reached = asyncio.run(http_request({"url": f"{allowed}/go?to={allowed}/ok"}, allow))
+        assert reached["status"] == 200
+        assert reached["json"] == {"reached": True}
+        with pytest.raises(ToolFailed, match=r"127\.0\.0\.1.*private"):
+            asyncio.run(http_request({"url": f"{allowed}/go?to={private}/secret"}, allow))

@@ -67,12 +67,21 @@ def burst(count: int) -> None:
             wait_until(url, "SELECT count(*) FROM runs WHERE status = 'succeeded'", count, 120)
         with psycopg.connect(url) as conn:
             row = conn.execute(
-                "SELECT extract(epoch FROM max(started_at) - %s) FROM runs", (due,)
+                "SELECT extract(epoch FROM max(started_at) - %(due)s), "
+                "extract(epoch FROM min(queued_at) - %(due)s), "
+                "extract(epoch FROM max(queued_at) - %(due)s) FROM runs",
+                {"due": due},
             ).fetchone()
         late = lateness_ms(url)
         show(f"burst: {count} due in the same second", percentiles(late))
         assert row is not None
-        print(f"{'burst: last one started after':<44} {float(row[0]):.2f}s", flush=True)
+        last, first_queued, last_queued = (float(v) for v in row)
+        print(f"{'burst: last one started after':<44} {last:.2f}s", flush=True)
+        print(
+            f"{'burst: queued (materialised) from/until':<44} "
+            f"{first_queued:+.2f}s / {last_queued:+.2f}s of the due time",
+            flush=True,
+        )
 
 
 def main() -> None:

@@ -20,10 +20,44 @@ WITH work AS (
 )
 SELECT * FROM run
 
--- name: occurrence_record
--- Record what became of a nominal fire time that was not queued by itself.
+-- name: occurrence_queue_many
+-- Queue a batch of occurrences (one JSON document): due_work rows, first runs and decision
+-- records in one statement. Occurrences already queued are skipped and not returned.
+WITH q AS (
+    SELECT * FROM ROWS FROM (jsonb_to_recordset(%(batch)s::jsonb)
+        AS (task_id uuid, nominal_at timestamptz, scheduled_for timestamptz, priority int,
+            reason text, event_id uuid, detail text)) WITH ORDINALITY
+        AS q(task_id, nominal_at, scheduled_for, priority, reason, event_id, detail, n)
+), work AS (
+    INSERT INTO due_work (
+        task_id, scheduled_for, run_after, priority, reason, event_id, claim_key, claim_limit
+    )
+    SELECT q.task_id, q.scheduled_for, q.scheduled_for, q.priority, q.reason, q.event_id,
+           t.claim_key, t.claim_limit
+    FROM q JOIN tasks t ON t.id = q.task_id
+    ORDER BY q.n
+    ON CONFLICT (task_id, scheduled_for) DO NOTHING
+    RETURNING id, task_id, scheduled_for, attempt
+), run AS (
+    INSERT INTO runs (due_work_id, task_id, attempt, scheduled_for)
+    SELECT id, task_id, attempt, scheduled_for FROM work
+    RETURNING *
+), decision AS (
+    INSERT INTO occurrences (task_id, nominal_at, decision, due_work_id, detail)
+    SELECT DISTINCT ON (w.id) w.task_id, q.nominal_at, 'queued', w.id, q.detail
+    FROM work w JOIN q ON q.task_id = w.task_id AND q.scheduled_for = w.scheduled_for
+    ORDER BY w.id, q.n
+    ON CONFLICT (task_id, nominal_at) DO NOTHING
+)
+SELECT * FROM run
+
+-- name: occurrence_record_many
+-- Record, for a batch (one JSON document), what became of nominal fire times not queued by
+-- themselves.
 INSERT INTO occurrences (task_id, nominal_at, decision, due_work_id, detail)
-VALUES (%(task_id)s, %(nominal_at)s, %(decision)s, %(due_work_id)s, %(detail)s)
+SELECT d.task_id, d.nominal_at, d.decision, d.due_work_id, d.detail
+FROM jsonb_to_recordset(%(batch)s::jsonb)
+    AS d(task_id uuid, nominal_at timestamptz, decision text, due_work_id bigint, detail text)
 ON CONFLICT (task_id, nominal_at) DO NOTHING
 
 -- name: occurrence_list

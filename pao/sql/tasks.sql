@@ -96,10 +96,12 @@ ORDER BY next_run_at
 LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED
 
--- name: task_advance
--- After materialising: the task's next fire time, and `completed` when nothing is left to run.
-UPDATE tasks SET next_run_at = %(next_run_at)s, status = %(status)s
-WHERE id = %(id)s
+-- name: task_advance_many
+-- After materialising a batch (one JSON document): each task's next fire time, and `completed`
+-- when nothing is left to run.
+UPDATE tasks t SET next_run_at = a.next_run_at, status = a.status
+FROM jsonb_to_recordset(%(batch)s::jsonb) AS a(id uuid, next_run_at timestamptz, status text)
+WHERE t.id = a.id
 
 -- name: task_get_many
 -- The tasks of a claimed batch.

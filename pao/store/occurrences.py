@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from psycopg.types.json import Jsonb
+
 from pao.db import Conn, model_row
 from pao.models import Run
 from pao.sql import QUERIES
@@ -34,6 +36,18 @@ class QueueRequest:
             "detail": self.detail,
         }
 
+    def document(self) -> dict[str, Any]:
+        """This request as one element of a batch's JSON document."""
+        return {
+            "task_id": str(self.task_id),
+            "nominal_at": self.nominal_at.isoformat(),
+            "scheduled_for": self.scheduled_for.isoformat(),
+            "priority": self.priority,
+            "reason": self.reason,
+            "event_id": str(self.event_id) if self.event_id else None,
+            "detail": self.detail,
+        }
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -43,10 +57,11 @@ class Decision:
     due_work_id: int | None = None
     detail: str | None = None
 
-    def params(self) -> dict[str, Any]:
+    def document(self) -> dict[str, Any]:
+        """This decision as one element of a batch's JSON document."""
         return {
-            "task_id": self.task_id,
-            "nominal_at": self.nominal_at,
+            "task_id": str(self.task_id),
+            "nominal_at": self.nominal_at.isoformat(),
             "decision": self.decision,
             "due_work_id": self.due_work_id,
             "detail": self.detail,
@@ -61,25 +76,21 @@ async def queue(conn: Conn, request: QueueRequest) -> Run | None:
 
 
 async def queue_many(conn: Conn, requests: Sequence[QueueRequest]) -> list[Run]:
-    """Queue many occurrences in one pipelined batch; returns the runs actually created."""
+    """Queue many occurrences in one statement; returns the runs actually created."""
     if not requests:
         return []
-    runs: list[Run] = []
     async with conn.cursor(row_factory=model_row(Run)) as cur:
-        await cur.executemany(
-            QUERIES["occurrence_queue"], [r.params() for r in requests], returning=True
+        await cur.execute(
+            QUERIES["occurrence_queue_many"], {"batch": Jsonb([r.document() for r in requests])}
         )
-        while True:
-            runs.extend(await cur.fetchall())
-            if not cur.nextset():
-                break
-    return runs
+        return await cur.fetchall()
 
 
 async def record_many(conn: Conn, decisions: Sequence[Decision]) -> None:
     if decisions:
-        async with conn.cursor() as cur:
-            await cur.executemany(QUERIES["occurrence_record"], [d.params() for d in decisions])
+        await conn.execute(
+            QUERIES["occurrence_record_many"], {"batch": Jsonb([d.document() for d in decisions])}
+        )
 
 
 async def redecide(conn: Conn, due_work_ids: list[int], *, decision: str, detail: str) -> None:

@@ -105,8 +105,8 @@ async def lock_due(conn: Conn, *, horizon: datetime, limit: int) -> list[Task]:
 async def advance_many(conn: Conn, advances: list[tuple[uuid.UUID, datetime | None, str]]) -> None:
     """Set (task id, next_run_at, status) for each materialised task."""
     if advances:
-        async with conn.cursor() as cur:
-            await cur.executemany(
-                QUERIES["task_advance"],
-                [{"id": i, "next_run_at": n, "status": s} for i, n, s in advances],
-            )
+        batch = [
+            {"id": str(i), "next_run_at": n.isoformat() if n else None, "status": s}
+            for i, n, s in advances
+        ]
+        await conn.execute(QUERIES["task_advance_many"], {"batch": Jsonb(batch)})

@@ -57,12 +57,12 @@ def idle(count: int) -> None:
         show("idle single occurrences (1 every 150 ms)", percentiles(lateness_ms(url)))
 
 
-def burst(count: int) -> None:
+def burst(count: int, concurrency: int) -> None:
     with database() as url:
         owner = agent_id(url)
         due = (datetime.now(UTC) + timedelta(seconds=25)).replace(microsecond=0)
         insert_once_tasks(url, owner, [due] * count)
-        worker = ("worker", {"PAO_WORKER_CONCURRENCY": "32"})
+        worker = ("worker", {"PAO_WORKER_CONCURRENCY": str(concurrency)})
         with processes(url, ("scheduler", {}), worker, worker):
             wait_until(url, "SELECT count(*) FROM runs WHERE status = 'succeeded'", count, 120)
         with psycopg.connect(url) as conn:
@@ -88,12 +88,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--idle", type=int, default=200)
     parser.add_argument("--burst", type=int, default=10_000)
+    parser.add_argument("--concurrency", type=int, default=32, help="pipelines per worker")
     args = parser.parse_args()
     print(f"pao lateness benchmark, {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
     if args.idle:
         idle(args.idle)
     if args.burst:
-        burst(args.burst)
+        burst(args.burst, args.concurrency)
 
 
 if __name__ == "__main__":

@@ -42,10 +42,10 @@ def queue_jobs(url: str, owner: str, count: int) -> None:
         )
 
 
-def drain(count: int, workers: int) -> float:
+def drain(count: int, workers: int, concurrency: int = 32) -> float:
     with database() as url:
         queue_jobs(url, agent_id(url), count)
-        spec = ("worker", {"PAO_WORKER_CONCURRENCY": "32"})
+        spec = ("worker", {"PAO_WORKER_CONCURRENCY": str(concurrency)})
         with processes(url, *([spec] * workers)):
             took = wait_until(
                 url, "SELECT count(*) FROM runs WHERE status = 'succeeded'", count, 600
@@ -105,12 +105,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--pickups", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=32, help="pipelines per worker")
     args = parser.parse_args()
     print(f"pao throughput benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores")
     for workers in (1, 2):
         if args.jobs:
-            rate = drain(args.jobs, workers)
-            title = f"drain {args.jobs} no-op runs, {workers} worker process(es)"
+            rate = drain(args.jobs, workers, args.concurrency)
+            title = f"drain {args.jobs} no-op runs, {workers} worker(s) x {args.concurrency}"
             print(f"{title:<44} {rate:.0f} runs/s", flush=True)
     if args.pickups:
         pickup(args.pickups)

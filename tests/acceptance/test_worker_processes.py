@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import sys
@@ -232,3 +233,59 @@ def test_a_pipeline_that_kills_its_worker_every_time_stops_after_max_retries(
     last = max(runs["items"], key=lambda r: r["attempt"])
     assert "no retries left (max_retries=2)" in last["error"]
     assert db.execute("SELECT count(*) FROM runs WHERE task_id = %s", (task_id,)).fetchone() == (3,)
+
+
+def test_cancel_stops_a_run_on_a_worker_process(
+    client: TestClient, writer_token: str, db_url: str, db: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    task_id = _task(
+        client,
+        writer_token,
+        {"id": "long", "uses": "sleep", "with": {"seconds": 60}},
+        {"id": "never", "uses": "log", "with": {"message": "must not run"}},
+    )
+    with _process("worker", _env(db_url), tmp_path / "worker.log"):
+        run_id = _run_now(client, writer_token, task_id)
+        _until(lambda: [s for _, s, _ in _runs(db, task_id)] == ["running"], what="the start")
+        resp = client.post(f"/runs/{run_id}/cancel", headers=auth(writer_token))
+        assert resp.status_code == 202, resp.text
+        # The worker sees the request on its next lease renewal (every second).
+        _until(
+            lambda: [s for _, s, _ in _runs(db, task_id)] == ["cancelled"],
+            timeout=10,
+            what="the worker to stop the run",
+        )
+    run = client.get(f"/runs/{run_id}", headers=auth(writer_token)).json()
+    assert [s["id"] for s in run["steps"]] == ["long"]
+    assert db.execute("SELECT state FROM due_work").fetchall() == [("cancelled",)]
+    logs = client.get(f"/runs/{run_id}/logs", headers=auth(writer_token)).json()["items"]
+    assert all("must not run" not in line["message"] for line in logs)
+
+
+def test_two_worker_processes_never_overlap_runs_of_one_concurrency_key(
+    client: TestClient, writer_token: str, db_url: str, db: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    step = {"id": "use", "uses": "sleep", "with": {"seconds": 0.2}}
+    tasks = [_task(client, writer_token, step, concurrency_key="printer") for _ in range(2)]
+    env = _env(db_url, PAO_WORKER_CONCURRENCY="4")
+    with (
+        _process("worker", env, tmp_path / "a.log"),
+        _process("worker", env, tmp_path / "b.log"),
+    ):
+        for _ in range(6):
+            for task_id in tasks:
+                _run_now(client, writer_token, task_id)
+        _until(
+            lambda: (
+                db.execute("SELECT count(*) FROM runs WHERE status = 'succeeded'").fetchone()
+                == (12,)
+            ),
+            timeout=60,
+            what="twelve runs to succeed",
+        )
+    spans = db.execute(
+        "SELECT started_at, finished_at, worker_id FROM runs ORDER BY started_at"
+    ).fetchall()
+    assert len({worker for _, _, worker in spans}) == 2  # both workers took part
+    for (_, ended, _), (began, _, _) in itertools.pairwise(spans):
+        assert began >= ended, "two runs of one concurrency key overlapped"

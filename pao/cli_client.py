@@ -23,6 +23,7 @@ from typing import Any
 from pao.client import (
     ApiProblem,
     ApiUnreachable,
+    InvalidId,
     Occurrence,
     PaoClient,
     Run,
@@ -561,7 +562,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         data, text = asyncio.run(go())
-    except UsageError as exc:
+    except (UsageError, InvalidId) as exc:
         print(f"pao: {exc}", file=sys.stderr)
         return 2
     except ApiProblem as problem:

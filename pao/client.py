@@ -176,6 +176,10 @@ class ApiUnreachable(PaoError):
     """The pao API could not be reached; start it (`pao api`) or set PAO_API_URL."""
 
 
+class InvalidId(PaoError):
+    """A task or run id that is not a UUID; nothing was sent."""
+
+
 class PaoClient:
     """One agent's view of the API: every call carries its bearer token.
 
@@ -332,12 +336,10 @@ class PaoClient:
 
 
 def _id(value: str) -> str:
-    """A UUID for a path segment; anything else would reach another route or be a 404."""
+    """A UUID for a path segment, checked here: any other text could name another path."""
     try:
         return str(uuid.UUID(value.strip()))
     except ValueError:
-        raise ApiProblem(
-            status=422,
-            title="Invalid request",
-            detail=f"{value!r} is not an id; ids are UUIDs such as 3f1c2b9e-…",
+        raise InvalidId(
+            f"{value!r} is not an id; ids are UUIDs such as 3f1c2b9e-5d2a-4c41-9a57-0e8b7f6d1c20"
         ) from None

@@ -37,7 +37,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from pao.client import ApiProblem, ApiUnreachable, PaoClient, api_url_from_env
+from pao.client import ApiProblem, ApiUnreachable, InvalidId, PaoClient, api_url_from_env
 from pao.schemas import EventPublish, SchedulePreview, TaskCreate
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,7 @@ _FIELD_HELP = {
     "max_retries": "how often a failed run is tried again",
     "backoff_strategy": "the wait between retries",
     "misfire_grace_seconds": "how late an occurrence may still start after downtime",
+    "count": "how many fire times to return",
 }
 
 
@@ -476,7 +477,7 @@ def build_server(client: PaoClient, token_for_call: Callable[[], str]) -> Server
             return await tool.call(client.with_token(token_for_call()), arguments)
         except ApiProblem as problem:
             raise ToolFailed(explain(problem)) from None
-        except ApiUnreachable as exc:
+        except (ApiUnreachable, InvalidId) as exc:
             raise ToolFailed(exc.message) from None
 
     return server

@@ -205,6 +205,9 @@ def test_refused_requests_exit_non_zero_with_the_problem_and_change_nothing(
     not_json = cli("events", "publish", "x.y", "--payload", "{oops")
     assert not_json.returncode == 2
     assert "--payload is not valid JSON" in not_json.stderr
+    not_an_id = cli("tasks", "pause", "../agents")
+    assert not_an_id.returncode == 2
+    assert "'../agents' is not an id" in not_an_id.stderr
     away = _cli("http://127.0.0.1:9", writer_token)("tasks", "list")
     assert away.returncode == 1
     assert "cannot reach the pao API at http://127.0.0.1:9" in away.stderr

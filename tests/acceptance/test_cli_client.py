@@ -149,7 +149,7 @@ def test_the_cli_creates_lists_runs_pauses_and_reads_runs(
     assert _json(cli("tasks", "resume", task_id, "--json"))["status"] == "active"
     before = _json(cli("tasks", "get", task_id, "--json"))["next_run_at"]
     snoozed = _json(cli("tasks", "snooze", task_id, "2h", "--json"))
-    assert snoozed["next_run_at"] > before
+    assert _at(snoozed["next_run_at"]) > _at(before)
 
     published = _json(cli("events", "publish", "cli.ping", "--payload", '{"n": 1}', "--json"))
     assert published["type"] == "cli.ping"

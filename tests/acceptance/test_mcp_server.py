@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,10 @@ async def until_finished(session: ClientSession, run_id: str) -> dict[str, Any]:
             await anyio.sleep(0.1)
 
 
+def _at(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
 async def _agent_drives_pao(session: ClientSession) -> str:
     """List the tools, create a task, run it now, read the run; the task's id."""
     tools = {t.name: t for t in (await session.list_tools()).tools}
@@ -144,9 +149,10 @@ async def _agent_drives_pao(session: ClientSession) -> str:
     assert [r["id"] for r in runs["items"]] == [queued["id"]]
     paused = await call(session, "pause", task_id=task["id"])
     assert paused["status"] == "paused"
-    assert (await call(session, "resume", task_id=task["id"]))["status"] == "active"
+    resumed = await call(session, "resume", task_id=task["id"])
+    assert resumed["status"] == "active"
     snoozed = await call(session, "snooze", task_id=task["id"], seconds=3600)
-    assert snoozed["next_run_at"] > paused["created_at"]
+    assert _at(snoozed["next_run_at"]) > _at(resumed["next_run_at"])
     event = await call(session, "publish_event", type="mcp.ping", payload={"n": 1})
     assert event["queued"] == 0
     return str(task["id"])

@@ -37,6 +37,8 @@ Handler = Callable[[PaoClient, argparse.Namespace], Awaitable[tuple[Any, str]]]
 SCHEDULE_KINDS = ("cron", "rrule", "once", "event", "condition")
 TASK_STATUSES = ("active", "paused", "cancelled", "completed")
 RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "timed_out")
+MCP_HTTP_PORT = 8765
+"""Where `pao mcp --http` listens unless told otherwise."""
 MAX_PAGES = 1000
 """`--all` stops after this many pages, so a runaway listing still ends."""
 
@@ -541,6 +543,32 @@ def add_commands(sub: Any) -> None:
     p.add_argument("type", metavar="TYPE", help="e.g. github.push")
     p.add_argument("--payload", metavar="JSON", help="a JSON object inline, @file, or -")
     p.add_argument("--idempotency-key", help="retrying with the same key publishes once")
+
+
+def add_mcp_command(sub: Any) -> None:
+    """Add `pao mcp`; its server (`pao.mcp_server`) is imported only when it runs."""
+    p = sub.add_parser(
+        "mcp",
+        help="serve the orchestrator as MCP tools (stdio, or --http)",
+        description="Serve pao's tasks, runs and events as MCP tools. Over stdio the token "
+        "comes from PAO_TOKEN (or --token); with --http each request's own bearer token is "
+        "used, so several agents can share one server.",
+    )
+    p.add_argument(
+        "--api-url",
+        default=None,
+        help="the API's base URL (default: PAO_API_URL, else http://127.0.0.1:8080)",
+    )
+    p.add_argument("--token", default=None, help="stdio only: bearer token (default: PAO_TOKEN)")
+    p.add_argument("--http", action="store_true", help="serve streamable HTTP instead of stdio")
+    p.add_argument("--host", default="127.0.0.1", help="--http: address (default 127.0.0.1)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=MCP_HTTP_PORT,
+        help=f"--http: port (default {MCP_HTTP_PORT}); the endpoint is /mcp",
+    )
+    p.set_defaults(mcp=True)
 
 
 def run(args: argparse.Namespace) -> int:

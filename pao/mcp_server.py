@@ -42,7 +42,6 @@ from pao.schemas import EventPublish, SchedulePreview, TaskCreate
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HTTP_PORT = 8765
 MCP_PATH = "/mcp"
 LOG_LINES = 100
 """Log lines `get_run` returns with a run (the first page; the CLI reads the rest)."""
@@ -579,32 +578,6 @@ def http_app(base_url: str, *, host: str) -> Starlette:
     return Starlette(
         routes=[Route(MCP_PATH, endpoint=_RequireBearer(face.handle))], lifespan=face.lifespan
     )
-
-
-def add_command(sub: Any) -> None:
-    """Add `pao mcp` to the `pao` parser's subcommands."""
-    p = sub.add_parser(
-        "mcp",
-        help="serve the orchestrator as MCP tools (stdio, or --http)",
-        description="Serve pao's tasks, runs and events as MCP tools. Over stdio the token "
-        "comes from PAO_TOKEN (or --token); with --http each request's own bearer token is "
-        "used, so several agents can share one server.",
-    )
-    p.add_argument(
-        "--api-url",
-        default=None,
-        help="the API's base URL (default: PAO_API_URL, else http://127.0.0.1:8080)",
-    )
-    p.add_argument("--token", default=None, help="stdio only: bearer token (default: PAO_TOKEN)")
-    p.add_argument("--http", action="store_true", help="serve streamable HTTP instead of stdio")
-    p.add_argument("--host", default="127.0.0.1", help="--http: address (default 127.0.0.1)")
-    p.add_argument(
-        "--port",
-        type=int,
-        default=DEFAULT_HTTP_PORT,
-        help=f"--http: port (default {DEFAULT_HTTP_PORT}); the endpoint is {MCP_PATH}",
-    )
-    p.set_defaults(mcp=run)
 
 
 def run(args: Any) -> int:

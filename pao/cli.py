@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import EntryPoint, entry_points
 
-from pao import tokens
+from pao import cli_client, tokens
 from pao.agents import create_agent, ensure_admin_token
 from pao.db import connect
 from pao.embedded import database_url, ensure_embedded
@@ -182,6 +182,8 @@ def _make_parser(processes: Sequence[str]) -> argparse.ArgumentParser:
     create.add_argument("--scopes", default="", help=f"comma-separated, from: {', '.join(SCOPES)}")
     create.add_argument("--admin", action="store_true", help="add the admin scope")
     agents_sub.add_parser("token", help="print a new random token (e.g. for PAO_ADMIN_TOKEN)")
+    cli_client.add_commands(sub)
+    cli_client.add_mcp_command(sub)
     return parser
 
 
@@ -196,6 +198,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("pgserver").setLevel(logging.WARNING)
     # APScheduler logs every run of every job at INFO, and a tick skipped under load at WARNING.
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
+    # httpx logs every request at INFO: noise around a command's own output.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Commands against a running API need no database and no settings of their own.
+    if getattr(args, "remote", None) is not None:
+        return cli_client.run(args)
+    if getattr(args, "mcp", False):
+        from pao import mcp_server  # the MCP SDK and uvicorn cost every other command 0.4 s
+
+        return mcp_server.run(args)
     try:
         settings = Settings.from_env()
         if args.command in processes:

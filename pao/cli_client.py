@@ -1,0 +1,617 @@
+"""`pao tasks`, `pao runs`, `pao events`: the common operations against a running API.
+
+They go through `pao.client`, so they need only the API's address
+(`PAO_API_URL` or `--api-url`) and a token (`PAO_TOKEN` or `--token`), never the
+database. Output is a table for people, or the API's JSON with `--json` for
+scripts. A refused request exits with status 1 and prints the problem's title,
+detail and field errors on stderr; bad command-line input exits with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pao.client import (
+    ApiProblem,
+    ApiUnreachable,
+    InvalidId,
+    Occurrence,
+    PaoClient,
+    Run,
+    Task,
+    api_url_from_env,
+)
+
+Handler = Callable[[PaoClient, argparse.Namespace], Awaitable[tuple[Any, str]]]
+"""A command: the API's JSON (printed with --json) and its rendering for people."""
+
+SCHEDULE_KINDS = ("cron", "rrule", "once", "event", "condition")
+TASK_STATUSES = ("active", "paused", "cancelled", "completed")
+RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "timed_out")
+MCP_HTTP_PORT = 8765
+"""Where `pao mcp --http` listens unless told otherwise."""
+MAX_PAGES = 1000
+"""`--all` stops after this many pages, so a runaway listing still ends."""
+
+
+class UsageError(Exception):
+    """Command-line input that cannot be sent at all (exit status 2)."""
+
+
+# Rendering
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, empty: str) -> str:
+    """Columns padded to their widest cell; `empty` when there are no rows."""
+    if not rows:
+        return empty
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    lines = [headers, *rows]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+def fields(pairs: Sequence[tuple[str, str]]) -> str:
+    width = max(len(k) for k, _ in pairs)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in pairs)
+
+
+def when(value: str | None) -> str:
+    """An API time in UTC, to the second; `-` for none."""
+    if not value:
+        return "-"
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def local(value: str | None) -> str:
+    """A wall time with its offset, to the second."""
+    if not value:
+        return "-"
+    try:
+        return datetime.fromisoformat(value).isoformat(sep=" ", timespec="seconds")
+    except ValueError:
+        return value
+
+
+def short(value: Any, width: int = 60) -> str:
+    """One line of at most `width` characters: text as is, anything else as compact JSON."""
+    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def millis(value: int | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value} ms" if value < 10_000 else f"{value / 1000:.1f} s"
+
+
+def _task_rows(tasks: Sequence[Task]) -> list[list[str]]:
+    return [
+        [
+            t["id"],
+            t["status"],
+            t["schedule_kind"],
+            short(t["schedule_expr"], 30),
+            when(t["next_run_at"]),
+            short(t["title"], 40),
+        ]
+        for t in tasks
+    ]
+
+
+TASK_HEADERS = ("ID", "STATUS", "KIND", "SCHEDULE", "NEXT RUN (UTC)", "TITLE")
+
+
+def _task_text(task: Task) -> str:
+    steps = task["payload"].get("pipeline")
+    pairs = [
+        ("id", task["id"]),
+        ("title", task["title"]),
+        ("status", task["status"]),
+        ("schedule", f"{task['schedule_kind']} {task['schedule_expr']} ({task['timezone']})"),
+        ("next run", when(task["next_run_at"])),
+        ("priority", str(task["priority"])),
+        ("retries", f"{task['max_retries']} ({task['backoff_strategy']})"),
+        ("created by", task["created_by"]),
+        ("created", when(task["created_at"])),
+        ("updated", when(task["updated_at"])),
+    ]
+    if task["description"]:
+        pairs.insert(2, ("description", short(task["description"], 80)))
+    if isinstance(steps, list):
+        uses = [str(s.get("uses", "?")) for s in steps if isinstance(s, dict)]
+        pairs.append(("pipeline", " → ".join(uses) or "(empty)"))
+    return fields(pairs)
+
+
+def _run_rows(runs: Sequence[Run]) -> list[list[str]]:
+    return [
+        [
+            r["id"],
+            r["task_id"],
+            r["status"],
+            str(r["attempt"]),
+            when(r["scheduled_for"]),
+            millis(r["duration_ms"]),
+            short(r["error"] or "", 40),
+        ]
+        for r in runs
+    ]
+
+
+RUN_HEADERS = ("ID", "TASK", "STATUS", "ATTEMPT", "SCHEDULED FOR (UTC)", "DURATION", "ERROR")
+
+
+def _run_text(run: Run) -> str:
+    pairs = [
+        ("id", run["id"]),
+        ("task", run["task_id"]),
+        ("status", run["status"]),
+        ("attempt", str(run["attempt"])),
+        ("scheduled for", when(run["scheduled_for"])),
+        ("started", when(run["started_at"])),
+        ("finished", when(run["finished_at"])),
+        ("duration", millis(run["duration_ms"])),
+        ("worker", run["worker_id"] or "-"),
+    ]
+    if run["error"]:
+        pairs.append(("error", run["error"]))
+    steps = [
+        [
+            str(s.get("id", "?")),
+            str(s.get("uses", "?")),
+            str(s.get("status", "?")),
+            millis(s.get("duration_ms")),
+            short(s.get("error") or s.get("detail") or s.get("output", ""), 60),
+        ]
+        for s in run["steps"]
+    ]
+    return (
+        fields(pairs)
+        + "\n\n"
+        + table(
+            ("STEP", "TOOL", "STATUS", "DURATION", "OUTPUT / ERROR"), steps, empty="(no steps yet)"
+        )
+    )
+
+
+def _occurrence_rows(items: Sequence[Occurrence], *, past: bool) -> list[list[str]]:
+    rows = []
+    for o in items:
+        row = [when(o.get("at")), local(o.get("local"))]
+        if past:
+            row += [
+                str(o.get("decision") or "-"),
+                str(o.get("run_status") or "-"),
+                short(o.get("detail") or "", 50),
+            ]
+        rows.append(row)
+    return rows
+
+
+def _occurrences_text(items: Sequence[Occurrence], *, past: bool = False) -> str:
+    headers = ["AT (UTC)", "LOCAL"] + (["DECISION", "RUN", "DETAIL"] if past else [])
+    return table(headers, _occurrence_rows(items, past=past), empty="(no occurrences)")
+
+
+def _more(next_cursor: str | None) -> str:
+    return f"\n(more: --cursor {next_cursor}, or --all)" if next_cursor else ""
+
+
+# Input
+
+
+def json_arg(value: str, *, flag: str) -> Any:
+    """JSON given inline, as `@path`, or `-` for stdin."""
+    try:
+        if value == "-":
+            text = sys.stdin.read()
+        elif value.startswith("@"):
+            text = Path(value[1:]).read_text()
+        else:
+            text = value
+    except OSError as exc:
+        raise UsageError(f"{flag}: cannot read {value[1:]!r}: {exc.strerror}") from None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"{flag} is not valid JSON ({exc}); quote it for the shell") from None
+
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def duration(value: str) -> int:
+    """`90`, `90s`, `15m`, `2h` or `1d` as seconds."""
+    match = _DURATION.match(value.lower())
+    if not match:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a duration; write seconds or e.g. 90s, 15m, 2h, 1d"
+        )
+    return int(match.group(1)) * _UNIT[match.group(2)]
+
+
+def _schedule(args: argparse.Namespace) -> dict[str, str]:
+    for kind in SCHEDULE_KINDS:
+        expr = getattr(args, kind, None)
+        if expr is not None:
+            return {"schedule_kind": kind, "schedule_expr": expr}
+    return {}
+
+
+async def _pages(
+    fetch: Callable[[str | None], Awaitable[Any]], args: argparse.Namespace
+) -> tuple[list[Any], str | None]:
+    """One page, or with `--all` every page from `--cursor` on."""
+    items: list[Any] = []
+    cursor: str | None = args.cursor
+    for _ in range(MAX_PAGES):
+        page = await fetch(cursor)
+        items.extend(page["items"])
+        cursor = page["next_cursor"]
+        if not args.all or cursor is None:
+            break
+    return items, cursor
+
+
+# Commands
+
+
+async def tasks_list(client: PaoClient, args: argparse.Namespace) -> tuple[Any, str]:
+    async def fetch(cursor: str | None) -> Any:
+        return await client.list_tasks(
+            status=args.status,
+            created_by=args.created_by,
+            schedule_kind=args.kind,
+            limit=args.limit,
+            cursor=cursor,
+        )
+
+    items, cursor = await _pages(fetch, args)
+    text = table(TASK_HEADERS, _task_rows(items), empty="(no tasks)") + _more(cursor)
+    return {"items": items, "next_cursor": cursor}, text
+
+
+async def tasks_get(client: PaoClient, args: argparse.Namespace) -> tuple[Any, str]:
+    task = await client.get_task(args.id)
+    return task, _task_text(task)
+
+
+def _task_body(args: argparse.Namespace) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    if args.file is not None:
+        loaded = json_arg("-" if args.file == "-" else f"@{args.file}", flag="--file")
+        if not isinstance(loaded, dict):
+            raise UsageError("--file must hold a JSON object with the task's fields")
+        body.update(loaded)
+    if args.payload is not None:
+        payload = json_arg(args.payload, flag="--payload")
+        if not isinstance(payload, dict):
+            raise UsageError('--payload must be a JSON object, e.g. {"pipeline": [...]}')
+        body["payload"] = payload
+    flags = {
+        "title": args.title,
+        "description": args.description,
+        "timezone": args.timezone,
+        "priority": args.priority,
+        "max_retries": args.max_retries,
+        "backoff_strategy": args.backoff,
+        "dedupe_key": args.dedupe_key,
+        "dedupe_window_seconds": args.dedupe_window,
+        "concurrency_key": args.concurrency_key,
+        "concurrency_limit": args.concurrency_limit,
+        "misfire_policy": args.misfire_policy,
+        "misfire_grace_seconds": args.misfire_grace,
+        "created_by": args.created_by,
+    }
+    body.update({k: v for k, v in flags.items() if v is not None})
+    body.update(_schedule(args))
+    return body
+
+
+async def tasks_create(client: PaoClient, args: argparse.Namespace) -> tuple[Any, str]:
+    task = await client.create_task(_task_body(args), idempotency_key=args.idempotency_key)
+    return task, f"created task {task['id']}\n" + _task_text(task)
+
+
+async def tasks_preview(client: PaoClient, args: argparse.Namespace) -> tuple[Any, str]:
+    body: dict[str, Any] = {**_schedule(args), "count": args.count}
+    if args.timezone:
+        body["timezone"] = args.timezone
+    result = await client.preview(body)
+    return result, _occurrences_text(result["items"])
+
+
+async def tasks_occurrences(client: PaoClient, args: argparse.Namespace) -> tuple[Any, str]:
+    result = await client.occurrences(args.id, count=args.count, from_=args.from_, past=args.past)
+    return result, _occurrences_text(result["items"], past=args.past)
+
+
+def _task_action(
+    name: str, call: Callable[[PaoClient, str], Awaitable[Task]]
+) -> Callable[[PaoClient, argparse.Namespace], Awaitable[tuple[Any, str]]]:
+    async def handler(client: PaoClient, args: argparse.Namespace) -> tuple[Any, str]:
+        task = await call(client, args.id)
+        return task, (
+            f"{name} task {task['id']}: status {task['status']}, "
+            f"next run {when(task['next_run_at'])}"
+        )
+
+    return handler
+
+
+async def tasks_run(client: PaoClient, args: argparse.Namespace) -> tuple[Any, str]:
+    run = await client.run_now(args.id)
+    return (
+        run,
+        f"queued run {run['id']} of task {run['task_id']}\nsee it with: pao runs get {run['id']}",
+    )
+
+
+async def tasks_snooze(client: PaoClient, args: argparse.Namespace) -> tuple[Any, str]:
+    task = await client.snooze(args.id, args.duration)
+    return task, f"snoozed task {task['id']}: next run {when(task['next_run_at'])}"
+
+
+async def runs_list(client: PaoClient, args: argparse.Namespace) -> tuple[Any, str]:
+    async def fetch(cursor: str | None) -> Any:
+        return await client.list_runs(
+            task_id=args.task, status=args.status, limit=args.limit, cursor=cursor
+        )
+
+    items, cursor = await _pages(fetch, args)
+    text = table(RUN_HEADERS, _run_rows(items), empty="(no runs)") + _more(cursor)
+    return {"items": items, "next_cursor": cursor}, text
+
+
+async def runs_get(client: PaoClient, args: argparse.Namespace) -> tuple[Any, str]:
+    run = await client.get_run(args.id)
+    return run, _run_text(run)
+
+
+async def runs_logs(client: PaoClient, args: argparse.Namespace) -> tuple[Any, str]:
+    async def fetch(cursor: str | None) -> Any:
+        return await client.run_logs(args.id, limit=args.limit, cursor=cursor)
+
+    items, cursor = await _pages(fetch, args)
+    lines = [
+        f"{when(line['at'])}  {line['level'].upper():7} "
+        f"{(line['step_id'] or '-'):12} {line['message']}"
+        for line in items
+    ]
+    text = ("\n".join(lines) if lines else "(no log lines)") + _more(cursor)
+    return {"items": items, "next_cursor": cursor}, text
+
+
+async def runs_cancel(client: PaoClient, args: argparse.Namespace) -> tuple[Any, str]:
+    run = await client.cancel_run(args.id)
+    return run, f"run {run['id']}: {run['status']}"
+
+
+async def events_publish(client: PaoClient, args: argparse.Namespace) -> tuple[Any, str]:
+    payload = json_arg(args.payload, flag="--payload") if args.payload is not None else {}
+    if not isinstance(payload, dict):
+        raise UsageError("--payload must be a JSON object")
+    accepted = await client.publish_event(args.type, payload, idempotency_key=args.idempotency_key)
+    return accepted, (
+        f"published event {accepted['id']} ({accepted['type']}): "
+        f"{accepted['queued']} run(s) of your tasks queued"
+    )
+
+
+# The parser
+
+
+def _connection_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("connection and output")
+    group.add_argument(
+        "--api-url",
+        default=None,
+        help="the API's base URL (default: PAO_API_URL, else http://127.0.0.1:8080)",
+    )
+    group.add_argument("--token", default=None, help="bearer token (default: PAO_TOKEN)")
+    group.add_argument(
+        "--json", action="store_true", help="print the API's JSON instead of a table"
+    )
+    return common
+
+
+def _schedule_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    group = parser.add_mutually_exclusive_group(required=required)
+    group.add_argument("--cron", metavar="EXPR", help="five fields, e.g. '30 8 * * 1-5'")
+    group.add_argument("--rrule", metavar="RULE", help="RFC 5545, e.g. 'FREQ=DAILY;BYHOUR=8'")
+    group.add_argument("--once", metavar="WHEN", help="ISO 8601, e.g. 2026-12-01T09:00")
+    group.add_argument("--event", metavar="PATTERN", help="event type or prefix*, e.g. github.*")
+    group.add_argument(
+        "--condition", metavar="CRON", help="how often to check the pipeline's first step"
+    )
+    parser.add_argument("--timezone", help="IANA zone, e.g. Europe/Chisinau (default: server's)")
+
+
+def _page_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--limit", type=int, help="items per page (1-100, default 20)")
+    parser.add_argument("--cursor", help="next_cursor of an earlier page")
+    parser.add_argument("--all", action="store_true", help="follow next_cursor to the end")
+
+
+def _leaf(
+    sub: Any, name: str, handler: Handler, help: str, common: argparse.ArgumentParser
+) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=help, description=help, parents=[common]
+    )
+    parser.set_defaults(remote=handler)
+    return parser
+
+
+def add_commands(sub: Any) -> None:
+    """Add `tasks`, `runs` and `events` to the `pao` parser's subcommands."""
+    common = _connection_options()
+
+    tasks = sub.add_parser("tasks", help="list, create and steer tasks on a running API")
+    ts = tasks.add_subparsers(dest="tasks_command", required=True, metavar="ACTION")
+    p = _leaf(ts, "list", tasks_list, "tasks, newest first", common)
+    p.add_argument("--status", choices=TASK_STATUSES)
+    p.add_argument("--kind", choices=SCHEDULE_KINDS, help="schedule kind")
+    p.add_argument("--created-by", metavar="AGENT_ID")
+    _page_options(p)
+    p = _leaf(ts, "get", tasks_get, "one task", common)
+    p.add_argument("id", metavar="TASK_ID")
+
+    p = _leaf(ts, "create", tasks_create, "create a task", common)
+    p.add_argument("--title")
+    _schedule_options(p, required=False)
+    p.add_argument("--description")
+    p.add_argument(
+        "--payload", metavar="JSON", help='{"pipeline": [...]} inline, @file, or - for stdin'
+    )
+    p.add_argument(
+        "--file", metavar="PATH", help="a JSON file (- for stdin) with the task; flags override it"
+    )
+    p.add_argument("--priority", type=int, help="1 (first) to 9, default 5")
+    p.add_argument("--max-retries", type=int)
+    p.add_argument("--backoff", choices=("fixed", "linear", "exponential", "exponential_jitter"))
+    p.add_argument("--dedupe-key")
+    p.add_argument("--dedupe-window", type=duration, metavar="DURATION")
+    p.add_argument("--concurrency-key")
+    p.add_argument("--concurrency-limit", type=int)
+    p.add_argument("--misfire-policy", choices=("coalesce", "skip", "all"))
+    p.add_argument("--misfire-grace", type=duration, metavar="DURATION")
+    p.add_argument("--created-by", metavar="AGENT_ID", help="the owner (admins only)")
+    p.add_argument("--idempotency-key", help="retrying with the same key creates one task")
+
+    p = _leaf(ts, "preview", tasks_preview, "next fire times of a schedule, nothing stored", common)
+    _schedule_options(p, required=True)
+    p.add_argument("--count", type=int, default=5, help="how many (1-100, default 5)")
+
+    p = _leaf(
+        ts, "occurrences", tasks_occurrences, "a task's coming (or --past) fire times", common
+    )
+    p.add_argument("id", metavar="TASK_ID")
+    p.add_argument("--count", type=int, help="how many (1-100, default 10)")
+    p.add_argument("--from", dest="from_", metavar="WHEN", help="ISO 8601 with offset")
+    p.add_argument("--past", action="store_true", help="past occurrences and what became of them")
+
+    p = _leaf(ts, "run", tasks_run, "run a task once now; the schedule is untouched", common)
+    p.add_argument("id", metavar="TASK_ID")
+    for name, verb, call, help in (
+        ("pause", "paused", PaoClient.pause, "stop a task firing until resumed"),
+        ("resume", "resumed", PaoClient.resume, "fire again from now; missed times not replayed"),
+        ("cancel", "cancelled", PaoClient.cancel, "cancel a task for good"),
+    ):
+        p = _leaf(ts, name, _task_action(verb, call), help, common)
+        p.add_argument("id", metavar="TASK_ID")
+    p = _leaf(ts, "snooze", tasks_snooze, "delay a task's next execution", common)
+    p.add_argument("id", metavar="TASK_ID")
+    p.add_argument("duration", type=duration, metavar="DURATION", help="e.g. 90, 15m, 2h, 1d")
+
+    runs = sub.add_parser("runs", help="read and cancel runs on a running API")
+    rs = runs.add_subparsers(dest="runs_command", required=True, metavar="ACTION")
+    p = _leaf(rs, "list", runs_list, "runs, newest first", common)
+    p.add_argument("--task", metavar="TASK_ID")
+    p.add_argument("--status", choices=RUN_STATUSES)
+    _page_options(p)
+    p = _leaf(rs, "get", runs_get, "one run with its steps", common)
+    p.add_argument("id", metavar="RUN_ID")
+    p = _leaf(rs, "logs", runs_logs, "a run's log lines, oldest first", common)
+    p.add_argument("id", metavar="RUN_ID")
+    _page_options(p)
+    p = _leaf(rs, "cancel", runs_cancel, "stop a run", common)
+    p.add_argument("id", metavar="RUN_ID")
+
+    events = sub.add_parser("events", help="publish events to a running API")
+    es = events.add_subparsers(dest="events_command", required=True, metavar="ACTION")
+    p = _leaf(es, "publish", events_publish, "publish an event; matching event tasks fire", common)
+    p.add_argument("type", metavar="TYPE", help="e.g. github.push")
+    p.add_argument("--payload", metavar="JSON", help="a JSON object inline, @file, or -")
+    p.add_argument("--idempotency-key", help="retrying with the same key publishes once")
+
+
+def add_mcp_command(sub: Any) -> None:
+    """Add `pao mcp`; its server (`pao.mcp_server`) is imported only when it runs."""
+    p = sub.add_parser(
+        "mcp",
+        help="serve the orchestrator as MCP tools (stdio, or --http)",
+        description="Serve pao's tasks, runs and events as MCP tools. Over stdio the token "
+        "comes from PAO_TOKEN (or --token); with --http each request's own bearer token is "
+        "used, so several agents can share one server.",
+    )
+    p.add_argument(
+        "--api-url",
+        default=None,
+        help="the API's base URL (default: PAO_API_URL, else http://127.0.0.1:8080)",
+    )
+    p.add_argument("--token", default=None, help="stdio only: bearer token (default: PAO_TOKEN)")
+    p.add_argument("--http", action="store_true", help="serve streamable HTTP instead of stdio")
+    p.add_argument("--host", default="127.0.0.1", help="--http: address (default 127.0.0.1)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=MCP_HTTP_PORT,
+        help=f"--http: port (default {MCP_HTTP_PORT}); the endpoint is /mcp",
+    )
+    p.set_defaults(mcp=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the command `add_commands` set on `args`; the process exit status."""
+    handler: Handler = args.remote
+    token = args.token or os.environ.get("PAO_TOKEN")
+    if not token:
+        print(
+            "pao: no token: set PAO_TOKEN or pass --token (an admin makes one with "
+            "`pao agents create --name NAME --scopes tasks:read,tasks:write,runs:read`)",
+            file=sys.stderr,
+        )
+        return 2
+    base_url = (args.api_url or api_url_from_env()).rstrip("/")
+
+    async def go() -> tuple[Any, str]:
+        async with PaoClient.connect(base_url, token) as client:
+            return await handler(client, args)
+
+    try:
+        data, text = asyncio.run(go())
+    except (UsageError, InvalidId) as exc:
+        print(f"pao: {exc}", file=sys.stderr)
+        return 2
+    except ApiProblem as problem:
+        for line in problem.lines():
+            print(f"pao: {line}" if not line.startswith(" ") else line, file=sys.stderr)
+        if args.json:
+            print(json.dumps(_problem_json(problem), indent=2))
+        return 1
+    except ApiUnreachable as exc:
+        print(f"pao: {exc.message}", file=sys.stderr)
+        return 1
+    print(json.dumps(data, indent=2) if args.json else text)
+    return 0
+
+
+def _problem_json(problem: ApiProblem) -> dict[str, Any]:
+    return {
+        "type": problem.type,
+        "title": problem.title,
+        "status": problem.status,
+        "detail": problem.detail,
+        "errors": problem.errors,
+        "request_id": problem.request_id,
+    }

@@ -1,0 +1,611 @@
+"""`pao mcp`: the orchestrator as MCP tools, for agents that already speak MCP.
+
+Every tool is one call to the public HTTP API through `pao.client`, made with
+the calling agent's own token, so the API alone decides what the agent may see
+and change (scopes, ownership, validation). Over stdio the token is the
+server's (`PAO_TOKEN`); over streamable HTTP each HTTP request's own
+`Authorization: Bearer` token is used for the calls it makes, so one server
+can serve many agents, and a request without a token is refused with 401.
+
+The API has no endpoint that tells a token its scopes, so every tool is listed
+to every agent; a call its token may not make comes back as a tool error that
+names the missing scope, and changes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+import anyio
+import uvicorn
+from mcp import types
+from mcp.server.lowlevel import Server
+from mcp.server.stdio import stdio_server
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from pao.client import ApiProblem, ApiUnreachable, InvalidId, PaoClient, api_url_from_env
+from pao.schemas import EventPublish, SchedulePreview, TaskCreate
+
+log = logging.getLogger(__name__)
+
+MCP_PATH = "/mcp"
+LOG_LINES = 100
+"""Log lines `get_run` returns with a run (the first page; the CLI reads the rest)."""
+
+
+class ToolFailed(Exception):
+    """A tool call the API refused or could not answer; the text is for the agent."""
+
+
+# Input schemas. The task and event shapes come from the same models the API
+# validates with, so their limits cannot drift; the descriptions are written
+# for an agent deciding what to send.
+
+_UUID = {"type": "string", "format": "uuid"}
+_TASK_ID = {**_UUID, "description": "the task's id, as create_task or list_tasks return it"}
+_RUN_ID = {**_UUID, "description": "the run's id, as run_now or list_runs return it"}
+_LIMIT = {
+    "type": "integer",
+    "minimum": 1,
+    "maximum": 100,
+    "default": 20,
+    "description": "items per page",
+}
+_CURSOR = {
+    "type": "string",
+    "maxLength": 200,
+    "description": "next_cursor from the previous page, to read the next one; omit for the first",
+}
+_IDEMPOTENCY_KEY = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 200,
+    "description": "optional; send the same key when retrying so the request takes effect once",
+}
+
+_FIELD_HELP = {
+    "title": "short name people will see",
+    "description": "what the task is for",
+    "schedule_kind": (
+        "cron: five-field cron, at most once a minute; rrule: RFC 5545 RRULE; once: one time; "
+        "event: fires when a published event's type matches; condition: a cron saying how often "
+        "to check, the pipeline's first step being the check"
+    ),
+    "schedule_expr": (
+        "the schedule for schedule_kind, e.g. cron '30 8 * * 1-5'; rrule "
+        "'FREQ=WEEKLY;BYDAY=MO,TU,WE,TH,FR;BYHOUR=8;BYMINUTE=30'; once '2026-12-01T09:00' "
+        "(without an offset it is read in timezone); event 'github.push' or 'github.*'; "
+        "condition '*/5 * * * *'"
+    ),
+    "timezone": "IANA zone the schedule is read in, e.g. 'Europe/Chisinau'; default: the server's",
+    "payload": (
+        'what runs: {"pipeline": [step, ...]}. A step is {"id": unique name, "uses": tool '
+        "(built-ins: log, sleep, http.request, events.publish; or '<server>.<tool>' of a "
+        'configured MCP server), "with": its arguments}, optionally "save_as", "if" (a '
+        'guard such as \'${steps.check.count} > 3\') and "timeout_seconds". Inside "with", '
+        "'${steps.<id>.<field>}' reads an earlier step's output and '${event.payload.<field>}' "
+        'the triggering event. For condition tasks, "condition" is the guard on the first '
+        "step's output."
+    ),
+    "priority": "1 runs first, 9 last",
+    "dedupe_key": "occurrences with the same key within dedupe_window_seconds run once",
+    "dedupe_window_seconds": "how long dedupe_key suppresses repeats; 0: no deduplication",
+    "max_retries": "how often a failed run is tried again",
+    "backoff_strategy": "the wait between retries",
+    "misfire_grace_seconds": "how late an occurrence may still start after downtime",
+    "count": "how many fire times to return",
+}
+
+
+_EVENT_HELP = {
+    "type": "the event's type, e.g. 'github.push' (letters, digits and _ . : / -)",
+    "payload": "any JSON object; event tasks read it as ${event.payload.<field>}",
+}
+
+
+def _described(
+    schema: dict[str, Any], help: Mapping[str, str], **extra: dict[str, Any]
+) -> dict[str, Any]:
+    """A model's JSON schema with agent-facing descriptions, no titles, and `extra` fields."""
+    out = copy.deepcopy(schema)
+    out.pop("title", None)
+    for name, prop in out["properties"].items():
+        prop.pop("title", None)
+        if name in help:
+            prop["description"] = help[name]
+    out["properties"].update(extra)
+    return out
+
+
+def _object(properties: dict[str, Any], *required: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(required),
+        "additionalProperties": False,
+    }
+
+
+Call = Callable[[PaoClient, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class ToolDef:
+    name: str
+    scope: str
+    description: str
+    input_schema: dict[str, Any]
+    call: Call
+    read_only: bool = False
+    destructive: bool = False
+    idempotent: bool = False
+
+    def tool(self) -> types.Tool:
+        return types.Tool(
+            name=self.name,
+            description=f"{self.description} Needs the '{self.scope}' scope.",
+            inputSchema=self.input_schema,
+            annotations=types.ToolAnnotations(
+                readOnlyHint=self.read_only,
+                destructiveHint=self.destructive,
+                idempotentHint=self.idempotent or self.read_only,
+                openWorldHint=False,
+            ),
+        )
+
+
+def _task_body(args: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in args.items() if k != "idempotency_key"}
+
+
+async def _create_task(client: PaoClient, args: dict[str, Any]) -> dict[str, Any]:
+    task = await client.create_task(_task_body(args), idempotency_key=args.get("idempotency_key"))
+    return dict(task)
+
+
+async def _preview_task(client: PaoClient, args: dict[str, Any]) -> dict[str, Any]:
+    return dict(await client.preview(args))
+
+
+async def _list_tasks(client: PaoClient, args: dict[str, Any]) -> dict[str, Any]:
+    return dict(
+        await client.list_tasks(
+            status=args.get("status"),
+            schedule_kind=args.get("schedule_kind"),
+            limit=args.get("limit"),
+            cursor=args.get("cursor"),
+        )
+    )
+
+
+async def _get_task(client: PaoClient, args: dict[str, Any]) -> dict[str, Any]:
+    return dict(await client.get_task(args["task_id"]))
+
+
+async def _run_now(client: PaoClient, args: dict[str, Any]) -> dict[str, Any]:
+    return dict(await client.run_now(args["task_id"]))
+
+
+async def _pause(client: PaoClient, args: dict[str, Any]) -> dict[str, Any]:
+    return dict(await client.pause(args["task_id"]))
+
+
+async def _resume(client: PaoClient, args: dict[str, Any]) -> dict[str, Any]:
+    return dict(await client.resume(args["task_id"]))
+
+
+async def _snooze(client: PaoClient, args: dict[str, Any]) -> dict[str, Any]:
+    return dict(await client.snooze(args["task_id"], args["seconds"]))
+
+
+async def _cancel(client: PaoClient, args: dict[str, Any]) -> dict[str, Any]:
+    return dict(await client.cancel(args["task_id"]))
+
+
+async def _list_runs(client: PaoClient, args: dict[str, Any]) -> dict[str, Any]:
+    return dict(
+        await client.list_runs(
+            task_id=args.get("task_id"),
+            status=args.get("status"),
+            limit=args.get("limit"),
+            cursor=args.get("cursor"),
+        )
+    )
+
+
+async def _get_run(client: PaoClient, args: dict[str, Any]) -> dict[str, Any]:
+    run: dict[str, Any] = dict(await client.get_run(args["run_id"]))
+    if args.get("include_logs", True):
+        logs = await client.run_logs(args["run_id"], limit=LOG_LINES)
+        run["logs"] = logs["items"]
+        run["more_logs"] = logs["next_cursor"] is not None
+    return run
+
+
+async def _cancel_run(client: PaoClient, args: dict[str, Any]) -> dict[str, Any]:
+    return dict(await client.cancel_run(args["run_id"]))
+
+
+async def _publish_event(client: PaoClient, args: dict[str, Any]) -> dict[str, Any]:
+    accepted = await client.publish_event(
+        args["type"], args.get("payload") or {}, idempotency_key=args.get("idempotency_key")
+    )
+    return dict(accepted)
+
+
+_TASK_STATUS = {
+    "type": "string",
+    "enum": ["active", "paused", "cancelled", "completed"],
+    "description": "only tasks in this state",
+}
+_RUN_STATUS = {
+    "type": "string",
+    "enum": ["queued", "running", "succeeded", "failed", "cancelled", "timed_out"],
+    "description": "only runs in this state",
+}
+
+TOOLS: tuple[ToolDef, ...] = (
+    ToolDef(
+        "create_task",
+        "tasks:write",
+        "Create a task: a schedule plus a pipeline of tool steps that pao runs for you, "
+        "unattended, at every occurrence. Returns the stored task; keep its `id` for the other "
+        "tools and check `next_run_at`. Try the schedule with preview_task first. Invalid input "
+        "(a bad expression, unknown zone or tool, a template naming a later step) is refused "
+        'with each field named, and nothing is stored. Example: {"title": "Weekday hello", '
+        '"schedule_kind": "cron", "schedule_expr": "30 8 * * 1-5", "payload": '
+        '{"pipeline": [{"id": "hello", "uses": "log", "with": {"message": '
+        '"good morning"}}]}}.',
+        _described(TaskCreate.model_json_schema(), _FIELD_HELP, idempotency_key=_IDEMPOTENCY_KEY),
+        _create_task,
+    ),
+    ToolDef(
+        "preview_task",
+        "tasks:read",
+        "Compute the next fire times of a schedule without storing anything: use it to check "
+        "a cron, rrule or once expression (and its time zone) before create_task. Returns "
+        "`items`, each with `at` (UTC) and `local` (wall time in the zone, with its offset).",
+        _described(SchedulePreview.model_json_schema(), _FIELD_HELP),
+        _preview_task,
+        read_only=True,
+    ),
+    ToolDef(
+        "list_tasks",
+        "tasks:read",
+        "List your tasks, newest first (admins see every agent's). Returns `items` (tasks with "
+        "`id`, `title`, `status`, `schedule_kind`, `schedule_expr`, `next_run_at`, …) and "
+        "`next_cursor`; pass it back as `cursor` for the next page while it is not null.",
+        _object(
+            {
+                "status": _TASK_STATUS,
+                "schedule_kind": {
+                    "type": "string",
+                    "enum": ["cron", "rrule", "once", "event", "condition"],
+                    "description": "only tasks with this kind of schedule",
+                },
+                "limit": _LIMIT,
+                "cursor": _CURSOR,
+            }
+        ),
+        _list_tasks,
+        read_only=True,
+    ),
+    ToolDef(
+        "get_task",
+        "tasks:read",
+        "Read one task: its schedule, pipeline (`payload`), `status` and `next_run_at`.",
+        _object({"task_id": _TASK_ID}, "task_id"),
+        _get_task,
+        read_only=True,
+    ),
+    ToolDef(
+        "run_now",
+        "tasks:write",
+        "Queue one run of a task right now, whatever its schedule; the schedule is untouched. "
+        "Returns the queued run: poll get_run with its `id` until `status` is succeeded, "
+        "failed, cancelled or timed_out.",
+        _object({"task_id": _TASK_ID}, "task_id"),
+        _run_now,
+    ),
+    ToolDef(
+        "pause",
+        "tasks:write",
+        "Pause a task: it stops firing until resume. Occurrences that fall due meanwhile are "
+        "skipped. Returns the task.",
+        _object({"task_id": _TASK_ID}, "task_id"),
+        _pause,
+        idempotent=True,
+    ),
+    ToolDef(
+        "resume",
+        "tasks:write",
+        "Resume a paused task: it fires again from now on; what fell due while it was paused "
+        "is not replayed. Returns the task with its new `next_run_at`.",
+        _object({"task_id": _TASK_ID}, "task_id"),
+        _resume,
+        idempotent=True,
+    ),
+    ToolDef(
+        "snooze",
+        "tasks:write",
+        "Delay a task's next execution by `seconds`; later occurrences keep their times. "
+        "Returns the task with its new `next_run_at`.",
+        _object(
+            {
+                "task_id": _TASK_ID,
+                "seconds": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": 366 * 86_400,
+                    "description": "how long to delay, e.g. 3600 for an hour",
+                },
+            },
+            "task_id",
+            "seconds",
+        ),
+        _snooze,
+    ),
+    ToolDef(
+        "cancel",
+        "tasks:write",
+        "Cancel a task for good (it cannot be resumed): its queued work is dropped and a "
+        "running run is stopped. To stop a single run instead, use cancel_run. Returns the task.",
+        _object({"task_id": _TASK_ID}, "task_id"),
+        _cancel,
+        destructive=True,
+        idempotent=True,
+    ),
+    ToolDef(
+        "list_runs",
+        "runs:read",
+        "List runs (one per attempt at an occurrence), newest first, of your tasks. Returns "
+        "`items` (each with `id`, `task_id`, `status`, `attempt`, `scheduled_for`, "
+        "`duration_ms`, `error`) and `next_cursor` for the next page.",
+        _object(
+            {
+                "task_id": {**_UUID, "description": "only runs of this task"},
+                "status": _RUN_STATUS,
+                "limit": _LIMIT,
+                "cursor": _CURSOR,
+            }
+        ),
+        _list_runs,
+        read_only=True,
+    ),
+    ToolDef(
+        "get_run",
+        "runs:read",
+        "Read one run: `status` (queued, running, succeeded, failed, cancelled, timed_out), "
+        "timings, `error`, `steps` (each with its input, output or error), and its first "
+        f"{LOG_LINES} log lines in `logs` (`more_logs` says whether there are more).",
+        _object(
+            {
+                "run_id": _RUN_ID,
+                "include_logs": {
+                    "type": "boolean",
+                    "default": True,
+                    "description": "also return the run's log lines",
+                },
+            },
+            "run_id",
+        ),
+        _get_run,
+        read_only=True,
+    ),
+    ToolDef(
+        "cancel_run",
+        "tasks:write",
+        "Stop one run: a queued run is cancelled at once, a running one by its worker. The "
+        "task keeps its schedule. Returns the run.",
+        _object({"run_id": _RUN_ID}, "run_id"),
+        _cancel_run,
+        destructive=True,
+        idempotent=True,
+    ),
+    ToolDef(
+        "publish_event",
+        "events:publish",
+        "Publish an event: every active event task whose pattern matches `type` (exactly, or "
+        "by a prefix pattern such as 'github.*') fires once, with the event available to its "
+        "steps as ${event.type} and ${event.payload...}. Returns the event's `id` and how many "
+        "runs of your tasks it `queued`.",
+        _described(EventPublish.model_json_schema(), _EVENT_HELP, idempotency_key=_IDEMPOTENCY_KEY),
+        _publish_event,
+    ),
+)
+
+TOOLS_BY_NAME = {t.name: t for t in TOOLS}
+
+
+def explain(problem: ApiProblem) -> str:
+    """A refused call, for an agent: what went wrong and what to do about it."""
+    text = f"{problem.title} ({problem.status}): {problem.detail}".rstrip(": ")
+    if problem.errors:
+        text += "\n" + "\n".join(
+            f"- {e.get('field', '?')}: {e.get('message', 'invalid')}" for e in problem.errors
+        )
+    hint = {
+        401: "The token is missing, unknown, revoked or expired; ask an admin for a valid one.",
+        403: "This token may not do this; ask an admin for a token with that scope. "
+        "Nothing was changed.",
+        404: "No such object among yours; list_tasks or list_runs show the ids you can use.",
+        409: "The object is not in a state that allows this; read it again before retrying.",
+        422: "Fix the fields named and call again; nothing was stored.",
+        503: "The service is briefly unavailable; retry in a few seconds.",
+    }.get(problem.status)
+    return f"{text}\n{hint}" if hint else text
+
+
+def build_server(client: PaoClient, token_for_call: Callable[[], str]) -> Server[Any, Any]:
+    """The MCP server; `token_for_call` says whose token the current call carries."""
+    server: Server[Any, Any] = Server(
+        "pao",
+        version=_version(),
+        instructions=(
+            "pao schedules work for you: create a task (a schedule and a pipeline of tool "
+            "steps), and pao runs it at every occurrence, retries failures and records each "
+            "run. Check schedules with preview_task, start one at once with run_now, and read "
+            "results with list_runs and get_run."
+        ),
+    )
+
+    @server.list_tools()  # type: ignore[no-untyped-call, untyped-decorator]
+    async def list_tools() -> list[types.Tool]:
+        return [t.tool() for t in TOOLS]
+
+    @server.call_tool()  # type: ignore[untyped-decorator]
+    async def call_tool(name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        tool = TOOLS_BY_NAME.get(name)
+        if tool is None:
+            raise ToolFailed(f"unknown tool {name!r}; list_tools shows the ones there are")
+        try:
+            return await tool.call(client.with_token(token_for_call()), arguments)
+        except ApiProblem as problem:
+            raise ToolFailed(explain(problem)) from None
+        except (ApiUnreachable, InvalidId) as exc:
+            raise ToolFailed(exc.message) from None
+
+    return server
+
+
+def _version() -> str:
+    try:
+        return metadata.version("pao")
+    except metadata.PackageNotFoundError:
+        return "0"
+
+
+async def serve_stdio(base_url: str, token: str) -> None:
+    """Serve one agent over stdin/stdout, calling the API with `token`."""
+    async with PaoClient.connect(base_url, token) as client:
+        server = build_server(client, lambda: token)
+        async with stdio_server() as (read, write):
+            await server.run(read, write, server.create_initialization_options())
+
+
+def bearer(headers: Mapping[str, str]) -> str | None:
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+class _RequireBearer:
+    """Refuse requests without a bearer token before the MCP transport sees them."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and bearer(Request(scope).headers) is None:
+            response = JSONResponse(
+                {
+                    "type": "urn:pao:problem:unauthenticated",
+                    "title": "Unauthenticated",
+                    "status": 401,
+                    "detail": "send your pao token as 'Authorization: Bearer <token>'; every "
+                    "tool call is made with it",
+                },
+                status_code=401,
+                headers={"WWW-Authenticate": 'Bearer realm="pao"'},
+                media_type="application/problem+json",
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+class _HttpFace:
+    """The streamable HTTP app's parts that live as long as the app (built in its lifespan)."""
+
+    def __init__(self, base_url: str, security: TransportSecuritySettings | None) -> None:
+        self.base_url = base_url
+        self.security = security
+        self.server: Server[Any, Any] | None = None
+        self.manager: StreamableHTTPSessionManager | None = None
+
+    def request_token(self) -> str:
+        """The bearer token of the HTTP request that carried the current tool call."""
+        assert self.server is not None
+        request = self.server.request_context.request
+        token = bearer(request.headers) if isinstance(request, Request) else None
+        if token is None:  # _RequireBearer lets no such request through
+            raise ToolFailed("this request carries no bearer token")
+        return token
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        async with PaoClient.connect(self.base_url, token="") as client:
+            self.server = build_server(client, self.request_token)
+            # Stateless: every request stands alone, so any replica can answer it and
+            # no session outlives the agent that opened it.
+            self.manager = StreamableHTTPSessionManager(
+                app=self.server, security_settings=self.security, stateless=True
+            )
+            async with self.manager.run():
+                log.info("serving MCP at %s, calling the API at %s", MCP_PATH, self.base_url)
+                yield
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        assert self.manager is not None
+        await self.manager.handle_request(scope, receive, send)
+
+
+def http_app(base_url: str, *, host: str) -> Starlette:
+    """Streamable HTTP at /mcp; each request's own bearer token makes its API calls."""
+    security = None
+    if host in ("127.0.0.1", "localhost", "::1"):
+        # Only local pages may call a server bound to loopback (DNS rebinding).
+        security = TransportSecuritySettings(
+            enable_dns_rebinding_protection=True,
+            allowed_hosts=["127.0.0.1:*", "localhost:*", "[::1]:*"],
+            allowed_origins=["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
+        )
+    face = _HttpFace(base_url, security)
+    return Starlette(
+        routes=[Route(MCP_PATH, endpoint=_RequireBearer(face.handle))], lifespan=face.lifespan
+    )
+
+
+def run(args: Any) -> int:
+    """`pao mcp`: serve until stdin closes (stdio) or a signal (HTTP)."""
+    base_url = (args.api_url or api_url_from_env()).rstrip("/")
+    # The SDK narrates every request at INFO; stdout belongs to the protocol anyway.
+    logging.getLogger("mcp").setLevel(logging.WARNING)
+    if args.http:
+        if args.token:
+            print(
+                "pao mcp: --token is for stdio; over HTTP each request sends its own",
+                file=sys.stderr,
+            )
+            return 2
+        uvicorn.run(
+            http_app(base_url, host=args.host),
+            host=args.host,
+            port=args.port,
+            log_level=os.environ.get("PAO_LOG_LEVEL", "info").lower(),
+            timeout_graceful_shutdown=5,
+        )
+        return 0
+    token = args.token or os.environ.get("PAO_TOKEN")
+    if not token:
+        print(
+            "pao mcp: no token: set PAO_TOKEN (or pass --token) to the agent's pao token",
+            file=sys.stderr,
+        )
+        return 2
+    anyio.run(serve_stdio, base_url, token)
+    return 0

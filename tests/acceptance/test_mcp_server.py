@@ -1,0 +1,261 @@
+"""`pao mcp` over stdio and streamable HTTP, driven by the official MCP SDK's client."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import psycopg
+import pytest
+from mcp import ClientSession, StdioServerParameters, types
+from mcp.client.stdio import stdio_client
+from mcp.client.streamable_http import streamable_http_client
+
+from tests.acceptance.procs import Process, free_port
+from tests.acceptance.running import api_process, until, worker_process
+from tests.helpers import auth, snapshot
+
+TOOLS = {
+    "create_task",
+    "preview_task",
+    "list_tasks",
+    "get_task",
+    "run_now",
+    "pause",
+    "resume",
+    "snooze",
+    "cancel",
+    "list_runs",
+    "get_run",
+    "cancel_run",
+    "publish_event",
+}
+TASK = {
+    "title": "MCP hello",
+    "schedule_kind": "cron",
+    "schedule_expr": "0 9 * * *",
+    "timezone": "UTC",
+    "payload": {"pipeline": [{"id": "hello", "uses": "log", "with": {"message": "hi from mcp"}}]},
+}
+
+
+@pytest.fixture
+def api(db_url: str, tmp_path: Path) -> Iterator[str]:
+    with api_process(db_url, tmp_path) as base:
+        yield base
+
+
+def _env(api: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PAO_TOKEN", "DATABASE_URL")}
+    return {**env, "PAO_API_URL": api, **extra}
+
+
+@asynccontextmanager
+async def stdio_session(api: str, token: str, log: Path) -> AsyncIterator[ClientSession]:
+    """A session with `pao mcp` started over stdio with PAO_TOKEN=token."""
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "pao", "mcp"], env=_env(api, PAO_TOKEN=token)
+    )
+    with log.open("a") as errlog:
+        async with (
+            stdio_client(params, errlog=errlog) as (read, write),
+            ClientSession(read, write) as session,
+        ):
+            await session.initialize()
+            yield session
+
+
+@asynccontextmanager
+async def http_session(url: str, token: str) -> AsyncIterator[ClientSession]:
+    async with (
+        httpx.AsyncClient(headers=auth(token), timeout=30) as http,
+        streamable_http_client(url, http_client=http) as (read, write, _),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        yield session
+
+
+async def call(session: ClientSession, name: str, **args: Any) -> dict[str, Any]:
+    """A tool call that must succeed; its structured result."""
+    result = await session.call_tool(name, args)
+    assert not result.isError, result.content
+    assert result.structuredContent is not None
+    # The text content carries the same JSON for clients that ignore structured output.
+    [text] = result.content
+    assert isinstance(text, types.TextContent)
+    assert json.loads(text.text) == result.structuredContent
+    return result.structuredContent
+
+
+async def refused(session: ClientSession, name: str, **args: Any) -> str:
+    """A tool call that must fail; its error text."""
+    result = await session.call_tool(name, args)
+    assert result.isError, result
+    [text] = result.content
+    assert isinstance(text, types.TextContent)
+    return text.text
+
+
+async def until_finished(session: ClientSession, run_id: str) -> dict[str, Any]:
+    with anyio.fail_after(30):
+        while True:
+            run = await call(session, "get_run", run_id=run_id)
+            if run["status"] not in ("queued", "running"):
+                return run
+            await anyio.sleep(0.1)
+
+
+def _at(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+async def _agent_drives_pao(session: ClientSession) -> str:
+    """List the tools, create a task, run it now, read the run; the task's id."""
+    tools = {t.name: t for t in (await session.list_tools()).tools}
+    assert tools.keys() == TOOLS
+    create = tools["create_task"]
+    assert create.inputSchema["required"] == ["title", "schedule_kind", "schedule_expr"]
+    assert create.inputSchema["additionalProperties"] is False
+    assert "tasks:write" in (create.description or "")
+    assert tools["get_run"].annotations is not None
+    assert tools["get_run"].annotations.readOnlyHint is True
+
+    preview = await call(
+        session, "preview_task", schedule_kind="cron", schedule_expr="0 9 * * *", count=2
+    )
+    assert len(preview["items"]) == 2
+    task = await call(session, "create_task", **TASK)
+    assert task["status"] == "active"
+    listed = await call(session, "list_tasks")
+    assert [t["id"] for t in listed["items"]] == [task["id"]]
+    queued = await call(session, "run_now", task_id=task["id"])
+    assert queued["status"] == "queued"
+    run = await until_finished(session, queued["id"])
+    assert run["status"] == "succeeded", run
+    assert run["steps"][0]["output"] == {"logged": True}
+    assert [line["message"] for line in run["logs"] if line["step_id"] == "hello"] == [
+        "hi from mcp"
+    ]
+    runs = await call(session, "list_runs", task_id=task["id"])
+    assert [r["id"] for r in runs["items"]] == [queued["id"]]
+    paused = await call(session, "pause", task_id=task["id"])
+    assert paused["status"] == "paused"
+    resumed = await call(session, "resume", task_id=task["id"])
+    assert resumed["status"] == "active"
+    snoozed = await call(session, "snooze", task_id=task["id"], seconds=3600)
+    assert _at(snoozed["next_run_at"]) > _at(resumed["next_run_at"])
+    event = await call(session, "publish_event", type="mcp.ping", payload={"n": 1})
+    assert event["queued"] == 0
+    return str(task["id"])
+
+
+def test_stdio_serves_the_agent_with_its_token_and_scopes(
+    api: str,
+    writer_token: str,
+    make_token: Callable[..., str],
+    db_url: str,
+    db: psycopg.Connection[Any],
+    tmp_path: Path,
+) -> None:
+    reader_token = make_token("tasks:read", "runs:read", name="reader")
+
+    async def go() -> None:
+        async with stdio_session(api, writer_token, tmp_path / "mcp.log") as session:
+            task_id = await _agent_drives_pao(session)
+            bad = await refused(session, "create_task", **{**TASK, "schedule_expr": "61 * * * *"})
+            assert "Invalid request (422)" in bad
+            assert "- schedule_expr: cron minute value 61 is out of range" in bad
+            extra = await refused(session, "create_task", **TASK, owner="someone")
+            assert extra.startswith("Input validation error"), extra
+            unknown = await refused(
+                session, "get_task", task_id="00000000-0000-0000-0000-000000000000"
+            )
+            assert "Not found (404)" in unknown
+
+        before = snapshot(db)
+        async with stdio_session(api, reader_token, tmp_path / "mcp.log") as session:
+            # The reader's own view: the writer's task does not exist for it.
+            assert (await call(session, "list_tasks"))["items"] == []
+            assert "Not found (404)" in await refused(session, "get_task", task_id=task_id)
+            for name, args in (
+                ("create_task", TASK),
+                ("run_now", {"task_id": task_id}),
+                ("publish_event", {"type": "mcp.ping"}),
+            ):
+                text = await refused(session, name, **args)
+                assert text.startswith("Forbidden (403): this endpoint needs the '"), text
+                assert "ask an admin for a token with that scope" in text
+        assert snapshot(db) == before
+
+    with worker_process(db_url, tmp_path):
+        anyio.run(go)
+
+
+def test_streamable_http_uses_each_request_s_own_token(
+    api: str,
+    writer_token: str,
+    make_token: Callable[..., str],
+    db_url: str,
+    db: psycopg.Connection[Any],
+    tmp_path: Path,
+) -> None:
+    reader_token = make_token("tasks:read", "runs:read", name="reader")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    server = Process(
+        [sys.executable, "-m", "pao", "mcp", "--http", "--port", str(port)],
+        _env(api),
+        tmp_path / "mcp-http.log",
+    )
+    try:
+
+        def up() -> httpx.Response | None:
+            assert server.proc.poll() is None, server.output()
+            try:
+                return httpx.post(url, json={}, timeout=2)
+            except httpx.TransportError:
+                return None
+
+        anonymous: httpx.Response = until(up, "pao mcp --http to listen")
+        assert anonymous.status_code == 401
+        assert anonymous.headers["www-authenticate"].startswith("Bearer")
+        assert "Authorization: Bearer" in anonymous.json()["detail"]
+        # Bound to loopback, it refuses pages from other hosts (DNS rebinding).
+        rebound = httpx.post(url, json={}, headers={**auth(writer_token), "Host": "evil.example"})
+        assert rebound.status_code == 421
+
+        async def go() -> None:
+            # Two agents on one server, at the same time: each acts as itself.
+            async with (
+                http_session(url, writer_token) as writer,
+                http_session(url, reader_token) as reader,
+            ):
+                task_id = await _agent_drives_pao(writer)
+                before = snapshot(db)
+                assert (await call(reader, "list_tasks"))["items"] == []
+                text = await refused(reader, "create_task", **TASK)
+                assert "this endpoint needs the 'tasks:write' scope" in text
+                text = await refused(reader, "cancel", task_id=task_id)
+                assert "this endpoint needs the 'tasks:write' scope" in text
+                text = await refused(reader, "get_task", task_id=task_id)
+                assert "Not found (404)" in text
+                assert snapshot(db) == before
+                assert [t["id"] for t in (await call(writer, "list_tasks"))["items"]] == [task_id]
+
+            async with http_session(url, "pao_not_a_real_token") as stranger:
+                text = await refused(stranger, "list_tasks")
+                assert text.startswith("Unauthenticated (401)")
+
+        with worker_process(db_url, tmp_path):
+            anyio.run(go)
+    finally:
+        server.kill()

@@ -88,7 +88,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--idle", type=int, default=200)
     parser.add_argument("--burst", type=int, default=10_000)
-    parser.add_argument("--concurrency", type=int, default=32, help="pipelines per worker")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=128,
+        help="pipelines per worker in the burst (no-op steps: more in flight, larger claims)",
+    )
     args = parser.parse_args()
     print(f"pao lateness benchmark, {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
     if args.idle:

@@ -103,6 +103,7 @@ class Worker:
         helpers = [
             asyncio.create_task(self._listen(stop), name="listen"),
             asyncio.create_task(self._keep(stop), name="keeper"),
+            asyncio.create_task(self._watch_leases(), name="lease-watch"),
         ]
         log.info("worker %s running (concurrency %s)", self.worker_id, self.concurrency)
         try:
@@ -342,13 +343,30 @@ class Worker:
                 self._db_ok()
             except DatabaseUnavailable:
                 self._db_failed()
-                if time.monotonic() - self._last_renewal > self.settings.lease_seconds:
-                    for held in list(self.running.values()):
-                        held.stop("lost")
             await asyncio.sleep(KEEPER_SECONDS)
+
+    async def _watch_leases(self) -> None:
+        """Stop each run once its lease may have run out, by this worker's own clock.
+
+        A renewal can hang instead of failing (a network cut that closes nothing), and
+        then the keeper waits with it: only this clock notices that the run may already
+        be rescued and running elsewhere. Renewals are timed from when they were sent,
+        so the worker gives a run up no later than the database considers it lost.
+        """
+        while True:
+            now = time.monotonic()
+            wait = KEEPER_SECONDS
+            for held in list(self.running.values()):
+                left = max(self._last_renewal, held.started) + self.settings.lease_seconds - now
+                if left <= 0:
+                    held.stop("lost")
+                else:
+                    wait = min(wait, left)
+            await asyncio.sleep(wait)
 
     async def _renew(self) -> None:
         held = dict(self.running)
+        sent = time.monotonic()
         async with db.connection(self.pool) as conn:
             kept = await work.renew(
                 conn,
@@ -356,7 +374,7 @@ class Worker:
                 ids=list(held),
                 lease_seconds=self.settings.lease_seconds,
             )
-        self._last_renewal = time.monotonic()
+        self._last_renewal = sent
         for due_work_id, running in held.items():
             state = kept.get(due_work_id)
             if state is None or state[0] != running.lease.attempt:

@@ -434,3 +434,46 @@ def test_every_worker_killed_then_a_new_one_finishes_everything(
         else:
             assert runs == [(1, "succeeded", survivor)]
     assert_work_consistent(db)
+
+
+@pytest.mark.parametrize("step_seconds", [5, 1], ids=["outlasts-the-lease", "ends-locked"])
+def test_a_row_lock_on_a_running_occurrence_does_not_hold_up_the_others(
+    step_seconds: float,
+    client: TestClient,
+    writer_token: str,
+    db_url: str,
+    db: Conn,
+    tmp_path: Path,
+) -> None:
+    """Another connection locks the `due_work` row of one running occurrence for longer
+    than the lease. The worker's other runs keep their leases and their ends are written:
+    they succeed on their first attempt. The locked one cannot be renewed (its step is
+    stopped when its lease runs out) or cannot have its end written (the lease decides);
+    once the lock is released it is retried, and ends once."""
+    step = {"id": "work", "uses": "sleep", "with": {"seconds": step_seconds}}
+    tasks = [_task(client, writer_token, step) for _ in range(4)]
+    with (
+        _process("scheduler", _env(db_url), tmp_path / "scheduler.log"),
+        _process("worker", _env(db_url), tmp_path / "worker.log") as w,
+    ):
+        _worker_id(db, w)
+        for task_id in tasks:
+            _run_now(client, writer_token, task_id)
+        _until(
+            lambda: len(_rows(db, "SELECT id FROM runs WHERE status = 'running'")) == 4,
+            "all four to run",
+        )
+        [row] = _due_work_of(db, tasks[0])
+        with psycopg.connect(db_url) as other:
+            other.execute("SELECT id FROM due_work WHERE id = %s FOR UPDATE", (row["id"],))
+            _until(
+                lambda: all(
+                    [r["status"] for r in _runs(db, t)] == ["succeeded"] for t in tasks[1:]
+                ),
+                "the other three to finish while the row is locked",
+            )
+            other.rollback()
+        _until(lambda: _all_ended(db), "the locked one to end")
+    for task_id in tasks[1:]:
+        assert [(r["attempt"], r["status"]) for r in _runs(db, task_id)] == [(1, "succeeded")]
+    assert_work_consistent(db)

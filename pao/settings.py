@@ -34,6 +34,7 @@ class Settings:
     retry_base_seconds: int = 5
     retry_cap_seconds: int = 3600
     worker_concurrency: int = 4
+    worker_pool_size: int = 0  # 0: twice the concurrency plus two
     lease_seconds: int = 30
     shutdown_grace_seconds: int = 25
     run_timeout_seconds: int = 3600
@@ -60,6 +61,7 @@ class Settings:
             retry_base_seconds=_int(env, "PAO_RETRY_BASE_SECONDS", 5, low=0, high=86_400),
             retry_cap_seconds=_int(env, "PAO_RETRY_CAP_SECONDS", 3600, low=1, high=7 * 86_400),
             worker_concurrency=_int(env, "PAO_WORKER_CONCURRENCY", 4, low=1, high=1000),
+            worker_pool_size=_int(env, "PAO_WORKER_POOL_SIZE", 0, low=0, high=1000),
             lease_seconds=_int(env, "PAO_LEASE_SECONDS", 30, low=3, high=3600),
             shutdown_grace_seconds=_int(env, "PAO_SHUTDOWN_GRACE", 25, low=0, high=3600),
             run_timeout_seconds=_int(env, "PAO_RUN_TIMEOUT", 3600, low=1, high=7 * 86_400),

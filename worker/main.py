@@ -23,8 +23,9 @@ async def _main(settings: Settings, url: str) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
-    size = settings.worker_concurrency * 2 + 2
-    pool = db.make_pool(url, min_size=2, max_size=size, name="worker", trust_recent=1.0)
+    # Queries are short and no step holds a connection, so a smaller pool only queues them.
+    size = settings.worker_pool_size or settings.worker_concurrency * 2 + 2
+    pool = db.make_pool(url, min_size=min(2, size), max_size=size, name="worker", trust_recent=1.0)
     await pool.open(wait=False)
     try:
         await Worker(settings, pool, url).serve(stop, force)

@@ -30,6 +30,9 @@ from worker.pipeline import storable
 log = logging.getLogger(__name__)
 
 PROGRESS_SECONDS = 1.0
+# A run's row locked by another transaction for longer than this fails its own end's write
+# (its lease then decides) instead of holding up every end queued behind it.
+LOCK_WAIT_SECONDS = 2.0
 RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -140,6 +143,7 @@ class Outcomes:
         held: dict[uuid.UUID, bool] = {}
         notify = False
         async with db.connection(self.pool) as conn:
+            await work.wait_for_locks_at_most(conn, LOCK_WAIT_SECONDS)
             final = [i for i in batch if i.retry_delay is None and not i.hand_back]
             finished = await work.finish_many(
                 conn,

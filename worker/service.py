@@ -60,6 +60,8 @@ class Running:
     task: asyncio.Task[None] | None = None
     stop_reason: StopReason | None = None
     started: float = field(default_factory=time.monotonic)
+    # When the last renewal that extended this lease was sent (the claim, at first).
+    renewed: float = field(default_factory=time.monotonic)
     ending: bool = False  # its end is being written: nothing left to stop
 
     def stop(self, reason: StopReason) -> None:
@@ -90,7 +92,6 @@ class Worker:
         self.mcp = McpHub(self.registry.servers)  # one session per MCP server, shared
         self.running: dict[int, Running] = {}
         self.wake = asyncio.Event()
-        self._last_renewal = time.monotonic()
         self._db_down = False
         self._pipelines: dict[tuple[uuid.UUID, int], Pipeline] = {}
         self.outcomes = Outcomes(pool, self.worker_id)
@@ -103,6 +104,7 @@ class Worker:
         helpers = [
             asyncio.create_task(self._listen(stop), name="listen"),
             asyncio.create_task(self._keep(stop), name="keeper"),
+            asyncio.create_task(self._watch_leases(), name="lease-watch"),
         ]
         log.info("worker %s running (concurrency %s)", self.worker_id, self.concurrency)
         try:
@@ -342,13 +344,31 @@ class Worker:
                 self._db_ok()
             except DatabaseUnavailable:
                 self._db_failed()
-                if time.monotonic() - self._last_renewal > self.settings.lease_seconds:
-                    for held in list(self.running.values()):
-                        held.stop("lost")
             await asyncio.sleep(KEEPER_SECONDS)
+
+    async def _watch_leases(self) -> None:
+        """Stop each run once its lease may have run out, by this worker's own clock.
+
+        A renewal can hang instead of failing (a network cut that closes nothing), and
+        then the keeper waits with it; a row another transaction holds locked is not
+        renewed at all. Only this clock notices that such a run may already be rescued
+        and running elsewhere. Renewals are timed from when they were sent, so the worker
+        gives a run up no later than the database considers it lost.
+        """
+        while True:
+            now = time.monotonic()
+            wait = KEEPER_SECONDS
+            for held in list(self.running.values()):
+                left = held.renewed + self.settings.lease_seconds - now
+                if left <= 0:
+                    held.stop("lost")
+                else:
+                    wait = min(wait, left)
+            await asyncio.sleep(wait)
 
     async def _renew(self) -> None:
         held = dict(self.running)
+        sent = time.monotonic()
         async with db.connection(self.pool) as conn:
             kept = await work.renew(
                 conn,
@@ -356,12 +376,14 @@ class Worker:
                 ids=list(held),
                 lease_seconds=self.settings.lease_seconds,
             )
-        self._last_renewal = time.monotonic()
         for due_work_id, running in held.items():
             state = kept.get(due_work_id)
             if state is None or state[0] != running.lease.attempt:
                 running.stop("lost")
-            elif state[1]:
+                continue
+            if state[2]:
+                running.renewed = max(running.renewed, sent)
+            if state[1]:
                 running.stop("cancel")
 
     async def _listen(self, stop: asyncio.Event) -> None:

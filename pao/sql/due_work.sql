@@ -136,10 +136,29 @@ WHERE d.state = 'queued'
 
 -- name: due_work_renew_leases
 -- Extend this worker's leases; rows missing from the answer were lost (rescued elsewhere).
-UPDATE due_work
-SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
-WHERE id = ANY(%(ids)s) AND lease_owner = %(worker_id)s AND state = 'running'
-RETURNING id, attempt, cancel_requested
+WITH held AS (
+    -- A row another transaction holds locked is skipped, not waited for: one stray lock must
+    -- not hold up every other lease. It comes back still held but not renewed.
+    SELECT id FROM due_work
+    WHERE id = ANY(%(ids)s) AND lease_owner = %(worker_id)s AND state = 'running'
+    FOR UPDATE SKIP LOCKED
+), renewed AS (
+    UPDATE due_work d
+    SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
+    FROM held
+    WHERE d.id = held.id
+    RETURNING d.id, d.attempt, d.cancel_requested
+)
+SELECT id, attempt, cancel_requested, true AS renewed FROM renewed
+UNION ALL
+SELECT d.id, d.attempt, d.cancel_requested, false AS renewed
+FROM due_work d
+WHERE d.id = ANY(%(ids)s) AND d.lease_owner = %(worker_id)s AND d.state = 'running'
+  AND d.id NOT IN (SELECT id FROM renewed)
+
+-- name: due_work_wait_for_locks_at_most
+-- Bound how long the rest of this transaction waits for a row another transaction holds locked.
+SELECT set_config('lock_timeout', %(timeout)s, true)
 
 -- name: due_work_finish_many
 -- End a batch of held attempts in their final states with their runs, in one statement; rows

@@ -88,15 +88,28 @@ async def next_due(conn: Conn) -> datetime | None:
 
 async def renew(
     conn: Conn, *, worker_id: str, ids: list[int], lease_seconds: float
-) -> dict[int, tuple[int, bool]]:
-    """Renew leases; returns {id: (attempt, cancel_requested)} for those still held."""
+) -> dict[int, tuple[int, bool, bool]]:
+    """Renew leases; returns {id: (attempt, cancel_requested, renewed)} for those still held.
+
+    `renewed` is False for a row another transaction holds locked: still this worker's,
+    but its lease was not extended this time.
+    """
     if not ids:
         return {}
     cur = await conn.execute(
         QUERIES["due_work_renew_leases"],
         {"worker_id": worker_id, "ids": ids, "lease_seconds": lease_seconds},
     )
-    return {r["id"]: (r["attempt"], r["cancel_requested"]) for r in await cur.fetchall()}
+    return {
+        r["id"]: (r["attempt"], r["cancel_requested"], r["renewed"]) for r in await cur.fetchall()
+    }
+
+
+async def wait_for_locks_at_most(conn: Conn, seconds: float) -> None:
+    """In this transaction, fail with `LockNotAvailable` rather than wait longer for a lock."""
+    await conn.execute(
+        QUERIES["due_work_wait_for_locks_at_most"], {"timeout": f"{int(seconds * 1000)}ms"}
+    )
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,322 @@
+"""The container image and Kubernetes manifests in ops/: valid, and keeping their promises.
+
+Every manifest is checked offline against the Kubernetes JSON schemas shipped in
+the `kubernetes-validate` package (strict: unknown fields are errors), and the
+things a schema cannot see are checked against the code: probe paths are real
+routes, the worker's termination grace outlasts its drain, every container has
+probes, resources and a locked-down security context, and the environment each
+container sees is one `Settings.from_env` accepts.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from pao import tokens
+from pao.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+OPS = ROOT / "ops"
+K8S = OPS / "k8s"
+CONTAINERFILE = OPS / "Containerfile"
+# The oldest Kubernetes minor we support and the newest the schemas know.
+K8S_VERSIONS = ("1.29", kubernetes_validate.utils.latest_version())
+PROCESSES = {"api", "scheduler", "worker"}
+
+Doc = dict[str, Any]
+
+
+def _load(path: Path) -> list[Doc]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def _kustomization() -> Doc:
+    [doc] = _load(K8S / "kustomization.yaml")
+    return doc
+
+
+def _manifest_files() -> list[Path]:
+    return sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+
+
+def _resources() -> list[Doc]:
+    return [doc for path in _manifest_files() for doc in _load(path)]
+
+
+def _of_kind(kind: str) -> dict[str, Doc]:
+    return {d["metadata"]["name"]: d for d in _resources() if d["kind"] == kind}
+
+
+def _pod_specs() -> Iterator[tuple[str, Doc]]:
+    for kind in ("Deployment", "Job"):
+        for name, doc in _of_kind(kind).items():
+            yield name, doc["spec"]["template"]["spec"]
+
+
+def _container(deployment: str) -> Doc:
+    [container] = _of_kind("Deployment")[deployment]["spec"]["template"]["spec"]["containers"]
+    return dict(container)
+
+
+def _env(container: Doc) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container.get("env", [])}
+
+
+def _named_port(container: Doc, name: str) -> int:
+    ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+    assert name in ports, f"{container['name']} has no port named {name!r}: {ports}"
+    return int(ports[name])
+
+
+def _schema_errors(doc: Doc, version: str) -> str | None:
+    try:
+        kubernetes_validate.validate(doc, version, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        where = ".".join(str(p) for p in exc.path)
+        return f"{doc['kind']}/{doc['metadata']['name']}: {where}: {exc.message}"
+    return None
+
+
+# --------------------------------------------------------------------------- schemas
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("path", _manifest_files(), ids=lambda p: p.name)
+def test_each_manifest_matches_the_kubernetes_schema(path: Path, version: str) -> None:
+    docs = _load(path)
+    assert docs, f"{path.name} is empty"
+    errors = [e for d in docs if (e := _schema_errors(d, version)) is not None]
+    assert errors == []
+
+
+def test_the_schema_check_rejects_a_misspelt_field() -> None:
+    """The validator really is strict: a typo in a probe is caught, not ignored."""
+    [doc] = _load(K8S / "worker-deployment.yaml")
+    probe = doc["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]
+    probe["httpGet"]["pth"] = probe["httpGet"].pop("path")
+    error = _schema_errors(doc, K8S_VERSIONS[-1])
+    assert error is not None
+    assert "pth" in error
+
+
+def test_the_kustomization_lists_every_manifest_and_nothing_else() -> None:
+    listed = _kustomization()["resources"]
+    assert sorted(listed) == [p.name for p in _manifest_files()]
+    assert len(set(listed)) == len(listed)
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (for its kustomize) absent")
+def test_the_rendered_kustomization_matches_the_schema() -> None:
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    assert len(docs) == len(_resources())
+    for version in K8S_VERSIONS:
+        assert [e for d in docs if (e := _schema_errors(d, version)) is not None] == []
+    for doc in docs:
+        assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "pao"
+    images = {
+        c["image"]
+        for d in docs
+        if d["kind"] in ("Deployment", "Job")
+        for c in d["spec"]["template"]["spec"]["containers"]
+    }
+    assert images == {"pao:0.1.0"}
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def test_there_is_one_deployment_per_process_and_a_migration_job() -> None:
+    commands = {_container(name)["args"][0] for name in _of_kind("Deployment")}
+    assert commands == PROCESSES
+    # Each names a command the installed `pao` really has.
+    installed = {ep.name for ep in entry_points(group="pao.processes")}
+    assert installed >= PROCESSES
+    [job] = _of_kind("Job").values()
+    [migrate] = job["spec"]["template"]["spec"]["containers"]
+    assert migrate["args"] == ["migrate"]
+    assert job["spec"]["template"]["spec"]["restartPolicy"] in ("OnFailure", "Never")
+
+
+def test_every_deployment_has_probes_and_resources() -> None:
+    for name in _of_kind("Deployment"):
+        container = _container(name)
+        for probe in ("livenessProbe", "readinessProbe"):
+            assert probe in container, (name, probe)
+        for bound in ("requests", "limits"):
+            assert set(container["resources"][bound]) == {"cpu", "memory"}, (name, bound)
+
+
+def _probe(container: Doc, kind: str) -> tuple[str, str]:
+    get = container[kind]["httpGet"]
+    return str(get["path"]), str(get["port"])
+
+
+def test_api_probes_hit_real_routes_of_the_app() -> None:
+    app = create_app(Settings(), database_url="postgresql://unused")
+    paths = app.openapi()["paths"]
+    routes = {path for path, ops in paths.items() if "get" in ops}
+    api = _container("pao-api")
+    assert _probe(api, "livenessProbe") == ("/health/live", "http")
+    assert _probe(api, "readinessProbe") == ("/health/ready", "http")
+    assert {"/health/live", "/health/ready"} <= routes
+    # Liveness needs no database (none is reachable here, and the lifespan is not run).
+    assert TestClient(app).get("/health/live").status_code == 200
+    port = _named_port(api, "http")
+    assert Settings.from_env({**_env(api)}).port == port
+    # Reachable from the kubelet and the Service.
+    assert _env(api)["PAO_HOST"] == "0.0.0.0"  # noqa: S104
+
+
+def test_scheduler_and_worker_probe_their_metrics_server() -> None:
+    for name in ("pao-scheduler", "pao-worker"):
+        container = _container(name)
+        port = _named_port(container, "metrics")
+        assert int(_env(container)["PAO_METRICS_PORT"]) == port
+        for kind in ("livenessProbe", "readinessProbe"):
+            assert _probe(container, kind) == ("/health/live", "metrics"), (name, kind)
+        annotations = _of_kind("Deployment")[name]["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/port"] == str(port)
+        assert annotations["prometheus.io/path"] == "/metrics"
+
+
+def test_the_worker_is_given_time_to_drain_before_sigkill() -> None:
+    worker = _of_kind("Deployment")["pao-worker"]["spec"]["template"]["spec"]
+    # Set explicitly, so a change of the default cannot silently outgrow the pod's grace.
+    grace = Settings.from_env(_env(_container("pao-worker"))).shutdown_grace_seconds
+    assert grace == int(_env(_container("pao-worker"))["PAO_SHUTDOWN_GRACE"])
+    assert worker["terminationGracePeriodSeconds"] >= grace + 10
+    assert worker["terminationGracePeriodSeconds"] > Settings().shutdown_grace_seconds
+
+
+def test_the_service_and_budgets_select_exactly_their_own_pods() -> None:
+    pods = {
+        name: d["spec"]["template"]["metadata"]["labels"]
+        for name, d in _of_kind("Deployment").items()
+    }
+    for name, d in _of_kind("Deployment").items():
+        assert d["spec"]["selector"]["matchLabels"].items() <= pods[name].items()
+
+    def selected(selector: dict[str, str]) -> list[str]:
+        return [n for n, labels in pods.items() if selector.items() <= labels.items()]
+
+    [service] = _of_kind("Service").values()
+    assert selected(service["spec"]["selector"]) == ["pao-api"]
+    [port] = service["spec"]["ports"]
+    assert _named_port(_container("pao-api"), port["targetPort"])
+
+    budgets = _of_kind("PodDisruptionBudget")
+    covered = sorted(
+        n for b in budgets.values() for n in selected(b["spec"]["selector"]["matchLabels"])
+    )
+    assert covered == sorted(pods)  # one budget per Deployment, none shared
+    for name, budget in budgets.items():
+        [target] = selected(budget["spec"]["selector"]["matchLabels"])
+        replicas = _of_kind("Deployment")[target]["spec"]["replicas"]
+        spec = budget["spec"]
+        # A budget that allows no eviction at all would block every node drain.
+        if "minAvailable" in spec:
+            allowed = replicas - spec["minAvailable"]
+        else:
+            allowed = spec["maxUnavailable"]
+        assert 1 <= allowed < replicas or replicas == 1, name
+
+
+# --------------------------------------------------------------------------- image, env, security
+
+
+def _containerfile_user() -> tuple[int, int]:
+    users = re.findall(r"^USER\s+(\d+):(\d+)\s*$", CONTAINERFILE.read_text(), re.MULTILINE)
+    assert len(users) == 1, "the Containerfile names one numeric USER uid:gid"
+    uid, gid = users[0]
+    return int(uid), int(gid)
+
+
+def test_every_pod_runs_locked_down_as_the_image_s_user() -> None:
+    uid, gid = _containerfile_user()
+    assert uid != 0
+    for name, spec in _pod_specs():
+        assert spec["automountServiceAccountToken"] is False, name
+        pod = spec["securityContext"]
+        assert (pod["runAsNonRoot"], pod["runAsUser"], pod["runAsGroup"]) == (True, uid, gid), name
+        assert pod["seccompProfile"]["type"] == "RuntimeDefault", name
+        mounts: set[str] = set()
+        for c in spec["containers"]:
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, name
+            assert sc["readOnlyRootFilesystem"] is True, name
+            assert sc["capabilities"]["drop"] == ["ALL"], name
+            mounts |= {m["mountPath"] for m in c.get("volumeMounts", [])}
+        # The only writable place: the image points PAO_DATA_DIR and temp files there.
+        assert mounts == {"/tmp"}, name
+
+
+def _secret() -> dict[str, str]:
+    [secret] = _of_kind("Secret").values()
+    return dict(secret["stringData"])
+
+
+def test_the_secret_holds_placeholders_that_cannot_be_deployed_by_mistake() -> None:
+    secret = _secret()
+    assert set(secret) == {"DATABASE_URL", "PAO_ADMIN_TOKEN"}
+    assert secret["DATABASE_URL"].startswith("postgresql://")
+    assert "REPLACE-ME" in secret["DATABASE_URL"]
+    # Not a well-formed token: the API refuses to start with it (pao.agents.ensure_admin_token).
+    assert "REPLACE-ME" in secret["PAO_ADMIN_TOKEN"]
+    assert not tokens.is_well_formed(secret["PAO_ADMIN_TOKEN"])
+
+
+def test_every_container_uses_the_one_image_and_a_valid_environment() -> None:
+    [config] = _of_kind("ConfigMap").values()
+    image_env = dict(re.findall(r"^\s+(PAO_[A-Z_]+)=(\S+)", CONTAINERFILE.read_text(), re.M))
+    [(secret_name, _)] = _of_kind("Secret").items()
+    for name, spec in _pod_specs():
+        for c in spec["containers"]:
+            assert c["image"] == "pao", name  # the kustomization's `images` sets registry and tag
+            refs = c["envFrom"]
+            assert {"configMapRef": {"name": config["metadata"]["name"]}} in refs, name
+            assert {"secretRef": {"name": secret_name}} in refs, name
+            # What the process reads: image defaults, then envFrom, then env (Kubernetes order).
+            env = {**image_env, **config["data"], **_secret(), **_env(c)}
+            settings = Settings.from_env(env)
+            assert settings.database_url == _secret()["DATABASE_URL"], name
+            assert settings.data_dir == Path("/tmp/pao"), name
+    [image] = _kustomization()["images"]
+    assert image["name"] == "pao"
+
+
+def test_the_containerfile_builds_the_package_as_a_non_root_pao_entrypoint() -> None:
+    text = CONTAINERFILE.read_text()
+    bases = re.findall(r"^FROM\s+(\S+)", text, re.MULTILINE)
+    assert bases
+    assert all(b == "python:3.11-slim" for b in bases), bases
+    assert re.search(r'^ENTRYPOINT \["pao"\]$', text, re.MULTILINE)
+    assert re.search(r'^CMD \["api"\]$', text, re.MULTILINE)
+    # Every COPY source exists, and together they hold every package the wheel includes.
+    copied: set[str] = set()
+    for line in re.findall(r"^COPY (?!--from)(.+)$", text, re.MULTILINE):
+        *sources, _dest = line.split()
+        for src in sources:
+            assert (ROOT / src).exists(), src
+            copied.add(src)
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    [include] = re.findall(r"^include = \[(.*)\]$", pyproject, re.MULTILINE)
+    packages = {p.strip().strip('"').rstrip("*") for p in include.split(",")}
+    assert packages <= copied
+    assert {"pyproject.toml", "README.md"} <= copied  # the build reads both
+    ports = {int(p) for p in re.findall(r"^EXPOSE (.+)$", text, re.MULTILINE)[0].split()}
+    assert ports == {_named_port(_container("pao-api"), "http"), 9464}

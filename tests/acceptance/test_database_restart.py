@@ -62,7 +62,7 @@ class Load(threading.Thread):
 def _count(url: str, sql: str) -> int | None:
     try:
         with psycopg.connect(url, connect_timeout=2) as conn:
-            row = conn.execute(sql).fetchone()  # type: ignore[arg-type]
+            row = conn.execute(sql).fetchone()
     except psycopg.OperationalError:
         return None
     return int(row[0]) if row else None

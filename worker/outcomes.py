@@ -18,6 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from psycopg.errors import LockNotAvailable
 from psycopg_pool import AsyncConnectionPool
 
 from pao import db
@@ -122,6 +123,12 @@ class Outcomes:
         except DatabaseUnavailable:
             self._ends = batch + self._ends
             raise
+        except LockNotAvailable:
+            log.warning(
+                "a run's row is locked by another transaction; writing %s ends one at a time",
+                len(batch),
+            )
+            results = [await self._write_alone(item) for item in batch]
         except Exception:
             # One bad row spoils a batch: write them one by one to find it.
             log.exception("writing %s run ends failed; writing them one at a time", len(batch))
@@ -135,6 +142,12 @@ class Outcomes:
             return (await self._write([item]))[0]
         except DatabaseUnavailable:
             raise
+        except LockNotAvailable:
+            log.warning(
+                "run %s: its row is locked by another transaction; its lease will decide",
+                item.run_id,
+            )
+            return False
         except Exception:
             log.exception("run %s: its end cannot be written; its lease will expire", item.run_id)
             return False

@@ -23,6 +23,7 @@ import pytest
 
 from pao.migrate import migrate
 from pao.tokens import new_token
+from tests.acceptance.faults import assert_work_consistent
 from tests.acceptance.procs import Process, free_port, wait_ready
 from tests.helpers import auth
 from tests.pgcluster import Cluster
@@ -158,6 +159,7 @@ def test_every_process_rides_out_a_database_restart_under_load(
         assert conn.execute(
             "SELECT count(*) FROM runs WHERE status IN ('queued', 'running')"
         ).fetchone() == (0,)
+        assert_work_consistent(conn)
     logs = "".join(p.output() for p in procs)
     assert "database unavailable" in logs
     assert "Traceback" not in logs

@@ -27,6 +27,7 @@ import httpx
 import psycopg
 import pytest
 
+from tests.acceptance.faults import assert_work_consistent
 from tests.acceptance.procs import Process, free_port, wait_ready
 from tests.helpers import auth
 
@@ -254,6 +255,7 @@ def test_a_steady_mixed_load_loses_nothing_and_duplicates_nothing(
     event_runs = db.execute("SELECT count(*) FROM due_work WHERE reason = 'event'").fetchone()
     assert event_runs == (AGENTS * statuses[202],)
     assert _deadlocks(db) == deadlocks_before
+    assert_work_consistent(db, all_final=False)
 
     # Autovacuum keeps up: the hot tables' dead tuples come back down without help.
     dead = _dead_tuples(db)

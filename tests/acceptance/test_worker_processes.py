@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 from fastapi.testclient import TestClient
 
+from tests.acceptance.faults import assert_work_consistent
 from tests.acceptance.procs import Process
 from tests.helpers import SEED_TASK, auth
 
@@ -96,6 +97,7 @@ def test_a_killed_worker_s_run_is_finished_by_another_after_the_lease(
     assert db.execute("SELECT state FROM due_work").fetchall() == [("succeeded",)]
     first = client.get(f"/runs/{run_id}", headers=auth(writer_token)).json()
     assert "lost its lease" in first["error"]
+    assert_work_consistent(db)
 
 
 def test_sigterm_drains_short_steps_and_hands_back_long_ones(
@@ -125,6 +127,7 @@ def test_sigterm_drains_short_steps_and_hands_back_long_ones(
     assert db.execute(
         "SELECT count(*) FROM process_heartbeats WHERE kind = 'worker'"
     ).fetchone() == (0,)
+    assert_work_consistent(db, all_final=False)
 
 
 def test_a_step_longer_than_the_lease_runs_once(
@@ -140,6 +143,7 @@ def test_a_step_longer_than_the_lease_runs_once(
         _run_now(client, writer_token, task_id)
         _until(lambda: any(s == "succeeded" for _, s, _ in _runs(db, task_id)), what="success")
     assert [(a, s) for a, s, _ in _runs(db, task_id)] == [(1, "succeeded")]
+    assert_work_consistent(db)
 
 
 def _span(db: psycopg.Connection[Any], task_id: str) -> list[tuple[Any, Any, str]]:
@@ -191,6 +195,7 @@ def test_a_concurrency_key_stays_held_until_its_killed_holder_s_lease_runs_out(
     [(ran_from, _, _)] = _span(db, waiter)
     assert held_status == "failed"  # rescued after the lease, no retries left
     assert ran_from >= held_until
+    assert_work_consistent(db)
 
 
 def _attempt_running(db: psycopg.Connection[Any], task_id: str, attempt: int) -> bool:
@@ -233,6 +238,7 @@ def test_a_pipeline_that_kills_its_worker_every_time_stops_after_max_retries(
     last = max(runs["items"], key=lambda r: r["attempt"])
     assert "no retries left (max_retries=2)" in last["error"]
     assert db.execute("SELECT count(*) FROM runs WHERE task_id = %s", (task_id,)).fetchone() == (3,)
+    assert_work_consistent(db)
 
 
 def test_cancel_stops_a_run_on_a_worker_process(
@@ -260,6 +266,7 @@ def test_cancel_stops_a_run_on_a_worker_process(
     assert db.execute("SELECT state FROM due_work").fetchall() == [("cancelled",)]
     logs = client.get(f"/runs/{run_id}/logs", headers=auth(writer_token)).json()["items"]
     assert all("must not run" not in line["message"] for line in logs)
+    assert_work_consistent(db)
 
 
 def test_two_worker_processes_never_overlap_runs_of_one_concurrency_key(
@@ -289,3 +296,4 @@ def test_two_worker_processes_never_overlap_runs_of_one_concurrency_key(
     assert len({worker for _, _, worker in spans}) == 2  # both workers took part
     for (_, ended, _), (began, _, _) in itertools.pairwise(spans):
         assert began >= ended, "two runs of one concurrency key overlapped"
+    assert_work_consistent(db)

@@ -70,6 +70,7 @@ def storable(value: Any) -> JSONValue:
 
 
 def _context(ex: Execution, outputs: dict[str, JSONValue]) -> dict[str, JSONValue]:
+    """What templates may look up; `steps` is the live dict of outputs so far."""
     context: dict[str, JSONValue] = {
         "steps": outputs,
         "run": ex.run,
@@ -100,8 +101,8 @@ async def execute(
 ) -> None:
     """Run every step; raise StepFailed on the first failure, ConditionNotMet to stop early."""
     outputs: dict[str, JSONValue] = {}
+    context = _context(ex, outputs)  # sees each new output: `steps` is `outputs` itself
     for index, step in enumerate(ex.pipeline.steps):
-        context = _context(ex, outputs)
         record: dict[str, Any] = {
             "id": step.id,
             "uses": step.uses,
@@ -123,7 +124,8 @@ async def execute(
         except TemplateError as exc:
             raise _fail(ex, record, f"step {step.id}: {exc}") from None
         assert isinstance(args, dict)
-        record["input"] = storable(args)
+        # Already storable: rendered from stored JSON and from outputs made storable below.
+        record["input"] = args
         ex.steps.append(record)
         await save(ex.steps)
 
@@ -152,7 +154,7 @@ async def execute(
             await save(ex.steps)  # the last step's result is written with the run's end
         if index == 0 and ex.pipeline.condition is not None and on_condition is not None:
             try:
-                now_true = parse_guard(ex.pipeline.condition).evaluate(_context(ex, outputs))
+                now_true = parse_guard(ex.pipeline.condition).evaluate(context)
             except TemplateError as exc:
                 raise StepFailed(f"the condition failed: {exc}") from None
             await on_condition(now_true)

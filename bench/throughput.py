@@ -59,7 +59,11 @@ def pickup(count: int) -> None:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         token = new_token()
-        env = {"PAO_PORT": str(port), "PAO_ADMIN_TOKEN": token}
+        env = {
+            "PAO_PORT": str(port),
+            "PAO_ADMIN_TOKEN": token,
+            "PAO_RATE_LIMIT_PER_MINUTE": "1000000",
+        }
         with processes(url, ("api", env), ("worker", {})):
             base = f"http://127.0.0.1:{port}"
             for _ in range(100):

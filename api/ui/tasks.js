@@ -330,8 +330,7 @@ export function taskView(root, ctx, taskId) {
       ]);
       if (!alive) return;
       replace(upcoming, next.items.length
-        ? h("ol", { class: "upcoming" }, next.items.map((o) => h("li", {}, wallTime(o.local),
-          h("span", { class: "muted small" }, ` ${relative(o.at)}`))))
+        ? h("ol", { class: "upcoming" }, next.items.map((o) => upcomingItem(o, t)))
         : h("p", { class: "muted" }, t.schedule_kind === "event" ? "Fires when a matching event arrives." : "Nothing coming."));
       replace(runs, recent.items.length ? runsTable(recent.items) : h("p", { class: "muted" }, "No runs yet."));
       await loadRecord(false);
@@ -365,6 +364,13 @@ export function taskView(root, ctx, taskId) {
     clearInterval(timer);
     clearTimeout(pending);
   };
+}
+
+/** A coming fire time; one before `next_run_at` was snoozed past, and says so. */
+function upcomingItem(o, task) {
+  const moved = task.next_run_at && new Date(o.at) < new Date(task.next_run_at);
+  return h("li", {}, h("span", { class: moved ? "moved" : null }, wallTime(o.local)),
+    h("span", { class: "muted small" }, moved ? " snoozed to the next run" : ` ${relative(o.at)}`));
 }
 
 function fact(term, value) {

@@ -70,7 +70,7 @@ export function tasksView(root, ctx) {
     }
   }
   load();
-  const timer = setInterval(load, 30000); // the timeline moves with the clock
+  const timer = setInterval(load, 60000); // the timeline moves with the clock
   return () => {
     alive = false;
     clearInterval(timer);

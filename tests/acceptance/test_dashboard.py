@@ -53,7 +53,7 @@ def _sign_in(page: Page, base: str, token: str) -> None:
     page.goto(f"{base}/ui")
     assert page.url == f"{base}/ui/"
     page.get_by_label("API token").fill(token)
-    page.get_by_role("button", name="Use token").click()
+    page.get_by_label("API token").press("Enter")  # the keyboard is enough
     expect(page.get_by_role("heading", name="Tasks", level=1)).to_be_visible()
 
 
@@ -132,12 +132,14 @@ def test_pause_resume_snooze_and_cancel_from_the_page_change_the_task(
             return str(_get(base, writer_token, f"/tasks/{task_id}")["status"])
 
         heading = page.locator(".view-head")
-        page.get_by_role("button", name="Pause").click()
+        page.get_by_role("button", name="Pause").focus()
+        page.keyboard.press("Enter")
         expect(heading).to_contain_text("paused")
         assert status() == "paused"
         expect(page.get_by_role("button", name="Pause")).to_be_disabled()
 
-        page.get_by_role("button", name="Resume").click()
+        page.get_by_role("button", name="Resume").focus()
+        page.keyboard.press("Space")
         expect(heading).to_contain_text("active")
         assert status() == "active"
 
@@ -151,6 +153,9 @@ def test_pause_resume_snooze_and_cancel_from_the_page_change_the_task(
         # Cancel asks first; keeping the task changes nothing.
         page.get_by_role("button", name="Cancel task…").click()
         page.get_by_role("button", name="Keep it").click()
+        page.get_by_role("button", name="Cancel task…").click()
+        page.keyboard.press("Escape")
+        expect(page.get_by_role("dialog")).to_be_hidden()
         assert status() == "active"
         page.get_by_role("button", name="Cancel task…").click()
         page.get_by_role("dialog").get_by_role("button", name="Cancel task").click()

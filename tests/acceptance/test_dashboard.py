@@ -120,7 +120,16 @@ def test_pause_resume_snooze_and_cancel_from_the_page_change_the_task(
         resp = httpx.post(f"{base}/tasks", json=body, headers=auth(writer_token), timeout=10)
         assert resp.status_code == 201, resp.text
         task_id = resp.json()["id"]
+
+        # A wrong token is refused at once, with the API's 401, and not kept.
+        page.goto(f"{base}/ui/")
+        page.get_by_label("API token").fill("pao_" + "x" * 38)
+        page.get_by_role("button", name="Use token").click()
+        expect(page.get_by_role("alert")).to_contain_text("401 · Unauthenticated")
+        expect(page.get_by_role("alert")).to_contain_text("bearer token")
+        assert page.evaluate("sessionStorage.getItem('pao.token')") is None
         _sign_in(page, base, writer_token)
+        expect(page.get_by_role("alert")).to_be_hidden()
 
         # The task is listed with its next occurrences on the timeline.
         row = page.locator(f'tr[data-task-id="{task_id}"]')

@@ -106,6 +106,25 @@ def test_a_task_created_and_run_from_the_page_succeeds_with_its_output_and_log(
         expect(row).to_contain_text("Browser check")
         expect(row).to_contain_text("succeeded")
 
+        # A long run is stopped from its page.
+        body = {
+            "title": "Long one",
+            "schedule_kind": "event",
+            "schedule_expr": "never.sent",
+            "payload": {"pipeline": [{"id": "nap", "uses": "sleep", "with": {"seconds": 60}}]},
+        }
+        resp = httpx.post(f"{base}/tasks", json=body, headers=auth(writer_token), timeout=10)
+        assert resp.status_code == 201, resp.text
+        long_id = resp.json()["id"]
+        resp = httpx.post(f"{base}/tasks/{long_id}/run_now", headers=auth(writer_token))
+        long_run = resp.json()["id"]
+        page.goto(f"{base}/ui/#/runs/{long_run}")
+        expect(page.locator('[data-step-id="nap"]')).to_contain_text("running")
+        page.get_by_role("button", name="Cancel run…").click()
+        page.get_by_role("dialog").get_by_role("button", name="Cancel run").click()
+        expect(page.locator("#run-status")).to_have_text("cancelled")
+        assert _get(base, writer_token, f"/runs/{long_run}")["status"] == "cancelled"
+
 
 def test_pause_resume_snooze_and_cancel_from_the_page_change_the_task(
     db_url: str, writer_token: str, tmp_path: Path, page: Page

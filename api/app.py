@@ -15,7 +15,7 @@ from api import problems
 from api.deps import AppState
 from api.discovery import ToolDiscovery
 from api.middleware import RequestMiddleware
-from api.routes import agents, events, health, runs, tasks, tools
+from api.routes import agents, events, health, runs, tasks, tools, ui
 from pao import db
 from pao.agents import ensure_admin_token
 from pao.mcp import McpHub
@@ -81,6 +81,7 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
         tools.router,
         agents.router,
         health.router,
+        ui.router,
     ):
         app.include_router(router)
     if settings.cors_origins:

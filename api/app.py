@@ -97,7 +97,15 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
                 "If-Match",
                 "X-Request-ID",
             ],
-            expose_headers=["X-Request-ID", "ETag", "Location"],
+            expose_headers=[
+                "X-Request-ID",
+                "ETag",
+                "Location",
+                "Retry-After",
+                "X-RateLimit-Limit",
+                "X-RateLimit-Remaining",
+                "X-RateLimit-Reset",
+            ],
         )
     app.add_middleware(RequestMiddleware)
     return app

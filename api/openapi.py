@@ -2,7 +2,7 @@
 
 FastAPI declares only the success response and its own 422 shape, which our
 routes never send. Here each operation gets the problem responses its shape
-implies (a token: 401, 403; a path id: 404; input: 422; a body: 400,
+implies (a token: 401, 403, 429; a path id: 404; input: 422; a body: 400,
 413), plus those its decorator names (`conflicts(409, 412)`), all as
 `application/problem+json`.
 """
@@ -30,7 +30,15 @@ _DESCRIPTIONS = {
     412: "If-Match names an older version",
     413: "The body is larger than 256 KiB",
     422: "Invalid input; `errors` names each field",
+    429: "Too many requests or failed sign-ins; retry after `Retry-After` seconds",
     503: "The database or a tool server cannot be reached; retry shortly",
+}
+
+
+_RATE_HEADERS = {
+    "X-RateLimit-Limit": "Requests this agent may make per minute",
+    "X-RateLimit-Remaining": "Requests left in the current minute",
+    "X-RateLimit-Reset": "Seconds until the current minute's count starts again",
 }
 
 
@@ -66,7 +74,7 @@ def _implied(route: APIRoute) -> set[int]:
     dependant = route.dependant
     flat = [dependant, *dependant.dependencies]
     if _needs_token(route):
-        statuses |= {401, 403, 503}
+        statuses |= {401, 403, 429, 503}
     if any(d.path_params for d in flat):
         statuses |= {404, 422}
     if any(d.query_params or d.header_params for d in flat):
@@ -83,7 +91,7 @@ def _problem_response(status: int, existing: dict[str, Any] | None) -> dict[str,
         "description": description,
         "content": {PROBLEM_JSON: {"schema": {"$ref": _REF}}},
     }
-    if status == 503:
+    if status in (429, 503):
         out["headers"] = {
             "Retry-After": {
                 "description": "Seconds to wait before retrying",
@@ -91,6 +99,13 @@ def _problem_response(status: int, existing: dict[str, Any] | None) -> dict[str,
             }
         }
     return out
+
+
+def _rate_headers() -> dict[str, Any]:
+    return {
+        name: {"description": text, "schema": {"type": "integer"}}
+        for name, text in _RATE_HEADERS.items()
+    }
 
 
 def document(app: FastAPI) -> None:
@@ -129,6 +144,10 @@ def document(app: FastAPI) -> None:
                     ):
                         continue  # a route's own non-problem error body (health)
                     responses[str(status)] = _problem_response(status, existing)
+                if _needs_token(route):
+                    for code, response in responses.items():
+                        if int(code) < 400 or code == "429":
+                            response.setdefault("headers", {}).update(_rate_headers())
                 operation["responses"] = dict(sorted(responses.items()))
         app.openapi_schema = schema
         return schema

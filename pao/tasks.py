@@ -14,7 +14,15 @@ from typing import Any
 
 from pao import occurrences
 from pao.db import Conn
-from pao.errors import Conflict, FieldError, Forbidden, InvalidInput, NotFound, PreconditionFailed
+from pao.errors import (
+    Conflict,
+    FieldError,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    PreconditionFailed,
+    QuotaExceeded,
+)
 from pao.models import Agent, Run, Task
 from pao.pipeline import validate_payload
 from pao.schedule import Schedule, parse_schedule
@@ -33,6 +41,15 @@ MAX_PAUSE_RECORDS = 1000
 
 
 @dataclass(frozen=True)
+class Quotas:
+    """Per-agent ceilings (0: none): live (active or paused) tasks, and the summed
+    peak occurrences an hour of their schedules."""
+
+    max_active_tasks: int = 0
+    max_occurrences_per_hour: int = 0
+
+
+@dataclass(frozen=True)
 class Context:
     """Who is acting, and the request they act in."""
 
@@ -40,6 +57,7 @@ class Context:
     request_id: str | None
     registry: ToolRegistry
     default_timezone: str
+    quotas: Quotas = Quotas()
 
     @property
     def owner(self) -> uuid.UUID | None:
@@ -112,6 +130,57 @@ def _validate(
     return next_run_at
 
 
+# The most fire times a schedule is sampled for; no schedule fires more than once a minute.
+_PEAK_SAMPLE = 61
+
+
+def hourly_peak(kind: str, expr: str, timezone: str, *, created_at: datetime, now: datetime) -> int:
+    """The most occurrences a schedule fires in any hour, judged from its next fire times.
+
+    Event tasks count 0: events are paced by the request rate limit instead.
+    """
+    if kind not in SCHEDULED_KINDS:
+        return 0
+    schedule = parse_schedule(kind, expr, timezone, created_at=created_at)
+    times = schedule.upcoming(now, _PEAK_SAMPLE)
+    peak, start = 0, 0
+    for end, at in enumerate(times):
+        while times[start] <= at - timedelta(hours=1):
+            start += 1
+        peak = max(peak, end - start + 1)
+    return peak
+
+
+async def _check_quotas(
+    conn: Conn,
+    ctx: Context,
+    owner: uuid.UUID,
+    *,
+    peak: int,
+    exclude: uuid.UUID | None = None,
+    count_task: bool = True,
+) -> None:
+    """Refuse a task that would take `owner` past a quota, naming it and how to raise it."""
+    quotas = ctx.quotas
+    if not (quotas.max_active_tasks or quotas.max_occurrences_per_hour):
+        return
+    live, hourly = await tasks.owner_load(conn, owner, exclude=exclude)
+    if count_task and quotas.max_active_tasks and live + 1 > quotas.max_active_tasks:
+        raise QuotaExceeded(
+            f"the agent already has {live} active or paused tasks, its quota "
+            f"(PAO_MAX_ACTIVE_TASKS={quotas.max_active_tasks}); cancel some, or ask the "
+            "operator to raise PAO_MAX_ACTIVE_TASKS"
+        )
+    limit = quotas.max_occurrences_per_hour
+    if limit and hourly + peak > limit:
+        raise QuotaExceeded(
+            f"this schedule fires up to {peak} times an hour and the agent's other tasks "
+            f"{hourly}: more than its quota of {limit} occurrences an hour "
+            "(PAO_MAX_OCCURRENCES_PER_HOUR); fire less often, cancel other tasks, or ask "
+            "the operator to raise PAO_MAX_OCCURRENCES_PER_HOUR"
+        )
+
+
 async def _check_owner(conn: Conn, ctx: Context, created_by: uuid.UUID | None) -> uuid.UUID:
     if created_by is None or created_by == ctx.actor.id:
         return ctx.actor.id
@@ -128,6 +197,14 @@ async def create_task(conn: Conn, ctx: Context, data: TaskCreate) -> Task:
     fields["timezone"] = fields["timezone"] or ctx.default_timezone
     next_run_at = _validate(ctx, fields, created_at=now, now=now)
     fields["created_by"] = await _check_owner(conn, ctx, data.created_by)
+    fields["hourly_peak"] = hourly_peak(
+        fields["schedule_kind"],
+        fields["schedule_expr"],
+        fields["timezone"],
+        created_at=now,
+        now=now,
+    )
+    await _check_quotas(conn, ctx, fields["created_by"], peak=fields["hourly_peak"])
     fields["next_run_at"] = next_run_at
     fields["created_at"] = now
     task = await tasks.insert_task(conn, fields)
@@ -191,6 +268,25 @@ async def update_task(
     )
     if "created_by" in given:
         fields["created_by"] = await _check_owner(conn, ctx, data.created_by)
+    fields["hourly_peak"] = task.hourly_peak
+    owner_changed = fields["created_by"] != task.created_by
+    if schedule_changed:
+        fields["hourly_peak"] = hourly_peak(
+            fields["schedule_kind"],
+            fields["schedule_expr"],
+            fields["timezone"],
+            created_at=task.created_at,
+            now=now,
+        )
+    if schedule_changed or owner_changed:
+        await _check_quotas(
+            conn,
+            ctx,
+            fields["created_by"],
+            peak=fields["hourly_peak"],
+            exclude=task.id,
+            count_task=owner_changed,
+        )
     if not schedule_changed:
         next_run_at = task.next_run_at
     else:

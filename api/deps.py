@@ -144,4 +144,5 @@ def task_context(request: Request, state: AppState, agent: Agent) -> Context:
             max_active_tasks=state.settings.max_active_tasks,
             max_occurrences_per_hour=state.settings.max_occurrences_per_hour,
         ),
+        http_allow=state.settings.http_allow,
     )

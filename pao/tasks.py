@@ -24,7 +24,8 @@ from pao.errors import (
     QuotaExceeded,
 )
 from pao.models import Agent, Run, Task
-from pao.pipeline import validate_payload
+from pao.netguard import private_target
+from pao.pipeline import Pipeline, validate_payload
 from pao.schedule import Schedule, parse_schedule
 from pao.schemas import TaskCreate, TaskUpdate
 from pao.store import audit, runs, tasks
@@ -58,6 +59,7 @@ class Context:
     registry: ToolRegistry
     default_timezone: str
     quotas: Quotas = Quotas()
+    http_allow: tuple[str, ...] = ()  # PAO_HTTP_ALLOW: private targets the operator allows
 
     @property
     def owner(self) -> uuid.UUID | None:
@@ -90,6 +92,26 @@ def check_schedule(
     return schedule, first
 
 
+def _private_http_targets(pipeline: Pipeline, allow: tuple[str, ...]) -> list[FieldError]:
+    """http.request steps whose URL is written as a private address: refused now, not at
+    every run (the worker still checks every address it connects to)."""
+    errors = []
+    for index, step in enumerate(pipeline.steps):
+        url = step.with_.get("url")
+        if step.uses != "http.request" or not isinstance(url, str):
+            continue
+        why = private_target(url, allow)
+        if why is not None:
+            errors.append(
+                FieldError(
+                    ("payload", "pipeline", index, "with", "url"),
+                    f"{why}; steps may only reach public hosts unless an operator allows "
+                    "this one with PAO_HTTP_ALLOW",
+                )
+            )
+    return errors
+
+
 def _validate(
     ctx: Context,
     fields: dict[str, Any],
@@ -117,9 +139,13 @@ def _validate(
     except InvalidInput as exc:
         _merge(errors, exc)
     try:
-        validate_payload(fields["payload"], ctx.registry, schedule_kind=fields["schedule_kind"])
+        pipeline = validate_payload(
+            fields["payload"], ctx.registry, schedule_kind=fields["schedule_kind"]
+        )
     except InvalidInput as exc:
         _merge(errors, exc)
+    else:
+        errors += _private_http_targets(pipeline, ctx.http_allow)
     if fields.get("dedupe_key") is not None:
         try:
             parse_template(fields["dedupe_key"])

@@ -23,3 +23,13 @@ SELECT hits,
         AS reset_seconds
 FROM rate_counters
 WHERE key = %(key)s AND window_start > now() - make_interval(secs => %(window)s)
+
+-- name: rate_counter_prune
+-- Forget counters whose window ended long ago (an address seen once leaves a row), a batch
+-- at a time.
+DELETE FROM rate_counters
+WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM rate_counters
+    WHERE window_start < %(now)s - interval '1 hour'
+    LIMIT %(limit)s
+))

@@ -7,6 +7,7 @@ by a clock boundary.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from pao.db import Conn
 from pao.sql import QUERIES
@@ -36,3 +37,9 @@ async def current(conn: Conn, key: str, *, window: int) -> Count | None:
     """The hits counted for `key` in its current window, if any."""
     cur = await conn.execute(QUERIES["rate_counter_get"], {"key": key, "window": window})
     return _count(await cur.fetchone())
+
+
+async def prune(conn: Conn, *, now: datetime, limit: int) -> int:
+    """Delete up to `limit` counters idle for an hour; returns how many."""
+    cur = await conn.execute(QUERIES["rate_counter_prune"], {"now": now, "limit": limit})
+    return cur.rowcount

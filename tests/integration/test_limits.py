@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -12,7 +14,9 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from pao import tokens
+from pao.db import connect
 from pao.settings import Settings
+from pao.store import rate_counters
 from tests.helpers import SEED_TASK, auth, snapshot
 
 RATE_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
@@ -162,3 +166,21 @@ def test_hourly_occurrence_quota(
             ).status_code
             == 200
         )
+
+
+def test_idle_counters_are_pruned(db_url: str, db: psycopg.Connection[Any]) -> None:
+    db.execute(
+        "INSERT INTO rate_counters (key, window_start, hits) VALUES "
+        "('auth:192.0.2.1', now() - interval '2 hours', 3), ('agent:x', now(), 1)"
+    )
+
+    async def prune() -> int:
+        conn = await connect(db_url)
+        try:
+            async with conn.transaction():
+                return await rate_counters.prune(conn, now=datetime.now(UTC), limit=10)
+        finally:
+            await conn.close()
+
+    assert asyncio.run(prune()) == 1
+    assert db.execute("SELECT key FROM rate_counters").fetchall() == [("agent:x",)]

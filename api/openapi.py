@@ -142,7 +142,8 @@ def document(app: FastAPI) -> None:
                         and PROBLEM_JSON not in existing["content"]
                         and status != 422
                     ):
-                        continue  # a route's own non-problem error body (health)
+                        # A route's own error body (health); FastAPI's 422 shape is replaced.
+                        continue
                     responses[str(status)] = _problem_response(status, existing)
                 if _needs_token(route):
                     for code, response in responses.items():

@@ -15,6 +15,7 @@ from api import problems
 from api.deps import AppState
 from api.discovery import ToolDiscovery
 from api.middleware import RequestMiddleware
+from api.openapi import document
 from api.routes import agents, events, health, runs, tasks, tools, ui
 from pao import db
 from pao.agents import ensure_admin_token
@@ -74,6 +75,7 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
         lifespan=lifespan,
     )
     problems.install(app)
+    document(app)
     for router in (
         tasks.router,
         runs.router,
@@ -96,7 +98,15 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
                 "If-Match",
                 "X-Request-ID",
             ],
-            expose_headers=["X-Request-ID", "ETag", "Location"],
+            expose_headers=[
+                "X-Request-ID",
+                "ETag",
+                "Location",
+                "Retry-After",
+                "X-RateLimit-Limit",
+                "X-RateLimit-Remaining",
+                "X-RateLimit-Reset",
+            ],
         )
     app.add_middleware(RequestMiddleware)
     return app

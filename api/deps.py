@@ -12,12 +12,12 @@ from psycopg_pool import AsyncConnectionPool
 
 from api.discovery import ToolDiscovery
 from pao import db
-from pao.errors import Forbidden, Unauthenticated
+from pao.errors import Forbidden, RateLimited, Unauthenticated
 from pao.mcp import McpHub
 from pao.models import Agent
 from pao.settings import Settings
-from pao.store import agents
-from pao.tasks import Context
+from pao.store import agents, rate_counters
+from pao.tasks import Context, Quotas
 from pao.tools import ToolRegistry
 
 
@@ -56,16 +56,53 @@ def _bearer(request: Request) -> str | None:
     return token.strip()
 
 
+# Both limits count per minute.
+WINDOW_SECONDS = 60
+
+
+def client_address(request: Request) -> str:
+    """Who failed to sign in: the peer address (behind a proxy, run uvicorn with
+    --proxy-headers so this is the client's)."""
+    return request.client.host if request.client else "unknown"
+
+
 async def current_agent(request: Request, state: State) -> Agent:
-    """The agent behind the bearer token; every failure looks the same to the caller."""
+    """The agent behind the bearer token; every failure looks the same to the caller.
+
+    An address with too many failed sign-ins this minute gets 429 before its
+    token is even looked at; a signed-in agent over its request rate gets 429
+    too. Both counters live in PostgreSQL, shared by every API replica.
+    """
+    settings = state.settings
     token = _bearer(request)
-    if token is None:
-        raise Unauthenticated()
+    failures_key = f"auth:{client_address(request)}"
+    count: rate_counters.Count | None = None
     async with state.tx() as conn:
-        agent = await agents.authenticate(conn, token)
+        if settings.auth_failures_per_minute:
+            failed = await rate_counters.current(conn, failures_key, window=WINDOW_SECONDS)
+            if failed is not None and failed.hits >= settings.auth_failures_per_minute:
+                raise RateLimited(
+                    "too many failed sign-ins from this address; wait, then send a valid token",
+                    retry_after=failed.reset_seconds,
+                )
+        agent = await agents.authenticate(conn, token) if token is not None else None
+        if agent is None:
+            if settings.auth_failures_per_minute:
+                await rate_counters.hit(conn, failures_key, window=WINDOW_SECONDS)
+        elif settings.rate_limit_per_minute:
+            count = await rate_counters.hit(conn, f"agent:{agent.id}", window=WINDOW_SECONDS)
     if agent is None:
-        raise Unauthenticated()
+        raise Unauthenticated()  # after the block: the failure is counted (committed)
     request.state.agent = agent
+    if count is not None:
+        limit = settings.rate_limit_per_minute
+        request.state.rate_limit = (limit, max(0, limit - count.hits), count.reset_seconds)
+        if count.hits > limit:
+            raise RateLimited(
+                f"this agent may make {limit} requests a minute; wait, or ask the operator "
+                "to raise PAO_RATE_LIMIT_PER_MINUTE",
+                retry_after=count.reset_seconds,
+            )
     return agent
 
 
@@ -103,4 +140,9 @@ def task_context(request: Request, state: AppState, agent: Agent) -> Context:
         request_id=request_id(request),
         registry=state.registry,
         default_timezone=state.settings.default_timezone,
+        quotas=Quotas(
+            max_active_tasks=state.settings.max_active_tasks,
+            max_occurrences_per_hour=state.settings.max_occurrences_per_hour,
+        ),
+        http_allow=state.settings.http_allow,
     )

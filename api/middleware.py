@@ -70,7 +70,14 @@ class RequestMiddleware:
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                MutableHeaders(scope=message)["X-Request-ID"] = request_id
+                headers = MutableHeaders(scope=message)
+                headers["X-Request-ID"] = request_id
+                rate = scope["state"].get("rate_limit")
+                if rate is not None:  # set by authentication: every signed-in answer shows it
+                    limit, remaining, reset = rate
+                    headers["X-RateLimit-Limit"] = str(limit)
+                    headers["X-RateLimit-Remaining"] = str(remaining)
+                    headers["X-RateLimit-Reset"] = str(reset)
             await send(message)
 
         if scope["method"] in ("POST", "PUT", "PATCH"):

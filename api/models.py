@@ -185,3 +185,20 @@ class AgentPublic(BaseModel):
 
 class AgentCreated(AgentPublic):
     token: str
+
+
+class ProblemFieldError(BaseModel):
+    field: str
+    loc: list[str | int]
+    message: str
+
+
+class Problem(BaseModel):
+    """An RFC 7807 problem: what every error response carries."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    request_id: str | None
+    errors: list[ProblemFieldError] | None = None

@@ -24,6 +24,8 @@ from pao.errors import (
     NotMigrated,
     PaoError,
     PreconditionFailed,
+    QuotaExceeded,
+    RateLimited,
     Unauthenticated,
 )
 from pao.mcp import McpUnavailable
@@ -42,6 +44,7 @@ _TITLES = {
     412: "Precondition failed",
     413: "Request body too large",
     422: "Invalid request",
+    429: "Too many requests",
     500: "Internal error",
     503: "Service unavailable",
 }
@@ -55,6 +58,8 @@ _STATUS: list[tuple[type[PaoError], int, str]] = [
     (PreconditionFailed, 412, "precondition-failed"),
     (Forbidden, 403, "forbidden"),
     (Unauthenticated, 401, "unauthenticated"),
+    (RateLimited, 429, "rate-limited"),
+    (QuotaExceeded, 409, "quota-exceeded"),
     (DatabaseUnavailable, 503, "database-unavailable"),
     (NotMigrated, 503, "not-migrated"),
     (McpUnavailable, 503, "tool-server-unavailable"),
@@ -132,6 +137,8 @@ async def _on_pao_error(request: Request, exc: Exception) -> JSONResponse:
                 headers["WWW-Authenticate"] = 'Bearer realm="pao"'
             if status == 503:
                 headers["Retry-After"] = "2"
+            if isinstance(exc, RateLimited):
+                headers["Retry-After"] = str(exc.retry_after)
             return problem(
                 status, exc.message, request=request, slug=slug, errors=errors, headers=headers
             )

@@ -76,3 +76,15 @@ class NotMigrated(PaoError):
 
 class PreconditionFailed(PaoError):
     """The object changed since you read it; fetch it again and retry."""
+
+
+class RateLimited(PaoError):
+    """Too many requests; retry after the number of seconds in Retry-After."""
+
+    def __init__(self, message: str | None = None, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class QuotaExceeded(PaoError):
+    """This agent has reached one of its quotas."""

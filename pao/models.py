@@ -54,6 +54,7 @@ class Task:
     concurrency_limit: int | None = None
     claim_key: str | None = None
     claim_limit: int | None = None
+    hourly_peak: int = 0
 
 
 @dataclass(frozen=True)

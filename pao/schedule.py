@@ -90,6 +90,7 @@ KINDS: tuple[str, ...] = ("cron", "rrule", "once", "event", "condition")
 MAX_EXPR_LEN = 1000
 MAX_EVENT_LEN = 200
 MAX_COUNT = 5000
+MAX_INTERVAL = 1000
 # A cron date pattern recurs at least every few decades; search no further.
 _CRON_HORIZON_YEARS = 100
 # Days (or hours/minutes for sub-daily rules) dateutil may examine without
@@ -658,6 +659,11 @@ def _parse_rrule(expr: str, zone: ZoneInfo, created_at: datetime) -> _RRule:
         parts["COUNT"].isdigit() and 1 <= int(parts["COUNT"]) <= MAX_COUNT
     ):
         raise _bad(f"COUNT must be a whole number from 1 to {MAX_COUNT}; use UNTIL for longer runs")
+    if "INTERVAL" in parts and not (
+        parts["INTERVAL"].isdigit() and 1 <= int(parts["INTERVAL"]) <= MAX_INTERVAL
+    ):
+        # dateutil steps forever on INTERVAL=0 (and backwards on a negative one).
+        raise _bad(f"INTERVAL must be a whole number from 1 to {MAX_INTERVAL}")
     until = _parse_until(parts.pop("UNTIL"), zone) if "UNTIL" in parts else None
 
     text = ";".join(f"{key}={value}" for key, value in parts.items())

@@ -38,6 +38,10 @@ class Settings:
     lease_seconds: int = 30
     shutdown_grace_seconds: int = 25
     run_timeout_seconds: int = 3600
+    rate_limit_per_minute: int = 1200
+    auth_failures_per_minute: int = 20
+    max_active_tasks: int = 1000
+    max_occurrences_per_hour: int = 60_000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -65,6 +69,16 @@ class Settings:
             lease_seconds=_int(env, "PAO_LEASE_SECONDS", 30, low=3, high=3600),
             shutdown_grace_seconds=_int(env, "PAO_SHUTDOWN_GRACE", 25, low=0, high=3600),
             run_timeout_seconds=_int(env, "PAO_RUN_TIMEOUT", 3600, low=1, high=7 * 86_400),
+            rate_limit_per_minute=_int(
+                env, "PAO_RATE_LIMIT_PER_MINUTE", 1200, low=0, high=10_000_000
+            ),
+            auth_failures_per_minute=_int(
+                env, "PAO_AUTH_FAILURES_PER_MINUTE", 20, low=0, high=10_000_000
+            ),
+            max_active_tasks=_int(env, "PAO_MAX_ACTIVE_TASKS", 1000, low=0, high=10_000_000),
+            max_occurrences_per_hour=_int(
+                env, "PAO_MAX_OCCURRENCES_PER_HOUR", 60_000, low=0, high=1_000_000_000
+            ),
         )
 
 

@@ -14,9 +14,18 @@ from typing import Any
 
 from pao import occurrences
 from pao.db import Conn
-from pao.errors import Conflict, FieldError, Forbidden, InvalidInput, NotFound, PreconditionFailed
+from pao.errors import (
+    Conflict,
+    FieldError,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    PreconditionFailed,
+    QuotaExceeded,
+)
 from pao.models import Agent, Run, Task
-from pao.pipeline import validate_payload
+from pao.netguard import private_target
+from pao.pipeline import Pipeline, validate_payload
 from pao.schedule import Schedule, parse_schedule
 from pao.schemas import TaskCreate, TaskUpdate
 from pao.store import audit, runs, tasks
@@ -33,6 +42,15 @@ MAX_PAUSE_RECORDS = 1000
 
 
 @dataclass(frozen=True)
+class Quotas:
+    """Per-agent ceilings (0: none): live (active or paused) tasks, and the summed
+    peak occurrences an hour of their schedules."""
+
+    max_active_tasks: int = 0
+    max_occurrences_per_hour: int = 0
+
+
+@dataclass(frozen=True)
 class Context:
     """Who is acting, and the request they act in."""
 
@@ -40,6 +58,8 @@ class Context:
     request_id: str | None
     registry: ToolRegistry
     default_timezone: str
+    quotas: Quotas = Quotas()
+    http_allow: tuple[str, ...] = ()  # PAO_HTTP_ALLOW: private targets the operator allows
 
     @property
     def owner(self) -> uuid.UUID | None:
@@ -72,6 +92,26 @@ def check_schedule(
     return schedule, first
 
 
+def _private_http_targets(pipeline: Pipeline, allow: tuple[str, ...]) -> list[FieldError]:
+    """http.request steps whose URL is written as a private address: refused now, not at
+    every run (the worker still checks every address it connects to)."""
+    errors = []
+    for index, step in enumerate(pipeline.steps):
+        url = step.with_.get("url")
+        if step.uses != "http.request" or not isinstance(url, str):
+            continue
+        why = private_target(url, allow)
+        if why is not None:
+            errors.append(
+                FieldError(
+                    ("payload", "pipeline", index, "with", "url"),
+                    f"{why}; steps may only reach public hosts unless an operator allows "
+                    "this one with PAO_HTTP_ALLOW",
+                )
+            )
+    return errors
+
+
 def _validate(
     ctx: Context,
     fields: dict[str, Any],
@@ -99,9 +139,13 @@ def _validate(
     except InvalidInput as exc:
         _merge(errors, exc)
     try:
-        validate_payload(fields["payload"], ctx.registry, schedule_kind=fields["schedule_kind"])
+        pipeline = validate_payload(
+            fields["payload"], ctx.registry, schedule_kind=fields["schedule_kind"]
+        )
     except InvalidInput as exc:
         _merge(errors, exc)
+    else:
+        errors += _private_http_targets(pipeline, ctx.http_allow)
     if fields.get("dedupe_key") is not None:
         try:
             parse_template(fields["dedupe_key"])
@@ -110,6 +154,57 @@ def _validate(
     if errors:
         raise InvalidInput(errors)
     return next_run_at
+
+
+# The most fire times a schedule is sampled for; no schedule fires more than once a minute.
+_PEAK_SAMPLE = 61
+
+
+def hourly_peak(kind: str, expr: str, timezone: str, *, created_at: datetime, now: datetime) -> int:
+    """The most occurrences a schedule fires in any hour, judged from its next fire times.
+
+    Event tasks count 0: events are paced by the request rate limit instead.
+    """
+    if kind not in SCHEDULED_KINDS:
+        return 0
+    schedule = parse_schedule(kind, expr, timezone, created_at=created_at)
+    times = schedule.upcoming(now, _PEAK_SAMPLE)
+    peak, start = 0, 0
+    for end, at in enumerate(times):
+        while times[start] <= at - timedelta(hours=1):
+            start += 1
+        peak = max(peak, end - start + 1)
+    return peak
+
+
+async def _check_quotas(
+    conn: Conn,
+    ctx: Context,
+    owner: uuid.UUID,
+    *,
+    peak: int,
+    exclude: uuid.UUID | None = None,
+    count_task: bool = True,
+) -> None:
+    """Refuse a task that would take `owner` past a quota, naming it and how to raise it."""
+    quotas = ctx.quotas
+    if not (quotas.max_active_tasks or quotas.max_occurrences_per_hour):
+        return
+    live, hourly = await tasks.owner_load(conn, owner, exclude=exclude)
+    if count_task and quotas.max_active_tasks and live + 1 > quotas.max_active_tasks:
+        raise QuotaExceeded(
+            f"the agent already has {live} active or paused tasks, its quota "
+            f"(PAO_MAX_ACTIVE_TASKS={quotas.max_active_tasks}); cancel some, or ask the "
+            "operator to raise PAO_MAX_ACTIVE_TASKS"
+        )
+    limit = quotas.max_occurrences_per_hour
+    if limit and hourly + peak > limit:
+        raise QuotaExceeded(
+            f"this schedule fires up to {peak} times an hour and the agent's other tasks "
+            f"{hourly}: more than its quota of {limit} occurrences an hour "
+            "(PAO_MAX_OCCURRENCES_PER_HOUR); fire less often, cancel other tasks, or ask "
+            "the operator to raise PAO_MAX_OCCURRENCES_PER_HOUR"
+        )
 
 
 async def _check_owner(conn: Conn, ctx: Context, created_by: uuid.UUID | None) -> uuid.UUID:
@@ -128,6 +223,14 @@ async def create_task(conn: Conn, ctx: Context, data: TaskCreate) -> Task:
     fields["timezone"] = fields["timezone"] or ctx.default_timezone
     next_run_at = _validate(ctx, fields, created_at=now, now=now)
     fields["created_by"] = await _check_owner(conn, ctx, data.created_by)
+    fields["hourly_peak"] = hourly_peak(
+        fields["schedule_kind"],
+        fields["schedule_expr"],
+        fields["timezone"],
+        created_at=now,
+        now=now,
+    )
+    await _check_quotas(conn, ctx, fields["created_by"], peak=fields["hourly_peak"])
     fields["next_run_at"] = next_run_at
     fields["created_at"] = now
     task = await tasks.insert_task(conn, fields)
@@ -191,6 +294,25 @@ async def update_task(
     )
     if "created_by" in given:
         fields["created_by"] = await _check_owner(conn, ctx, data.created_by)
+    fields["hourly_peak"] = task.hourly_peak
+    owner_changed = fields["created_by"] != task.created_by
+    if schedule_changed:
+        fields["hourly_peak"] = hourly_peak(
+            fields["schedule_kind"],
+            fields["schedule_expr"],
+            fields["timezone"],
+            created_at=task.created_at,
+            now=now,
+        )
+    if schedule_changed or owner_changed:
+        await _check_quotas(
+            conn,
+            ctx,
+            fields["created_by"],
+            peak=fields["hourly_peak"],
+            exclude=task.id,
+            count_task=owner_changed,
+        )
     if not schedule_changed:
         next_run_at = task.next_run_at
     else:

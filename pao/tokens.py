@@ -40,7 +40,8 @@ def is_well_formed(token: str) -> bool:
     if len(token) != TOKEN_LEN or not token.startswith(PREFIX):
         return False
     body, check = token[len(PREFIX) : -_CHECK_LEN], token[-_CHECK_LEN:]
-    if any(c not in _ALPHABET for c in body):
+    # The checksum too: compare_digest raises on non-ASCII text.
+    if any(c not in _ALPHABET for c in body + check):
         return False
     return secrets.compare_digest(_checksum(body), check)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from pao.db import Conn
-from pao.store import events, heartbeats, idempotency, occurrences, runs
+from pao.store import events, heartbeats, idempotency, occurrences, rate_counters, runs
 
 BATCH = 1000
 
@@ -24,4 +24,5 @@ async def prune_step(conn: Conn, *, now: datetime, retention: timedelta) -> int:
         + await occurrences.prune_dedupe_keys(conn, now=now, limit=BATCH)
         + await idempotency.prune(conn, now=now, limit=BATCH)
         + await heartbeats.prune(conn, before=now - timedelta(days=1))
+        + await rate_counters.prune(conn, now=now, limit=BATCH)
     )

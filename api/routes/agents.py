@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from api.deps import Admin, State, request_id
 from api.models import AgentCreated, AgentPublic, Page
+from api.openapi import conflicts
 from pao import agents as logic
 from pao import pagination
 from pao.schemas import AgentCreate, AgentUpdate
@@ -58,7 +59,7 @@ async def get_agent(state: State, admin: Admin, agent_id: uuid.UUID) -> AgentPub
         return AgentPublic.of(await logic.get_agent(conn, agent_id))
 
 
-@router.put("/{agent_id}", response_model=AgentPublic)
+@router.put("/{agent_id}", response_model=AgentPublic, responses=conflicts(409))
 async def update_agent(
     request: Request, state: State, admin: Admin, agent_id: uuid.UUID, body: AgentUpdate
 ) -> AgentPublic:
@@ -71,7 +72,7 @@ async def update_agent(
     return AgentPublic.of(agent)
 
 
-@router.delete("/{agent_id}", status_code=204)
+@router.delete("/{agent_id}", status_code=204, responses=conflicts(409))
 async def delete_agent(
     request: Request, state: State, admin: Admin, agent_id: uuid.UUID
 ) -> Response:

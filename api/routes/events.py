@@ -8,13 +8,14 @@ from fastapi.responses import JSONResponse
 from api.deps import EventsPublish, State, request_id
 from api.idempotency import idempotent
 from api.models import EventAccepted
+from api.openapi import conflicts
 from pao import events as logic
 from pao.schemas import EventPublish
 
 router = APIRouter(prefix="/events", tags=["events"])
 
 
-@router.post("", status_code=202, response_model=EventAccepted)
+@router.post("", status_code=202, response_model=EventAccepted, responses=conflicts(409))
 async def publish(
     request: Request, state: State, agent: EventsPublish, body: EventPublish
 ) -> Response:

@@ -24,7 +24,37 @@ async def live() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready")
+_NOT_READY: dict[int | str, dict[str, Any]] = {
+    503: {
+        "description": "The database is unreachable or not migrated",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"status": {"type": "string"}, "detail": {"type": "string"}},
+                    "required": ["status"],
+                }
+            }
+        },
+    }
+}
+_UNHEALTHY: dict[int | str, dict[str, Any]] = {
+    503: {
+        "description": "The database is down, or a scheduler or worker has no fresh heartbeat",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"status": {"type": "string"}},
+                    "required": ["status"],
+                }
+            }
+        },
+    }
+}
+
+
+@router.get("/ready", responses=_NOT_READY)
 async def ready(state: State) -> JSONResponse:
     """200 when the database is reachable and migrated, else 503."""
     try:
@@ -46,7 +76,7 @@ def _component(beats: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     }
 
 
-@router.get("")
+@router.get("", responses=_UNHEALTHY)
 async def health(state: State) -> JSONResponse:
     """Database, scheduler and worker heartbeats and queue depth; 503 unless all are well."""
     try:

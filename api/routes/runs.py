@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request
 
 from api.deps import RunsRead, State, TasksWrite, request_id
 from api.models import Page, RunLogPublic, RunLogs, RunPublic
+from api.openapi import conflicts
 from pao import pagination
 from pao import runs as logic
 from pao.schemas import RunStatusField
@@ -69,7 +70,9 @@ async def run_logs(
     return RunLogs(items=[RunLogPublic.of(line) for line in items], next_cursor=next_cursor)
 
 
-@router.post("/{run_id}/cancel", status_code=202, response_model=RunPublic)
+@router.post(
+    "/{run_id}/cancel", status_code=202, response_model=RunPublic, responses=conflicts(409)
+)
 async def cancel_run(
     request: Request, state: State, agent: TasksWrite, run_id: uuid.UUID
 ) -> RunPublic:

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from api.deps import State, TasksRead, TasksWrite, task_context
 from api.idempotency import idempotent
 from api.models import Occurrence, Occurrences, Page, RunPublic, TaskPublic
+from api.openapi import conflicts
 from pao import pagination
 from pao import tasks as logic
 from pao.errors import InvalidInput
@@ -50,7 +51,7 @@ def _if_match(value: str | None) -> int | None:
     return int(raw)
 
 
-@router.post("", status_code=201, response_model=TaskPublic)
+@router.post("", status_code=201, response_model=TaskPublic, responses=conflicts(409))
 async def create_task(
     request: Request, state: State, agent: TasksWrite, body: TaskCreate
 ) -> Response:
@@ -163,7 +164,7 @@ async def occurrences(
     return Occurrences(items=[Occurrence.of(at, zone) for at in schedule.upcoming(start, count)])
 
 
-@router.put("/{task_id}", response_model=TaskPublic)
+@router.put("/{task_id}", response_model=TaskPublic, responses=conflicts(409, 412))
 async def update_task(
     request: Request,
     response: Response,
@@ -188,7 +189,9 @@ async def update_task(
     return _etag(TaskPublic.of(task), response)
 
 
-@router.post("/{task_id}/run_now", status_code=202, response_model=RunPublic)
+@router.post(
+    "/{task_id}/run_now", status_code=202, response_model=RunPublic, responses=conflicts(409)
+)
 async def run_now(
     request: Request, state: State, agent: TasksWrite, task_id: uuid.UUID
 ) -> RunPublic:
@@ -198,7 +201,7 @@ async def run_now(
     return RunPublic.of(run)
 
 
-@router.post("/{task_id}/snooze", response_model=TaskPublic)
+@router.post("/{task_id}/snooze", response_model=TaskPublic, responses=conflicts(409))
 async def snooze(
     request: Request, state: State, agent: TasksWrite, task_id: uuid.UUID, body: Snooze
 ) -> TaskPublic:
@@ -210,7 +213,7 @@ async def snooze(
     return TaskPublic.of(task)
 
 
-@router.post("/{task_id}/pause", response_model=TaskPublic)
+@router.post("/{task_id}/pause", response_model=TaskPublic, responses=conflicts(409))
 async def pause(
     request: Request, state: State, agent: TasksWrite, task_id: uuid.UUID
 ) -> TaskPublic:
@@ -220,7 +223,7 @@ async def pause(
     return TaskPublic.of(task)
 
 
-@router.post("/{task_id}/resume", response_model=TaskPublic)
+@router.post("/{task_id}/resume", response_model=TaskPublic, responses=conflicts(409))
 async def resume(
     request: Request, state: State, agent: TasksWrite, task_id: uuid.UUID
 ) -> TaskPublic:
@@ -230,7 +233,7 @@ async def resume(
     return TaskPublic.of(task)
 
 
-@router.post("/{task_id}/cancel", response_model=TaskPublic)
+@router.post("/{task_id}/cancel", response_model=TaskPublic, responses=conflicts(409))
 async def cancel(
     request: Request, state: State, agent: TasksWrite, task_id: uuid.UUID
 ) -> TaskPublic:

@@ -5,13 +5,14 @@ INSERT INTO tasks (
     created_by, title, description, schedule_kind, schedule_expr, timezone, payload,
     priority, dedupe_key, dedupe_window_seconds, max_retries, backoff_strategy,
     concurrency_key, concurrency_limit, next_run_at, misfire_policy, misfire_grace_seconds,
-    created_at, updated_at
+    created_at, updated_at, hourly_peak
 ) VALUES (
     %(created_by)s, %(title)s, %(description)s, %(schedule_kind)s, %(schedule_expr)s,
     %(timezone)s, %(payload)s, %(priority)s, %(dedupe_key)s, %(dedupe_window_seconds)s,
     %(max_retries)s, %(backoff_strategy)s, %(concurrency_key)s, %(concurrency_limit)s,
     %(next_run_at)s,
-    %(misfire_policy)s, %(misfire_grace_seconds)s, %(created_at)s, %(created_at)s
+    %(misfire_policy)s, %(misfire_grace_seconds)s, %(created_at)s, %(created_at)s,
+    %(hourly_peak)s
 )
 RETURNING *
 
@@ -58,6 +59,7 @@ SET created_by = %(created_by)s,
     next_run_at = %(next_run_at)s,
     misfire_policy = %(misfire_policy)s,
     misfire_grace_seconds = %(misfire_grace_seconds)s,
+    hourly_peak = %(hourly_peak)s,
     version = version + 1,
     updated_at = now()
 WHERE id = %(id)s
@@ -120,3 +122,16 @@ WHERE t.id = ANY(%(ids)s) AND t.status = 'active' AND t.next_run_at IS NULL
 -- name: task_set_condition_state
 -- Remember the condition guard's last value, so a restart neither repeats nor misses an edge.
 UPDATE tasks SET condition_state = %(state)s WHERE id = %(id)s
+
+-- name: task_owner_load
+-- An agent's live (active or paused) tasks and the sum of their hourly peaks, other than
+-- `exclude`; the advisory lock makes concurrent creates by one agent take turns at the quota.
+WITH turn AS (
+    SELECT pg_advisory_xact_lock(hashtextextended('quota/' || %(owner)s::text, 0))
+)
+SELECT count(t.id) AS tasks, COALESCE(sum(t.hourly_peak), 0)::bigint AS hourly
+FROM turn
+LEFT JOIN tasks t
+  ON t.created_by = %(owner)s::uuid
+ AND t.status IN ('active', 'paused')
+ AND t.id IS DISTINCT FROM %(exclude)s::uuid

@@ -110,3 +110,16 @@ async def advance_many(conn: Conn, advances: list[tuple[uuid.UUID, datetime | No
             for i, n, s in advances
         ]
         await conn.execute(QUERIES["task_advance_many"], {"batch": Jsonb(batch)})
+
+
+async def owner_load(
+    conn: Conn, owner: uuid.UUID, *, exclude: uuid.UUID | None = None
+) -> tuple[int, int]:
+    """(live tasks, their summed hourly peak) of `owner`, other than `exclude`.
+
+    Takes the owner's quota lock until the transaction ends.
+    """
+    cur = await conn.execute(QUERIES["task_owner_load"], {"owner": owner, "exclude": exclude})
+    row = await cur.fetchone()
+    assert row is not None
+    return int(row["tasks"]), int(row["hourly"])

@@ -88,6 +88,15 @@ def test_bad_credentials_get_the_same_401(client: TestClient, header: str | None
     }
 
 
+def test_non_ascii_in_a_token_is_401_not_500(client: TestClient) -> None:
+    token = tokens.new_token()
+    for spoiled in (token[:-1] + "é", token[:10] + "é" + token[11:], "pao_" + "é" * 38):
+        header = f"Bearer {spoiled}".encode("latin-1")
+        resp = client.get("/tasks", headers=[(b"Authorization", header)])
+        assert resp.status_code == 401, resp.text
+        assert not tokens.is_well_formed(spoiled)
+
+
 def test_revoked_disabled_and_expired_tokens_are_401(
     client: TestClient,
     admin_token: str,

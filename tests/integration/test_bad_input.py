@@ -76,6 +76,9 @@ TASK_CASES: list[tuple[str, Any, int, str | None]] = [
         "schedule_expr",
     ),
     ("rrule garbage", _task(schedule_expr="FREQ=FORTNIGHTLY"), 422, "schedule_expr"),
+    # dateutil steps forever on INTERVAL=0: this once hung the API and ate its memory.
+    ("rrule interval 0", _task(schedule_expr="FREQ=DAILY;INTERVAL=0"), 422, "schedule_expr"),
+    ("rrule interval -1", _task(schedule_expr="FREQ=DAILY;INTERVAL=-1"), 422, "schedule_expr"),
     ("once garbage", _task(schedule_kind="once", schedule_expr="tomorrow"), 422, "schedule_expr"),
     (
         "once in the past",

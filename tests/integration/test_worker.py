@@ -14,8 +14,15 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
+from pao.settings import Settings
 from tests.background import scheduler, worker
 from tests.helpers import SEED_TASK, auth
+
+
+@pytest.fixture
+def settings() -> Settings:
+    """The API here accepts loopback targets, so the worker's own guard can be tested."""
+    return Settings(pool_min_size=1, pool_max_size=4, http_allow=("127.0.0.1",))
 
 
 def _create(client: TestClient, token: str, **fields: Any) -> dict[str, Any]:

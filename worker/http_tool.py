@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 
 from pao.errors import PaoError
+from pao.netguard import is_public
 
 MAX_REDIRECTS = 5
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -53,12 +54,6 @@ class Allow:
         return any(address in net for net in self.networks)
 
 
-def _public(address: IPAddress) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_global and not address.is_multicast
-
-
 async def _resolve(host: str, port: int) -> IPAddress:
     try:
         return ipaddress.ip_address(host)
@@ -83,7 +78,7 @@ async def _checked_target(url: httpx.URL, allow: Allow) -> tuple[httpx.URL, dict
         raise ToolFailed("the URL has no host")
     port = url.port or (443 if url.scheme == "https" else 80)
     address = await _resolve(host, port)
-    if not _public(address) and not allow.permits(host, address):
+    if not is_public(address) and not allow.permits(host, address):
         raise ToolFailed(
             f"{host} resolves to {address}, a private, loopback, link-local or reserved "
             "address; an operator may allow it with PAO_HTTP_ALLOW"

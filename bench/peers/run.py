@@ -89,8 +89,13 @@ class Peer:
     script: str
     done_sql: str  # how many of the filled jobs are finished; %(n)s is how many were filled
     reset_sql: str
+    env: dict[str, str]  # its fast settings, read by its script
+    how: str
 
 
+# Each peer's fast settings; the environment may override them to try others.
+PGQUEUER_BATCH = os.environ.get("PGQUEUER_BATCH", "100")
+PROCRASTINATE_CONCURRENCY = os.environ.get("PROCRASTINATE_CONCURRENCY", "10")
 PEERS = [
     Peer(
         "pgqueuer",
@@ -98,14 +103,27 @@ PEERS = [
         # A finished job leaves the queue table (its record goes to pgqueuer_log).
         "SELECT %(n)s - count(*) FROM pgqueuer",
         "TRUNCATE pgqueuer, pgqueuer_log, bench_started",
+        {"PGQUEUER_BATCH": PGQUEUER_BATCH},
+        f"asyncpg driver, uvloop, async entrypoints, dequeue batch {PGQUEUER_BATCH} "
+        "(its default: 10); "
+        "enqueue = Queries.enqueue, batch = its list form",
     ),
     Peer(
         "procrastinate",
         "procrastinate_side.py",
         "SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded'",
         "TRUNCATE procrastinate_jobs, bench_started CASCADE",
+        {"PROCRASTINATE_CONCURRENCY": PROCRASTINATE_CONCURRENCY},
+        f"psycopg connector, async tasks, worker concurrency {PROCRASTINATE_CONCURRENCY} "
+        "(its default: 1), "
+        "LISTEN/NOTIFY, finished jobs kept; enqueue = defer_async, batch = batch_defer_async",
     ),
 ]
+PAO_HOW = (
+    "job = a run of a task with one no-op step, recorded in runs; enqueue = "
+    "occurrences.queue_one (run_now's store call without HTTP: one transaction and NOTIFY "
+    "per job), batch = store.occurrences.queue_many; workers with PAO_WORKER_CONCURRENCY=32"
+)
 PAO_DONE = "SELECT count(*) FROM runs WHERE status = 'succeeded'"
 PAO_RESET = "TRUNCATE due_work, runs, run_logs, occurrences CASCADE"
 
@@ -213,7 +231,7 @@ def wait_done(url: str, sql: str, count: int, timeout: float) -> float:
             row = conn.execute(sql, {"n": count}).fetchone()  # type: ignore[arg-type]
             if row and row[0] >= count:
                 return time.time()
-            time.sleep(0.02)
+            time.sleep(0.05)
     raise SystemExit(f"timed out after {timeout}s waiting for {count} jobs ({sql})")
 
 
@@ -388,6 +406,7 @@ class PeerRunner:
             [str(BENCH_PYTHON), str(HERE / self.peer.script), args[0], self.url]
             + [str(a) for a in args[1:]],
             cwd=HERE,
+            env={**os.environ, **self.peer.env},
             check=True,
             stdout=subprocess.PIPE,
         ).stdout.decode()
@@ -405,6 +424,7 @@ class PeerRunner:
             subprocess.Popen(
                 [str(BENCH_PYTHON), str(HERE / self.peer.script), "worker", self.url],
                 cwd=HERE,
+                env={**os.environ, **self.peer.env},
                 stdout=subprocess.DEVNULL,
             )
             for _ in range(count)
@@ -493,9 +513,14 @@ def main() -> None:
     settle = 0.5 if args.quick else 1.5
     systems = [s for s in args.only.split(",") if s]
     peers = {p.name: p for p in PEERS}
+    unknown = set(systems) - set(peers) - {"pao"}
+    if unknown:
+        raise SystemExit(f"unknown systems {sorted(unknown)}: choose from pao, {', '.join(peers)}")
     if any(s != "pao" for s in systems) and not BENCH_PYTHON.exists():
         raise SystemExit("no .bench-venv: run `make bench-peers`, which builds it first")
 
+    how = {s: PAO_HOW if s == "pao" else peers[s].how for s in systems}
+    how["batch"] = f"{BATCH:,} jobs per enqueue call"
     started = datetime.now(UTC)
     results: dict[str, dict[str, list[float]]] = {s: {} for s in systems}
     with server() as admin:
@@ -506,6 +531,8 @@ def main() -> None:
             flush=True,
         )
         print("PostgreSQL: " + ", ".join(f"{k}={v}" for k, v in fixed.items()), flush=True)
+        for name, text in how.items():
+            print(f"{name}: {text}", flush=True)
         for r in range(1, rounds + 1):
             for name in systems:
                 t0 = time.monotonic()
@@ -531,11 +558,8 @@ def main() -> None:
                 "rounds": rounds,
                 "jobs": jobs,
                 "pickups": pickups,
-                "settings": {
-                    "pao": f"PAO_WORKER_CONCURRENCY={PAO_WORKER_CONCURRENCY}; enqueue via "
-                    "occurrences.queue_one / store queue_many (no HTTP)",
-                    "batch": BATCH,
-                },
+                "how": how,
+                "batch": BATCH,
                 "results": results,
                 "table": table,
             },

@@ -202,10 +202,14 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
             p.wait()
 
 
-def wait_ready(url: str, procs: list[subprocess.Popen[bytes]], settle: float) -> None:
-    """Until each worker process holds a connection to the database, then a short settle."""
-    pids = {p.pid for p in procs}
-    deadline = time.monotonic() + 60
+def wait_ready(
+    url: str, procs: list[subprocess.Popen[bytes]], settle: float, per_worker: int = 1
+) -> int:
+    """Until the workers hold at least `per_worker` connections each and their number has not
+    changed for `settle` seconds (all started, none still connecting); returns it per worker."""
+    want = per_worker * len(procs)
+    last, since = -1, time.monotonic()
+    deadline = since + 60
     with harness_conn(url) as conn:
         while time.monotonic() < deadline:
             for p in procs:
@@ -216,9 +220,11 @@ def wait_ready(url: str, procs: list[subprocess.Popen[bytes]], settle: float) ->
                 "WHERE datname = current_database() AND application_name <> %s",
                 (HARNESS,),
             ).fetchone()
-            if row and row[0] >= len(pids):
-                time.sleep(settle)
-                return
+            n = int(row[0]) if row else 0
+            if n != last:
+                last, since = n, time.monotonic()
+            elif n >= want and time.monotonic() - since >= settle:
+                return n // len(procs)
             time.sleep(0.05)
     raise SystemExit("workers did not connect within 60 s")
 
@@ -448,10 +454,11 @@ def one_round(system: Pao | PeerRunner, jobs: int, pickups: int, settle: float) 
     reset()
     figures["enqueue batch"] = jobs / system.enqueue(jobs, BATCH)
     reset()
+    per_worker = 1
     for count, label in ((1, "drain 1 worker"), (2, "drain 2 workers")):
         procs = system.workers(count)
         try:
-            wait_ready(system.url, procs, settle)
+            per_worker = wait_ready(system.url, procs, settle, per_worker)
             committed = system.fill(jobs)
             finished = wait_done(system.url, system.done_sql, jobs, timeout=600)
             figures[label] = jobs / (finished - committed)
@@ -462,7 +469,7 @@ def one_round(system: Pao | PeerRunner, jobs: int, pickups: int, settle: float) 
         reset()
     procs = system.workers(1)
     try:
-        wait_ready(system.url, procs, settle)
+        wait_ready(system.url, procs, settle, per_worker)
         late = percentiles(system.pickup(pickups))
     finally:
         stop(procs)

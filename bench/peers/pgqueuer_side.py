@@ -24,8 +24,14 @@ from side_common import StartMarks, create_start_table, emit, pickup, timed_enqu
 DEQUEUE_BATCH = int(os.environ.get("PGQUEUER_BATCH", "100"))
 
 
+async def connect(url: str) -> asyncpg.Connection:
+    # asyncpg does not read PGAPPNAME; the harness names worker connections with it.
+    name = os.environ.get("PGAPPNAME", "")
+    return await asyncpg.connect(url, server_settings={"application_name": name})
+
+
 async def queries(url: str) -> Queries:
-    return Queries(AsyncpgDriver(await asyncpg.connect(url)))
+    return Queries(AsyncpgDriver(await connect(url)))
 
 
 async def main(command: str, url: str, args: list[int]) -> None:
@@ -49,7 +55,7 @@ async def main(command: str, url: str, args: list[int]) -> None:
         emit(committed_at=time.time())
     elif command == "worker":
         marks = StartMarks(url)
-        qm = QueueManager(Queries(AsyncpgDriver(await asyncpg.connect(url))))
+        qm = QueueManager(await queries(url))
 
         @qm.entrypoint("noop")
         async def noop(job: Job) -> None:

@@ -66,6 +66,7 @@ HERE = Path(__file__).resolve().parent
 BENCH_PYTHON = ROOT / ".bench-venv" / "bin" / "python"
 BATCH = 1000
 HARNESS = "bench-harness"
+WORKER_APP = "bench-worker"
 PAO_WORKER_CONCURRENCY = "32"
 POLL_SECONDS = 0.001
 GAP_SECONDS = 0.02
@@ -202,31 +203,29 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
             p.wait()
 
 
-def wait_ready(
-    url: str, procs: list[subprocess.Popen[bytes]], settle: float, per_worker: int = 1
-) -> int:
-    """Until the workers hold at least `per_worker` connections each and their number has not
-    changed for `settle` seconds (all started, none still connecting); returns it per worker."""
-    want = per_worker * len(procs)
-    last, since = -1, time.monotonic()
-    deadline = since + 60
+def worker_env(i: int) -> dict[str, str]:
+    """Names worker i's connections (libpq's PGAPPNAME; the asyncpg peer passes it on)."""
+    return {"PGAPPNAME": f"{WORKER_APP}-{i}"}
+
+
+def wait_ready(url: str, procs: list[subprocess.Popen[bytes]], settle: float) -> None:
+    """Until every worker process has a connection open, then `settle` more seconds."""
+    deadline = time.monotonic() + 60
     with harness_conn(url) as conn:
         while time.monotonic() < deadline:
             for p in procs:
                 if p.poll() is not None:
                     raise SystemExit(f"a worker exited with {p.returncode} before it was ready")
             row = conn.execute(
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND application_name <> %s",
-                (HARNESS,),
+                "SELECT count(DISTINCT application_name) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND application_name LIKE %s",
+                (f"{WORKER_APP}-%",),
             ).fetchone()
-            n = int(row[0]) if row else 0
-            if n != last:
-                last, since = n, time.monotonic()
-            elif n >= want and time.monotonic() - since >= settle:
-                return n // len(procs)
+            if row and row[0] >= len(procs):
+                time.sleep(settle)
+                return
             time.sleep(0.05)
-    raise SystemExit("workers did not connect within 60 s")
+    raise SystemExit(f"not every one of {len(procs)} workers connected within 60 s")
 
 
 def wait_done(url: str, sql: str, count: int, timeout: float) -> float:
@@ -340,11 +339,11 @@ class Pao:
         return [
             subprocess.Popen(
                 [sys.executable, "-m", "pao", "worker"],
-                env=env,
+                env={**env, **worker_env(i)},
                 cwd=ROOT,
                 stdout=subprocess.DEVNULL,
             )
-            for _ in range(count)
+            for i in range(count)
         ]
 
     def pickup(self, count: int) -> list[float]:
@@ -430,10 +429,10 @@ class PeerRunner:
             subprocess.Popen(
                 [str(BENCH_PYTHON), str(HERE / self.peer.script), "worker", self.url],
                 cwd=HERE,
-                env={**os.environ, **self.peer.env},
+                env={**os.environ, **self.peer.env, **worker_env(i)},
                 stdout=subprocess.DEVNULL,
             )
-            for _ in range(count)
+            for i in range(count)
         ]
 
     def pickup(self, count: int) -> list[float]:
@@ -454,11 +453,10 @@ def one_round(system: Pao | PeerRunner, jobs: int, pickups: int, settle: float) 
     reset()
     figures["enqueue batch"] = jobs / system.enqueue(jobs, BATCH)
     reset()
-    per_worker = 1
     for count, label in ((1, "drain 1 worker"), (2, "drain 2 workers")):
         procs = system.workers(count)
         try:
-            per_worker = wait_ready(system.url, procs, settle, per_worker)
+            wait_ready(system.url, procs, settle)
             committed = system.fill(jobs)
             finished = wait_done(system.url, system.done_sql, jobs, timeout=600)
             figures[label] = jobs / (finished - committed)
@@ -469,7 +467,7 @@ def one_round(system: Pao | PeerRunner, jobs: int, pickups: int, settle: float) 
         reset()
     procs = system.workers(1)
     try:
-        wait_ready(system.url, procs, settle, per_worker)
+        wait_ready(system.url, procs, settle)
         late = percentiles(system.pickup(pickups))
     finally:
         stop(procs)

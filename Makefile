@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help dev test pytest lint format pg15-test bench clean
+.PHONY: help dev test pytest lint format pg15-test bench bench-peers clean
 
 help: ## list the commands
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -41,4 +41,16 @@ pg15-test: $(STAMP) ## run the suite again on a Debian PostgreSQL 15 cluster, if
 	bash .ci/pg15-suite
 
 clean: ## remove the virtual environment and local databases
-	rm -rf $(VENV) .pao .pao-test
+	rm -rf $(VENV) $(BENCH_VENV) .pao .pao-test
+
+BENCH_VENV := .bench-venv
+BENCH_STAMP := $(BENCH_VENV)/.installed
+
+$(BENCH_STAMP): bench/peers/requirements.txt
+	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet -r bench/peers/requirements.txt
+	@touch $@
+
+bench-peers: $(STAMP) $(BENCH_STAMP) ## pao vs pgqueuer and procrastinate (ARGS="--quick", "--rounds 5")
+	$(BIN)/python -m bench.peers.run $(ARGS)

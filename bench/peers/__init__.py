@@ -1,0 +1,1 @@
+"""pao side by side with pgqueuer and procrastinate on one PostgreSQL (`make bench-peers`)."""

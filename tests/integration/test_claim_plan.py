@@ -1,0 +1,143 @@
+"""The claim's query plan over a large `due_work`: the indexes it relies on, never a Seq Scan.
+
+A claim runs many times a second on every worker; over a table of long
+history a sequential scan would make each one cost the table's size. The
+plan is read from the same named statements the worker sends, with the same
+kinds of parameters, after ANALYZE over a table shaped like production's:
+mostly finished history, some work queued for later, a little due now,
+some running, some under concurrency keys.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from pao.sql import QUERIES
+from pao.store.work import CLAIM_LOCK_SPACE
+from tests.helpers import new_agent
+
+ROWS = 100_000
+
+
+def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from _nodes(child)
+
+
+def _explain(
+    db: psycopg.Connection[Any], name: str, params: dict[str, Any]
+) -> list[dict[str, Any]]:
+    row = db.execute("EXPLAIN (FORMAT JSON) " + QUERIES[name], params).fetchone()
+    assert row is not None
+    doc = row[0] if isinstance(row[0], list) else json.loads(row[0])
+    return list(_nodes(doc[0]["Plan"]))
+
+
+def _scans_of(nodes: list[dict[str, Any]], table: str) -> list[dict[str, Any]]:
+    return [n for n in nodes if n.get("Relation Name") == table]
+
+
+def _indexes(scan: dict[str, Any]) -> set[str]:
+    """The indexes a scan reads: its own, or its bitmap's (not those of its filter's subplans)."""
+    found = {scan["Index Name"]} if "Index Name" in scan else set()
+    for child in scan.get("Plans", []):
+        if child["Node Type"].startswith("Bitmap"):
+            found |= _indexes(child)
+    return found
+
+
+@pytest.fixture
+def large_due_work(db_url: str, db: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+    """ROWS occurrences over 100 tasks, each with its run, analysed."""
+    new_agent(db_url, ["admin"], name="owner")
+    db.execute(
+        "INSERT INTO tasks (created_by, title, schedule_kind, schedule_expr, timezone) "
+        "SELECT (SELECT id FROM agents LIMIT 1), 'plan ' || i, 'event', 'plan.' || i, 'UTC' "
+        "FROM generate_series(1, 100) i"
+    )
+    # i % 100: 0 due now, 1 running, 2-9 queued for later, the rest finished; every tenth
+    # task's work carries a concurrency key.
+    db.execute(
+        """
+        WITH t AS (SELECT id, row_number() OVER (ORDER BY id) AS n FROM tasks)
+        INSERT INTO due_work (task_id, scheduled_for, run_after, reason, state, lease_owner,
+                              lease_expires_at, finished_at, claim_key, claim_limit)
+        SELECT t.id, s.at, s.at, 'schedule', s.state,
+               CASE WHEN s.state = 'running' THEN 'worker-x' END,
+               CASE WHEN s.state = 'running' THEN now() + interval '5 minutes' END,
+               CASE WHEN s.state IN ('queued', 'running') THEN NULL ELSE s.at END,
+               CASE WHEN t.n %% 10 = 0 THEN 'key/' || t.n END,
+               CASE WHEN t.n %% 10 = 0 THEN 2 END
+        FROM generate_series(1, %(rows)s) i
+        JOIN t ON t.n = i %% 100 + 1
+        CROSS JOIN LATERAL (SELECT
+            CASE WHEN i %% 100 = 0 THEN now() - i * interval '1 millisecond'
+                 WHEN i %% 100 < 10 THEN now() + i * interval '1 minute'
+                 ELSE now() - interval '1 day' - i * interval '1 minute' END AS at,
+            CASE WHEN i %% 100 IN (0, 2, 3, 4, 5, 6, 7, 8, 9) THEN 'queued'
+                 WHEN i %% 100 = 1 THEN 'running'
+                 ELSE 'succeeded' END AS state) s
+        """,
+        {"rows": ROWS},
+    )
+    db.execute(
+        "INSERT INTO runs (due_work_id, task_id, scheduled_for, status, started_at, finished_at) "
+        "SELECT id, task_id, scheduled_for, state, "
+        "CASE WHEN state <> 'queued' THEN scheduled_for END, finished_at FROM due_work"
+    )
+    db.execute("ANALYZE due_work")
+    db.execute("ANALYZE runs")
+    return db
+
+
+def test_claim_lock_walks_the_partial_claim_index(large_due_work: psycopg.Connection[Any]) -> None:
+    nodes = _explain(
+        large_due_work, "due_work_claim_lock", {"limit": 32, "lock_space": CLAIM_LOCK_SPACE}
+    )
+    scans = _scans_of(nodes, "due_work")
+    assert [n["Node Type"] for n in scans if n["Node Type"] == "Seq Scan"] == [], scans
+    main = [n for n in scans if n.get("Alias") == "d"]
+    assert len(main) == 1, scans
+    # An ordered walk of the index: LIMIT stops it after the first due rows.
+    assert main[0]["Node Type"] in ("Index Scan", "Index Only Scan"), main[0]
+    assert _indexes(main[0]) == {"due_work_claim_idx"}, main[0]
+    # The free-slot count of a concurrency key looks only at running rows of the key.
+    keyed = [n for n in scans if n.get("Alias") == "r"]
+    assert keyed, scans
+    assert set().union(*map(_indexes, keyed)) == {"due_work_claim_key_running_idx"}, keyed
+
+
+def test_claim_start_reaches_work_and_runs_by_key(large_due_work: psycopg.Connection[Any]) -> None:
+    ids = [
+        r[0]
+        for r in large_due_work.execute(
+            "SELECT id FROM due_work WHERE state = 'queued' AND run_after <= now() LIMIT 32"
+        )
+    ]
+    assert len(ids) == 32
+    nodes = _explain(
+        large_due_work,
+        "due_work_claim_start",
+        {"ids": ids, "worker_id": "worker-y", "lease_seconds": 60.0},
+    )
+    for table in ("due_work", "runs"):
+        scans = _scans_of(nodes, table)
+        assert scans, f"no scan of {table}"
+        assert all(n["Node Type"] != "Seq Scan" for n in scans), scans
+
+
+def test_hot_tables_keep_room_for_updates(db: psycopg.Connection[Any]) -> None:
+    rows = db.execute(
+        "SELECT relname, reloptions FROM pg_class WHERE relname IN ('due_work', 'runs')"
+    ).fetchall()
+    options = {name: dict(o.split("=", 1) for o in opts) for name, opts in rows}
+    assert options["runs"]["fillfactor"] == "80"
+    assert options["due_work"]["fillfactor"] == "90"
+    for table in ("runs", "due_work"):
+        assert float(options[table]["autovacuum_vacuum_scale_factor"]) <= 0.02

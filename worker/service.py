@@ -20,7 +20,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -28,7 +28,6 @@ from psycopg_pool import AsyncConnectionPool
 from pao import db
 from pao.backoff import retry_delay
 from pao.errors import DatabaseUnavailable, InvalidInput
-from pao.mcp import McpHub
 from pao.models import Event, Task
 from pao.pipeline import Pipeline, load_pipeline
 from pao.settings import Settings
@@ -39,6 +38,9 @@ from worker.http_tool import Allow
 from worker.outcomes import End, Outcomes
 from worker.pipeline import ConditionNotMet, Execution, StepFailed, execute
 from worker.tools import Toolbox
+
+if TYPE_CHECKING:
+    from pao.mcp import McpHub
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +91,7 @@ class Worker:
         )
         self.registry = ToolRegistry.from_tools_file(settings.tools_file)
         self.allow = Allow.parse(settings.http_allow)
-        self.mcp = McpHub(self.registry.servers)  # one session per MCP server, shared
+        self.mcp = _hub(self.registry)  # one session per MCP server, shared
         self.running: dict[int, Running] = {}
         self.wake = asyncio.Event()
         self._db_down = False
@@ -133,7 +135,8 @@ class Worker:
             for helper in helpers:
                 helper.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
-            await self.mcp.close()  # the pipelines that used it have ended
+            if self.mcp is not None:
+                await self.mcp.close()  # the pipelines that used it have ended
             with contextlib.suppress(DatabaseUnavailable):
                 async with db.connection(self.pool) as conn:
                     await heartbeats.remove(conn, self.worker_id)
@@ -407,3 +410,12 @@ class Worker:
         if self._db_down:
             log.info("database is back")
         self._db_down = False
+
+
+def _hub(registry: ToolRegistry) -> McpHub | None:
+    """The MCP hub, or None without servers: the SDK (about 13 MB) is loaded only when used."""
+    if not registry.servers:
+        return None
+    from pao.mcp import McpHub
+
+    return McpHub(registry.servers)

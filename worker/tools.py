@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import functools
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from psycopg_pool import AsyncConnectionPool
 
 from pao import db
-from pao.mcp import McpCallFailed, McpHub, McpUnavailable
 from pao.store import work
 from pao.templates import JSONValue
 from worker.http_tool import Allow, ToolFailed, http_request
 from worker.pipeline import StepCall, Tool
+
+if TYPE_CHECKING:  # the MCP SDK is loaded only by a worker whose tools file names servers
+    from pao.mcp import McpHub
 
 
 class Toolbox:
@@ -81,6 +83,8 @@ class Toolbox:
         stays usable for other steps. The step's idempotency key goes along in
         the request's `_meta`, for servers that can use it.
         """
+        from pao.mcp import McpCallFailed, McpUnavailable  # loaded with the hub already
+
         assert self.mcp is not None
         try:
             return await self.mcp.call_tool(

@@ -45,7 +45,14 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = db.make_pool(url, min_size=settings.pool_min_size, max_size=settings.pool_max_size)
+        # Connections used within the last second skip the ping: a request's sign-in and its
+        # route then cost one round trip less each; after a restart the check is back.
+        pool = db.make_pool(
+            url,
+            min_size=settings.pool_min_size,
+            max_size=settings.pool_max_size,
+            trust_recent=1.0,
+        )
         await pool.open(wait=False)
         hub = McpHub(registry.servers)
         discovery = ToolDiscovery(hub, registry)

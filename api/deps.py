@@ -16,7 +16,7 @@ from pao.errors import Forbidden, RateLimited, Unauthenticated
 from pao.mcp import McpHub
 from pao.models import Agent
 from pao.settings import Settings
-from pao.store import agents, rate_counters
+from pao.store import rate_counters
 from pao.tasks import Context, Quotas
 from pao.tools import ToolRegistry
 
@@ -74,23 +74,21 @@ async def current_agent(request: Request, state: State) -> Agent:
     too. Both counters live in PostgreSQL, shared by every API replica.
     """
     settings = state.settings
-    token = _bearer(request)
-    failures_key = f"auth:{client_address(request)}"
-    count: rate_counters.Count | None = None
     async with state.tx() as conn:
-        if settings.auth_failures_per_minute:
-            failed = await rate_counters.current(conn, failures_key, window=WINDOW_SECONDS)
-            if failed is not None and failed.hits >= settings.auth_failures_per_minute:
-                raise RateLimited(
-                    "too many failed sign-ins from this address; wait, then send a valid token",
-                    retry_after=failed.reset_seconds,
-                )
-        agent = await agents.authenticate(conn, token) if token is not None else None
-        if agent is None:
-            if settings.auth_failures_per_minute:
-                await rate_counters.hit(conn, failures_key, window=WINDOW_SECONDS)
-        elif settings.rate_limit_per_minute:
-            count = await rate_counters.hit(conn, f"agent:{agent.id}", window=WINDOW_SECONDS)
+        signed = await rate_counters.sign_in(
+            conn,
+            _bearer(request),
+            failures_key=f"auth:{client_address(request)}",
+            failures_limit=settings.auth_failures_per_minute,
+            rate_limited=settings.rate_limit_per_minute > 0,
+            window=WINDOW_SECONDS,
+        )
+    if signed.blocked is not None:
+        raise RateLimited(
+            "too many failed sign-ins from this address; wait, then send a valid token",
+            retry_after=signed.blocked.reset_seconds,
+        )
+    agent, count = signed.agent, signed.count
     if agent is None:
         raise Unauthenticated()  # after the block: the failure is counted (committed)
     request.state.agent = agent

@@ -4,15 +4,6 @@ INSERT INTO agents (name, token_hash, token_prefix, scopes, expires_at)
 VALUES (%(name)s, %(token_hash)s, %(token_prefix)s, %(scopes)s, %(expires_at)s)
 RETURNING id, name, token_prefix, scopes, expires_at, disabled, created_at, updated_at
 
--- name: agent_get_by_token_hash
--- The agent a bearer token belongs to, if it is still usable.
-SELECT id, name, token_prefix, scopes, expires_at, disabled, created_at, updated_at
-FROM agents
-WHERE token_hash = %(token_hash)s
-  AND deleted_at IS NULL
-  AND NOT disabled
-  AND (expires_at IS NULL OR expires_at > now())
-
 -- name: agent_exists_by_token_hash
 -- Whether any agent (even disabled) holds this token hash; used by the bootstrap.
 SELECT id FROM agents WHERE token_hash = %(token_hash)s

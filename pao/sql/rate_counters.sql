@@ -1,28 +1,52 @@
--- name: rate_counter_hit
--- Count one hit for the key; a window opens at its first hit and lasts `window` seconds,
--- after which the next hit opens a new one, counting from 1.
-INSERT INTO rate_counters AS c (key, window_start, hits)
-VALUES (%(key)s, now(), 1)
-ON CONFLICT (key) DO UPDATE
-SET hits = CASE
-        WHEN c.window_start > now() - make_interval(secs => %(window)s) THEN c.hits + 1
-        ELSE 1
-    END,
-    window_start = CASE
-        WHEN c.window_start > now() - make_interval(secs => %(window)s) THEN c.window_start
-        ELSE now()
-    END
-RETURNING hits,
-    ceil(extract(epoch FROM window_start + make_interval(secs => %(window)s) - now()))::int
-        AS reset_seconds
-
--- name: rate_counter_get
--- The key's hits in its current window; no row once that window has passed.
-SELECT hits,
-    ceil(extract(epoch FROM window_start + make_interval(secs => %(window)s) - now()))::int
-        AS reset_seconds
-FROM rate_counters
-WHERE key = %(key)s AND window_start > now() - make_interval(secs => %(window)s)
+-- name: rate_counter_sign_in
+-- A request's sign-in in one round trip: an address over its failed sign-ins is refused
+-- before its token is looked at; otherwise the token's usable agent is found, and the
+-- request counted against the agent's rate (or the failure against the address). A window
+-- opens at a key's first hit and lasts `window` seconds; the next hit after it counts from 1.
+WITH blocked AS (
+    SELECT c.hits,
+           ceil(extract(epoch FROM c.window_start + make_interval(secs => %(window)s)
+                                   - now()))::int AS reset_seconds
+    FROM rate_counters c
+    WHERE %(failures_limit)s > 0 AND c.key = %(failures_key)s
+      AND c.window_start > now() - make_interval(secs => %(window)s)
+      AND c.hits >= %(failures_limit)s
+), agent AS (
+    SELECT a.id, a.name, a.token_prefix, a.scopes, a.expires_at, a.disabled, a.created_at,
+           a.updated_at
+    FROM agents a
+    WHERE NOT EXISTS (SELECT 1 FROM blocked)
+      AND a.token_hash = %(token_hash)s
+      AND a.deleted_at IS NULL
+      AND NOT a.disabled
+      AND (a.expires_at IS NULL OR a.expires_at > now())
+), counted AS (
+    INSERT INTO rate_counters AS c (key, window_start, hits)
+    SELECT coalesce((SELECT 'agent:' || id FROM agent), %(failures_key)s), now(), 1
+    WHERE NOT EXISTS (SELECT 1 FROM blocked)
+      AND CASE WHEN EXISTS (SELECT 1 FROM agent) THEN %(rate_limited)s
+               ELSE %(failures_limit)s > 0 END
+    ON CONFLICT (key) DO UPDATE
+    SET hits = CASE
+            WHEN c.window_start > now() - make_interval(secs => %(window)s) THEN c.hits + 1
+            ELSE 1
+        END,
+        window_start = CASE
+            WHEN c.window_start > now() - make_interval(secs => %(window)s) THEN c.window_start
+            ELSE now()
+        END
+    RETURNING c.hits,
+        ceil(extract(epoch FROM c.window_start + make_interval(secs => %(window)s)
+                                - now()))::int AS reset_seconds
+)
+SELECT b.hits AS blocked_hits, b.reset_seconds AS blocked_reset,
+       a.id, a.name, a.token_prefix, a.scopes, a.expires_at, a.disabled, a.created_at,
+       a.updated_at,
+       n.hits, n.reset_seconds
+FROM (SELECT 1) one
+LEFT JOIN blocked b ON true
+LEFT JOIN agent a ON true
+LEFT JOIN counted n ON true
 
 -- name: rate_counter_prune
 -- Forget counters whose window ended long ago (an address seen once leaves a row), a batch

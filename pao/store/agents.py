@@ -43,17 +43,6 @@ async def create_agent(
     return NewAgent(agent, token)
 
 
-async def authenticate(conn: Conn, token: str) -> Agent | None:
-    """The usable agent holding `token`, or None; malformed tokens never reach the database."""
-    if not tokens.is_well_formed(token):
-        return None
-    async with conn.cursor(row_factory=model_row(Agent)) as cur:
-        await cur.execute(
-            QUERIES["agent_get_by_token_hash"], {"token_hash": tokens.token_hash(token)}
-        )
-        return await cur.fetchone()
-
-
 async def token_exists(conn: Conn, token: str) -> bool:
     cur = await conn.execute(
         QUERIES["agent_exists_by_token_hash"], {"token_hash": tokens.token_hash(token)}

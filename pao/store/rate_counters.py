@@ -6,10 +6,12 @@ by a clock boundary.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 
+from pao import tokens
 from pao.db import Conn
+from pao.models import Agent
 from pao.sql import QUERIES
 
 
@@ -25,18 +27,49 @@ def _count(row: dict[str, object] | None) -> Count | None:
     return Count(hits=int(str(row["hits"])), reset_seconds=max(1, int(str(row["reset_seconds"]))))
 
 
-async def hit(conn: Conn, key: str, *, window: int) -> Count:
-    """Count one hit for `key` in its current window of `window` seconds."""
-    cur = await conn.execute(QUERIES["rate_counter_hit"], {"key": key, "window": window})
-    count = _count(await cur.fetchone())
-    assert count is not None
-    return count
+@dataclass(frozen=True)
+class SignIn:
+    """What signing a request in found: who it is, and how the counters stand."""
+
+    agent: Agent | None
+    blocked: Count | None  # the address is over its failed sign-ins: nothing was looked up
+    count: Count | None  # the agent's requests this window, or the address's failures
 
 
-async def current(conn: Conn, key: str, *, window: int) -> Count | None:
-    """The hits counted for `key` in its current window, if any."""
-    cur = await conn.execute(QUERIES["rate_counter_get"], {"key": key, "window": window})
-    return _count(await cur.fetchone())
+async def sign_in(
+    conn: Conn,
+    token: str | None,
+    *,
+    failures_key: str,
+    failures_limit: int,
+    rate_limited: bool,
+    window: int,
+) -> SignIn:
+    """Check the address, find the token's agent and count the request, in one statement.
+
+    A malformed token is never looked up (it counts as a failure); `failures_limit` 0 and
+    `rate_limited` False turn the two counters off.
+    """
+    well_formed = token is not None and tokens.is_well_formed(token)
+    cur = await conn.execute(
+        QUERIES["rate_counter_sign_in"],
+        {
+            "token_hash": tokens.token_hash(token) if well_formed and token else None,
+            "failures_key": failures_key,
+            "failures_limit": failures_limit,
+            "rate_limited": rate_limited,
+            "window": window,
+        },
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    blocked = None
+    if row["blocked_hits"] is not None:
+        blocked = _count({"hits": row["blocked_hits"], "reset_seconds": row["blocked_reset"]})
+    agent = None
+    if row["id"] is not None:
+        agent = Agent(**{f.name: row[f.name] for f in fields(Agent)})
+    return SignIn(agent=agent, blocked=blocked, count=_count(row) if row["hits"] else None)
 
 
 async def prune(conn: Conn, *, now: datetime, limit: int) -> int:

@@ -15,7 +15,8 @@ from api import problems
 from api.deps import AppState
 from api.discovery import ToolDiscovery
 from api.middleware import RequestMiddleware
-from api.routes import agents, events, health, runs, tasks, tools
+from api.routes import agents, events, health, metrics, runs, tasks, tools
+from api.streams import StreamHub
 from pao import db
 from pao.agents import ensure_admin_token
 from pao.mcp import McpHub
@@ -48,8 +49,14 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
         await pool.open(wait=False)
         hub = McpHub(registry.servers)
         discovery = ToolDiscovery(hub, registry)
+        stream_hub = StreamHub(url, pool)
         state = AppState(
-            settings=settings, pool=pool, registry=registry, mcp=hub, discovery=discovery
+            settings=settings,
+            pool=pool,
+            registry=registry,
+            mcp=hub,
+            discovery=discovery,
+            streams=stream_hub,
         )
         app.state.pao = state
         discovering: asyncio.Task[None] | None = None
@@ -64,6 +71,7 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
                 discovering.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await discovering
+            await stream_hub.close()
             await hub.close()
             await pool.close()
 
@@ -81,6 +89,7 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
         tools.router,
         agents.router,
         health.router,
+        metrics.router,
     ):
         app.include_router(router)
     if settings.cors_origins:
@@ -97,5 +106,5 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
             ],
             expose_headers=["X-Request-ID", "ETag", "Location"],
         )
-    app.add_middleware(RequestMiddleware)
+    app.add_middleware(RequestMiddleware, access_log=settings.log_format == "json")
     return app

@@ -23,5 +23,9 @@ def run(settings: Settings) -> int:
         log_level=settings.log_level,
         proxy_headers=True,
         timeout_graceful_shutdown=10,
+        # JSON lines: uvicorn's loggers go through ours, and the middleware writes the
+        # access lines, which carry the request's ids.
+        log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
+        access_log=settings.log_format != "json",
     )
     return 0

@@ -37,6 +37,10 @@ class Settings:
     lease_seconds: int = 30
     shutdown_grace_seconds: int = 25
     run_timeout_seconds: int = 3600
+    metrics_port: int = 9464
+    metrics_host: str = "0.0.0.0"  # noqa: S104  (probes and scrapers come from outside the pod)
+    log_format: str = "text"
+    stream_heartbeat_seconds: float = 15.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -63,6 +67,12 @@ class Settings:
             lease_seconds=_int(env, "PAO_LEASE_SECONDS", 30, low=3, high=3600),
             shutdown_grace_seconds=_int(env, "PAO_SHUTDOWN_GRACE", 25, low=0, high=3600),
             run_timeout_seconds=_int(env, "PAO_RUN_TIMEOUT", 3600, low=1, high=7 * 86_400),
+            metrics_port=_int(env, "PAO_METRICS_PORT", 9464, low=0, high=65535),
+            metrics_host=env.get("PAO_METRICS_HOST") or "0.0.0.0",  # noqa: S104
+            log_format=_choice(env, "PAO_LOG_FORMAT", "text", ("text", "json")),
+            stream_heartbeat_seconds=_float(
+                env, "PAO_STREAM_HEARTBEAT_SECONDS", 15.0, low=0.05, high=3600
+            ),
         )
 
 
@@ -82,4 +92,24 @@ def _int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int
         raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
     if not low <= value <= high:
         raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    raw = (env.get(name) or default).strip().lower()
+    if raw not in allowed:
+        raise SettingsError(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
+    return raw
+
+
+def _float(env: Mapping[str, str], name: str, default: float, *, low: float, high: float) -> float:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name} must be between {low:g} and {high:g}, got {raw}")
     return value

@@ -25,16 +25,17 @@ from typing import Any, Literal
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from pao import db
+from pao import db, logs, streams
 from pao.backoff import retry_delay
 from pao.errors import DatabaseUnavailable, InvalidInput
 from pao.mcp import McpHub
 from pao.models import Event, Task
 from pao.pipeline import Pipeline, load_pipeline
 from pao.settings import Settings
-from pao.store import heartbeats, work
+from pao.store import heartbeats, run_events, work
 from pao.store.work import Claimed, Lease
 from pao.tools import ToolRegistry
+from worker import metrics
 from worker.http_tool import Allow
 from worker.outcomes import End, Outcomes
 from worker.pipeline import ConditionNotMet, Execution, StepFailed, execute
@@ -49,6 +50,7 @@ KEEPER_SECONDS = 1.0
 HEARTBEAT_SECONDS = 5.0
 PIPELINE_CACHE = 10_000
 CHANNEL = "pao_work"
+EVENT_BATCH = 500
 
 StopReason = Literal["cancel", "lost", "shutdown"]
 
@@ -61,6 +63,7 @@ class Running:
     stop_reason: StopReason | None = None
     started: float = field(default_factory=time.monotonic)
     ending: bool = False  # its end is being written: nothing left to stop
+    steps: list[dict[str, Any]] = field(default_factory=list)  # so far, for a new watcher
 
     def stop(self, reason: StopReason) -> None:
         if self.ending:
@@ -94,6 +97,8 @@ class Worker:
         self._db_down = False
         self._pipelines: dict[tuple[uuid.UUID, int], Pipeline] = {}
         self.outcomes = Outcomes(pool, self.worker_id)
+        self.watched = streams.Watched()
+        self.events = RunEvents(pool)
 
     # -- the claim loop ------------------------------------------------------------------
 
@@ -101,6 +106,7 @@ class Worker:
         """Claim and run until `stop`; then drain (until `force` or the grace ends)."""
         writer = asyncio.create_task(self.outcomes.run(), name="outcomes")
         helpers = [
+            asyncio.create_task(self.events.run(), name="run-events"),
             asyncio.create_task(self._listen(stop), name="listen"),
             asyncio.create_task(self._keep(stop), name="keeper"),
         ]
@@ -149,6 +155,7 @@ class Worker:
 
     async def claim(self, limit: int) -> list[Claimed]:
         """Claim up to `limit` due occurrences and start running them."""
+        started = time.perf_counter()
         async with db.connection(self.pool) as conn:
             claimed = await work.claim(
                 conn,
@@ -160,7 +167,13 @@ class Worker:
                 return claimed
             tasks = await work.tasks_of(conn, list({c.task_id for c in claimed}))
             events = await work.events_of(conn, [c.event_id for c in claimed if c.event_id])
+        metrics.CLAIM_SECONDS.observe(time.perf_counter() - started)
+        metrics.CLAIMED.inc(len(claimed))
         for c in claimed:
+            if c.attempt == 1 and c.started_at is not None:
+                metrics.LATENESS_SECONDS.observe((c.started_at - c.scheduled_for).total_seconds())
+            if self.watched and c.task_id in self.watched:
+                self.events.send(streams.state(c.run_id, c.task_id, "running", c.attempt))
             held = Running(c, Lease(c.id, c.attempt, self.worker_id))
             self.running[c.id] = held
             event = events.get(c.event_id) if c.event_id else None
@@ -216,7 +229,10 @@ class Worker:
 
     async def _run(self, held: Running, task: Task, event: Event | None) -> None:
         c = held.claimed
-        steps: list[dict[str, Any]] = []
+        steps = held.steps
+        # This task's own context: every line logged for the run carries its ids.
+        logs.task_id.set(str(c.task_id))
+        logs.run_id.set(str(c.run_id))
         try:
             pipeline = self._pipeline(task)
             ex = Execution(
@@ -239,6 +255,7 @@ class Worker:
                     save=lambda s: self._save(held, s),
                     condition_state=task.condition_state,
                     on_condition=lambda state: self._condition(task, state),
+                    on_step=functools.partial(self._step, held),
                 )
             await self._end(held, task, "succeeded", None, steps)
         except ConditionNotMet as exc:
@@ -290,6 +307,7 @@ class Worker:
     async def _stopped(self, held: Running, task: Task, steps: list[dict[str, Any]]) -> None:
         c = held.claimed
         if held.stop_reason == "lost":
+            metrics.run_ended("lost")
             log.warning("run %s: lease lost; stopped without writing", c.run_id)
         elif held.stop_reason == "cancel":
             error = "cancelled while running"
@@ -301,11 +319,37 @@ class Worker:
         held.ending = True
         self.wake.set()  # its slot is free for the next claim
         if not await self.outcomes.end(end):
+            metrics.run_ended("lost")
             log.warning("run %s: its end was not recorded; its lease decides", end.run_id)
+            return
+        if end.hand_back:
+            metrics.run_ended("handed_back")
+            status = "queued"
+        elif end.retry_delay is not None:
+            metrics.run_ended("retrying")
+            status = "failed"
+        else:
+            metrics.run_ended(end.status)
+            status = end.status
+        c = held.claimed
+        if self.watched and c.task_id in self.watched:
+            self.events.send(streams.state(c.run_id, c.task_id, status, c.attempt))
+
+    def _step(
+        self, held: Running, index: int, record: dict[str, Any], seconds: float | None
+    ) -> None:
+        """A step started (seconds None) or ended: count it, and tell watchers if any."""
+        if seconds is not None:
+            metrics.step_ended(record["uses"], record["status"], seconds)
+        c = held.claimed
+        if self.watched and c.task_id in self.watched:
+            self.events.send(streams.step(c.run_id, c.task_id, index, record))
 
     async def _log(self, held: Running, step_id: str | None, level: str, message: str) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("step %s: %s", step_id, message[:1000])
         async with db.connection(self.pool) as conn:
-            await work.log(
+            log_id = await work.log(
                 conn,
                 held.lease,
                 run_id=held.claimed.run_id,
@@ -313,6 +357,9 @@ class Worker:
                 step_id=step_id,
                 message=message[:10_000],
             )
+        c = held.claimed
+        if log_id is not None and self.watched and c.task_id in self.watched:
+            self.events.send(streams.log(c.run_id, c.task_id, log_id))
 
     async def _save(self, held: Running, steps: list[dict[str, Any]]) -> None:
         self.outcomes.progress(held.lease, held.claimed.run_id, steps)
@@ -371,10 +418,25 @@ class Worker:
                 conn = await psycopg.AsyncConnection.connect(self.listen_url, autocommit=True)
                 async with conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
-                    async for _ in conn.notifies():
-                        self.wake.set()
+                    await conn.execute(f"LISTEN {streams.WATCH_CHANNEL}")
+                    await run_events.announce(conn, streams.ASK)  # who watches what?
+                    async for note in conn.notifies():
+                        if note.channel == CHANNEL:
+                            self.wake.set()
+                        elif note.payload != streams.ASK:
+                            self._watch(note.payload)
             except psycopg.Error:
                 await asyncio.sleep(1.0)
+
+    def _watch(self, payload: str) -> None:
+        """An API process announced watched tasks: new watchers get what we hold of them."""
+        for task_id in self.watched.heard(payload):
+            for held in list(self.running.values()):
+                c = held.claimed
+                if c.task_id == task_id and not held.ending:
+                    self.events.send(
+                        streams.snapshot(c.run_id, c.task_id, "running", c.attempt, held.steps)
+                    )
 
     def _db_failed(self) -> None:
         if not self._db_down:
@@ -385,3 +447,36 @@ class Worker:
         if self._db_down:
             log.info("database is back")
         self._db_down = False
+
+
+class RunEvents:
+    """Publishes run events for watched tasks, batched, in order, off the run's own path.
+
+    A failed publish is dropped, not retried: the API re-reads watched runs
+    from the database at every heartbeat, so a lost event only costs latency.
+    """
+
+    def __init__(self, pool: AsyncConnectionPool[db.Conn]) -> None:
+        self.pool = pool
+        self._queue: list[str] = []
+        self._wake = asyncio.Event()
+        self._failing = False
+
+    def send(self, payload: str) -> None:
+        self._queue.append(payload)
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                batch, self._queue = self._queue[:EVENT_BATCH], self._queue[EVENT_BATCH:]
+                try:
+                    async with db.connection(self.pool) as conn:
+                        await run_events.publish(conn, batch)
+                    self._failing = False
+                except (DatabaseUnavailable, psycopg.Error) as exc:
+                    if not self._failing:
+                        log.warning("could not publish %s run events: %s", len(batch), exc)
+                    self._failing = True

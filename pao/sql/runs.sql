@@ -60,6 +60,7 @@ VALUES (%(due_work_id)s, %(task_id)s, %(attempt)s, %(scheduled_for)s)
 UPDATE runs
 SET status = %(status)s, finished_at = now(), error = %(error)s
 WHERE due_work_id = %(due_work_id)s AND attempt = %(attempt)s AND status IN ('queued', 'running')
+RETURNING id, task_id, status, attempt
 
 -- name: run_finish
 -- Record how an attempt ended (called only after its due_work was finished under a lease).
@@ -89,3 +90,4 @@ SELECT %(run_id)s, %(level)s, %(step_id)s, %(message)s
 FROM due_work d
 WHERE d.id = %(due_work_id)s AND d.attempt = %(attempt)s
   AND d.lease_owner = %(worker_id)s AND d.state = 'running'
+RETURNING id

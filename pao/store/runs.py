@@ -101,6 +101,19 @@ async def list_run_logs(
         return await cur.fetchall()
 
 
+async def running_count(conn: Conn) -> int:
+    cur = await conn.execute(QUERIES["due_work_running_count"])
+    row = await cur.fetchone()
+    assert row is not None
+    return int(row["running"])
+
+
+async def state_estimates(conn: Conn) -> dict[str, float]:
+    """Rows per due_work state from the planner's statistics ({} before the first ANALYZE)."""
+    cur = await conn.execute(QUERIES["due_work_state_estimates"])
+    return {row["state"]: float(row["rows"]) for row in await cur.fetchall()}
+
+
 async def queue_depth(conn: Conn) -> tuple[int, int]:
     """(queued, due now)."""
     cur = await conn.execute(QUERIES["due_work_queue_depth"])
@@ -126,11 +139,15 @@ async def lock_expired(conn: Conn, *, limit: int) -> list[LostWork]:
         return await cur.fetchall()
 
 
-async def end_lost_run(conn: Conn, work: LostWork, *, status: str, error: str) -> None:
-    await conn.execute(
+async def end_lost_run(
+    conn: Conn, work: LostWork, *, status: str, error: str
+) -> dict[str, Any] | None:
+    """End the lost attempt's run; returns its id, task_id, status and attempt if it changed."""
+    cur = await conn.execute(
         QUERIES["run_end_lost"],
         {"due_work_id": work.id, "attempt": work.attempt, "status": status, "error": error},
     )
+    return await cur.fetchone()
 
 
 async def finish_lost(conn: Conn, work: LostWork, *, state: str) -> None:

@@ -15,7 +15,7 @@ from api.deps import RequireScope
 from pao import tokens
 from tests.helpers import SEED_TASK, auth
 
-PUBLIC_PATHS = {"/health", "/health/live", "/health/ready"}
+PUBLIC_PATHS = {"/health", "/health/live", "/health/ready", "/metrics"}
 
 
 def _scopes_of(route: APIRoute) -> set[str]:
@@ -53,6 +53,8 @@ def test_every_route_declares_its_scope(app: FastAPI) -> None:
     assert by_path[("POST", "/tasks")] == {"tasks:write"}
     assert by_path[("GET", "/tasks/{task_id}")] == {"tasks:read"}
     assert by_path[("GET", "/runs/{run_id}")] == {"runs:read"}
+    assert by_path[("GET", "/runs/{run_id}/stream")] == {"runs:read"}
+    assert by_path[("GET", "/tasks/{task_id}/stream")] == {"runs:read"}
     assert by_path[("POST", "/events")] == {"events:publish"}
     assert by_path[("DELETE", "/agents/{agent_id}")] == {"admin"}
 

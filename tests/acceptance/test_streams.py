@@ -21,7 +21,7 @@ Frame = tuple[str, Any]
 
 def frames(resp: httpx.Response) -> Iterator[Frame]:
     """("comment", text) for comment lines, else (event name, parsed data)."""
-    event, data = "message", []
+    event, data = "message", list[str]()
     for line in resp.iter_lines():
         if line.startswith(":"):
             yield "comment", line[1:].strip()

@@ -71,12 +71,20 @@ class Subscriber:
         self.run_id = str(run_id) if run_id else None
         self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=QUEUE_SIZE)
         self.overflowed = False
+        self.stopped = False
 
     def put(self, event: dict[str, Any]) -> None:
         try:
             self.queue.put_nowait(event)
         except asyncio.QueueFull:
             self.overflowed = True
+
+    def stop(self) -> None:
+        """End the stream at its next turn (the server is shutting down)."""
+        self.stopped = True
+        while self.queue.full():
+            self.queue.get_nowait()
+        self.queue.put_nowait({"e": "stop"})
 
 
 class StreamHub:
@@ -90,6 +98,7 @@ class StreamHub:
         self._asked = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._down = False
+        self.stopping = False
 
     def _start(self) -> None:
         if not self._tasks:
@@ -97,6 +106,17 @@ class StreamHub:
                 asyncio.create_task(self._listen(), name="stream-listener"),
                 asyncio.create_task(self._announce_loop(), name="stream-announcer"),
             ]
+
+    def stop_all(self) -> None:
+        """Shutdown has begun: end every stream now, so the server need not wait for them.
+
+        Their clients reconnect (EventSource does so by itself) to a replica
+        that stays, and start again from the run's current state.
+        """
+        self.stopping = True
+        for subs in self._subscribers.values():
+            for sub in subs:
+                sub.stop()
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -344,6 +364,8 @@ async def run_stream(
     """One run's frames until it has ended."""
     logs.task_id.set(str(task_id))
     logs.run_id.set(str(run_id))
+    if hub.stopping:
+        return
     sub = await hub.subscribe(task_id, run_id)
     relay = Relay(pool, owner, sub, heartbeat)
     try:
@@ -353,11 +375,13 @@ async def run_stream(
             return  # gone since the request was checked (pruned history)
         while not _ended(relay, run_id):
             events = await relay.next_events()
+            if sub.stopped:
+                return
             if events is None:
                 yield ": heartbeat\n\n"
                 events = [{"e": "sync", "run": str(run_id)}]
-            elif sub.overflowed:
-                sub.overflowed = False
+            elif sub.overflowed or any("run" not in event for event in events):
+                sub.overflowed = False  # missed something: read it all again
                 events = [{"e": "sync", "run": str(run_id)}]
             for event in events:
                 for text in await relay.handle(event):
@@ -378,6 +402,8 @@ async def task_stream(
 ) -> AsyncIterator[str]:
     """Every run of the task, as it happens, until the client leaves."""
     logs.task_id.set(str(task_id))
+    if hub.stopping:
+        return
     sub = await hub.subscribe(task_id)
     relay = Relay(pool, owner, sub, heartbeat)
     try:
@@ -386,6 +412,8 @@ async def task_stream(
             yield text
         while True:
             events = await relay.next_events()
+            if sub.stopped:
+                return
             if events is None or sub.overflowed:
                 if events is None:
                     yield ": heartbeat\n\n"

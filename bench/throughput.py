@@ -1,11 +1,13 @@
 """Worker throughput and pickup latency, on real processes.
 
-    .venv/bin/python -m bench.throughput [--jobs 20000] [--pickups 200]
+    .venv/bin/python -m bench.throughput [--jobs 20000] [--pickups 200] [--watched]
 
 Throughput: 20,000 queued runs of a one-step no-op pipeline (`sleep 0`),
 recorded in `runs` as in production, drained by 1 and then 2 worker
-processes; runs per second. Pickup: `run_now` through the HTTP API with an
-idle worker, to the run's start; p50/p95/p99.
+processes; runs per second. With `--watched`, the same again while a client
+reads the task's live stream from a real API process (every run's start,
+step and end then travel as notifications). Pickup: `run_now` through the
+HTTP API with an idle worker, to the run's start; p50/p95/p99.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import psycopg
@@ -23,7 +28,24 @@ from bench.lateness import NOOP
 from pao.tokens import new_token
 
 
-def queue_jobs(url: str, owner: str, count: int) -> None:
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(base: str) -> None:
+    for _ in range(300):
+        try:
+            if httpx.get(f"{base}/health/ready").status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit("the API did not become ready")
+
+
+def queue_jobs(url: str, owner: str, count: int) -> str:
     """`count` queued occurrences of one no-op task, with their runs, as run_now makes them."""
     with psycopg.connect(url) as conn:
         task = conn.execute(
@@ -40,17 +62,52 @@ def queue_jobs(url: str, owner: str, count: int) -> None:
             "SELECT id, task_id, scheduled_for FROM work",
             (task[0], count),
         )
+        return str(task[0])
 
 
-def drain(count: int, workers: int) -> float:
+@contextmanager
+def watching(url: str, task_id: str) -> Iterator[list[int]]:
+    """A real API process and a client reading the task's stream; yields [frames read]."""
+    port, token = free_port(), new_token()
+    with processes(url, ("api", {"PAO_PORT": str(port), "PAO_ADMIN_TOKEN": token})):
+        base = f"http://127.0.0.1:{port}"
+        wait_ready(base)
+        read = [0]
+        opened = threading.Event()
+
+        def reader() -> None:
+            headers = {"Authorization": f"Bearer {token}"}
+            with httpx.stream(
+                "GET", f"{base}/tasks/{task_id}/stream", headers=headers, timeout=None
+            ) as resp:
+                opened.set()
+                for line in resp.iter_lines():
+                    if line.startswith("event:"):
+                        read[0] += 1
+
+        threading.Thread(target=reader, daemon=True).start()
+        opened.wait(30)
+        time.sleep(1)  # the announcement reaches the workers as they start anyway
+        yield read
+
+
+def drain(count: int, workers: int, *, watched: bool = False) -> tuple[float, int]:
+    """Runs per second, and how many stream events the watching client read."""
     with database() as url:
-        queue_jobs(url, agent_id(url), count)
+        task_id = queue_jobs(url, agent_id(url), count)
         spec = ("worker", {"PAO_WORKER_CONCURRENCY": "32"})
-        with processes(url, *([spec] * workers)):
-            took = wait_until(
-                url, "SELECT count(*) FROM runs WHERE status = 'succeeded'", count, 600
-            )
-        return count / took
+        with watching(url, task_id) if watched else _nothing() as read:
+            with processes(url, *([spec] * workers)):
+                took = wait_until(
+                    url, "SELECT count(*) FROM runs WHERE status = 'succeeded'", count, 600
+                )
+            time.sleep(1)
+            return count / took, read[0]
+
+
+@contextmanager
+def _nothing() -> Iterator[list[int]]:
+    yield [0]
 
 
 def pickup(count: int) -> None:
@@ -105,13 +162,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--pickups", type=int, default=200)
+    parser.add_argument(
+        "--watched", action="store_true", help="also drain while a client streams the task"
+    )
     args = parser.parse_args()
     print(f"pao throughput benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores")
-    for workers in (1, 2):
-        if args.jobs:
-            rate = drain(args.jobs, workers)
-            title = f"drain {args.jobs} no-op runs, {workers} worker process(es)"
-            print(f"{title:<44} {rate:.0f} runs/s", flush=True)
+    for watched in (False, True) if args.watched else (False,):
+        for workers in (1, 2):
+            if args.jobs:
+                rate, read = drain(args.jobs, workers, watched=watched)
+                title = f"drain {args.jobs} no-op runs, {workers} worker process(es)"
+                if watched:
+                    title += ", streamed"
+                extra = f" ({read} stream events read)" if watched else ""
+                print(f"{title:<56} {rate:.0f} runs/s{extra}", flush=True)
     if args.pickups:
         pickup(args.pickups)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -167,6 +168,21 @@ def test_a_run_streams_live_from_any_api_process(
 
         def streams_open(base: str) -> float:
             return metric(http.get(f"{base}/metrics").text, "pao_api_streams_open")
+
+        # Shutting down ends the streams at once and cleanly: clients reconnect elsewhere.
+        last = stack.enter_context(
+            http.stream("GET", f"{a}/tasks/{task['id']}/stream", headers=auth(writer_token))
+        )
+        on_last = frames(last)
+        assert next(on_last) == ("comment", "connected")
+        api_a.proc.send_signal(signal.SIGTERM)
+        rest = list(on_last)  # ends without a protocol error: the response was completed
+        assert all(kind == "comment" for kind, _ in rest), rest
+        assert api_a.proc.wait(timeout=20) in (0, -signal.SIGTERM)
+        assert "graceful shutdown exceeded" not in api_a.output()
+        a, api_a = _api(db_url, tmp_path, "api-a2")
+        stack.callback(api_a.kill)
+        wait_ready(a, api_a)
 
         deadline = time.monotonic() + 20
         while (streams_open(a), streams_open(b)) != (0, 0):

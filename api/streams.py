@@ -178,8 +178,7 @@ class StreamHub:
                             if note.payload == streams.ASK:
                                 self._asked.set()
                             continue
-                        event = streams.parse(note.payload)
-                        if event is not None:
+                        for event in streams.parse(note.payload):
                             self._dispatch(event)
             except (psycopg.Error, OSError) as exc:
                 if not self._down:

@@ -24,7 +24,8 @@ ASK = "?"
 ANNOUNCE_SECONDS = 5.0
 """API processes repeat what they watch this often; workers forget what is not repeated."""
 WATCH_TTL_SECONDS = 3 * ANNOUNCE_SECONDS
-MAX_PAYLOAD = 7000  # PostgreSQL refuses notifications of 8000 bytes or more
+MAX_PAYLOAD = 7000  # one event; PostgreSQL refuses notifications of 8000 bytes or more
+PACK_LIMIT = 7900
 MAX_OUTPUT = 2000
 FINAL = frozenset({"succeeded", "failed", "cancelled", "timed_out"})
 _STEP_FIELDS = ("id", "uses", "status", "started_at", "duration_ms", "detail")
@@ -87,15 +88,38 @@ def sync(run_id: uuid.UUID, task_id: uuid.UUID) -> str:
     return _dump({"e": "sync", "run": str(run_id), "task": str(task_id)})
 
 
-def parse(payload: str) -> dict[str, Any] | None:
-    """An event from `pao_run_events`, or None for anything malformed."""
+def pack(events: list[str]) -> list[str]:
+    """Events as few notifications as fit: one notification costs far more than its bytes."""
+    payloads: list[str] = []
+    current: list[str] = []
+    size = 2
+    for event in events:
+        if current and size + len(event) + 1 > PACK_LIMIT:
+            payloads.append("[" + ",".join(current) + "]")
+            current, size = [], 2
+        current.append(event)
+        size += len(event) + 1
+    if current:
+        payloads.append("[" + ",".join(current) + "]")
+    return payloads
+
+
+def parse(payload: str) -> list[dict[str, Any]]:
+    """The events of one notification (one event, or a packed list); malformed ones dropped."""
     try:
-        event = json.loads(payload)
-        uuid.UUID(event["run"])
-        uuid.UUID(event["task"])
-    except (ValueError, KeyError, TypeError):
-        return None
-    return event if isinstance(event, dict) and isinstance(event.get("e"), str) else None
+        value = json.loads(payload)
+    except ValueError:
+        return []
+    found = []
+    for event in value if isinstance(value, list) else [value]:
+        try:
+            uuid.UUID(event["run"])
+            uuid.UUID(event["task"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+        if isinstance(event.get("e"), str):
+            found.append(event)
+    return found
 
 
 def announcements(task_ids: Iterable[uuid.UUID], per_message: int = 150) -> Iterator[str]:

@@ -50,7 +50,7 @@ KEEPER_SECONDS = 1.0
 HEARTBEAT_SECONDS = 5.0
 PIPELINE_CACHE = 10_000
 CHANNEL = "pao_work"
-EVENT_BATCH = 500
+EVENT_BATCH = 2000
 
 StopReason = Literal["cancel", "lost", "shutdown"]
 
@@ -474,7 +474,7 @@ class RunEvents:
                 batch, self._queue = self._queue[:EVENT_BATCH], self._queue[EVENT_BATCH:]
                 try:
                     async with db.connection(self.pool) as conn:
-                        await run_events.publish(conn, batch)
+                        await run_events.publish(conn, streams.pack(batch))
                     self._failing = False
                 except (DatabaseUnavailable, psycopg.Error) as exc:
                     if not self._failing:

@@ -103,9 +103,21 @@ def test_stream_events_stay_small_enough_to_notify() -> None:
     many = [{"id": f"step-{i}" * 20, "uses": "log", "status": "succeeded"} for i in range(200)]
     assert json.loads(streams.snapshot(run, task, "running", 1, many))["e"] == "sync"
     for text in (streams.state(run, task, "running", 1), streams.log(run, task, 7)):
-        assert streams.parse(text) is not None
-    assert streams.parse("not json") is None
-    assert streams.parse('{"e": "state", "run": "nope", "task": "nope"}') is None
+        assert len(streams.parse(text)) == 1
+    assert streams.parse("not json") == []
+    assert streams.parse('{"e": "state", "run": "nope", "task": "nope"}') == []
+
+
+def test_events_are_packed_into_few_notifications() -> None:
+    run, task = uuid.uuid4(), uuid.uuid4()
+    events = [streams.log(run, task, i) for i in range(1000)]
+    payloads = streams.pack(events)
+    assert 1 < len(payloads) < 30
+    assert all(len(p.encode()) < 8000 for p in payloads)
+    unpacked = [e for p in payloads for e in streams.parse(p)]
+    assert [e["id"] for e in unpacked] == list(range(1000))  # all, in order
+    assert streams.pack([]) == []
+    assert streams.parse('[{"e": "log", "run": "x", "task": "y"}, 3]') == []
 
 
 def test_workers_forget_watches_that_are_not_repeated() -> None:

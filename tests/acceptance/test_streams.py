@@ -52,7 +52,7 @@ def _ended_run(item: Frame) -> bool:
     return item[0] == "run" and item[1]["status"] == "succeeded"
 
 
-def _api(db_url: str, tmp_path: Path, name: str) -> tuple[str, Process]:
+def _api(db_url: str, tmp_path: Path, name: str, **extra: str) -> tuple[str, Process]:
     port = free_port()
     env = {
         **os.environ,
@@ -60,6 +60,7 @@ def _api(db_url: str, tmp_path: Path, name: str) -> tuple[str, Process]:
         "PAO_PORT": str(port),
         "PAO_LOG_LEVEL": "info",
         "PAO_STREAM_HEARTBEAT_SECONDS": "0.5",
+        **extra,
     }
     proc = Process([sys.executable, "-m", "pao", "api"], env, tmp_path / f"{name}.log")
     return f"http://127.0.0.1:{port}", proc
@@ -102,7 +103,8 @@ def test_a_run_streams_live_from_any_api_process(
     stranger = make_token("tasks:read", "tasks:write", "runs:read", name="stranger")
     no_runs_scope = make_token("tasks:read", name="reader")
     with ExitStack() as stack:
-        (a, api_a), (b, api_b) = _api(db_url, tmp_path, "api-a"), _api(db_url, tmp_path, "api-b")
+        a, api_a = _api(db_url, tmp_path, "api-a")
+        b, api_b = _api(db_url, tmp_path, "api-b", PAO_LOG_FORMAT="json")
         stack.callback(api_a.kill)
         stack.callback(api_b.kill)
         wait_ready(a, api_a)
@@ -128,6 +130,20 @@ def test_a_run_streams_live_from_any_api_process(
             assert hidden.headers["content-type"] == "application/problem+json"
             assert http.get(url, headers=auth(no_runs_scope)).status_code == 403
             assert http.get(url).status_code == 401
+
+        # A queued run cancelled by an agent: its stream tells, then closes.
+        doomed = http.post(f"{a}/tasks/{task['id']}/run_now", headers=auth(writer_token)).json()
+        with http.stream(
+            "GET", f"{b}/runs/{doomed['id']}/stream", headers=auth(writer_token)
+        ) as doomed_resp:
+            on_doomed = frames(doomed_resp)
+            assert next(on_doomed)[1]["status"] == "queued"
+            cancel = http.post(f"{a}/runs/{doomed['id']}/cancel", headers=auth(writer_token))
+            assert cancel.status_code == 202
+            rest = [item for item in on_doomed if item[0] != "comment"]
+        assert [kind for kind, _ in rest] == ["state", "run"]
+        assert rest[0][1]["status"] == "cancelled"
+        assert rest[1][1]["status"] == "cancelled"
 
         run_resp = stack.enter_context(
             http.stream("GET", f"{a}/runs/{run['id']}/stream", headers=auth(writer_token))
@@ -188,3 +204,10 @@ def test_a_run_streams_live_from_any_api_process(
         while (streams_open(a), streams_open(b)) != (0, 0):
             assert time.monotonic() < deadline, "streams stayed open after their clients left"
             time.sleep(0.1)
+
+    # B logged JSON lines, one per request, each with its ids.
+    lines = [json.loads(line) for line in api_b.output().splitlines() if line.strip()]
+    streamed = [line for line in lines if line["message"].startswith("GET /tasks/{task_id}/stream")]
+    assert streamed, lines
+    assert all(line["task_id"] == task["id"] and line["request_id"] for line in streamed)
+    assert any(line.get("run_id") == doomed["id"] for line in lines)

@@ -126,6 +126,15 @@ class StreamHub:
                 await task
         self._tasks = []
 
+    async def ready(self) -> None:
+        """Wait until this process listens; DatabaseUnavailable (a 503) if it cannot."""
+        self._start()
+        try:
+            async with asyncio.timeout(LISTEN_WAIT_SECONDS):
+                await self._listening.wait()
+        except TimeoutError:
+            raise DatabaseUnavailable() from None
+
     async def subscribe(self, task_id: uuid.UUID, run_id: uuid.UUID | None = None) -> Subscriber:
         """Listen for the task's (or one run's) events; workers hear of it before this returns."""
         self._start()

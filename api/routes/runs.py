@@ -88,6 +88,7 @@ async def stream_run(state: State, agent: RunsRead, run_id: uuid.UUID) -> Stream
     """
     async with state.tx() as conn:
         run = await logic.get_run(conn, agent, run_id)
+    await state.streams.ready()  # a 503 now rather than a stream that breaks
     return sse_response(
         run_stream(
             state.streams,

@@ -143,6 +143,7 @@ async def stream_task(
     """
     async with state.tx() as conn:
         task = await logic.get_task(conn, task_context(request, state, agent), task_id)
+    await state.streams.ready()  # a 503 now rather than a stream that breaks
     return sse_response(
         task_stream(
             state.streams,

@@ -242,15 +242,33 @@ class Relay:
 
     # -- reading the database --------------------------------------------------------------
 
-    async def sync(self, run_id: uuid.UUID) -> list[str]:
-        """Read the run and its new log lines; frames for whatever the client has not seen."""
+    async def read(
+        self, run_ids: list[uuid.UUID]
+    ) -> dict[uuid.UUID, tuple[Run, list[RunLogPublic]]]:
+        """The runs, and their log lines not yet sent: two queries however many runs."""
+        if not run_ids:
+            return {}
         async with db.connection(self.pool) as conn:
-            run = await run_store.get_run(conn, run_id, owner=self.owner)
-            if run is None:
-                return []
-            seen = self.seen.get(run_id)
-            lines = await self._new_logs(conn, run_id, seen.last_log if seen else 0)
-        return self.absorb(run, lines)
+            found = await run_store.get_runs(conn, run_ids, owner=self.owner)
+            ids = [run.id for run in found]
+            if not ids:
+                return {}
+            after = {run_id: self._last_log(run_id) for run_id in ids}
+            lines = await run_store.list_logs_of_runs(
+                conn, ids, after_id=min(after.values()), limit=LOG_PAGE
+            )
+            by_run: dict[uuid.UUID, list[RunLogPublic]] = {run_id: [] for run_id in ids}
+            if len(lines) < LOG_PAGE:
+                for line in lines:
+                    by_run[line.run_id].append(RunLogPublic.of(line))
+            else:  # much to catch up on: page through run by run
+                for run_id in ids:
+                    by_run[run_id] = await self._new_logs(conn, run_id, after[run_id])
+        return {run.id: (run, by_run[run.id]) for run in found}
+
+    def _last_log(self, run_id: uuid.UUID) -> int:
+        seen = self.seen.get(run_id)
+        return seen.last_log if seen else 0
 
     async def _new_logs(self, conn: db.Conn, run_id: uuid.UUID, after: int) -> list[RunLogPublic]:
         found: list[RunLogPublic] = []
@@ -261,13 +279,14 @@ class Relay:
                 return found
             after = page[-1].id
 
-    async def logs(self, run_id: uuid.UUID) -> list[str]:
-        seen = self.seen.get(run_id)
-        if seen is None:
-            return await self.sync(run_id)
-        async with db.connection(self.pool) as conn:
-            lines = await self._new_logs(conn, run_id, seen.last_log)
-        return self._log_frames(run_id, seen, lines)
+    async def sync(self, run_ids: list[uuid.UUID]) -> list[str]:
+        """Read the runs; frames for whatever the client has not seen of them, in that order."""
+        fetched = await self.read(run_ids)
+        out: list[str] = []
+        for run_id in run_ids:
+            if run_id in fetched:
+                out += self.absorb(*fetched.pop(run_id))
+        return out
 
     # -- turning what is known into frames -------------------------------------------------
 
@@ -317,29 +336,41 @@ class Relay:
                 out.append(frame("log", {"run_id": str(run_id), **line.model_dump(mode="json")}))
         return out
 
-    async def handle(self, event: dict[str, Any]) -> list[str]:
-        """Frames for one notification; bulky or final news is read from the database."""
-        run_id = uuid.UUID(event["run"])
-        seen = self.seen.get(run_id)
-        kind = event["e"]
-        if seen is None or kind in ("sync", "resync"):
-            return await self.sync(run_id)
-        if seen.ended:
-            return []
-        if kind == "state":
-            if event.get("status") in streams.FINAL:
-                return await self.sync(run_id)  # the final run, with every output and line
-            return self._state(run_id, seen, str(event.get("status")), int(event.get("a", 0)))
-        if kind == "step" and isinstance(event.get("step"), dict):
-            return self._step(run_id, seen, int(event["i"]), event["step"])
-        if kind == "log":
-            return await self.logs(run_id)
-        if kind == "snapshot":
-            out = self._state(run_id, seen, "running", int(event.get("a", 0)))
-            for index, record in enumerate(event.get("steps") or []):
-                out += self._step(run_id, seen, index, record)
-            return out + await self.logs(run_id)  # lines written before we were heard
-        return []
+    async def handle(self, events: list[dict[str, Any]]) -> list[str]:
+        """Frames for a batch of notifications, in order; what needs the database (runs
+        first seen, final states, log lines, catching up) is read in one go for the batch."""
+        need: dict[uuid.UUID, None] = {}
+        for event in events:
+            run_id = uuid.UUID(event["run"])
+            seen = self.seen.get(run_id)
+            kind, status = event["e"], event.get("status")
+            if seen is not None and kind == "state" and status == "queued" and not seen.ended:
+                # Handed back at a worker's shutdown: the run starts over, maybe elsewhere.
+                del self.seen[run_id]
+                seen = None
+            if seen is None or (
+                not seen.ended and (kind in ("sync", "log", "snapshot") or status in streams.FINAL)
+            ):
+                need[run_id] = None
+        fetched = await self.read(list(need))
+        out: list[str] = []
+        for event in events:
+            run_id = uuid.UUID(event["run"])
+            if run_id in fetched:
+                out += self.absorb(*fetched.pop(run_id))
+            seen = self.seen.get(run_id)
+            if seen is None or seen.ended:
+                continue
+            kind = event["e"]
+            if kind == "state" and event.get("status") not in streams.FINAL:
+                out += self._state(run_id, seen, str(event["status"]), int(event.get("a", 0)))
+            elif kind == "step" and isinstance(event.get("step"), dict):
+                out += self._step(run_id, seen, int(event["i"]), event["step"])
+            elif kind == "snapshot":  # the worker's steps may be ahead of the database's
+                out += self._state(run_id, seen, "running", int(event.get("a", 0)))
+                for index, record in enumerate(event.get("steps") or []):
+                    out += self._step(run_id, seen, index, record)
+        return out
 
     def forget_ended(self) -> None:
         """A task stream lives long: drop what it remembers of runs that ended long ago."""
@@ -377,7 +408,7 @@ async def run_stream(
     sub = await hub.subscribe(task_id, run_id)
     relay = Relay(pool, owner, sub, heartbeat)
     try:
-        for text in await relay.sync(run_id):  # read after subscribing: nothing falls between
+        for text in await relay.sync([run_id]):  # read after subscribing: nothing falls between
             yield text
         if run_id not in relay.seen:
             return  # gone since the request was checked (pruned history)
@@ -391,11 +422,8 @@ async def run_stream(
             elif sub.overflowed or any("run" not in event for event in events):
                 sub.overflowed = False  # missed something: read it all again
                 events = [{"e": "sync", "run": str(run_id)}]
-            for event in events:
-                for text in await relay.handle(event):
-                    yield text
-                if _ended(relay, run_id):
-                    break
+            for text in await relay.handle(events):
+                yield text
     finally:
         hub.unsubscribe(sub)
 
@@ -429,13 +457,12 @@ async def task_stream(
                 for text in await _recent(relay, task_id, first=False):
                     yield text
                 continue
-            for event in events:
-                if event["e"] == "resync":
-                    texts = await _recent(relay, task_id, first=False)
-                else:
-                    texts = await relay.handle(event)
-                for text in texts:
+            if any("run" not in event for event in events):  # the listener reconnected
+                events = [event for event in events if "run" in event]
+                for text in await _recent(relay, task_id, first=False):
                     yield text
+            for text in await relay.handle(events):
+                yield text
             relay.forget_ended()
     finally:
         hub.unsubscribe(sub)
@@ -447,15 +474,15 @@ async def _recent(relay: Relay, task_id: uuid.UUID, *, first: bool) -> list[str]
         runs = await run_store.list_runs(
             conn, owner=relay.owner, limit=TASK_RECENT_RUNS, after=None, task_id=task_id
         )
-    out: list[str] = []
+    wanted: list[uuid.UUID] = []
     for run in reversed(runs):  # oldest first
         followed = run.id in relay.seen
         if (first or not followed) and run.status in streams.FINAL:
             continue
         if followed and relay.seen[run.id].ended:
             continue
-        out += await relay.sync(run.id)
-    return out
+        wanted.append(run.id)
+    return await relay.sync(wanted)
 
 
 def _ended(relay: Relay, run_id: uuid.UUID) -> bool:

@@ -137,6 +137,9 @@ class Worker:
             for helper in helpers:
                 helper.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(WRITER_GRACE_SECONDS):
+                    await self.events.flush()  # watchers hear how the last runs ended
             await self.mcp.close()  # the pipelines that used it have ended
             with contextlib.suppress(DatabaseUnavailable):
                 async with db.connection(self.pool) as conn:
@@ -470,13 +473,17 @@ class RunEvents:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._queue:
-                batch, self._queue = self._queue[:EVENT_BATCH], self._queue[EVENT_BATCH:]
-                try:
-                    async with db.connection(self.pool) as conn:
-                        await run_events.publish(conn, streams.pack(batch))
-                    self._failing = False
-                except (DatabaseUnavailable, psycopg.Error) as exc:
-                    if not self._failing:
-                        log.warning("could not publish %s run events: %s", len(batch), exc)
-                    self._failing = True
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Publish everything queued so far (the last ends, at shutdown)."""
+        while self._queue:
+            batch, self._queue = self._queue[:EVENT_BATCH], self._queue[EVENT_BATCH:]
+            try:
+                async with db.connection(self.pool) as conn:
+                    await run_events.publish(conn, streams.pack(batch))
+                self._failing = False
+            except (DatabaseUnavailable, psycopg.Error) as exc:
+                if not self._failing:
+                    log.warning("could not publish %s run events: %s", len(batch), exc)
+                self._failing = True

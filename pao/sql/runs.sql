@@ -4,6 +4,19 @@ SELECT r.* FROM runs r
 JOIN tasks t ON t.id = r.task_id
 WHERE r.id = %(id)s AND (%(owner)s::uuid IS NULL OR t.created_by = %(owner)s::uuid)
 
+-- name: run_get_many
+-- Several runs at once (a live stream catching up), only those whose task belongs to `owner`.
+SELECT r.* FROM runs r
+JOIN tasks t ON t.id = r.task_id
+WHERE r.id = ANY(%(ids)s) AND (%(owner)s::uuid IS NULL OR t.created_by = %(owner)s::uuid)
+
+-- name: run_log_list_many
+-- The log lines of several runs after one position, oldest first (a live stream catching up).
+SELECT * FROM run_logs
+WHERE run_id = ANY(%(run_ids)s) AND id > %(after_id)s
+ORDER BY id
+LIMIT %(limit)s
+
 -- name: run_get_for_update
 -- One run, locked with its occurrence, for a state change (cancel).
 SELECT r.* FROM runs r

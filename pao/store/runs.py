@@ -67,6 +67,23 @@ async def get_run(
         return await cur.fetchone()
 
 
+async def get_runs(conn: Conn, ids: list[uuid.UUID], *, owner: uuid.UUID | None) -> list[Run]:
+    async with conn.cursor(row_factory=model_row(Run)) as cur:
+        await cur.execute(QUERIES["run_get_many"], {"ids": ids, "owner": owner})
+        return await cur.fetchall()
+
+
+async def list_logs_of_runs(
+    conn: Conn, run_ids: list[uuid.UUID], *, after_id: int, limit: int
+) -> list[RunLog]:
+    async with conn.cursor(row_factory=model_row(RunLog)) as cur:
+        await cur.execute(
+            QUERIES["run_log_list_many"],
+            {"run_ids": run_ids, "after_id": after_id, "limit": limit},
+        )
+        return await cur.fetchall()
+
+
 async def list_runs(
     conn: Conn,
     *,

@@ -4,15 +4,19 @@
 
 Throughput: 20,000 queued runs of a one-step no-op pipeline (`sleep 0`),
 recorded in `runs` as in production, drained by 1 and then 2 worker
-processes; runs per second. With `--watched`, the same again while a client
-reads the task's live stream from a real API process (every run's start,
-step and end then travel as notifications). Pickup: `run_now` through the
-HTTP API with an idle worker, to the run's start; p50/p95/p99.
+processes; runs per second. With `--watched`, the same again while the task
+is watched, two ways: "notified", a bare LISTEN connection announcing the
+task as an API process would (the cost of the notifications alone), and
+"streamed", a client reading the task's live stream from a real API process
+(which also spends CPU on these same cores relaying every run). Pickup:
+`run_now` through the HTTP API with an idle worker, to the run's start;
+p50/p95/p99.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import threading
@@ -91,12 +95,44 @@ def watching(url: str, task_id: str) -> Iterator[list[int]]:
         yield read
 
 
-def drain(count: int, workers: int, *, watched: bool = False) -> tuple[float, int]:
-    """Runs per second, and how many stream events the watching client read."""
+@contextmanager
+def listening(url: str, task_id: str) -> Iterator[list[int]]:
+    """A bare listener announcing the task as watched; yields [run events received]."""
+    got = [0]
+    stop = threading.Event()
+
+    def listen() -> None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("LISTEN pao_run_events")
+            conn.execute("LISTEN pao_streams")
+            last = 0.0
+            while not stop.is_set():
+                if time.monotonic() - last > 4:
+                    conn.execute("SELECT pg_notify('pao_streams', %s)", (task_id,))
+                    last = time.monotonic()
+                for note in conn.notifies(timeout=0.5):
+                    if note.channel == "pao_run_events":
+                        got[0] += len(json.loads(note.payload))
+                    elif note.payload == "?":
+                        last = 0.0  # a worker asks: announce again
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    time.sleep(1)
+    try:
+        yield got
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+def drain(count: int, workers: int, *, watched: str = "") -> tuple[float, int]:
+    """Runs per second, and how many run events the watcher received."""
     with database() as url:
         task_id = queue_jobs(url, agent_id(url), count)
         spec = ("worker", {"PAO_WORKER_CONCURRENCY": "32"})
-        with watching(url, task_id) if watched else _nothing() as read:
+        watcher = {"": _nothing, "notified": listening, "streamed": watching}[watched]
+        with watcher(url, task_id) as read:
             with processes(url, *([spec] * workers)):
                 took = wait_until(
                     url, "SELECT count(*) FROM runs WHERE status = 'succeeded'", count, 600
@@ -106,7 +142,7 @@ def drain(count: int, workers: int, *, watched: bool = False) -> tuple[float, in
 
 
 @contextmanager
-def _nothing() -> Iterator[list[int]]:
+def _nothing(url: str, task_id: str) -> Iterator[list[int]]:
     yield [0]
 
 
@@ -167,14 +203,15 @@ def main() -> None:
     )
     args = parser.parse_args()
     print(f"pao throughput benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores")
-    for watched in (False, True) if args.watched else (False,):
+    for watched in ("", "notified", "streamed") if args.watched else ("",):
         for workers in (1, 2):
             if args.jobs:
                 rate, read = drain(args.jobs, workers, watched=watched)
                 title = f"drain {args.jobs} no-op runs, {workers} worker process(es)"
                 if watched:
-                    title += ", streamed"
-                extra = f" ({read} stream events read)" if watched else ""
+                    title += f", {watched}"
+                what = "notified events" if watched == "notified" else "SSE events read"
+                extra = f" ({read} {what})" if watched else ""
                 print(f"{title:<56} {rate:.0f} runs/s{extra}", flush=True)
     if args.pickups:
         pickup(args.pickups)

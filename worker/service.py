@@ -51,6 +51,7 @@ HEARTBEAT_SECONDS = 5.0
 PIPELINE_CACHE = 10_000
 CHANNEL = "pao_work"
 EVENT_BATCH = 2000
+PUBLISH_INTERVAL_SECONDS = 0.05
 
 StopReason = Literal["cancel", "lost", "shutdown"]
 
@@ -176,7 +177,7 @@ class Worker:
             if c.attempt == 1 and c.started_at is not None:
                 metrics.LATENESS_SECONDS.observe((c.started_at - c.scheduled_for).total_seconds())
             if self.watched and c.task_id in self.watched:
-                self.events.send(streams.state(c.run_id, c.task_id, "running", c.attempt))
+                self.events.send(c.run_id, streams.state(c.run_id, c.task_id, "running", c.attempt))
             held = Running(c, Lease(c.id, c.attempt, self.worker_id))
             self.running[c.id] = held
             event = events.get(c.event_id) if c.event_id else None
@@ -336,7 +337,11 @@ class Worker:
             status = end.status
         c = held.claimed
         if self.watched and c.task_id in self.watched:
-            self.events.send(streams.state(c.run_id, c.task_id, status, c.attempt))
+            self.events.send(
+                c.run_id,
+                streams.state(c.run_id, c.task_id, status, c.attempt),
+                final=not end.hand_back,
+            )
 
     def _step(
         self, held: Running, index: int, record: dict[str, Any], seconds: float | None
@@ -346,7 +351,7 @@ class Worker:
             metrics.step_ended(record["uses"], record["status"], seconds)
         c = held.claimed
         if self.watched and c.task_id in self.watched:
-            self.events.send(streams.step(c.run_id, c.task_id, index, record))
+            self.events.send(c.run_id, streams.step(c.run_id, c.task_id, index, record))
 
     async def _log(self, held: Running, step_id: str | None, level: str, message: str) -> None:
         if log.isEnabledFor(logging.DEBUG):
@@ -362,7 +367,7 @@ class Worker:
             )
         c = held.claimed
         if log_id is not None and self.watched and c.task_id in self.watched:
-            self.events.send(streams.log(c.run_id, c.task_id, log_id))
+            self.events.send(c.run_id, streams.log(c.run_id, c.task_id, log_id))
 
     async def _save(self, held: Running, steps: list[dict[str, Any]]) -> None:
         self.outcomes.progress(held.lease, held.claimed.run_id, steps)
@@ -438,7 +443,8 @@ class Worker:
                 c = held.claimed
                 if c.task_id == task_id and not held.ending:
                     self.events.send(
-                        streams.snapshot(c.run_id, c.task_id, "running", c.attempt, held.steps)
+                        c.run_id,
+                        streams.snapshot(c.run_id, c.task_id, "running", c.attempt, held.steps),
                     )
 
     def _db_failed(self) -> None:
@@ -455,23 +461,29 @@ class Worker:
 class RunEvents:
     """Publishes run events for watched tasks, batched, in order, off the run's own path.
 
-    A failed publish is dropped, not retried: the API re-reads watched runs
-    from the database at every heartbeat, so a lost event only costs latency.
+    Events wait up to PUBLISH_INTERVAL_SECONDS to travel together. A run that
+    ended within that time is sent as its end alone: the API reads an ended
+    run from the database anyway, steps and all, so its earlier events would
+    only repeat it. A failed publish is dropped, not retried: the API re-reads
+    watched runs at every heartbeat, so a lost event only costs latency.
     """
 
     def __init__(self, pool: AsyncConnectionPool[db.Conn]) -> None:
         self.pool = pool
-        self._queue: list[str] = []
+        self._queue: list[tuple[uuid.UUID, str, bool]] = []
         self._wake = asyncio.Event()
         self._failing = False
 
-    def send(self, payload: str) -> None:
-        self._queue.append(payload)
+    def send(self, run_id: uuid.UUID, payload: str, *, final: bool = False) -> None:
+        self._queue.append((run_id, payload, final))
         self._wake.set()
 
     async def run(self) -> None:
         while True:
             await self._wake.wait()
+            # A short wait gathers what follows into the same notifications: a busy worker
+            # then sends a few packed NOTIFYs a second rather than a transaction per run.
+            await asyncio.sleep(PUBLISH_INTERVAL_SECONDS)
             self._wake.clear()
             await self.flush()
 
@@ -479,9 +491,11 @@ class RunEvents:
         """Publish everything queued so far (the last ends, at shutdown)."""
         while self._queue:
             batch, self._queue = self._queue[:EVENT_BATCH], self._queue[EVENT_BATCH:]
+            ended = {run_id for run_id, _, final in batch if final}
+            payloads = [p for run_id, p, final in batch if final or run_id not in ended]
             try:
                 async with db.connection(self.pool) as conn:
-                    await run_events.publish(conn, streams.pack(batch))
+                    await run_events.publish(conn, streams.pack(payloads))
                 self._failing = False
             except (DatabaseUnavailable, psycopg.Error) as exc:
                 if not self._failing:

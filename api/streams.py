@@ -239,6 +239,7 @@ class Relay:
         self.sub = sub
         self.heartbeat = heartbeat
         self.seen: dict[uuid.UUID, _Seen] = {}
+        self._restarted: dict[uuid.UUID, int] = {}  # run starting over -> last log line sent
 
     # -- reading the database --------------------------------------------------------------
 
@@ -268,7 +269,7 @@ class Relay:
 
     def _last_log(self, run_id: uuid.UUID) -> int:
         seen = self.seen.get(run_id)
-        return seen.last_log if seen else 0
+        return seen.last_log if seen else self._restarted.get(run_id, 0)
 
     async def _new_logs(self, conn: db.Conn, run_id: uuid.UUID, after: int) -> list[RunLogPublic]:
         found: list[RunLogPublic] = []
@@ -296,6 +297,7 @@ class Relay:
         out: list[str] = []
         if seen is None:
             seen = self.seen[run.id] = _Seen(run.status, run.attempt)
+            seen.last_log = self._restarted.pop(run.id, 0)
             for index, record in enumerate(run.steps):
                 seen.steps[index] = _step_rank(record)
             out.append(frame("run", RunPublic.of(run).model_dump(mode="json")))
@@ -345,7 +347,9 @@ class Relay:
             seen = self.seen.get(run_id)
             kind, status = event["e"], event.get("status")
             if seen is not None and kind == "state" and status == "queued" and not seen.ended:
-                # Handed back at a worker's shutdown: the run starts over, maybe elsewhere.
+                # Handed back at a worker's shutdown: the run starts over, maybe elsewhere
+                # (its log lines so far stay, and are not sent again).
+                self._restarted[run_id] = seen.last_log
                 del self.seen[run_id]
                 seen = None
             if seen is None or (

@@ -16,7 +16,8 @@ from api.deps import AppState
 from api.discovery import ToolDiscovery
 from api.middleware import RequestMiddleware
 from api.openapi import document
-from api.routes import agents, events, health, runs, tasks, tools, ui
+from api.routes import agents, events, health, metrics, runs, tasks, tools, ui
+from api.streams import StreamHub
 from pao import db
 from pao.agents import ensure_admin_token
 from pao.mcp import McpHub
@@ -56,8 +57,14 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
         await pool.open(wait=False)
         hub = McpHub(registry.servers)
         discovery = ToolDiscovery(hub, registry)
+        stream_hub = StreamHub(url, pool)
         state = AppState(
-            settings=settings, pool=pool, registry=registry, mcp=hub, discovery=discovery
+            settings=settings,
+            pool=pool,
+            registry=registry,
+            mcp=hub,
+            discovery=discovery,
+            streams=stream_hub,
         )
         app.state.pao = state
         discovering: asyncio.Task[None] | None = None
@@ -72,6 +79,7 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
                 discovering.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await discovering
+            await stream_hub.close()
             await hub.close()
             await pool.close()
 
@@ -91,6 +99,7 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
         agents.router,
         health.router,
         ui.router,
+        metrics.router,
     ):
         app.include_router(router)
     if settings.cors_origins:
@@ -115,5 +124,5 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
                 "X-RateLimit-Reset",
             ],
         )
-    app.add_middleware(RequestMiddleware)
+    app.add_middleware(RequestMiddleware, access_log=settings.log_format == "json")
     return app

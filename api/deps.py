@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from psycopg_pool import AsyncConnectionPool
 
 from api.discovery import ToolDiscovery
+from api.streams import StreamHub
 from pao import db
 from pao.errors import Forbidden, RateLimited, Unauthenticated
 from pao.mcp import McpHub
@@ -30,6 +31,7 @@ class AppState:
     registry: ToolRegistry
     mcp: McpHub
     discovery: ToolDiscovery
+    streams: StreamHub
 
     @asynccontextmanager
     async def tx(self) -> AsyncIterator[db.Conn]:

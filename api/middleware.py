@@ -1,4 +1,4 @@
-"""Request ids, body limits and text checks, as plain ASGI middleware.
+"""Request ids, metrics, access logs, body limits and text checks, as plain ASGI middleware.
 
 Body checks run here, before routing, because FastAPI would otherwise parse a
 deeply nested body recursively (a 500) and pass NUL characters through to
@@ -8,8 +8,10 @@ PostgreSQL (which rejects them: another 500).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
+import time
 import uuid
 from typing import Any
 
@@ -17,11 +19,16 @@ from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api import metrics
 from api.problems import field_errors, problem, unexpected_error_response
+from pao import logs
 from pao.pipeline import reject_bad_text
+
+access_log = logging.getLogger("api.access")
 
 MAX_BODY_BYTES = 256 * 1024
 MAX_DEPTH = 64
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _CLIENT_ID = re.compile(r"^[\x21-\x7e]{1,128}$")  # visible ASCII: safe to echo in a header
 
 
@@ -54,22 +61,32 @@ def _depth_ok(value: Any, limit: int) -> bool:
 
 
 class RequestMiddleware:
-    """Gives every request an id (echoed in X-Request-ID) and vets JSON bodies."""
+    """Gives every request an id (echoed in X-Request-ID), counts it and vets JSON bodies.
 
-    def __init__(self, app: ASGIApp) -> None:
+    With `access_log`, each request also gets one log line carrying its ids
+    (uvicorn's own access log knows none of them).
+    """
+
+    def __init__(self, app: ASGIApp, access_log: bool = False) -> None:
         self.app = app
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        started = time.perf_counter()
         request = Request(scope)
         given = request.headers.get("x-request-id", "")
         request_id = given if _CLIENT_ID.match(given) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
+        bound = logs.request_id.set(request_id)
+        status = 500
 
         async def send_with_id(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = message["status"]
                 headers = MutableHeaders(scope=message)
                 headers["X-Request-ID"] = request_id
                 rate = scope["state"].get("rate_limit")
@@ -79,6 +96,37 @@ class RequestMiddleware:
                     headers["X-RateLimit-Remaining"] = str(remaining)
                     headers["X-RateLimit-Reset"] = str(reset)
             await send(message)
+
+        try:
+            await self._call(scope, receive, send_with_id, request)
+        finally:
+            logs.request_id.reset(bound)
+            self._record(scope, status, time.perf_counter() - started, request_id)
+
+    def _record(self, scope: Scope, status: int, seconds: float, request_id: str) -> None:
+        route = scope.get("route")
+        template = getattr(route, "path", None) or metrics.UNMATCHED
+        method = scope["method"] if scope["method"] in _METHODS else "other"
+        metrics.HTTP_REQUESTS.labels(method, template, str(status)).inc()
+        metrics.HTTP_SECONDS.labels(method, template).observe(seconds)
+        if self.access_log:
+            params = scope.get("path_params") or {}
+            access_log.info(
+                "%s %s %s %.1fms",
+                method,
+                template,
+                status,
+                seconds * 1000,
+                extra={
+                    "request_id": request_id,
+                    "task_id": params.get("task_id"),
+                    "run_id": params.get("run_id"),
+                },
+            )
+
+    async def _call(
+        self, scope: Scope, receive: Receive, send_with_id: Send, request: Request
+    ) -> None:
 
         if scope["method"] in ("POST", "PUT", "PATCH"):
             body, rejection = await self._read_body(request, receive)

@@ -53,7 +53,13 @@ def processes(
     """Start `pao <name>` processes; SIGTERM them at the end."""
     procs = []
     for name, extra in specs:
-        env = {**os.environ, "DATABASE_URL": url, "PAO_LOG_LEVEL": "warning", **extra}
+        env = {
+            **os.environ,
+            "DATABASE_URL": url,
+            "PAO_LOG_LEVEL": "warning",
+            "PAO_METRICS_PORT": "0",  # several on one machine; metrics are counted all the same
+            **extra,
+        }
         procs.append(
             subprocess.Popen(
                 [sys.executable, "-m", "pao", name], env=env, cwd=ROOT, stdout=subprocess.DEVNULL

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import EntryPoint, entry_points
 
-from pao import cli_client, tokens
+from pao import cli_client, logs, tokens
 from pao.agents import create_agent, ensure_admin_token
 from pao.db import connect
 from pao.embedded import database_url, ensure_embedded
@@ -107,15 +107,24 @@ def _cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     asyncio.run(_bootstrap_admin(url, token))
     env = {**os.environ, "DATABASE_URL": url, "PAO_ADMIN_TOKEN": token}
     names = [name for name in ("api", "scheduler", "worker") if name in _processes()]
+    # Scheduler and worker each serve metrics; on one machine they need a port each.
+    port = settings.metrics_port
+    metrics_ports = {"scheduler": port, "worker": port + 1 if port else 0}
     children = [
-        subprocess.Popen([sys.executable, "-m", "pao", name], env=env, preexec_fn=_die_with_parent)
+        subprocess.Popen(
+            [sys.executable, "-m", "pao", name],
+            env={**env, "PAO_METRICS_PORT": str(metrics_ports.get(name, port))},
+            preexec_fn=_die_with_parent,
+        )
         for name in names
     ]
     base = f"http://{settings.host}:{settings.port}"
+    others = f" (scheduler :{port}, worker :{port + 1})" if port else ""
     print(
         f"\npao dev is running ({', '.join(names)}) on the embedded database\n"
         f"  API:         {base}\n"
         f"  docs:        {base}/docs\n"
+        f"  metrics:     {base}/metrics{others}\n"
         f"  admin token: {token}\n"
         f"  try:         curl -H 'Authorization: Bearer {token}' {base}/tasks\n"
         f"Ctrl-C stops everything.\n",
@@ -190,10 +199,9 @@ def _make_parser(processes: Sequence[str]) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     processes = _processes()
     args = _make_parser(sorted(processes)).parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("PAO_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    # From the raw environment: a bad PAO_LOG_FORMAT is reported by the settings below.
+    fmt = "json" if os.environ.get("PAO_LOG_FORMAT", "").strip().lower() == "json" else "text"
+    logs.configure(os.environ.get("PAO_LOG_LEVEL", "INFO"), fmt)
     # pgserver narrates every pg_ctl call at INFO; its warnings are what matter.
     logging.getLogger("pgserver").setLevel(logging.WARNING)
     # APScheduler logs every run of every job at INFO, and a tick skipped under load at WARNING.

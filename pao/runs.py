@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import uuid
 
+from pao import streams
 from pao.db import Conn
 from pao.errors import Conflict, NotFound
 from pao.models import Agent, Run
-from pao.store import audit, runs
+from pao.store import audit, run_events, runs
 
 
 def _owner(actor: Agent) -> uuid.UUID | None:
@@ -27,6 +28,10 @@ async def cancel_run(conn: Conn, actor: Agent, run_id: uuid.UUID, *, request_id:
     if run.status not in ("queued", "running"):
         raise Conflict(f"the run already ended as {run.status}")
     cancelled = await runs.cancel_run(conn, run, reason=f"cancelled by agent {actor.name}")
+    if cancelled.status == "cancelled":  # a queued run; a running one ends through its worker
+        await run_events.publish(
+            conn, [streams.state(run.id, run.task_id, "cancelled", run.attempt)]
+        )
     await audit.record(
         conn,
         actor_id=actor.id,

@@ -42,6 +42,10 @@ class Settings:
     auth_failures_per_minute: int = 20
     max_active_tasks: int = 1000
     max_occurrences_per_hour: int = 60_000
+    metrics_port: int = 9464
+    metrics_host: str = "0.0.0.0"  # noqa: S104  (probes and scrapers come from outside the pod)
+    log_format: str = "text"
+    stream_heartbeat_seconds: float = 15.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -79,6 +83,12 @@ class Settings:
             max_occurrences_per_hour=_int(
                 env, "PAO_MAX_OCCURRENCES_PER_HOUR", 60_000, low=0, high=1_000_000_000
             ),
+            metrics_port=_int(env, "PAO_METRICS_PORT", 9464, low=0, high=65535),
+            metrics_host=env.get("PAO_METRICS_HOST") or "0.0.0.0",  # noqa: S104
+            log_format=_choice(env, "PAO_LOG_FORMAT", "text", ("text", "json")),
+            stream_heartbeat_seconds=_float(
+                env, "PAO_STREAM_HEARTBEAT_SECONDS", 15.0, low=0.05, high=3600
+            ),
         )
 
 
@@ -98,4 +108,24 @@ def _int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int
         raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
     if not low <= value <= high:
         raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    raw = (env.get(name) or default).strip().lower()
+    if raw not in allowed:
+        raise SettingsError(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
+    return raw
+
+
+def _float(env: Mapping[str, str], name: str, default: float, *, low: float, high: float) -> float:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name} must be between {low:g} and {high:g}, got {raw}")
     return value

@@ -7,6 +7,7 @@ import signal
 
 from pao import db
 from pao.embedded import database_url
+from pao.metrics import serve_metrics
 from pao.migrate import check_database
 from pao.settings import Settings
 from scheduler.service import Scheduler
@@ -20,9 +21,12 @@ async def _main(settings: Settings, url: str) -> None:
         loop.add_signal_handler(sig, stop.set)
     pool = db.make_pool(url, min_size=1, max_size=4, name="scheduler")
     await pool.open(wait=False)
+    server = await serve_metrics(settings.metrics_host, settings.metrics_port)
     try:
         await Scheduler(settings, pool).serve(stop)
     finally:
+        if server is not None:
+            await server.close()
         await pool.close()
 
 

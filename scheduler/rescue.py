@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 
+from pao import streams
 from pao.backoff import retry_delay
 from pao.db import Conn
-from pao.store import runs
+from pao.store import run_events, runs
 from pao.store import work as work_store
+from scheduler import metrics
 
 log = logging.getLogger(__name__)
 
@@ -21,15 +23,17 @@ log = logging.getLogger(__name__)
 async def rescue_batch(conn: Conn, *, limit: int, base_seconds: float, cap_seconds: float) -> int:
     """Handle up to `limit` expired leases in the caller's transaction; returns how many."""
     lost = await runs.lock_expired(conn, limit=limit)
+    ended: list[str] = []
     for work in lost:
         owner = work.lease_owner or "unknown"
         if work.cancel_requested:
-            await runs.end_lost_run(
+            run = await runs.end_lost_run(
                 conn, work, status="cancelled", error=f"cancelled; worker {owner} lost its lease"
             )
             await runs.finish_lost(conn, work, state="cancelled")
+            outcome = "cancelled"
         elif work.attempt > work.max_retries:
-            await runs.end_lost_run(
+            run = await runs.end_lost_run(
                 conn,
                 work,
                 status="failed",
@@ -39,6 +43,7 @@ async def rescue_batch(conn: Conn, *, limit: int, base_seconds: float, cap_secon
                 ),
             )
             await runs.finish_lost(conn, work, state="failed")
+            outcome = "failed"
         else:
             delay = retry_delay(
                 work.backoff_strategy,
@@ -46,7 +51,7 @@ async def rescue_batch(conn: Conn, *, limit: int, base_seconds: float, cap_secon
                 base_seconds=base_seconds,
                 cap_seconds=cap_seconds,
             )
-            await runs.end_lost_run(
+            run = await runs.end_lost_run(
                 conn,
                 work,
                 status="failed",
@@ -56,7 +61,13 @@ async def rescue_batch(conn: Conn, *, limit: int, base_seconds: float, cap_secon
                 ),
             )
             await runs.requeue_lost(conn, work, delay_seconds=delay.total_seconds())
+            outcome = "requeued"
+        metrics.RESCUES.labels(outcome).inc()
+        if run is not None:
+            # Rare, so told to any stream unconditionally; sent when the rescue commits.
+            ended.append(streams.state(run["id"], run["task_id"], run["status"], run["attempt"]))
         log.warning("rescued due_work %s (attempt %s) from %s", work.id, work.attempt, owner)
+    await run_events.publish(conn, ended)
     if lost:
         await work_store.notify_workers(conn)  # concurrency keys they held are free again
     return len(lost)

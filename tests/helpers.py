@@ -62,3 +62,14 @@ SEED_TASK: dict[str, Any] = {
     "timezone": "Europe/Chisinau",
     "payload": {"pipeline": [{"id": "hello", "uses": "log", "with": {"message": "good morning"}}]},
 }
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text output (0 when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0

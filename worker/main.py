@@ -7,8 +7,10 @@ import signal
 
 from pao import db
 from pao.embedded import database_url
+from pao.metrics import serve_metrics
 from pao.migrate import check_database
 from pao.settings import Settings
+from worker import metrics
 from worker.service import Worker
 
 
@@ -27,9 +29,14 @@ async def _main(settings: Settings, url: str) -> None:
     size = settings.worker_pool_size or settings.worker_concurrency * 2 + 2
     pool = db.make_pool(url, min_size=min(2, size), max_size=size, name="worker", trust_recent=1.0)
     await pool.open(wait=False)
+    server = await serve_metrics(settings.metrics_host, settings.metrics_port)
     try:
-        await Worker(settings, pool, url).serve(stop, force)
+        worker = Worker(settings, pool, url)
+        metrics.RUNNING.set_function(lambda: len(worker.running))
+        await worker.serve(stop, force)
     finally:
+        if server is not None:
+            await server.close()
         await pool.close()
 
 

@@ -42,6 +42,8 @@ class StepCall:
 
 
 Tool = Callable[[dict[str, Any], StepCall], Awaitable[JSONValue]]
+StepHook = Callable[[int, dict[str, Any], float | None], None]
+"""Told of each step's start (seconds None) and end (seconds it ran); must not block."""
 
 
 @dataclass
@@ -98,10 +100,12 @@ async def execute(
     save: Callable[[list[dict[str, Any]]], Awaitable[None]],
     condition_state: bool | None = None,
     on_condition: Callable[[bool], Awaitable[None]] | None = None,
+    on_step: StepHook | None = None,
 ) -> None:
     """Run every step; raise StepFailed on the first failure, ConditionNotMet to stop early."""
     outputs: dict[str, JSONValue] = {}
     context = _context(ex, outputs)  # sees each new output: `steps` is `outputs` itself
+    hook: StepHook = on_step or _no_hook
     for index, step in enumerate(ex.pipeline.steps):
         record: dict[str, Any] = {
             "id": step.id,
@@ -113,20 +117,22 @@ async def execute(
             try:
                 wanted = parse_guard(step.if_).evaluate(context)
             except TemplateError as exc:
-                raise _fail(ex, record, f"step {step.id}: its 'if' failed: {exc}") from None
+                raise _fail(ex, record, f"step {step.id}: its 'if' failed: {exc}", hook) from None
             if not wanted:
                 record.update(status="skipped", detail=f"'if' was false: {step.if_}")
                 ex.steps.append(record)
+                hook(len(ex.steps) - 1, record, 0.0)
                 await save(ex.steps)
                 continue
         try:
             args = render(step.with_, context)
         except TemplateError as exc:
-            raise _fail(ex, record, f"step {step.id}: {exc}") from None
+            raise _fail(ex, record, f"step {step.id}: {exc}", hook) from None
         assert isinstance(args, dict)
         # Already storable: rendered from stored JSON and from outputs made storable below.
         record["input"] = args
         ex.steps.append(record)
+        hook(len(ex.steps) - 1, record, None)
         await save(ex.steps)
 
         async def step_log(level: str, message: str, step_id: str = step.id) -> None:
@@ -139,14 +145,17 @@ async def execute(
             async with asyncio.timeout(timeout):
                 output = storable(await tools(step.uses)(args, call))
         except TimeoutError:
-            raise _fail(ex, record, f"step {step.id}: timed out after {timeout:g}s") from None
+            message = f"step {step.id}: timed out after {timeout:g}s"
+            raise _fail(ex, record, message, hook, started) from None
         except PaoError as exc:
-            raise _fail(ex, record, f"step {step.id}: {exc.message}") from None
-        record.update(
-            status="succeeded",
-            output=output,
-            duration_ms=int((time.monotonic() - started) * 1000),
-        )
+            raise _fail(ex, record, f"step {step.id}: {exc.message}", hook, started) from None
+        except asyncio.CancelledError:
+            # The stored record keeps its state; only the watchers learn the step was stopped.
+            hook(len(ex.steps) - 1, {**record, "status": "cancelled"}, time.monotonic() - started)
+            raise
+        took = time.monotonic() - started
+        record.update(status="succeeded", output=output, duration_ms=int(took * 1000))
+        hook(len(ex.steps) - 1, record, took)
         outputs[step.id] = output
         if step.save_as:
             outputs[step.save_as] = output
@@ -165,8 +174,19 @@ async def execute(
                 )
 
 
-def _fail(ex: Execution, record: dict[str, Any], message: str) -> StepFailed:
+def _no_hook(index: int, record: dict[str, Any], seconds: float | None) -> None:
+    return None
+
+
+def _fail(
+    ex: Execution,
+    record: dict[str, Any],
+    message: str,
+    hook: StepHook,
+    started: float | None = None,
+) -> StepFailed:
     record.update(status="failed", error=message)
     if record not in ex.steps:
         ex.steps.append(record)
+    hook(ex.steps.index(record), record, 0.0 if started is None else time.monotonic() - started)
     return StepFailed(message)

@@ -25,15 +25,16 @@ from typing import TYPE_CHECKING, Any, Literal
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from pao import db
+from pao import db, logs, streams
 from pao.backoff import retry_delay
 from pao.errors import DatabaseUnavailable, InvalidInput
 from pao.models import Event, Task
 from pao.pipeline import Pipeline, load_pipeline
 from pao.settings import Settings
-from pao.store import heartbeats, work
+from pao.store import heartbeats, run_events, work
 from pao.store.work import Claimed, Lease
 from pao.tools import ToolRegistry
+from worker import metrics
 from worker.http_tool import Allow
 from worker.outcomes import End, Outcomes
 from worker.pipeline import ConditionNotMet, Execution, StepFailed, execute
@@ -51,6 +52,8 @@ KEEPER_SECONDS = 1.0
 HEARTBEAT_SECONDS = 5.0
 PIPELINE_CACHE = 10_000
 CHANNEL = "pao_work"
+EVENT_BATCH = 2000
+PUBLISH_INTERVAL_SECONDS = 0.05
 
 StopReason = Literal["cancel", "lost", "shutdown"]
 
@@ -65,6 +68,7 @@ class Running:
     # When the last renewal that extended this lease was sent (the claim, at first).
     renewed: float = field(default_factory=time.monotonic)
     ending: bool = False  # its end is being written: nothing left to stop
+    steps: list[dict[str, Any]] = field(default_factory=list)  # so far, for a new watcher
 
     def stop(self, reason: StopReason) -> None:
         if self.ending:
@@ -97,6 +101,8 @@ class Worker:
         self._db_down = False
         self._pipelines: dict[tuple[uuid.UUID, int], Pipeline] = {}
         self.outcomes = Outcomes(pool, self.worker_id)
+        self.watched = streams.Watched()
+        self.events = RunEvents(pool)
 
     # -- the claim loop ------------------------------------------------------------------
 
@@ -104,6 +110,7 @@ class Worker:
         """Claim and run until `stop`; then drain (until `force` or the grace ends)."""
         writer = asyncio.create_task(self.outcomes.run(), name="outcomes")
         helpers = [
+            asyncio.create_task(self.events.run(), name="run-events"),
             asyncio.create_task(self._listen(stop), name="listen"),
             asyncio.create_task(self._keep(stop), name="keeper"),
             asyncio.create_task(self._watch_leases(), name="lease-watch"),
@@ -135,6 +142,9 @@ class Worker:
             for helper in helpers:
                 helper.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(WRITER_GRACE_SECONDS):
+                    await self.events.flush()  # watchers hear how the last runs ended
             if self.mcp is not None:
                 await self.mcp.close()  # the pipelines that used it have ended
             with contextlib.suppress(DatabaseUnavailable):
@@ -154,6 +164,7 @@ class Worker:
 
     async def claim(self, limit: int) -> list[Claimed]:
         """Claim up to `limit` due occurrences and start running them."""
+        started = time.perf_counter()
         async with db.connection(self.pool) as conn:
             claimed = await work.claim(
                 conn,
@@ -165,7 +176,13 @@ class Worker:
                 return claimed
             tasks = await work.tasks_of(conn, list({c.task_id for c in claimed}))
             events = await work.events_of(conn, [c.event_id for c in claimed if c.event_id])
+        metrics.CLAIM_SECONDS.observe(time.perf_counter() - started)
+        metrics.CLAIMED.inc(len(claimed))
         for c in claimed:
+            if c.attempt == 1 and c.started_at is not None:
+                metrics.LATENESS_SECONDS.observe((c.started_at - c.scheduled_for).total_seconds())
+            if self.watched and c.task_id in self.watched:
+                self.events.send(c.run_id, streams.state(c.run_id, c.task_id, "running", c.attempt))
             held = Running(c, Lease(c.id, c.attempt, self.worker_id))
             self.running[c.id] = held
             event = events.get(c.event_id) if c.event_id else None
@@ -221,7 +238,10 @@ class Worker:
 
     async def _run(self, held: Running, task: Task, event: Event | None) -> None:
         c = held.claimed
-        steps: list[dict[str, Any]] = []
+        steps = held.steps
+        # This task's own context: every line logged for the run carries its ids.
+        logs.task_id.set(str(c.task_id))
+        logs.run_id.set(str(c.run_id))
         try:
             pipeline = self._pipeline(task)
             ex = Execution(
@@ -244,6 +264,7 @@ class Worker:
                     save=lambda s: self._save(held, s),
                     condition_state=task.condition_state,
                     on_condition=lambda state: self._condition(task, state),
+                    on_step=functools.partial(self._step, held),
                 )
             await self._end(held, task, "succeeded", None, steps)
         except ConditionNotMet as exc:
@@ -295,6 +316,7 @@ class Worker:
     async def _stopped(self, held: Running, task: Task, steps: list[dict[str, Any]]) -> None:
         c = held.claimed
         if held.stop_reason == "lost":
+            metrics.run_ended("lost")
             log.warning("run %s: lease lost; stopped without writing", c.run_id)
         elif held.stop_reason == "cancel":
             error = "cancelled while running"
@@ -306,11 +328,41 @@ class Worker:
         held.ending = True
         self.wake.set()  # its slot is free for the next claim
         if not await self.outcomes.end(end):
+            metrics.run_ended("lost")
             log.warning("run %s: its end was not recorded; its lease decides", end.run_id)
+            return
+        if end.hand_back:
+            metrics.run_ended("handed_back")
+            status = "queued"
+        elif end.retry_delay is not None:
+            metrics.run_ended("retrying")
+            status = "failed"
+        else:
+            metrics.run_ended(end.status)
+            status = end.status
+        c = held.claimed
+        if self.watched and c.task_id in self.watched:
+            self.events.send(
+                c.run_id,
+                streams.state(c.run_id, c.task_id, status, c.attempt),
+                final=not end.hand_back,
+            )
+
+    def _step(
+        self, held: Running, index: int, record: dict[str, Any], seconds: float | None
+    ) -> None:
+        """A step started (seconds None) or ended: count it, and tell watchers if any."""
+        if seconds is not None:
+            metrics.step_ended(record["uses"], record["status"], seconds)
+        c = held.claimed
+        if self.watched and c.task_id in self.watched:
+            self.events.send(c.run_id, streams.step(c.run_id, c.task_id, index, record))
 
     async def _log(self, held: Running, step_id: str | None, level: str, message: str) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("step %s: %s", step_id, message[:1000])
         async with db.connection(self.pool) as conn:
-            await work.log(
+            log_id = await work.log(
                 conn,
                 held.lease,
                 run_id=held.claimed.run_id,
@@ -318,6 +370,9 @@ class Worker:
                 step_id=step_id,
                 message=message[:10_000],
             )
+        c = held.claimed
+        if log_id is not None and self.watched and c.task_id in self.watched:
+            self.events.send(c.run_id, streams.log(c.run_id, c.task_id, log_id))
 
     async def _save(self, held: Running, steps: list[dict[str, Any]]) -> None:
         self.outcomes.progress(held.lease, held.claimed.run_id, steps)
@@ -396,10 +451,26 @@ class Worker:
                 conn = await psycopg.AsyncConnection.connect(self.listen_url, autocommit=True)
                 async with conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
-                    async for _ in conn.notifies():
-                        self.wake.set()
+                    await conn.execute(f"LISTEN {streams.WATCH_CHANNEL}")
+                    await run_events.announce(conn, streams.ASK)  # who watches what?
+                    async for note in conn.notifies():
+                        if note.channel == CHANNEL:
+                            self.wake.set()
+                        elif note.payload != streams.ASK:
+                            self._watch(note.payload)
             except psycopg.Error:
                 await asyncio.sleep(1.0)
+
+    def _watch(self, payload: str) -> None:
+        """An API process announced watched tasks: new watchers get what we hold of them."""
+        for task_id in self.watched.heard(payload):
+            for held in list(self.running.values()):
+                c = held.claimed
+                if c.task_id == task_id and not held.ending:
+                    self.events.send(
+                        c.run_id,
+                        streams.snapshot(c.run_id, c.task_id, "running", c.attempt, held.steps),
+                    )
 
     def _db_failed(self) -> None:
         if not self._db_down:
@@ -410,6 +481,51 @@ class Worker:
         if self._db_down:
             log.info("database is back")
         self._db_down = False
+
+
+class RunEvents:
+    """Publishes run events for watched tasks, batched, in order, off the run's own path.
+
+    Events wait up to PUBLISH_INTERVAL_SECONDS to travel together. A run that
+    ended within that time is sent as its end alone: the API reads an ended
+    run from the database anyway, steps and all, so its earlier events would
+    only repeat it. A failed publish is dropped, not retried: the API re-reads
+    watched runs at every heartbeat, so a lost event only costs latency.
+    """
+
+    def __init__(self, pool: AsyncConnectionPool[db.Conn]) -> None:
+        self.pool = pool
+        self._queue: list[tuple[uuid.UUID, str, bool]] = []
+        self._wake = asyncio.Event()
+        self._failing = False
+
+    def send(self, run_id: uuid.UUID, payload: str, *, final: bool = False) -> None:
+        self._queue.append((run_id, payload, final))
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            # A short wait gathers what follows into the same notifications: a busy worker
+            # then sends a few packed NOTIFYs a second rather than a transaction per run.
+            await asyncio.sleep(PUBLISH_INTERVAL_SECONDS)
+            self._wake.clear()
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Publish everything queued so far (the last ends, at shutdown)."""
+        while self._queue:
+            batch, self._queue = self._queue[:EVENT_BATCH], self._queue[EVENT_BATCH:]
+            ended = {run_id for run_id, _, final in batch if final}
+            payloads = [p for run_id, p, final in batch if final or run_id not in ended]
+            try:
+                async with db.connection(self.pool) as conn:
+                    await run_events.publish(conn, streams.pack(payloads))
+                self._failing = False
+            except (DatabaseUnavailable, psycopg.Error) as exc:
+                if not self._failing:
+                    log.warning("could not publish %s run events: %s", len(batch), exc)
+                self._failing = True
 
 
 def _hub(registry: ToolRegistry) -> McpHub | None:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
 
 from api.deps import RunsRead, State, TasksWrite, request_id
 from api.models import Page, RunLogPublic, RunLogs, RunPublic
 from api.openapi import conflicts
+from api.streams import run_stream, sse_response
 from pao import pagination
 from pao import runs as logic
 from pao.schemas import RunStatusField
@@ -68,6 +70,36 @@ async def run_logs(
         lines, limit, lambda line: pagination.encode_position(line.id)
     )
     return RunLogs(items=[RunLogPublic.of(line) for line in items], next_cursor=next_cursor)
+
+
+STREAM_DOC: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}
+}
+
+
+@router.get("/{run_id}/stream", response_class=StreamingResponse, responses=STREAM_DOC)
+async def stream_run(state: State, agent: RunsRead, run_id: uuid.UUID) -> StreamingResponse:
+    """The run live, as Server-Sent Events, until it has ended.
+
+    First a `run` event with the run as it is now (as `GET /runs/{id}` shows
+    it), then `state` (status changes), `step` (`{run_id, index, step}` when a
+    step starts or ends) and `log` events as they happen, and a last `run`
+    event with the ended run; then the stream closes. A `: heartbeat` comment
+    comes every 15 seconds while nothing happens.
+    """
+    async with state.tx() as conn:
+        run = await logic.get_run(conn, agent, run_id)
+    await state.streams.ready()  # a 503 now rather than a stream that breaks
+    return sse_response(
+        run_stream(
+            state.streams,
+            state.pool,
+            owner=None if agent.is_admin else agent.id,
+            task_id=run.task_id,
+            run_id=run.id,
+            heartbeat=state.settings.stream_heartbeat_seconds,
+        )
+    )
 
 
 @router.post(

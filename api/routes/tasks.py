@@ -8,12 +8,13 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
-from api.deps import State, TasksRead, TasksWrite, task_context
+from api.deps import RunsRead, State, TasksRead, TasksWrite, task_context
 from api.idempotency import idempotent
 from api.models import Occurrence, Occurrences, Page, RunPublic, TaskPublic
 from api.openapi import conflicts
+from api.streams import sse_response, task_stream
 from pao import pagination
 from pao import tasks as logic
 from pao.errors import InvalidInput
@@ -124,6 +125,35 @@ async def get_task(
     async with state.tx() as conn:
         task = await logic.get_task(conn, task_context(request, state, agent), task_id)
     return _etag(TaskPublic.of(task), response)
+
+
+@router.get(
+    "/{task_id}/stream",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}},
+)
+async def stream_task(
+    request: Request, state: State, agent: RunsRead, task_id: uuid.UUID
+) -> StreamingResponse:
+    """The task's runs live, as Server-Sent Events, until the client leaves.
+
+    Needs `runs:read`, like the runs it shows. First a `run` event for each run
+    not yet ended, then for every run as it starts: `run` (the run when first
+    seen), `state`, `step`, `log`, and `run` again once it has ended. A
+    `: heartbeat` comment comes every 15 seconds while nothing happens.
+    """
+    async with state.tx() as conn:
+        task = await logic.get_task(conn, task_context(request, state, agent), task_id)
+    await state.streams.ready()  # a 503 now rather than a stream that breaks
+    return sse_response(
+        task_stream(
+            state.streams,
+            state.pool,
+            owner=None if agent.is_admin else agent.id,
+            task_id=task.id,
+            heartbeat=state.settings.stream_heartbeat_seconds,
+        )
+    )
 
 
 @router.get("/{task_id}/occurrences", response_model=Occurrences)

@@ -119,9 +119,9 @@ WITH candidate AS (
     SET status = 'running', started_at = now(), worker_id = %(worker_id)s
     FROM claimed c
     WHERE r.due_work_id = c.id AND r.attempt = c.attempt AND r.status = 'queued'
-    RETURNING r.id AS run_id, r.due_work_id
+    RETURNING r.id AS run_id, r.due_work_id, r.started_at
 )
-SELECT c.id, c.task_id, c.scheduled_for, c.attempt, c.event_id, c.reason, s.run_id
+SELECT c.id, c.task_id, c.scheduled_for, c.attempt, c.event_id, c.reason, s.run_id, s.started_at
 FROM claimed c
 JOIN started s ON s.due_work_id = c.id
 
@@ -201,3 +201,20 @@ RETURNING id
 -- name: due_work_notify
 -- Wake idle workers; delivered when the queueing transaction commits.
 SELECT pg_notify('pao_work', '')
+
+-- name: due_work_running_count
+-- Occurrences running now, counted on the lease index (it holds running rows only).
+SELECT count(*) AS running FROM due_work WHERE state = 'running'
+
+-- name: due_work_state_estimates
+-- Rows per state as the planner estimates them: the state column's most common values and
+-- their frequencies times the table's row estimate. Reads two catalog rows at any table size.
+SELECT v.state, greatest(c.reltuples, 0) * v.freq AS rows
+FROM pg_class c
+CROSS JOIN LATERAL (
+    SELECT unnest(s.most_common_vals::text::text[]) AS state,
+           unnest(s.most_common_freqs) AS freq
+    FROM pg_stats s
+    WHERE s.schemaname = current_schema() AND s.tablename = 'due_work' AND s.attname = 'state'
+) v
+WHERE c.oid = 'due_work'::regclass

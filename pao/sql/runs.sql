@@ -4,6 +4,19 @@ SELECT r.* FROM runs r
 JOIN tasks t ON t.id = r.task_id
 WHERE r.id = %(id)s AND (%(owner)s::uuid IS NULL OR t.created_by = %(owner)s::uuid)
 
+-- name: run_get_many
+-- Several runs at once (a live stream catching up), only those whose task belongs to `owner`.
+SELECT r.* FROM runs r
+JOIN tasks t ON t.id = r.task_id
+WHERE r.id = ANY(%(ids)s) AND (%(owner)s::uuid IS NULL OR t.created_by = %(owner)s::uuid)
+
+-- name: run_log_list_many
+-- The log lines of several runs after one position, oldest first (a live stream catching up).
+SELECT * FROM run_logs
+WHERE run_id = ANY(%(run_ids)s) AND id > %(after_id)s
+ORDER BY id
+LIMIT %(limit)s
+
 -- name: run_get_for_update
 -- One run, locked with its occurrence, for a state change (cancel).
 SELECT r.* FROM runs r
@@ -60,6 +73,7 @@ VALUES (%(due_work_id)s, %(task_id)s, %(attempt)s, %(scheduled_for)s)
 UPDATE runs
 SET status = %(status)s, finished_at = now(), error = %(error)s
 WHERE due_work_id = %(due_work_id)s AND attempt = %(attempt)s AND status IN ('queued', 'running')
+RETURNING id, task_id, status, attempt
 
 -- name: run_finish
 -- Record how an attempt ended (called only after its due_work was finished under a lease).
@@ -89,3 +103,4 @@ SELECT %(run_id)s, %(level)s, %(step_id)s, %(message)s
 FROM due_work d
 WHERE d.id = %(due_work_id)s AND d.attempt = %(attempt)s
   AND d.lease_owner = %(worker_id)s AND d.state = 'running'
+RETURNING id

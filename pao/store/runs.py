@@ -67,6 +67,23 @@ async def get_run(
         return await cur.fetchone()
 
 
+async def get_runs(conn: Conn, ids: list[uuid.UUID], *, owner: uuid.UUID | None) -> list[Run]:
+    async with conn.cursor(row_factory=model_row(Run)) as cur:
+        await cur.execute(QUERIES["run_get_many"], {"ids": ids, "owner": owner})
+        return await cur.fetchall()
+
+
+async def list_logs_of_runs(
+    conn: Conn, run_ids: list[uuid.UUID], *, after_id: int, limit: int
+) -> list[RunLog]:
+    async with conn.cursor(row_factory=model_row(RunLog)) as cur:
+        await cur.execute(
+            QUERIES["run_log_list_many"],
+            {"run_ids": run_ids, "after_id": after_id, "limit": limit},
+        )
+        return await cur.fetchall()
+
+
 async def list_runs(
     conn: Conn,
     *,
@@ -101,6 +118,19 @@ async def list_run_logs(
         return await cur.fetchall()
 
 
+async def running_count(conn: Conn) -> int:
+    cur = await conn.execute(QUERIES["due_work_running_count"])
+    row = await cur.fetchone()
+    assert row is not None
+    return int(row["running"])
+
+
+async def state_estimates(conn: Conn) -> dict[str, float]:
+    """Rows per due_work state from the planner's statistics ({} before the first ANALYZE)."""
+    cur = await conn.execute(QUERIES["due_work_state_estimates"])
+    return {row["state"]: float(row["rows"]) for row in await cur.fetchall()}
+
+
 async def queue_depth(conn: Conn) -> tuple[int, int]:
     """(queued, due now)."""
     cur = await conn.execute(QUERIES["due_work_queue_depth"])
@@ -126,11 +156,15 @@ async def lock_expired(conn: Conn, *, limit: int) -> list[LostWork]:
         return await cur.fetchall()
 
 
-async def end_lost_run(conn: Conn, work: LostWork, *, status: str, error: str) -> None:
-    await conn.execute(
+async def end_lost_run(
+    conn: Conn, work: LostWork, *, status: str, error: str
+) -> dict[str, Any] | None:
+    """End the lost attempt's run; returns its id, task_id, status and attempt if it changed."""
+    cur = await conn.execute(
         QUERIES["run_end_lost"],
         {"due_work_id": work.id, "attempt": work.attempt, "status": status, "error": error},
     )
+    return await cur.fetchone()
 
 
 async def finish_lost(conn: Conn, work: LostWork, *, state: str) -> None:

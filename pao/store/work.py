@@ -28,6 +28,7 @@ class Claimed:
     event_id: uuid.UUID | None
     reason: str
     run_id: uuid.UUID
+    started_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -217,8 +218,9 @@ async def save_progress(
 
 async def log(
     conn: Conn, lease: Lease, *, run_id: uuid.UUID, level: str, step_id: str | None, message: str
-) -> None:
-    await conn.execute(
+) -> int | None:
+    """Append a log line while the lease holds; its id, or None if the lease was lost."""
+    cur = await conn.execute(
         QUERIES["run_log_append"],
         {
             "run_id": run_id,
@@ -230,6 +232,8 @@ async def log(
             "worker_id": lease.worker_id,
         },
     )
+    row = await cur.fetchone()
+    return int(row["id"]) if row else None
 
 
 async def complete_tasks_if_done(conn: Conn, task_ids: list[uuid.UUID]) -> None:

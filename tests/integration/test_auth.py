@@ -16,7 +16,15 @@ from pao import tokens
 from tests.helpers import SEED_TASK, auth
 
 # The dashboard is static and holds no data: it calls the API with the token pasted into it.
-PUBLIC_PATHS = {"/health", "/health/live", "/health/ready", "/ui", "/ui/", "/ui/{name}"}
+PUBLIC_PATHS = {
+    "/health",
+    "/health/live",
+    "/health/ready",
+    "/metrics",
+    "/ui",
+    "/ui/",
+    "/ui/{name}",
+}
 
 
 def _scopes_of(route: APIRoute) -> set[str]:
@@ -54,6 +62,8 @@ def test_every_route_declares_its_scope(app: FastAPI) -> None:
     assert by_path[("POST", "/tasks")] == {"tasks:write"}
     assert by_path[("GET", "/tasks/{task_id}")] == {"tasks:read"}
     assert by_path[("GET", "/runs/{run_id}")] == {"runs:read"}
+    assert by_path[("GET", "/runs/{run_id}/stream")] == {"runs:read"}
+    assert by_path[("GET", "/tasks/{task_id}/stream")] == {"runs:read"}
     assert by_path[("POST", "/events")] == {"events:publish"}
     assert by_path[("DELETE", "/agents/{agent_id}")] == {"admin"}
 

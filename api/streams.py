@@ -1,0 +1,502 @@
+"""Live runs as Server-Sent Events, relayed from PostgreSQL notifications.
+
+Each API process keeps one connection of its own (not from the pool) that
+LISTENs for run events and hands them to the streams it serves, so any
+replica serves any client, whichever worker runs the task. A stream
+subscribes before it reads the run, so nothing that happens in between is
+lost; what notifications cannot carry (outputs, log text, anything missed
+while the listener reconnected) it reads from the database, at the latest at
+the next heartbeat.
+
+Frames a client receives, each `event: <name>` with one JSON `data:` line:
+`run` (the whole run, as GET /runs/{id} shows it: first when the stream
+meets a run, again once it has ended), `state` (`{run_id, status, attempt}`),
+`step` (`{run_id, index, step}`: a step started or ended) and `log` (a log
+line with its `run_id`). Comment lines (`: heartbeat`) keep proxies from
+closing an idle stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from fastapi.responses import StreamingResponse
+from psycopg_pool import AsyncConnectionPool
+
+from api import metrics
+from api.models import RunLogPublic, RunPublic
+from pao import db, logs, streams
+from pao.errors import DatabaseUnavailable
+from pao.models import Run
+from pao.store import run_events
+from pao.store import runs as run_store
+
+log = logging.getLogger(__name__)
+
+QUEUE_SIZE = 1000
+LISTEN_WAIT_SECONDS = 5.0
+LOG_PAGE = 500
+TASK_RECENT_RUNS = 20
+KEEP_ENDED = 1000
+_STATUS_RANK = {"queued": 0, "running": 1}
+
+
+def sse_response(frames: AsyncIterator[str]) -> StreamingResponse:
+    """A text/event-stream response that proxies pass through unbuffered."""
+    return StreamingResponse(
+        frames,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def frame(event: str, data: Any) -> str:
+    """One Server-Sent Event; compact JSON never contains a newline."""
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'), default=str)}\n\n"
+
+
+class Subscriber:
+    """One stream's inbox; a full inbox means "re-read everything" rather than blocking."""
+
+    def __init__(self, task_id: uuid.UUID, run_id: uuid.UUID | None) -> None:
+        self.task_id = str(task_id)
+        self.run_id = str(run_id) if run_id else None
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=QUEUE_SIZE)
+        self.overflowed = False
+        self.stopped = False
+
+    def put(self, event: dict[str, Any]) -> None:
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.overflowed = True
+
+    def stop(self) -> None:
+        """End the stream at its next turn (the server is shutting down)."""
+        self.stopped = True
+        while self.queue.full():
+            self.queue.get_nowait()
+        self.queue.put_nowait({"e": "stop"})
+
+
+class StreamHub:
+    """The process's one listening connection and the streams it feeds."""
+
+    def __init__(self, url: str, pool: AsyncConnectionPool[db.Conn]) -> None:
+        self.url = url
+        self.pool = pool
+        self._subscribers: dict[str, set[Subscriber]] = {}
+        self._listening = asyncio.Event()
+        self._asked = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._down = False
+        self.stopping = False
+
+    def _start(self) -> None:
+        if not self._tasks:
+            self._tasks = [
+                asyncio.create_task(self._listen(), name="stream-listener"),
+                asyncio.create_task(self._announce_loop(), name="stream-announcer"),
+            ]
+
+    def stop_all(self) -> None:
+        """Shutdown has begun: end every stream now, so the server need not wait for them.
+
+        Their clients reconnect (EventSource does so by itself) to a replica
+        that stays, and start again from the run's current state.
+        """
+        self.stopping = True
+        for subs in self._subscribers.values():
+            for sub in subs:
+                sub.stop()
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    async def ready(self) -> None:
+        """Wait until this process listens; DatabaseUnavailable (a 503) if it cannot."""
+        self._start()
+        try:
+            async with asyncio.timeout(LISTEN_WAIT_SECONDS):
+                await self._listening.wait()
+        except TimeoutError:
+            raise DatabaseUnavailable() from None
+
+    async def subscribe(self, task_id: uuid.UUID, run_id: uuid.UUID | None = None) -> Subscriber:
+        """Listen for the task's (or one run's) events; workers hear of it before this returns."""
+        self._start()
+        sub = Subscriber(task_id, run_id)
+        self._subscribers.setdefault(sub.task_id, set()).add(sub)
+        metrics.STREAMS_OPEN.inc()
+        try:
+            async with asyncio.timeout(LISTEN_WAIT_SECONDS):
+                await self._listening.wait()
+            await self._announce([sub.task_id])
+        except (TimeoutError, DatabaseUnavailable):
+            self.unsubscribe(sub)
+            raise DatabaseUnavailable() from None
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        subs = self._subscribers.get(sub.task_id)
+        if subs is not None and sub in subs:
+            subs.discard(sub)
+            metrics.STREAMS_OPEN.dec()
+            if not subs:
+                del self._subscribers[sub.task_id]
+
+    def _dispatch(self, event: dict[str, Any]) -> None:
+        for sub in self._subscribers.get(event["task"], ()):
+            if sub.run_id is None or sub.run_id == event["run"]:
+                sub.put(event)
+
+    def _resync_all(self) -> None:
+        for subs in self._subscribers.values():
+            for sub in subs:
+                sub.overflowed = True
+                sub.put({"e": "resync"})
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+                async with conn:
+                    await conn.execute(f"LISTEN {streams.EVENTS_CHANNEL}")
+                    await conn.execute(f"LISTEN {streams.WATCH_CHANNEL}")
+                    self._listening.set()
+                    if self._down:
+                        log.info("stream listener is back")
+                        self._down = False
+                    self._resync_all()  # whatever happened while not listening
+                    self._asked.set()  # and workers may have forgotten what we watch
+                    async for note in conn.notifies():
+                        if note.channel == streams.WATCH_CHANNEL:
+                            if note.payload == streams.ASK:
+                                self._asked.set()
+                            continue
+                        for event in streams.parse(note.payload):
+                            self._dispatch(event)
+            except (psycopg.Error, OSError) as exc:
+                if not self._down:
+                    log.warning("stream listener lost the database (%s); reconnecting", exc)
+                self._down = True
+            self._listening.clear()
+            await asyncio.sleep(1.0)
+
+    async def _announce_loop(self) -> None:
+        """Repeat what this process watches, so workers (even new ones) keep publishing it."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(streams.ANNOUNCE_SECONDS):
+                    await self._asked.wait()
+            self._asked.clear()
+            if self._subscribers:
+                with contextlib.suppress(DatabaseUnavailable, psycopg.Error):
+                    await self._announce(list(self._subscribers))
+
+    async def _announce(self, task_ids: list[str]) -> None:
+        async with db.connection(self.pool) as conn:
+            for payload in streams.announcements(uuid.UUID(t) for t in task_ids):
+                await run_events.announce(conn, payload)
+
+
+@dataclass
+class _Seen:
+    """What one client has been sent about one run, so nothing is sent twice or backwards."""
+
+    status: str
+    attempt: int
+    steps: dict[int, int] = field(default_factory=dict)  # index -> 0 started, 1 ended
+    last_log: int = 0
+    ended: bool = False
+
+
+class Relay:
+    """Turns run events and database reads into frames for one client."""
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[db.Conn],
+        owner: uuid.UUID | None,
+        sub: Subscriber,
+        heartbeat: float,
+    ) -> None:
+        self.pool = pool
+        self.owner = owner
+        self.sub = sub
+        self.heartbeat = heartbeat
+        self.seen: dict[uuid.UUID, _Seen] = {}
+        self._restarted: dict[uuid.UUID, int] = {}  # run starting over -> last log line sent
+
+    # -- reading the database --------------------------------------------------------------
+
+    async def read(
+        self, run_ids: list[uuid.UUID]
+    ) -> dict[uuid.UUID, tuple[Run, list[RunLogPublic]]]:
+        """The runs, and their log lines not yet sent: two queries however many runs."""
+        if not run_ids:
+            return {}
+        async with db.connection(self.pool) as conn:
+            found = await run_store.get_runs(conn, run_ids, owner=self.owner)
+            ids = [run.id for run in found]
+            if not ids:
+                return {}
+            after = {run_id: self._last_log(run_id) for run_id in ids}
+            lines = await run_store.list_logs_of_runs(
+                conn, ids, after_id=min(after.values()), limit=LOG_PAGE
+            )
+            by_run: dict[uuid.UUID, list[RunLogPublic]] = {run_id: [] for run_id in ids}
+            if len(lines) < LOG_PAGE:
+                for line in lines:
+                    by_run[line.run_id].append(RunLogPublic.of(line))
+            else:  # much to catch up on: page through run by run
+                for run_id in ids:
+                    by_run[run_id] = await self._new_logs(conn, run_id, after[run_id])
+        return {run.id: (run, by_run[run.id]) for run in found}
+
+    def _last_log(self, run_id: uuid.UUID) -> int:
+        seen = self.seen.get(run_id)
+        return seen.last_log if seen else self._restarted.get(run_id, 0)
+
+    async def _new_logs(self, conn: db.Conn, run_id: uuid.UUID, after: int) -> list[RunLogPublic]:
+        found: list[RunLogPublic] = []
+        while True:
+            page = await run_store.list_run_logs(conn, run_id, after_id=after, limit=LOG_PAGE)
+            found += [RunLogPublic.of(line) for line in page]
+            if len(page) < LOG_PAGE:
+                return found
+            after = page[-1].id
+
+    async def sync(self, run_ids: list[uuid.UUID]) -> list[str]:
+        """Read the runs; frames for whatever the client has not seen of them, in that order."""
+        fetched = await self.read(run_ids)
+        out: list[str] = []
+        for run_id in run_ids:
+            if run_id in fetched:
+                out += self.absorb(*fetched.pop(run_id))
+        return out
+
+    # -- turning what is known into frames -------------------------------------------------
+
+    def absorb(self, run: Run, lines: list[RunLogPublic]) -> list[str]:
+        """Frames for a run read from the database (the first sight sends it whole)."""
+        seen = self.seen.get(run.id)
+        out: list[str] = []
+        if seen is None:
+            seen = self.seen[run.id] = _Seen(run.status, run.attempt)
+            seen.last_log = self._restarted.pop(run.id, 0)
+            for index, record in enumerate(run.steps):
+                seen.steps[index] = _step_rank(record)
+            out.append(frame("run", RunPublic.of(run).model_dump(mode="json")))
+            out += self._log_frames(run.id, seen, lines)
+            seen.ended = run.status in streams.FINAL
+            return out
+        if seen.ended:
+            return out
+        for index, record in enumerate(run.steps):
+            out += self._step(run.id, seen, index, record)
+        out += self._log_frames(run.id, seen, lines)
+        out += self._state(run.id, seen, run.status, run.attempt)
+        if run.status in streams.FINAL:
+            seen.ended = True
+            out.append(frame("run", RunPublic.of(run).model_dump(mode="json")))
+        return out
+
+    def _state(self, run_id: uuid.UUID, seen: _Seen, status: str, attempt: int) -> list[str]:
+        if _status_rank(status) <= _status_rank(seen.status):
+            return []
+        seen.status, seen.attempt = status, attempt
+        return [frame("state", {"run_id": str(run_id), "status": status, "attempt": attempt})]
+
+    def _step(
+        self, run_id: uuid.UUID, seen: _Seen, index: int, record: dict[str, Any]
+    ) -> list[str]:
+        rank = _step_rank(record)
+        if seen.steps.get(index, -1) >= rank:
+            return []
+        seen.steps[index] = rank
+        return [frame("step", {"run_id": str(run_id), "index": index, "step": record})]
+
+    def _log_frames(self, run_id: uuid.UUID, seen: _Seen, lines: list[RunLogPublic]) -> list[str]:
+        out = []
+        for line in lines:
+            if line.id > seen.last_log:
+                seen.last_log = line.id
+                out.append(frame("log", {"run_id": str(run_id), **line.model_dump(mode="json")}))
+        return out
+
+    async def handle(self, events: list[dict[str, Any]]) -> list[str]:
+        """Frames for a batch of notifications, in order; what needs the database (runs
+        first seen, final states, log lines, catching up) is read in one go for the batch."""
+        need: dict[uuid.UUID, None] = {}
+        for event in events:
+            run_id = uuid.UUID(event["run"])
+            seen = self.seen.get(run_id)
+            kind, status = event["e"], event.get("status")
+            if seen is not None and kind == "state" and status == "queued" and not seen.ended:
+                # Handed back at a worker's shutdown: the run starts over, maybe elsewhere
+                # (its log lines so far stay, and are not sent again).
+                self._restarted[run_id] = seen.last_log
+                del self.seen[run_id]
+                seen = None
+            if seen is None or (
+                not seen.ended and (kind in ("sync", "log", "snapshot") or status in streams.FINAL)
+            ):
+                need[run_id] = None
+        fetched = await self.read(list(need))
+        out: list[str] = []
+        for event in events:
+            run_id = uuid.UUID(event["run"])
+            if run_id in fetched:
+                out += self.absorb(*fetched.pop(run_id))
+            seen = self.seen.get(run_id)
+            if seen is None or seen.ended:
+                continue
+            kind = event["e"]
+            if kind == "state" and event.get("status") not in streams.FINAL:
+                out += self._state(run_id, seen, str(event["status"]), int(event.get("a", 0)))
+            elif kind == "step" and isinstance(event.get("step"), dict):
+                out += self._step(run_id, seen, int(event["i"]), event["step"])
+            elif kind == "snapshot":  # the worker's steps may be ahead of the database's
+                out += self._state(run_id, seen, "running", int(event.get("a", 0)))
+                for index, record in enumerate(event.get("steps") or []):
+                    out += self._step(run_id, seen, index, record)
+        return out
+
+    def forget_ended(self) -> None:
+        """A task stream lives long: drop what it remembers of runs that ended long ago."""
+        if len(self.seen) > KEEP_ENDED:
+            for run_id in [r for r, s in self.seen.items() if s.ended][: len(self.seen) // 2]:
+                del self.seen[run_id]
+
+    async def next_events(self) -> list[dict[str, Any]] | None:
+        """The events waiting (at least one), or None when a heartbeat is due first."""
+        try:
+            async with asyncio.timeout(self.heartbeat):
+                first = await self.sub.queue.get()
+        except TimeoutError:
+            return None
+        events = [first]
+        while not self.sub.queue.empty():
+            events.append(self.sub.queue.get_nowait())
+        return events
+
+
+async def run_stream(
+    hub: StreamHub,
+    pool: AsyncConnectionPool[db.Conn],
+    *,
+    owner: uuid.UUID | None,
+    task_id: uuid.UUID,
+    run_id: uuid.UUID,
+    heartbeat: float,
+) -> AsyncIterator[str]:
+    """One run's frames until it has ended."""
+    logs.task_id.set(str(task_id))
+    logs.run_id.set(str(run_id))
+    if hub.stopping:
+        return
+    sub = await hub.subscribe(task_id, run_id)
+    relay = Relay(pool, owner, sub, heartbeat)
+    try:
+        for text in await relay.sync([run_id]):  # read after subscribing: nothing falls between
+            yield text
+        if run_id not in relay.seen:
+            return  # gone since the request was checked (pruned history)
+        while not _ended(relay, run_id):
+            events = await relay.next_events()
+            if sub.stopped:
+                return
+            if events is None:
+                yield ": heartbeat\n\n"
+                events = [{"e": "sync", "run": str(run_id)}]
+            elif sub.overflowed or any("run" not in event for event in events):
+                sub.overflowed = False  # missed something: read it all again
+                events = [{"e": "sync", "run": str(run_id)}]
+            for text in await relay.handle(events):
+                yield text
+    finally:
+        hub.unsubscribe(sub)
+
+
+async def task_stream(
+    hub: StreamHub,
+    pool: AsyncConnectionPool[db.Conn],
+    *,
+    owner: uuid.UUID | None,
+    task_id: uuid.UUID,
+    heartbeat: float,
+) -> AsyncIterator[str]:
+    """Every run of the task, as it happens, until the client leaves."""
+    logs.task_id.set(str(task_id))
+    if hub.stopping:
+        return
+    sub = await hub.subscribe(task_id)
+    relay = Relay(pool, owner, sub, heartbeat)
+    try:
+        yield ": connected\n\n"
+        for text in await _recent(relay, task_id, first=True):
+            yield text
+        while True:
+            events = await relay.next_events()
+            if sub.stopped:
+                return
+            if events is None or sub.overflowed:
+                if events is None:
+                    yield ": heartbeat\n\n"
+                sub.overflowed = False
+                for text in await _recent(relay, task_id, first=False):
+                    yield text
+                continue
+            if any("run" not in event for event in events):  # the listener reconnected
+                events = [event for event in events if "run" in event]
+                for text in await _recent(relay, task_id, first=False):
+                    yield text
+            for text in await relay.handle(events):
+                yield text
+            relay.forget_ended()
+    finally:
+        hub.unsubscribe(sub)
+
+
+async def _recent(relay: Relay, task_id: uuid.UUID, *, first: bool) -> list[str]:
+    """The task's recent runs: those not ended (and, later, news of those being followed)."""
+    async with db.connection(relay.pool) as conn:
+        runs = await run_store.list_runs(
+            conn, owner=relay.owner, limit=TASK_RECENT_RUNS, after=None, task_id=task_id
+        )
+    wanted: list[uuid.UUID] = []
+    for run in reversed(runs):  # oldest first
+        followed = run.id in relay.seen
+        if (first or not followed) and run.status in streams.FINAL:
+            continue
+        if followed and relay.seen[run.id].ended:
+            continue
+        wanted.append(run.id)
+    return await relay.sync(wanted)
+
+
+def _ended(relay: Relay, run_id: uuid.UUID) -> bool:
+    seen = relay.seen.get(run_id)
+    return seen is not None and seen.ended
+
+
+def _step_rank(record: dict[str, Any]) -> int:
+    return 0 if record.get("status") == "running" else 1
+
+
+def _status_rank(status: str) -> int:
+    return _STATUS_RANK.get(status, 2)

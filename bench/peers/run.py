@@ -67,7 +67,9 @@ BENCH_PYTHON = ROOT / ".bench-venv" / "bin" / "python"
 BATCH = 1000
 HARNESS = "bench-harness"
 WORKER_APP = "bench-worker"
-PAO_WORKER_CONCURRENCY = "32"
+# Pipelines per pao worker: no-op jobs, so more in flight means larger claims (pgqueuer runs
+# with a dequeue batch of 100); PAO_BENCH_CONCURRENCY overrides it.
+PAO_WORKER_CONCURRENCY = os.environ.get("PAO_BENCH_CONCURRENCY", "128")
 POLL_SECONDS = 0.001
 GAP_SECONDS = 0.02
 
@@ -123,7 +125,8 @@ PEERS = [
 PAO_HOW = (
     "job = a run of a task with one no-op step, recorded in runs; enqueue = "
     "occurrences.queue_one (run_now's store call without HTTP: one transaction and NOTIFY "
-    "per job), batch = store.occurrences.queue_many; workers with PAO_WORKER_CONCURRENCY=32"
+    "per job), batch = store.occurrences.queue_many; workers with PAO_WORKER_CONCURRENCY="
+    + PAO_WORKER_CONCURRENCY
 )
 PAO_DONE = "SELECT count(*) FROM runs WHERE status = 'succeeded'"
 PAO_RESET = "TRUNCATE due_work, runs, run_logs, occurrences CASCADE"
@@ -334,6 +337,7 @@ class Pao:
             **os.environ,
             "DATABASE_URL": self.url,
             "PAO_LOG_LEVEL": "warning",
+            "PAO_METRICS_PORT": "0",  # two workers on one machine would share the port
             "PAO_WORKER_CONCURRENCY": PAO_WORKER_CONCURRENCY,
         }
         return [

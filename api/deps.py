@@ -39,8 +39,15 @@ class AppState:
         async with db.connection(self.pool) as conn:
             yield conn
 
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[db.Conn]:
+        """For one read-only statement: no BEGIN and COMMIT around it."""
+        async with db.statement(self.pool) as conn:
+            yield conn
 
-def get_state(request: Request) -> AppState:
+
+async def get_state(request: Request) -> AppState:
+    # async: a plain `def` dependency would be run on a thread for every request.
     state: AppState = request.app.state.pao
     return state
 
@@ -76,7 +83,7 @@ async def current_agent(request: Request, state: State) -> Agent:
     too. Both counters live in PostgreSQL, shared by every API replica.
     """
     settings = state.settings
-    async with state.tx() as conn:
+    async with db.statement(state.pool) as conn:  # one statement: no transaction around it
         signed = await rate_counters.sign_in(
             conn,
             _bearer(request),

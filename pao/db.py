@@ -103,6 +103,22 @@ async def connection(pool: AsyncConnectionPool[Conn]) -> AsyncIterator[Conn]:
             yield conn
 
 
+@asynccontextmanager
+async def statement(pool: AsyncConnectionPool[Conn]) -> AsyncIterator[Conn]:
+    """A pooled connection in autocommit, for one statement that is atomic by itself.
+
+    It saves the BEGIN and COMMIT round trips of a transaction: two of three.
+    """
+    with wrap_exceptions():
+        async with pool.connection() as conn:
+            await conn.set_autocommit(True)
+            try:
+                yield conn
+            finally:
+                if not conn.closed:
+                    await conn.set_autocommit(False)
+
+
 async def connect(url: str, *, autocommit: bool = False) -> Conn:
     """A single connection outside any pool (CLI commands, listeners)."""
     with wrap_exceptions():

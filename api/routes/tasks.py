@@ -122,7 +122,7 @@ async def get_task(
     request: Request, response: Response, state: State, agent: TasksRead, task_id: uuid.UUID
 ) -> TaskPublic:
     """One task."""
-    async with state.tx() as conn:
+    async with state.read() as conn:
         task = await logic.get_task(conn, task_context(request, state, agent), task_id)
     return _etag(TaskPublic.of(task), response)
 

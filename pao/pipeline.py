@@ -11,16 +11,17 @@ import functools
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
-from jsonschema.exceptions import ValidationError as SchemaValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pao.errors import FieldError, InvalidInput
 from pao.templates import Ref, TemplateError, iter_strings, parse_guard, parse_template
 from pao.tools import ToolRegistry, ToolSpec, UnknownTool
+
+if TYPE_CHECKING:  # jsonschema is loaded by the first check (workers never need it)
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import ValidationError as SchemaValidationError
 
 Loc = tuple[str | int, ...]
 
@@ -282,6 +283,9 @@ def _validator(schema: str) -> Draft202012Validator | None:
 
     A broken schema from an MCP server is not the caller's fault: None skips the check.
     """
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+
     parsed = json.loads(schema)
     try:
         Draft202012Validator.check_schema(parsed)

@@ -15,12 +15,13 @@ import json
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from pao.errors import PaoError
 from pao.netguard import is_public
+
+if TYPE_CHECKING:  # httpx is loaded by the first http.request step, not by every worker
+    import httpx
 
 MAX_REDIRECTS = 5
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -91,6 +92,8 @@ async def _checked_target(url: httpx.URL, allow: Allow) -> tuple[httpx.URL, dict
 
 
 async def http_request(args: dict[str, Any], allow: Allow) -> dict[str, Any]:
+    import httpx
+
     method = str(args.get("method", "GET")).upper()
     url = httpx.URL(str(args["url"]))
     headers = {str(k): str(v) for k, v in (args.get("headers") or {}).items()}

@@ -25,17 +25,6 @@ class QueueRequest:
     event_id: uuid.UUID | None = None
     detail: str | None = None
 
-    def params(self) -> dict[str, Any]:
-        return {
-            "task_id": self.task_id,
-            "nominal_at": self.nominal_at,
-            "scheduled_for": self.scheduled_for,
-            "priority": self.priority,
-            "reason": self.reason,
-            "event_id": self.event_id,
-            "detail": self.detail,
-        }
-
     def document(self) -> dict[str, Any]:
         """This request as one element of a batch's JSON document."""
         return {
@@ -70,9 +59,8 @@ class Decision:
 
 async def queue(conn: Conn, request: QueueRequest) -> Run | None:
     """Queue one occurrence with its run and record; None if it was already queued."""
-    async with conn.cursor(row_factory=model_row(Run)) as cur:
-        await cur.execute(QUERIES["occurrence_queue"], request.params())
-        return await cur.fetchone()
+    runs = await queue_many(conn, [request])
+    return runs[0] if runs else None
 
 
 async def queue_many(conn: Conn, requests: Sequence[QueueRequest]) -> list[Run]:

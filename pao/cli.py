@@ -124,6 +124,7 @@ def _cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
         f"\npao dev is running ({', '.join(names)}) on the embedded database\n"
         f"  API:         {base}\n"
         f"  docs:        {base}/docs\n"
+        f"  dashboard:   {base}/ui/ (paste the admin token)\n"
         f"  metrics:     {base}/metrics{others}\n"
         f"  admin token: {token}\n"
         f"  try:         curl -H 'Authorization: Bearer {token}' {base}/tasks\n"

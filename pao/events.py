@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from pao import occurrences
 from pao.db import Conn
 from pao.models import Agent, Event, Run, Task
-from pao.store import audit, events, tasks
+from pao.store import audit, events, tasks, work
 
 
 @dataclass(frozen=True)
@@ -19,20 +20,34 @@ class Published:
     own_task_ids: set[uuid.UUID]  # the publisher's tasks among those that fired
 
 
+# Two events received in the same microsecond (concurrent publishers) must both fire: the
+# later one's occurrence moves on by a microsecond, at most this many times.
+MAX_NUDGES = 1000
+
+
 async def dispatch(conn: Conn, event: Event) -> list[tuple[Task, Run]]:
     """Queue one occurrence of each matching active event task (dedupe keys applied)."""
     queued: list[tuple[Task, Run]] = []
     for task in await tasks.list_tasks_matching_event(conn, event.type):
-        run = await occurrences.queue_one(
-            conn,
-            task,
-            nominal_at=event.received_at,
-            reason="event",
-            event=event,
-            detail=f"event {event.type} {event.id}",
-        )
-        if run is not None:
-            queued.append((task, run))
+        if await occurrences.suppressed(conn, task, event.received_at, event):
+            continue
+        at = event.received_at
+        for _ in range(MAX_NUDGES):
+            run = await occurrences.queue_one(
+                conn,
+                task,
+                nominal_at=at,
+                reason="event",
+                event=event,
+                dedupe=False,
+                detail=f"event {event.type} {event.id}",
+            )
+            if run is not None:
+                queued.append((task, run))
+                break
+            if await work.event_at(conn, task.id, at) in (event.id, False):
+                break  # this very event is queued already (or the slot is free after all)
+            at += timedelta(microseconds=1)
     return queued
 
 

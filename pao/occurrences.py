@@ -71,6 +71,15 @@ async def duplicate_reason(
     return f"dedupe key {key!r} was seen within {task.dedupe_window_seconds}s"
 
 
+async def suppressed(conn: Conn, task: Task, nominal_at: datetime, event: Event | None) -> bool:
+    """True when the task's dedupe key makes this occurrence a duplicate (recorded as such)."""
+    why = await duplicate_reason(conn, task, nominal_at, event)
+    if why is None:
+        return False
+    await store.record_many(conn, [Decision(task.id, nominal_at, DEDUPLICATED, None, why)])
+    return True
+
+
 async def queue_one(
     conn: Conn,
     task: Task,
@@ -82,11 +91,8 @@ async def queue_one(
     detail: str | None = None,
 ) -> Run | None:
     """Queue one occurrence unless it is a duplicate (recorded as such); None if not queued."""
-    if dedupe:
-        why = await duplicate_reason(conn, task, nominal_at, event)
-        if why is not None:
-            await store.record_many(conn, [Decision(task.id, nominal_at, DEDUPLICATED, None, why)])
-            return None
+    if dedupe and await suppressed(conn, task, nominal_at, event):
+        return None
     run = await store.queue(
         conn,
         QueueRequest(

@@ -218,3 +218,7 @@ CROSS JOIN LATERAL (
     WHERE s.schemaname = current_schema() AND s.tablename = 'due_work' AND s.attname = 'state'
 ) v
 WHERE c.oid = 'due_work'::regclass
+
+-- name: due_work_event_at
+-- Which event, if any, already holds this task's occurrence at this instant.
+SELECT event_id FROM due_work WHERE task_id = %(task_id)s AND scheduled_for = %(at)s

@@ -264,3 +264,14 @@ async def publish_from_step(
 
 async def notify_workers(conn: Conn) -> None:
     await conn.execute(QUERIES["due_work_notify"])
+
+
+async def event_at(conn: Conn, task_id: uuid.UUID, at: datetime) -> uuid.UUID | bool | None:
+    """The event whose occurrence of this task is at `at`; None for one of no event, False
+    when there is no occurrence then."""
+    cur = await conn.execute(QUERIES["due_work_event_at"], {"task_id": task_id, "at": at})
+    row = await cur.fetchone()
+    if row is None:
+        return False
+    event_id: uuid.UUID | None = row["event_id"]
+    return event_id

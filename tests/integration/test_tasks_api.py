@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -10,6 +12,9 @@ from zoneinfo import ZoneInfo
 import psycopg
 from fastapi.testclient import TestClient
 
+from pao import events
+from pao.db import connect
+from pao.store import events as event_store
 from tests.helpers import SEED_TASK, auth
 
 
@@ -287,3 +292,40 @@ def test_stored_created_at_is_the_anchor_the_schedule_was_checked_with(
             "rrule", task["schedule_expr"], task["timezone"], created_at=created
         )
         assert datetime.fromisoformat(task["next_run_at"]) == schedule.next_after(created)
+
+
+def test_two_events_received_in_the_same_microsecond_both_fire(
+    client: TestClient, writer_token: str, db_url: str, db: psycopg.Connection[Any]
+) -> None:
+    """Concurrent publishers can share a timestamp; each event still fires each task once."""
+    body = {**SEED_TASK, "schedule_kind": "event", "schedule_expr": "twin.ping"}
+    task_id = client.post("/tasks", json=body, headers=auth(writer_token)).json()["id"]
+
+    async def publish_twins() -> None:
+        conn = await connect(db_url)
+        try:
+            async with conn.transaction():
+                first = await event_store.insert_event(
+                    conn, type="twin.ping", payload={}, published_by=None
+                )
+                second = await event_store.insert_event(
+                    conn, type="twin.ping", payload={}, published_by=None
+                )
+                for event in (first, replace(second, received_at=first.received_at)):
+                    await events.dispatch(conn, event)
+                # Dispatching an event again queues nothing more.
+                assert await events.dispatch(conn, first) == []
+        finally:
+            await conn.close()
+
+    asyncio.run(publish_twins())
+    rows = db.execute(
+        "SELECT event_id, scheduled_for FROM due_work WHERE task_id = %s ORDER BY scheduled_for",
+        (task_id,),
+    ).fetchall()
+    assert len({event_id for event_id, _ in rows}) == 2
+    assert rows[1][1] - rows[0][1] == timedelta(microseconds=1)
+    decided = db.execute(
+        "SELECT count(*) FROM occurrences WHERE task_id = %s AND decision = 'queued'", (task_id,)
+    ).fetchone()
+    assert decided == (2,)

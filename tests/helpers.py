@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import psycopg
+from fastapi.testclient import TestClient
 from psycopg import sql
 
 from pao.agents import create_agent
@@ -73,3 +74,18 @@ def metric(text: str, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return float(sample.value)
     return 0.0
+
+
+def create_task(client: TestClient, token: str, *steps: dict[str, Any], **fields: Any) -> str:
+    """The seed task with these steps (and fields), created through the API; its id."""
+    body = {**SEED_TASK, "payload": {"pipeline": list(steps)}, **fields}
+    resp = client.post("/tasks", json=body, headers=auth(token))
+    assert resp.status_code == 201, resp.text
+    return str(resp.json()["id"])
+
+
+def run_now(client: TestClient, token: str, task_id: str) -> str:
+    """Queue a run of the task now; the run's id."""
+    resp = client.post(f"/tasks/{task_id}/run_now", headers=auth(token))
+    assert resp.status_code == 202, resp.text
+    return str(resp.json()["id"])

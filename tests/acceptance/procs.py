@@ -7,7 +7,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -69,3 +72,24 @@ def wait_ready(base: str, api: Process, timeout: float = 30.0) -> None:
             pass
         time.sleep(0.1)
     raise AssertionError("the API did not become ready")
+
+
+@contextmanager
+def pao_process(name: str, env: dict[str, str], log: Path) -> Iterator[Process]:
+    """`pao <name>` for the block; stopped (politely, then not) when it ends."""
+    proc = Process([sys.executable, "-m", "pao", name], env, log)
+    try:
+        yield proc
+    finally:
+        proc.kill()
+
+
+def until(check: Callable[[], Any], what: str, timeout: float = 30) -> Any:
+    """Poll `check` until it returns something truthy; that value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import os
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from tests.acceptance.procs import Process, free_port, wait_ready
+from tests.acceptance.procs import Process, free_port, until, wait_ready
 from tests.helpers import auth
 
 
@@ -38,17 +37,6 @@ def worker_process(db_url: str, log_dir: Path) -> Iterator[Process]:
         yield worker
     finally:
         worker.kill()
-
-
-def until(check: Callable[[], Any], what: str, timeout: float = 30) -> Any:
-    """Poll `check` until it returns something truthy; that value."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def finished_run(base: str, token: str, run_id: str) -> dict[str, Any]:

@@ -4,13 +4,11 @@ SQL check of the promises (tests/acceptance/faults.py)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,8 +20,8 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from tests.acceptance.faults import assert_work_consistent, silent_proxy
-from tests.acceptance.procs import Process
-from tests.helpers import SEED_TASK, auth
+from tests.acceptance.procs import Process, pao_process, until
+from tests.helpers import create_task, run_now
 
 Conn = psycopg.Connection[Any]
 
@@ -36,42 +34,14 @@ FAST = {
 }
 
 
+# These waits span a lease or two and a restart: a minute, not the default half.
+_until = functools.partial(until, timeout=60)
+
 QUICK: dict[str, Any] = {"id": "quick", "uses": "log", "with": {"message": "hi"}}
 
 
 def _env(db_url: str, **extra: str) -> dict[str, str]:
     return {**os.environ, **FAST, "DATABASE_URL": db_url, **extra}
-
-
-@contextmanager
-def _process(name: str, env: dict[str, str], log: Path) -> Iterator[Process]:
-    proc = Process([sys.executable, "-m", "pao", name], env, log)
-    try:
-        yield proc
-    finally:
-        proc.kill()
-
-
-def _until(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _task(client: TestClient, token: str, *steps: dict[str, Any], **fields: Any) -> str:
-    body = {**SEED_TASK, "payload": {"pipeline": list(steps)}, **fields}
-    resp = client.post("/tasks", json=body, headers=auth(token))
-    assert resp.status_code == 201, resp.text
-    return str(resp.json()["id"])
-
-
-def _run_now(client: TestClient, token: str, task_id: str) -> str:
-    resp = client.post(f"/tasks/{task_id}/run_now", headers=auth(token))
-    assert resp.status_code == 202, resp.text
-    return str(resp.json()["id"])
 
 
 def _rows(db: Conn, sql: str, params: Any = ()) -> list[dict[str, Any]]:
@@ -128,14 +98,14 @@ def test_a_worker_cut_off_silently_loses_its_run_and_its_late_writes_are_refused
         ]
     else:
         steps = [{"id": "work", "uses": "sleep", "with": {"seconds": 1.5}}]
-    task_id = _task(client, writer_token, *steps)
+    task_id = create_task(client, writer_token, *steps)
     with (
         silent_proxy(db_url) as proxy,
-        _process("scheduler", _env(db_url), tmp_path / "scheduler.log"),
-        _process("worker", _env(proxy.url), tmp_path / "a.log") as a,
+        pao_process("scheduler", _env(db_url), tmp_path / "scheduler.log"),
+        pao_process("worker", _env(proxy.url), tmp_path / "a.log") as a,
     ):
         a_id = _worker_id(db, a)
-        _run_now(client, writer_token, task_id)
+        run_now(client, writer_token, task_id)
         _until(
             lambda: [(r["attempt"], r["status"]) for r in _runs(db, task_id)] == [(1, "running")],
             "worker A to start the run",
@@ -145,7 +115,7 @@ def test_a_worker_cut_off_silently_loses_its_run_and_its_late_writes_are_refused
             # A hears nothing from the database, not even an error: it must give the run
             # up by its own clock once its lease has run out, and stop the step.
             _until(lambda: "lease lost" in a.output(), "worker A to notice it lost the lease")
-        with _process("worker", _env(db_url), tmp_path / "b.log") as b:
+        with pao_process("worker", _env(db_url), tmp_path / "b.log") as b:
             b_id = _worker_id(db, b)
             _until(
                 lambda: any(r["status"] == "succeeded" for r in _runs(db, task_id)),
@@ -171,9 +141,9 @@ def test_a_worker_cut_off_silently_loses_its_run_and_its_late_writes_are_refused
                     "worker A's late end to be refused",
                 )
             # With B stopped, A alone takes new work: it recovered without help.
-            after_id = _task(client, writer_token, QUICK)
+            after_id = create_task(client, writer_token, QUICK)
             assert b.stop() == 0
-            _run_now(client, writer_token, after_id)
+            run_now(client, writer_token, after_id)
             _until(
                 lambda: [r["status"] for r in _runs(db, after_id)] == ["succeeded"],
                 "worker A to run new work after the cut",
@@ -217,24 +187,26 @@ def test_a_long_transaction_holding_a_due_work_row_lock_does_not_stop_other_work
     `due_work` row. Claims skip the locked row instead of waiting on it; everything else,
     scheduled and run-now work alike, runs meanwhile; the locked occurrence runs once
     that transaction ends."""
-    locked = _task(client, writer_token, QUICK)
-    others = [_task(client, writer_token, QUICK) for _ in range(8)]
-    _run_now(client, writer_token, locked)
+    locked = create_task(client, writer_token, QUICK)
+    others = [create_task(client, writer_token, QUICK) for _ in range(8)]
+    run_now(client, writer_token, locked)
     [row] = _due_work_of(db, locked)
     with psycopg.connect(db_url) as other:  # not autocommit: one long transaction
         other.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         other.execute("SELECT count(*) FROM runs")  # takes the snapshot, kept until the end
         other.execute("SELECT id FROM due_work WHERE id = %s FOR UPDATE", (row["id"],))
         with (
-            _process("scheduler", _env(db_url), tmp_path / "scheduler.log"),
-            _process("worker", _env(db_url), tmp_path / "worker.log") as w,
+            pao_process("scheduler", _env(db_url), tmp_path / "scheduler.log"),
+            pao_process("worker", _env(db_url), tmp_path / "worker.log") as w,
         ):
             _worker_id(db, w)
             # Scheduled work is materialised and run under the long transaction too.
             at = (datetime.now(UTC) + timedelta(seconds=3)).replace(microsecond=0)
-            once = _task(client, writer_token, QUICK, schedule_kind="once", schedule_expr=_iso(at))
+            once = create_task(
+                client, writer_token, QUICK, schedule_kind="once", schedule_expr=_iso(at)
+            )
             for task_id in others:
-                _run_now(client, writer_token, task_id)
+                run_now(client, writer_token, task_id)
             _until(
                 lambda: all(
                     [r["status"] for r in _runs(db, t)] == ["succeeded"] for t in [*others, once]
@@ -265,15 +237,15 @@ def test_a_worker_pool_smaller_than_its_concurrency_neither_stalls_nor_loses_lea
         {"id": "work", "uses": "sleep", "with": {"seconds": 4}},
         {"id": "after", "uses": "log", "with": {"message": "done"}},
     ]
-    tasks = [_task(client, writer_token, *steps) for _ in range(6)]
+    tasks = [create_task(client, writer_token, *steps) for _ in range(6)]
     env = _env(db_url, PAO_WORKER_CONCURRENCY="6", PAO_WORKER_POOL_SIZE="1")
     with (
-        _process("scheduler", _env(db_url), tmp_path / "scheduler.log"),
-        _process("worker", env, tmp_path / "worker.log") as w,
+        pao_process("scheduler", _env(db_url), tmp_path / "scheduler.log"),
+        pao_process("worker", env, tmp_path / "worker.log") as w,
     ):
         _worker_id(db, w)
         for task_id in tasks:
-            _run_now(client, writer_token, task_id)
+            run_now(client, writer_token, task_id)
         _until(
             lambda: len(_rows(db, "SELECT id FROM runs WHERE status = 'running'")) == 6,
             "all six runs to run at once",
@@ -301,8 +273,8 @@ def test_a_scheduler_killed_while_materialising_a_large_batch_loses_and_repeats_
     job: every task has its occurrence exactly once, with one record and one run."""
     # Both kinds fire at the same second, about 18 s from now (the rrule once a minute).
     at = (datetime.now(UTC) + timedelta(seconds=18)).replace(microsecond=0)
-    once = _task(client, writer_token, QUICK, schedule_kind="once", schedule_expr=_iso(at))
-    minutely = _task(
+    once = create_task(client, writer_token, QUICK, schedule_kind="once", schedule_expr=_iso(at))
+    minutely = create_task(
         client,
         writer_token,
         QUICK,
@@ -359,7 +331,7 @@ def test_a_scheduler_killed_while_materialising_a_large_batch_loses_and_repeats_
     killed_at = materialised()
     # The test is only worth something if the kill landed mid-way.
     assert 0 < killed_at < total, killed_at
-    with _process("scheduler", _env(db_url), tmp_path / "second.log") as second:
+    with pao_process("scheduler", _env(db_url), tmp_path / "second.log") as second:
         _until(lambda: materialised() >= total, "the second scheduler to finish the job")
         assert second.stop() == 0
     expected = {t["id"]: [at] for t in tasks}
@@ -398,18 +370,18 @@ def test_every_worker_killed_then_a_new_one_finishes_everything(
     occurrences queued behind them; a worker started afterwards runs the queued ones and,
     once the dead workers' leases run out, retries the four they were running."""
     slow = [
-        _task(client, writer_token, {"id": "work", "uses": "sleep", "with": {"seconds": 2}})
+        create_task(client, writer_token, {"id": "work", "uses": "sleep", "with": {"seconds": 2}})
         for _ in range(8)
     ]
     env = _env(db_url, PAO_WORKER_CONCURRENCY="2")
-    with _process("scheduler", _env(db_url), tmp_path / "scheduler.log"):
+    with pao_process("scheduler", _env(db_url), tmp_path / "scheduler.log"):
         with (
-            _process("worker", env, tmp_path / "a.log") as a,
-            _process("worker", env, tmp_path / "b.log") as b,
+            pao_process("worker", env, tmp_path / "a.log") as a,
+            pao_process("worker", env, tmp_path / "b.log") as b,
         ):
             dead = {_worker_id(db, a), _worker_id(db, b)}
             for task_id in slow:
-                _run_now(client, writer_token, task_id)
+                run_now(client, writer_token, task_id)
             _until(
                 lambda: len(_rows(db, "SELECT id FROM runs WHERE status = 'running'")) == 4,
                 "both workers to be busy",
@@ -422,7 +394,7 @@ def test_every_worker_killed_then_a_new_one_finishes_everything(
             r["task_id"] for r in _rows(db, "SELECT task_id FROM runs WHERE status = 'running'")
         }
         assert len(interrupted) == 4
-        with _process("worker", _env(db_url), tmp_path / "c.log") as c:
+        with pao_process("worker", _env(db_url), tmp_path / "c.log") as c:
             survivor = _worker_id(db, c)
             _until(lambda: _all_ended(db), "the new worker to finish everything")
     for task_id in slow:
@@ -451,14 +423,14 @@ def test_a_row_lock_on_a_running_occurrence_does_not_hold_up_the_others(
     stopped when its lease runs out) or cannot have its end written (the lease decides);
     once the lock is released it is retried, and ends once."""
     step = {"id": "work", "uses": "sleep", "with": {"seconds": step_seconds}}
-    tasks = [_task(client, writer_token, step) for _ in range(4)]
+    tasks = [create_task(client, writer_token, step) for _ in range(4)]
     with (
-        _process("scheduler", _env(db_url), tmp_path / "scheduler.log"),
-        _process("worker", _env(db_url), tmp_path / "worker.log") as w,
+        pao_process("scheduler", _env(db_url), tmp_path / "scheduler.log"),
+        pao_process("worker", _env(db_url), tmp_path / "worker.log") as w,
     ):
         _worker_id(db, w)
         for task_id in tasks:
-            _run_now(client, writer_token, task_id)
+            run_now(client, writer_token, task_id)
         _until(
             lambda: len(_rows(db, "SELECT id FROM runs WHERE status = 'running'")) == 4,
             "all four to run",

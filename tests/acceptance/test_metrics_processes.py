@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,17 +12,8 @@ import httpx
 import psycopg
 from fastapi.testclient import TestClient
 
-from tests.acceptance.procs import Process, free_port
+from tests.acceptance.procs import Process, free_port, until
 from tests.helpers import SEED_TASK, auth, metric
-
-
-def _until(check: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _scrape(port: int) -> str:
@@ -79,12 +68,12 @@ def test_scheduler_and_worker_metrics_move_and_logs_are_json(
         tmp_path / "worker.log",
     )
     try:
-        _until(lambda: bool(_scrape(sched_port)) and bool(_scrape(worker_port)), "both servers")
+        until(lambda: bool(_scrape(sched_port)) and bool(_scrape(worker_port)), "both servers")
         for port in (sched_port, worker_port):
             live = httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=5)
             assert live.status_code == 200
         run = client.post(f"/tasks/{task['id']}/run_now", headers=auth(writer_token)).json()
-        _until(
+        until(
             lambda: (
                 client.get(f"/runs/{run['id']}", headers=auth(writer_token)).json()["status"]
                 == "succeeded"
@@ -92,7 +81,7 @@ def test_scheduler_and_worker_metrics_move_and_logs_are_json(
             "the run to succeed",
         )
         # The rescued occurrence's retry runs too: two successes in all.
-        _until(
+        until(
             lambda: metric(_scrape(worker_port), "pao_worker_runs_total", outcome="succeeded") >= 2,
             "the worker to count both runs",
         )
@@ -105,7 +94,7 @@ def test_scheduler_and_worker_metrics_move_and_logs_are_json(
         assert metric(w, step, tool="sleep", status="succeeded") >= 2
         assert metric(w, "pao_worker_running") == 0
 
-        _until(
+        until(
             lambda: (
                 metric(_scrape(sched_port), "pao_due_work", state="queued") == 0
                 and "pao_due_work{" in _scrape(sched_port)

@@ -5,10 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
-import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -17,41 +14,12 @@ import psycopg
 from fastapi.testclient import TestClient
 
 from tests.acceptance.faults import assert_work_consistent
-from tests.acceptance.procs import Process
-from tests.helpers import SEED_TASK, auth
+from tests.acceptance.procs import pao_process, until
+from tests.helpers import auth, create_task, run_now
 
 
 def _env(db_url: str, **extra: str) -> dict[str, str]:
     return {**os.environ, "DATABASE_URL": db_url, "PAO_LOG_LEVEL": "info", **extra}
-
-
-@contextmanager
-def _process(name: str, env: dict[str, str], log: Path) -> Iterator[Process]:
-    proc = Process([sys.executable, "-m", "pao", name], env, log)
-    try:
-        yield proc
-    finally:
-        proc.kill()
-
-
-def _task(client: TestClient, token: str, *steps: dict[str, Any], **fields: Any) -> str:
-    body = {**SEED_TASK, "payload": {"pipeline": list(steps)}, **fields}
-    resp = client.post("/tasks", json=body, headers=auth(token))
-    assert resp.status_code == 201, resp.text
-    return str(resp.json()["id"])
-
-
-def _run_now(client: TestClient, token: str, task_id: str) -> str:
-    return str(client.post(f"/tasks/{task_id}/run_now", headers=auth(token)).json()["id"])
-
-
-def _until(check: Callable[[], bool], timeout: float = 30, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _runs(db: psycopg.Connection[Any], task_id: str) -> list[tuple[int, str, str | None]]:
@@ -70,24 +38,24 @@ def test_a_killed_worker_s_run_is_finished_by_another_after_the_lease(
     env = _env(
         db_url, PAO_LEASE_SECONDS="3", PAO_RETRY_BASE_SECONDS="0", PAO_SCHEDULER_TICK_MS="200"
     )
-    task_id = _task(
+    task_id = create_task(
         client,
         writer_token,
         {"id": "work", "uses": "sleep", "with": {"seconds": 1.5}},
         {"id": "done", "uses": "log", "with": {"message": "finished"}},
     )
     with (
-        _process("scheduler", env, tmp_path / "scheduler.log"),
-        _process("worker", env, tmp_path / "a.log") as a,
+        pao_process("scheduler", env, tmp_path / "scheduler.log"),
+        pao_process("worker", env, tmp_path / "a.log") as a,
     ):
-        run_id = _run_now(client, writer_token, task_id)
-        _until(
+        run_id = run_now(client, writer_token, task_id)
+        until(
             lambda: _runs(db, task_id) == [(1, "running", _runs(db, task_id)[0][2])], what="start"
         )
         a.proc.send_signal(signal.SIGKILL)
         a.proc.wait(timeout=10)
-        with _process("worker", env, tmp_path / "b.log"):
-            _until(
+        with pao_process("worker", env, tmp_path / "b.log"):
+            until(
                 lambda: any(s == "succeeded" for _, s, _ in _runs(db, task_id)),
                 what="the second worker to finish",
             )
@@ -104,12 +72,12 @@ def test_sigterm_drains_short_steps_and_hands_back_long_ones(
     client: TestClient, writer_token: str, db_url: str, db: psycopg.Connection[Any], tmp_path: Path
 ) -> None:
     env = _env(db_url, PAO_SHUTDOWN_GRACE="2", PAO_WORKER_CONCURRENCY="2")
-    short = _task(client, writer_token, {"id": "s", "uses": "sleep", "with": {"seconds": 1}})
-    long = _task(client, writer_token, {"id": "l", "uses": "sleep", "with": {"seconds": 30}})
-    with _process("worker", env, tmp_path / "w.log") as w:
-        _run_now(client, writer_token, short)
-        _run_now(client, writer_token, long)
-        _until(
+    short = create_task(client, writer_token, {"id": "s", "uses": "sleep", "with": {"seconds": 1}})
+    long = create_task(client, writer_token, {"id": "l", "uses": "sleep", "with": {"seconds": 30}})
+    with pao_process("worker", env, tmp_path / "w.log") as w:
+        run_now(client, writer_token, short)
+        run_now(client, writer_token, long)
+        until(
             lambda: [s for _, s, _ in _runs(db, short) + _runs(db, long)] == ["running"] * 2,
             what="both running",
         )
@@ -134,14 +102,16 @@ def test_a_step_longer_than_the_lease_runs_once(
     client: TestClient, writer_token: str, db_url: str, db: psycopg.Connection[Any], tmp_path: Path
 ) -> None:
     env = _env(db_url, PAO_LEASE_SECONDS="3", PAO_SCHEDULER_TICK_MS="200")
-    task_id = _task(client, writer_token, {"id": "long", "uses": "sleep", "with": {"seconds": 7}})
+    task_id = create_task(
+        client, writer_token, {"id": "long", "uses": "sleep", "with": {"seconds": 7}}
+    )
     with (
-        _process("scheduler", env, tmp_path / "s.log"),
-        _process("worker", env, tmp_path / "a.log"),
-        _process("worker", env, tmp_path / "b.log"),
+        pao_process("scheduler", env, tmp_path / "s.log"),
+        pao_process("worker", env, tmp_path / "a.log"),
+        pao_process("worker", env, tmp_path / "b.log"),
     ):
-        _run_now(client, writer_token, task_id)
-        _until(lambda: any(s == "succeeded" for _, s, _ in _runs(db, task_id)), what="success")
+        run_now(client, writer_token, task_id)
+        until(lambda: any(s == "succeeded" for _, s, _ in _runs(db, task_id)), what="success")
     assert [(a, s) for a, s, _ in _runs(db, task_id)] == [(1, "succeeded")]
     assert_work_consistent(db)
 
@@ -162,32 +132,32 @@ def test_a_concurrency_key_stays_held_until_its_killed_holder_s_lease_runs_out(
     env = _env(
         db_url, PAO_LEASE_SECONDS="3", PAO_RETRY_BASE_SECONDS="0", PAO_SCHEDULER_TICK_MS="200"
     )
-    holder = _task(
+    holder = create_task(
         client,
         writer_token,
         {"id": "hold", "uses": "sleep", "with": {"seconds": 60}},
         concurrency_key="modem",
         max_retries=0,
     )
-    waiter = _task(
+    waiter = create_task(
         client,
         writer_token,
         {"id": "quick", "uses": "sleep", "with": {"seconds": 0.2}},
         concurrency_key="modem",
     )
     with (
-        _process("scheduler", env, tmp_path / "scheduler.log"),
-        _process("worker", env, tmp_path / "a.log") as a,
+        pao_process("scheduler", env, tmp_path / "scheduler.log"),
+        pao_process("worker", env, tmp_path / "a.log") as a,
     ):
-        _run_now(client, writer_token, holder)
-        _until(lambda: [s for _, s, _ in _runs(db, holder)] == ["running"], what="the holder")
-        _run_now(client, writer_token, waiter)
-        with _process("worker", env, tmp_path / "b.log"):
+        run_now(client, writer_token, holder)
+        until(lambda: [s for _, s, _ in _runs(db, holder)] == ["running"], what="the holder")
+        run_now(client, writer_token, waiter)
+        with pao_process("worker", env, tmp_path / "b.log"):
             time.sleep(1.5)  # two workers with free slots, yet the key is taken
             assert [s for _, s, _ in _runs(db, waiter)] == ["queued"]
             a.proc.send_signal(signal.SIGKILL)
             a.proc.wait(timeout=10)
-            _until(
+            until(
                 lambda: [s for _, s, _ in _runs(db, waiter)] == ["succeeded"],
                 what="the waiter to run once the dead holder's lease ran out",
             )
@@ -211,21 +181,21 @@ def test_a_pipeline_that_kills_its_worker_every_time_stops_after_max_retries(
     env = _env(
         db_url, PAO_LEASE_SECONDS="3", PAO_RETRY_BASE_SECONDS="0", PAO_SCHEDULER_TICK_MS="200"
     )
-    task_id = _task(
+    task_id = create_task(
         client,
         writer_token,
         {"id": "doomed", "uses": "sleep", "with": {"seconds": 60}},
         max_retries=2,
         backoff_strategy="fixed",
     )
-    with _process("scheduler", env, tmp_path / "scheduler.log"):
-        _run_now(client, writer_token, task_id)
+    with pao_process("scheduler", env, tmp_path / "scheduler.log"):
+        run_now(client, writer_token, task_id)
         for attempt in (1, 2, 3):
-            with _process("worker", env, tmp_path / f"w{attempt}.log") as w:
-                _until(partial(_attempt_running, db, task_id, attempt), what=f"attempt {attempt}")
+            with pao_process("worker", env, tmp_path / f"w{attempt}.log") as w:
+                until(partial(_attempt_running, db, task_id, attempt), what=f"attempt {attempt}")
                 w.proc.send_signal(signal.SIGKILL)
                 w.proc.wait(timeout=10)
-        _until(
+        until(
             lambda: db.execute("SELECT state FROM due_work").fetchall() == [("failed",)],
             what="the rescue to give up",
         )
@@ -244,19 +214,19 @@ def test_a_pipeline_that_kills_its_worker_every_time_stops_after_max_retries(
 def test_cancel_stops_a_run_on_a_worker_process(
     client: TestClient, writer_token: str, db_url: str, db: psycopg.Connection[Any], tmp_path: Path
 ) -> None:
-    task_id = _task(
+    task_id = create_task(
         client,
         writer_token,
         {"id": "long", "uses": "sleep", "with": {"seconds": 60}},
         {"id": "never", "uses": "log", "with": {"message": "must not run"}},
     )
-    with _process("worker", _env(db_url), tmp_path / "worker.log"):
-        run_id = _run_now(client, writer_token, task_id)
-        _until(lambda: [s for _, s, _ in _runs(db, task_id)] == ["running"], what="the start")
+    with pao_process("worker", _env(db_url), tmp_path / "worker.log"):
+        run_id = run_now(client, writer_token, task_id)
+        until(lambda: [s for _, s, _ in _runs(db, task_id)] == ["running"], what="the start")
         resp = client.post(f"/runs/{run_id}/cancel", headers=auth(writer_token))
         assert resp.status_code == 202, resp.text
         # The worker sees the request on its next lease renewal (every second).
-        _until(
+        until(
             lambda: [s for _, s, _ in _runs(db, task_id)] == ["cancelled"],
             timeout=10,
             what="the worker to stop the run",
@@ -273,16 +243,16 @@ def test_two_worker_processes_never_overlap_runs_of_one_concurrency_key(
     client: TestClient, writer_token: str, db_url: str, db: psycopg.Connection[Any], tmp_path: Path
 ) -> None:
     step = {"id": "use", "uses": "sleep", "with": {"seconds": 0.2}}
-    tasks = [_task(client, writer_token, step, concurrency_key="printer") for _ in range(2)]
+    tasks = [create_task(client, writer_token, step, concurrency_key="printer") for _ in range(2)]
     env = _env(db_url, PAO_WORKER_CONCURRENCY="4")
     with (
-        _process("worker", env, tmp_path / "a.log"),
-        _process("worker", env, tmp_path / "b.log"),
+        pao_process("worker", env, tmp_path / "a.log"),
+        pao_process("worker", env, tmp_path / "b.log"),
     ):
         for _ in range(6):
             for task_id in tasks:
-                _run_now(client, writer_token, task_id)
-        _until(
+                run_now(client, writer_token, task_id)
+        until(
             lambda: (
                 db.execute("SELECT count(*) FROM runs WHERE status = 'succeeded'").fetchone()
                 == (12,)

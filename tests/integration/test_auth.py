@@ -12,6 +12,7 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
 from api.deps import RequireScope
+from api.openapi import api_routes
 from pao import tokens
 from tests.helpers import SEED_TASK, auth
 
@@ -38,20 +39,8 @@ def _scopes_of(route: APIRoute) -> set[str]:
     return found
 
 
-def _api_routes(routes: list[Any]) -> list[APIRoute]:
-    """Every APIRoute, including those inside included routers."""
-    found: list[APIRoute] = []
-    for route in routes:
-        if isinstance(route, APIRoute):
-            found.append(route)
-        inner = getattr(route, "original_router", None)
-        if inner is not None:
-            found += _api_routes(list(inner.routes))
-    return found
-
-
 def test_every_route_declares_its_scope(app: FastAPI) -> None:
-    routes = _api_routes(list(app.routes))
+    routes = api_routes(list(app.routes))
     assert len(routes) >= 20
     for route in routes:
         if route.path in PUBLIC_PATHS:

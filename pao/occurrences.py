@@ -12,7 +12,6 @@ from datetime import datetime
 from pao.db import Conn
 from pao.models import Event, Run, Task
 from pao.store import occurrences as store
-from pao.store import work
 from pao.store.occurrences import Decision, QueueRequest
 from pao.templates import JSONValue, TemplateError, parse_template
 
@@ -105,6 +104,4 @@ async def queue_one(
             detail=detail,
         ),
     )
-    if run is not None:
-        await work.notify_workers(conn)
-    return run
+    return run  # the statement woke the workers, at commit

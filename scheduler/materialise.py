@@ -20,7 +20,6 @@ from pao.models import Task
 from pao.schedule import Schedule, parse_schedule
 from pao.store import occurrences as occurrence_store
 from pao.store import tasks as task_store
-from pao.store import work
 from pao.store.occurrences import Decision, QueueRequest
 from scheduler.plan import plan
 
@@ -88,9 +87,7 @@ async def materialise_batch(
         status = "completed" if planned.finished else "active"
         advances.append((task.id, planned.next_run_at, status))
 
-    runs = await occurrence_store.queue_many(conn, requests)
-    if runs:
-        await work.notify_workers(conn)
+    runs = await occurrence_store.queue_many(conn, requests)  # wakes workers at commit
     work_of = {(r.task_id, r.scheduled_for): r.due_work_id for r in runs}
     for task, nominal, into, detail in coalesced:
         decisions.append(

@@ -51,6 +51,7 @@ WRITER_GRACE_SECONDS = 10.0
 KEEPER_SECONDS = 1.0
 HEARTBEAT_SECONDS = 5.0
 PIPELINE_CACHE = 10_000
+TASK_CACHE = 10_000
 CHANNEL = "pao_work"
 EVENT_BATCH = 2000
 PUBLISH_INTERVAL_SECONDS = 0.05
@@ -100,6 +101,7 @@ class Worker:
         self.wake = asyncio.Event()
         self._db_down = False
         self._pipelines: dict[tuple[uuid.UUID, int], Pipeline] = {}
+        self._tasks: dict[uuid.UUID, work.Versioned] = {}  # by id, with their row versions
         self.outcomes = Outcomes(pool, self.worker_id)
         self.watched = streams.Watched()
         self.events = RunEvents(pool)
@@ -163,19 +165,44 @@ class Worker:
         return min(self.concurrency - busy, 2 * self.concurrency - len(self.running))
 
     async def claim(self, limit: int) -> list[Claimed]:
-        """Claim up to `limit` due occurrences and start running them."""
+        """Claim up to `limit` due occurrences and start running them.
+
+        The common claim is one statement (one round trip); the task rows come from this
+        worker's cache while their row versions are unchanged, events and changed tasks in
+        one more round trip, and keyed work among the due rows in a claim of its own.
+        """
         started = time.perf_counter()
-        async with db.connection(self.pool) as conn:
-            claimed = await work.claim(
+        async with db.statement(self.pool) as conn:
+            first = await work.claim_unkeyed(
                 conn,
                 worker_id=self.worker_id,
                 limit=limit,
                 lease_seconds=self.settings.lease_seconds,
             )
-            if not claimed:
-                return claimed
-            tasks = await work.tasks_of(conn, list({c.task_id for c in claimed}))
-            events = await work.events_of(conn, [c.event_id for c in claimed if c.event_id])
+            claimed = [c for c, _ in first.claimed]
+            stale = {c.task_id for c, v in first.claimed if self._task_version(c.task_id) != v}
+            event_ids = [c.event_id for c in claimed if c.event_id is not None]
+            tasks = {
+                c.task_id: self._tasks[c.task_id][1] for c in claimed if c.task_id not in stale
+            }
+            events: dict[uuid.UUID, Event] = {}
+            if stale or event_ids:
+                fresh, events = await work.rows_for(conn, list(stale), event_ids)
+                tasks.update((task_id, task) for task_id, (_, task) in fresh.items())
+                self._remember(fresh)
+            if first.keyed and len(claimed) < limit:
+                more = await work.claim(
+                    conn,
+                    worker_id=self.worker_id,
+                    limit=limit - len(claimed),
+                    lease_seconds=self.settings.lease_seconds,
+                )
+                claimed += more.claimed
+                tasks.update((task_id, task) for task_id, (_, task) in more.tasks.items())
+                self._remember(more.tasks)
+                events.update(more.events)
+        if not claimed:
+            return claimed
         metrics.CLAIM_SECONDS.observe(time.perf_counter() - started)
         metrics.CLAIMED.inc(len(claimed))
         for c in claimed:
@@ -190,12 +217,21 @@ class Worker:
             held.task.add_done_callback(functools.partial(self._done, c.id))
         return claimed
 
+    def _task_version(self, task_id: uuid.UUID) -> str | None:
+        held = self._tasks.get(task_id)
+        return held[0] if held else None
+
+    def _remember(self, tasks: dict[uuid.UUID, work.Versioned]) -> None:
+        if len(self._tasks) + len(tasks) > TASK_CACHE:
+            self._tasks.clear()
+        self._tasks.update(tasks)
+
     def _done(self, due_work_id: int, _task: object) -> None:
         self.running.pop(due_work_id, None)
         self.wake.set()
 
     async def _until_next_due(self, default: float) -> float:
-        async with db.connection(self.pool) as conn:
+        async with db.statement(self.pool) as conn:
             at = await work.next_due(conn)
         if at is None:
             return default

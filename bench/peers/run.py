@@ -19,9 +19,10 @@ Workloads, per system and round:
   worker peak RSS          VmHWM of the 1-worker drain process after N jobs (MB)
 
 For pao a job is a run of a task with one no-op step (`sleep 0`), recorded in
-`runs` as in production. pao's enqueue is the store function the API's
-run_now uses (`occurrences.queue_one`, one transaction and NOTIFY per job) and,
-batched, `store.occurrences.queue_many` with 1,000 per transaction; the HTTP
+`runs` as in production. pao's enqueue is the statement the API's run_now and
+the scheduler use (`store.occurrences.queue_many`: the occurrence, its first
+run and its decision record, waking idle workers at commit), one job per call
+or 1,000 per call, each call a transaction by itself like the peers'; the HTTP
 hop is not in these figures (bench/throughput.py and bench/api_throughput.py
 measure it). pao's job start is the step's own `started_at`.
 """
@@ -57,9 +58,7 @@ from bench.lateness import NOOP
 from pao.db import Conn, connect, model_row
 from pao.migrate import migrate
 from pao.models import Task
-from pao.occurrences import queue_one
-from pao.store.occurrences import QueueRequest, queue_many
-from pao.store.work import notify_workers
+from pao.store.occurrences import QueueRequest, queue, queue_many
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -123,10 +122,10 @@ PEERS = [
     ),
 ]
 PAO_HOW = (
-    "job = a run of a task with one no-op step, recorded in runs; enqueue = "
-    "occurrences.queue_one (run_now's store call without HTTP: one transaction and NOTIFY "
-    "per job), batch = store.occurrences.queue_many; workers with PAO_WORKER_CONCURRENCY="
-    + PAO_WORKER_CONCURRENCY
+    "job = a run of a task with one no-op step, recorded in runs (with its occurrence and "
+    "decision record); enqueue = store.occurrences.queue (run_now's statement without HTTP, "
+    "one autocommit statement per job, waking workers at commit), batch = its list form "
+    "store.occurrences.queue_many; workers with PAO_WORKER_CONCURRENCY=" + PAO_WORKER_CONCURRENCY
 )
 PAO_DONE = "SELECT count(*) FROM runs WHERE status = 'succeeded'"
 PAO_RESET = "TRUNCATE due_work, runs, run_logs, occurrences CASCADE"
@@ -287,27 +286,17 @@ class Pao:
             start = time.perf_counter()
             if batch <= 1:
                 for _ in range(count):
-                    async with conn.transaction():
-                        await queue_one(
-                            conn,
-                            task,
-                            nominal_at=datetime.now(UTC),
-                            reason="run_now",
-                            dedupe=False,
-                            detail="bench",
-                        )
+                    await queue(conn, self._request(task, datetime.now(UTC)))
             else:
                 for done in range(0, count, batch):
-                    async with conn.transaction():
-                        now = datetime.now(UTC)
-                        await queue_many(
-                            conn,
-                            [
-                                self._request(task, _unique(now, i))
-                                for i in range(min(batch, count - done))
-                            ],
-                        )
-                        await notify_workers(conn)
+                    now = datetime.now(UTC)
+                    await queue_many(
+                        conn,
+                        [
+                            self._request(task, _unique(now, i))
+                            for i in range(min(batch, count - done))
+                        ],
+                    )
             return time.perf_counter() - start
         finally:
             await conn.close()
@@ -320,12 +309,8 @@ class Pao:
             conn = await connect(self.url, autocommit=True)
             try:
                 task = await self._task(conn)
-                async with conn.transaction():
-                    now = datetime.now(UTC)
-                    await queue_many(
-                        conn, [self._request(task, _unique(now, i)) for i in range(count)]
-                    )
-                    await notify_workers(conn)
+                now = datetime.now(UTC)
+                await queue_many(conn, [self._request(task, _unique(now, i)) for i in range(count)])
                 return time.time()
             finally:
                 await conn.close()
@@ -359,15 +344,7 @@ class Pao:
                 task = await self._task(conn)
                 for _ in range(count):
                     sent = time.time()
-                    async with conn.transaction():
-                        run = await queue_one(
-                            conn,
-                            task,
-                            nominal_at=datetime.now(UTC),
-                            reason="run_now",
-                            dedupe=False,
-                            detail="bench",
-                        )
+                    run = await queue(conn, self._request(task, datetime.now(UTC)))
                     assert run is not None
                     while True:
                         cur = await poll.execute(

@@ -76,12 +76,54 @@ WHERE id = ANY(ARRAY(
     LIMIT %(limit)s
 ))
 
+-- name: due_work_claim
+-- The whole claim in one statement, for work under no concurrency key: lock due queued work in
+-- priority order (SKIP LOCKED: concurrent workers take disjoint rows), lease it by the database
+-- clock and mark its runs running. Keyed work among the first `limit` due rows is not started
+-- here (a single snapshot cannot count a key's running work exactly); it comes back as 'keyed'
+-- rows, for the two-statement claim below. Each started row carries its task's row version
+-- (xmin changes with every update of the row), so a worker can reuse a task it already read.
+WITH candidate AS (
+    SELECT d.id, d.claim_key
+    FROM due_work d
+    WHERE d.state = 'queued' AND d.run_after <= now()
+      AND (d.claim_key IS NULL
+           OR (SELECT count(*) FROM due_work r
+               WHERE r.state = 'running' AND r.claim_key = d.claim_key) < d.claim_limit)
+    ORDER BY d.priority, d.run_after, d.id
+    LIMIT %(limit)s
+    FOR UPDATE OF d SKIP LOCKED
+), claimed AS (
+    UPDATE due_work d
+    SET state = 'running', lease_owner = %(worker_id)s,
+        lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
+    FROM candidate c
+    WHERE d.id = c.id AND c.claim_key IS NULL
+    RETURNING d.id, d.task_id, d.scheduled_for, d.attempt, d.event_id, d.reason
+), started AS (
+    UPDATE runs r
+    SET status = 'running', started_at = now(), worker_id = %(worker_id)s
+    FROM claimed c
+    WHERE r.due_work_id = c.id AND r.attempt = c.attempt AND r.status = 'queued'
+    RETURNING r.id AS run_id, r.due_work_id, r.started_at
+)
+SELECT 'started' AS kind, c.id, c.task_id, c.scheduled_for, c.attempt, c.event_id, c.reason,
+       s.run_id, s.started_at, t.xmin::text AS task_version
+FROM claimed c
+JOIN started s ON s.due_work_id = c.id
+JOIN tasks t ON t.id = c.task_id
+UNION ALL
+SELECT 'keyed', c.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+FROM candidate c
+WHERE c.claim_key IS NOT NULL
+
 -- name: due_work_claim_lock
 -- A claim's first half: lock due queued work in priority order (SKIP LOCKED: concurrent workers
 -- take disjoint rows instead of waiting on each other). Work under a concurrency key is taken
 -- only if its key looked free and this transaction holds the key's advisory lock; that lock
 -- makes the second half's count exact, since any other claim of the key has committed by then.
-SELECT d.id, d.claim_key, d.claim_limit
+-- Task and event ids come along so that their rows are read in the second half's round trip.
+SELECT d.id, d.task_id, d.event_id
 FROM due_work d
 WHERE d.state = 'queued' AND d.run_after <= now()
   AND (d.claim_key IS NULL OR (

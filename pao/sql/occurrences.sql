@@ -1,6 +1,8 @@
 -- name: occurrence_queue_many
 -- Queue a batch of occurrences (one JSON document): due_work rows, first runs and decision
--- records in one statement. Occurrences already queued are skipped and not returned.
+-- records in one statement. Occurrences already queued are skipped and not returned. Idle
+-- workers are woken when the transaction commits (one notification per transaction, however
+-- many statements queue work in it), so the statement is a whole enqueue by itself.
 WITH q AS (
     SELECT * FROM ROWS FROM (jsonb_to_recordset(%(batch)s::jsonb)
         AS (task_id uuid, nominal_at timestamptz, scheduled_for timestamptz, priority int,
@@ -26,8 +28,10 @@ WITH q AS (
     FROM work w JOIN q ON q.task_id = w.task_id AND q.scheduled_for = w.scheduled_for
     ORDER BY w.id, q.n
     ON CONFLICT (task_id, nominal_at) DO NOTHING
+), wake AS (
+    SELECT pg_notify('pao_work', '') FROM (SELECT 1 FROM work LIMIT 1) AS any_queued
 )
-SELECT * FROM run
+SELECT run.* FROM run LEFT JOIN wake ON true
 
 -- name: occurrence_record_many
 -- Record, for a batch (one JSON document), what became of nominal fire times not queued by

@@ -106,8 +106,8 @@ FROM jsonb_to_recordset(%(batch)s::jsonb) AS a(id uuid, next_run_at timestamptz,
 WHERE t.id = a.id
 
 -- name: task_get_many
--- The tasks of a claimed batch.
-SELECT * FROM tasks WHERE id = ANY(%(ids)s)
+-- The tasks of a claimed batch, each with its row version (see due_work_claim).
+SELECT *, xmin::text AS row_version FROM tasks WHERE id = ANY(%(ids)s)
 
 -- name: task_complete_if_done
 -- Tasks with nothing more to fire and nothing queued or running are completed.

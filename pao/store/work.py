@@ -6,11 +6,14 @@ lease (the scheduler rescued the work) changes nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 
 from pao.db import Conn, model_row
@@ -47,38 +50,130 @@ CLAIM_LOCK_SPACE = 0x5041_4F01
 """First key of the two-key advisory locks that serialise claims of one concurrency key."""
 
 
-async def claim(conn: Conn, *, worker_id: str, limit: int, lease_seconds: float) -> list[Claimed]:
-    """Lock due work, then start what concurrency keys allow; the caller's transaction commits.
+Versioned = tuple[str, Task]
+"""A task with its row version: a worker reuses the task while the version stays the same."""
+
+
+@dataclass(frozen=True)
+class Started:
+    """What the one-statement claim started, and whether keyed work waits for its own claim."""
+
+    claimed: list[tuple[Claimed, str]]  # each with its task's row version
+    keyed: bool
+
+
+async def claim_unkeyed(conn: Conn, *, worker_id: str, limit: int, lease_seconds: float) -> Started:
+    """Claim due work under no concurrency key in one statement (one round trip in autocommit)."""
+    cur = await conn.execute(
+        QUERIES["due_work_claim"],
+        {"limit": limit, "worker_id": worker_id, "lease_seconds": lease_seconds},
+    )
+    claimed: list[tuple[Claimed, str]] = []
+    keyed = False
+    for r in await cur.fetchall():
+        if r["kind"] == "keyed":
+            keyed = True
+            continue
+        claimed.append(
+            (
+                Claimed(
+                    id=r["id"],
+                    task_id=r["task_id"],
+                    scheduled_for=r["scheduled_for"],
+                    attempt=r["attempt"],
+                    event_id=r["event_id"],
+                    reason=r["reason"],
+                    run_id=r["run_id"],
+                    started_at=r["started_at"],
+                ),
+                r["task_version"],
+            )
+        )
+    return Started(claimed, keyed)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What one claim started, with the task and event rows its runs need."""
+
+    claimed: list[Claimed]
+    tasks: dict[uuid.UUID, Versioned]
+    events: dict[uuid.UUID, Event]
+
+
+async def claim(conn: Conn, *, worker_id: str, limit: int, lease_seconds: float) -> Claim:
+    """Lock due work, then start what concurrency keys allow, in a transaction of its own.
 
     Two statements: the second needs a snapshot taken after the first one's key locks, so
-    that it counts every run another claim of the same key has started.
+    that it counts every run another claim of the same key has started. Pipelined, the
+    claim costs two round trips: BEGIN with the first statement, then the second with the
+    task and event reads and the COMMIT. `conn` must be in autocommit: the transaction is
+    opened here, so that its BEGIN travels with the first statement.
     """
-    cur = await conn.execute(
-        QUERIES["due_work_claim_lock"], {"limit": limit, "lock_space": CLAIM_LOCK_SPACE}
-    )
-    ids = [row["id"] for row in await cur.fetchall()]
-    if not ids:
-        return []
-    async with conn.cursor(row_factory=model_row(Claimed)) as claimed:
-        await claimed.execute(
-            QUERIES["due_work_claim_start"],
-            {"ids": ids, "worker_id": worker_id, "lease_seconds": lease_seconds},
-        )
-        return await claimed.fetchall()
+    try:
+        async with conn.pipeline():
+            await conn.execute("BEGIN")
+            cur = await conn.execute(
+                QUERIES["due_work_claim_lock"], {"limit": limit, "lock_space": CLAIM_LOCK_SPACE}
+            )
+            locked = await cur.fetchall()
+            started = conn.cursor(row_factory=model_row(Claimed))
+            if locked:
+                await started.execute(
+                    QUERIES["due_work_claim_start"],
+                    {
+                        "ids": [r["id"] for r in locked],
+                        "worker_id": worker_id,
+                        "lease_seconds": lease_seconds,
+                    },
+                )
+                rows = await _send_rows_for(
+                    conn,
+                    list({r["task_id"] for r in locked}),
+                    [r["event_id"] for r in locked if r["event_id"] is not None],
+                )
+            await conn.execute("COMMIT")
+        # Leaving the pipeline waited for every result, the COMMIT's included.
+    except Exception:
+        if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
+            await conn.rollback()
+        raise
+    if not locked:
+        return Claim([], {}, {})
+    tasks, events = await rows()
+    return Claim(await started.fetchall(), tasks, events)
 
 
-async def tasks_of(conn: Conn, ids: list[uuid.UUID]) -> dict[uuid.UUID, Task]:
-    async with conn.cursor(row_factory=model_row(Task)) as cur:
-        await cur.execute(QUERIES["task_get_many"], {"ids": ids})
-        return {t.id: t for t in await cur.fetchall()}
+async def rows_for(
+    conn: Conn, task_ids: list[uuid.UUID], event_ids: list[uuid.UUID]
+) -> tuple[dict[uuid.UUID, Versioned], dict[uuid.UUID, Event]]:
+    """Tasks (with their row versions) and events of claimed work, in one round trip."""
+    async with conn.pipeline():
+        rows = await _send_rows_for(conn, task_ids, event_ids)
+    return await rows()
 
 
-async def events_of(conn: Conn, ids: list[uuid.UUID]) -> dict[uuid.UUID, Event]:
-    if not ids:
-        return {}
-    async with conn.cursor(row_factory=model_row(Event)) as cur:
-        await cur.execute(QUERIES["event_get_many"], {"ids": ids})
-        return {e.id: e for e in await cur.fetchall()}
+_TASK_FIELDS = [f.name for f in dataclasses.fields(Task)]
+
+
+async def _send_rows_for(
+    conn: Conn, task_ids: list[uuid.UUID], event_ids: list[uuid.UUID]
+) -> Callable[[], Awaitable[tuple[dict[uuid.UUID, Versioned], dict[uuid.UUID, Event]]]]:
+    """Queue the reads in the connection's pipeline; the returned call reads their results."""
+    tasks = conn.cursor()
+    if task_ids:
+        await tasks.execute(QUERIES["task_get_many"], {"ids": task_ids})
+    events = conn.cursor(row_factory=model_row(Event))
+    if event_ids:
+        await events.execute(QUERIES["event_get_many"], {"ids": event_ids})
+
+    async def results() -> tuple[dict[uuid.UUID, Versioned], dict[uuid.UUID, Event]]:
+        found: dict[uuid.UUID, Versioned] = {}
+        for r in await tasks.fetchall() if task_ids else []:
+            found[r["id"]] = (r["row_version"], Task(**{f: r[f] for f in _TASK_FIELDS if f in r}))
+        return found, ({e.id: e for e in await events.fetchall()} if event_ids else {})
+
+    return results
 
 
 async def next_due(conn: Conn) -> datetime | None:

@@ -113,6 +113,26 @@ def test_claim_lock_walks_the_partial_claim_index(large_due_work: psycopg.Connec
     assert set().union(*map(_indexes, keyed)) == {"due_work_claim_key_running_idx"}, keyed
 
 
+def test_one_statement_claim_walks_the_claim_index(
+    large_due_work: psycopg.Connection[Any],
+) -> None:
+    nodes = _explain(
+        large_due_work,
+        "due_work_claim",
+        {"limit": 32, "worker_id": "worker-y", "lease_seconds": 60.0},
+    )
+    scans = _scans_of(nodes, "due_work")
+    assert all(n["Node Type"] != "Seq Scan" for n in nodes), scans
+    main = [n for n in scans if n.get("Alias") == "d" and n.get("Parent Relationship") != "Member"]
+    walks = [n for n in main if "due_work_claim_idx" in _indexes(n)]
+    assert len(walks) == 1, scans
+    assert walks[0]["Node Type"] in ("Index Scan", "Index Only Scan"), walks[0]
+    keyed = [n for n in scans if n.get("Alias") == "r"]
+    assert set().union(*map(_indexes, keyed)) == {"due_work_claim_key_running_idx"}, keyed
+    for table in ("runs", "tasks"):
+        assert _scans_of(nodes, table), f"no scan of {table}"
+
+
 def test_claim_start_reaches_work_and_runs_by_key(large_due_work: psycopg.Connection[Any]) -> None:
     ids = [
         r[0]

@@ -39,11 +39,10 @@ def _claim_race(url: str, claimers: int, batch: int) -> int:
     """`claimers` workers claim at once, each on its own connection; how many rows they got."""
 
     async def one(i: int) -> int:
-        conn = await connect(url)
+        conn = await connect(url, autocommit=True)
         try:
-            async with conn.transaction():
-                got = await work.claim(conn, worker_id=f"w{i}", limit=batch, lease_seconds=30)
-            return len(got)
+            got = await work.claim(conn, worker_id=f"w{i}", limit=batch, lease_seconds=30)
+            return len(got.claimed)
         finally:
             await conn.close()
 

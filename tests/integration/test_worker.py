@@ -284,3 +284,31 @@ def test_condition_fires_on_the_false_to_true_edge_only(
             assert run["status"] == "succeeded", run
             outcomes.append(len(run["steps"]) == 2)
     assert outcomes == [False, True, False, False, True]
+
+
+def test_a_worker_runs_a_task_as_it_is_now_after_an_edit(
+    client: TestClient, writer_token: str, db_url: str
+) -> None:
+    """The worker keeps tasks it has read; any change to the row (an edit, or a write
+    that bumps no version) must reach the next run on the same worker."""
+    say = {"id": "say", "uses": "log", "with": {"message": "${task.title}"}}
+    task = _create(client, writer_token, title="first", payload=_pipeline(say))
+
+    def said(run_id: str) -> list[str]:
+        done = _wait(client, writer_token, run_id, _final)
+        assert done["status"] == "succeeded", done
+        logs = client.get(f"/runs/{run_id}/logs", headers=auth(writer_token)).json()["items"]
+        return [line["message"] for line in logs]
+
+    with worker(db_url):
+        assert said(_run_now(client, writer_token, task)) == ["first"]
+        resp = client.put(
+            f"/tasks/{task['id']}",
+            json={"title": "second", "payload": _pipeline(say, {**say, "id": "again"})},
+            headers=auth(writer_token),
+        )
+        assert resp.status_code == 200, resp.text
+        assert said(_run_now(client, writer_token, task)) == ["second", "second"]
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute("UPDATE tasks SET title = 'third' WHERE id = %s", (task["id"],))
+        assert said(_run_now(client, writer_token, task)) == ["third", "third"]

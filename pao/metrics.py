@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import TYPE_CHECKING
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +26,11 @@ _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 400: "Bad Re
 class MetricsServer:
     """`GET /metrics` (Prometheus text format) and `GET /health/live` on one port."""
 
-    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
-        self.registry = registry
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # Loaded here, not at import: a process with metrics off never loads the library.
+        from prometheus_client import REGISTRY
+
+        self.registry = registry or REGISTRY
         self._server: asyncio.Server | None = None
 
     @property
@@ -98,6 +103,8 @@ class MetricsServer:
         if method not in ("GET", "HEAD"):
             return 405, text, b"use GET\n", False
         if path == "/metrics":
+            from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
             return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry), method == "HEAD"
         return 200, "application/json", b'{"status":"ok"}', method == "HEAD"
 

@@ -29,10 +29,12 @@ async def _main(settings: Settings, url: str) -> None:
     size = settings.worker_pool_size or settings.worker_concurrency * 2 + 2
     pool = db.make_pool(url, min_size=min(2, size), max_size=size, name="worker", trust_recent=1.0)
     await pool.open(wait=False)
-    server = await serve_metrics(settings.metrics_host, settings.metrics_port)
+    server = None
     try:
         worker = Worker(settings, pool, url)
-        metrics.RUNNING.set_function(lambda: len(worker.running))
+        if settings.metrics_port:
+            metrics.enable(running=lambda: len(worker.running))
+        server = await serve_metrics(settings.metrics_host, settings.metrics_port)
         await worker.serve(stop, force)
     finally:
         if server is not None:

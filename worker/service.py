@@ -203,11 +203,10 @@ class Worker:
                 events.update(more.events)
         if not claimed:
             return claimed
-        metrics.CLAIM_SECONDS.observe(time.perf_counter() - started)
-        metrics.CLAIMED.inc(len(claimed))
+        metrics.claimed(len(claimed), time.perf_counter() - started)
         for c in claimed:
             if c.attempt == 1 and c.started_at is not None:
-                metrics.LATENESS_SECONDS.observe((c.started_at - c.scheduled_for).total_seconds())
+                metrics.started_late((c.started_at - c.scheduled_for).total_seconds())
             if self.watched and c.task_id in self.watched:
                 self.events.send(c.run_id, streams.state(c.run_id, c.task_id, "running", c.attempt))
             held = Running(c, Lease(c.id, c.attempt, self.worker_id))

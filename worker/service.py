@@ -127,6 +127,8 @@ class Worker:
                         claimed = await self.claim(free)
                         if len(claimed) == free:
                             continue  # maybe more is waiting
+                        if claimed:
+                            await asyncio.sleep(0)  # the runs just claimed start first
                         timeout = await self._until_next_due(timeout)
                         if not claimed and timeout <= 0:
                             # Due rows that another claim holds locked: no busy loop meanwhile.

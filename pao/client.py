@@ -12,11 +12,14 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, TypedDict, cast
-
-import httpx
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 from pao.errors import PaoError
+
+if TYPE_CHECKING:
+    # Loaded when a client connects: every `pao` command parses the client's options,
+    # and the processes (`pao worker`, `pao scheduler`) would otherwise carry httpx.
+    import httpx
 
 DEFAULT_API_URL = "http://127.0.0.1:8080"
 TIMEOUT = 30.0
@@ -196,6 +199,8 @@ class PaoClient:
     async def connect(
         cls, base_url: str, token: str, *, request_timeout: float = TIMEOUT
     ) -> AsyncIterator[PaoClient]:
+        import httpx
+
         async with httpx.AsyncClient(
             base_url=base_url.rstrip("/"), timeout=request_timeout
         ) as http:
@@ -217,6 +222,8 @@ class PaoClient:
         if idempotency_key:
             headers["Idempotency-Key"] = idempotency_key
         query = {k: str(v) for k, v in (params or {}).items() if v is not None}
+        import httpx  # loaded by `connect` already: a lookup in sys.modules
+
         try:
             response = await self._http.request(
                 method, path, json=json, params=query, headers=headers

@@ -28,6 +28,13 @@ class StepFailed(PaoError):
     """A step failed; the run fails with this message."""
 
 
+class RunTimedOut(PaoError):
+    """The run's deadline (PAO_RUN_TIMEOUT) passed; the step running then was stopped."""
+
+    def __init__(self) -> None:
+        super().__init__("the run's deadline passed")
+
+
 class ConditionNotMet(PaoError):
     """The condition guard did not turn from false to true: the rest does not run."""
 
@@ -101,8 +108,14 @@ async def execute(
     condition_state: bool | None = None,
     on_condition: Callable[[bool], Awaitable[None]] | None = None,
     on_step: StepHook | None = None,
+    deadline: float | None = None,
 ) -> None:
-    """Run every step; raise StepFailed on the first failure, ConditionNotMet to stop early."""
+    """Run every step; raise StepFailed on the first failure, ConditionNotMet to stop early.
+
+    `deadline` (a `time.monotonic()` value) bounds the whole run: each step's own timeout
+    is cut to what is left of it, and RunTimedOut is raised when that cut one runs out. One
+    timer per step serves both, which is cheaper than a second one around the run.
+    """
     outputs: dict[str, JSONValue] = {}
     context = _context(ex, outputs)  # sees each new output: `steps` is `outputs` itself
     hook: StepHook = on_step or _no_hook
@@ -140,12 +153,18 @@ async def execute(
 
         call = StepCall(step.id, f"{ex.due_work_id}:{step.id}", step_log)
         started = time.monotonic()
-        timeout = float(step.timeout_seconds or DEFAULT_STEP_TIMEOUT)
+        step_timeout = float(step.timeout_seconds or DEFAULT_STEP_TIMEOUT)
+        timeout = step_timeout if deadline is None else min(step_timeout, deadline - started)
+        if timeout <= 0:
+            raise RunTimedOut()
         try:
             async with asyncio.timeout(timeout):
                 output = storable(await tools(step.uses)(args, call))
         except TimeoutError:
-            message = f"step {step.id}: timed out after {timeout:g}s"
+            if timeout < step_timeout:
+                _fail(ex, record, f"step {step.id}: stopped at the run's deadline", hook, started)
+                raise RunTimedOut() from None
+            message = f"step {step.id}: timed out after {step_timeout:g}s"
             raise _fail(ex, record, message, hook, started) from None
         except PaoError as exc:
             raise _fail(ex, record, f"step {step.id}: {exc.message}", hook, started) from None

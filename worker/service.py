@@ -37,7 +37,7 @@ from pao.tools import ToolRegistry
 from worker import metrics
 from worker.http_tool import Allow
 from worker.outcomes import End, Outcomes
-from worker.pipeline import ConditionNotMet, Execution, StepFailed, execute
+from worker.pipeline import ConditionNotMet, Execution, RunTimedOut, StepFailed, execute
 from worker.tools import Toolbox
 
 if TYPE_CHECKING:
@@ -293,22 +293,22 @@ class Worker:
                 due_work_id=c.id,
                 steps=steps,
             )
-            async with asyncio.timeout(self.settings.run_timeout_seconds):
-                await execute(
-                    ex,
-                    Toolbox(self.pool, run_id=c.run_id, allow=self.allow, mcp=self.mcp),
-                    log=lambda step_id, level, message: self._log(held, step_id, level, message),
-                    save=lambda s: self._save(held, s),
-                    condition_state=task.condition_state,
-                    on_condition=lambda state: self._condition(task, state),
-                    on_step=functools.partial(self._step, held),
-                )
+            await execute(
+                ex,
+                Toolbox(self.pool, run_id=c.run_id, allow=self.allow, mcp=self.mcp),
+                log=lambda step_id, level, message: self._log(held, step_id, level, message),
+                save=lambda s: self._save(held, s),
+                condition_state=task.condition_state,
+                on_condition=lambda state: self._condition(task, state),
+                on_step=functools.partial(self._step, held),
+                deadline=held.started + self.settings.run_timeout_seconds,
+            )
             await self._end(held, task, "succeeded", None, steps)
         except ConditionNotMet as exc:
             await self._end(held, task, "succeeded", exc.message, steps)
         except (StepFailed, InvalidInput) as exc:
             await self._end(held, task, "failed", exc.message, steps)
-        except TimeoutError:
+        except RunTimedOut:
             message = f"the run took longer than {self.settings.run_timeout_seconds}s"
             await self._end(held, task, "timed_out", message, steps)
         except asyncio.CancelledError:

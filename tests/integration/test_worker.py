@@ -312,3 +312,36 @@ def test_a_worker_runs_a_task_as_it_is_now_after_an_edit(
         with psycopg.connect(db_url, autocommit=True) as conn:
             conn.execute("UPDATE tasks SET title = 'third' WHERE id = %s", (task["id"],))
         assert said(_run_now(client, writer_token, task)) == ["third", "third"]
+
+
+def test_a_step_past_its_timeout_fails_the_run(
+    client: TestClient, writer_token: str, db_url: str
+) -> None:
+    nap = {"id": "nap", "uses": "sleep", "with": {"seconds": 30}, "timeout_seconds": 1}
+    task = _create(client, writer_token, payload=_pipeline(nap), max_retries=0)
+    with worker(db_url):
+        run_id = _run_now(client, writer_token, task)
+        done = _wait(client, writer_token, run_id, _final, timeout=10)
+    assert done["status"] == "failed", done
+    assert done["error"] == "step nap: timed out after 1s"
+    assert done["steps"][0]["status"] == "failed"
+    assert 1000 <= done["duration_ms"] < 5000
+
+
+def test_a_run_past_the_run_timeout_is_timed_out(
+    client: TestClient, writer_token: str, db_url: str
+) -> None:
+    """PAO_RUN_TIMEOUT bounds the whole run, over steps that each keep within their own."""
+    steps = [
+        {"id": f"nap{i}", "uses": "sleep", "with": {"seconds": 0.8}, "timeout_seconds": 5}
+        for i in range(4)
+    ]
+    task = _create(client, writer_token, payload=_pipeline(*steps), max_retries=0)
+    with worker(db_url, run_timeout_seconds=2):
+        run_id = _run_now(client, writer_token, task)
+        done = _wait(client, writer_token, run_id, _final, timeout=10)
+    assert done["status"] == "timed_out", done
+    assert done["error"] == "the run took longer than 2s"
+    assert [s["status"] for s in done["steps"]] == ["succeeded", "succeeded", "failed"]
+    assert done["steps"][2]["error"] == "step nap2: stopped at the run's deadline"
+    assert 2000 <= done["duration_ms"] < 4000

@@ -18,7 +18,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
 from psycopg.errors import LockNotAvailable
+from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
 from pao import db
@@ -153,49 +155,66 @@ class Outcomes:
             return False
 
     async def _write(self, batch: list[End]) -> list[bool]:
+        """One transaction for the batch, pipelined: a batch of final ends is one round trip.
+
+        Only a batch that may complete a task (or holds a retry) waits for the finish's
+        result before its COMMIT; the rest travels together.
+        """
         held: dict[uuid.UUID, bool] = {}
-        notify = False
-        async with db.connection(self.pool) as conn:
-            await work.wait_for_locks_at_most(conn, LOCK_WAIT_SECONDS)
-            final = [i for i in batch if i.retry_delay is None and not i.hand_back]
-            finished = await work.finish_many(
-                conn,
-                self.worker_id,
-                [
-                    Ending(
-                        i.lease,
-                        i.run_id,
-                        i.status,
-                        i.steps,
-                        None if i.error is None else str(storable(i.error)),
-                    )
-                    for i in final
-                ],
+        final = [i for i in batch if i.retry_delay is None and not i.hand_back]
+        endings = [
+            Ending(
+                i.lease,
+                i.run_id,
+                i.status,
+                i.steps,
+                None if i.error is None else str(storable(i.error)),
             )
-            done = {f.id for f in finished}
-            notify = any(f.claim_key is not None for f in finished)
-            completing: set[uuid.UUID] = set()
-            for i in final:
-                held[i.run_id] = i.lease.due_work_id in done
-                if held[i.run_id] and _may_complete(i.task):
-                    completing.add(i.task.id)
-            await work.complete_tasks_if_done(conn, sorted(completing))
-            for i in batch:
-                if i.retry_delay is not None:
-                    held[i.run_id] = await work.retry(
-                        conn,
-                        i.lease,
-                        run_id=i.run_id,
-                        delay_seconds=i.retry_delay,
-                        steps=i.steps,
-                        error=str(storable(i.error or "failed")),
-                    )
-                    notify = True
-                elif i.hand_back:
-                    held[i.run_id] = await work.hand_back(conn, i.lease, run_id=i.run_id)
-                    notify = True
-            if notify:
-                await work.notify_workers(conn)  # retried, handed back or freed a key
+            for i in final
+        ]
+        async with db.statement(self.pool) as conn:
+            try:
+                async with conn.pipeline():
+                    await conn.execute("BEGIN")
+                    await work.wait_for_locks_at_most(conn, LOCK_WAIT_SECONDS)
+                    finishing = await work.finish_many(conn, self.worker_id, endings)
+                    if any(_may_complete(i.task) for i in final):
+                        done = {f.id for f in await finishing()}
+                        completing = sorted(
+                            {
+                                i.task.id
+                                for i in final
+                                if i.lease.due_work_id in done and _may_complete(i.task)
+                            }
+                        )
+                        await work.complete_tasks_if_done(conn, completing)
+                    notify = False
+                    for i in batch:
+                        if i.retry_delay is not None:
+                            held[i.run_id] = await work.retry(
+                                conn,
+                                i.lease,
+                                run_id=i.run_id,
+                                delay_seconds=i.retry_delay,
+                                steps=i.steps,
+                                error=str(storable(i.error or "failed")),
+                            )
+                            notify = True
+                        elif i.hand_back:
+                            held[i.run_id] = await work.hand_back(conn, i.lease, run_id=i.run_id)
+                            notify = True
+                    if notify:
+                        await work.notify_workers(conn)  # retried or handed back
+                    await conn.execute("COMMIT")
+                # Leaving the pipeline waited for every result, the COMMIT's included.
+            except BaseException:
+                if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
+                    with contextlib.suppress(psycopg.Error):
+                        await conn.rollback()
+                raise
+            done = {f.id for f in await finishing()}
+        for i in final:
+            held[i.run_id] = i.lease.due_work_id in done
         return [held[i.run_id] for i in batch]
 
     async def _write_progress(self) -> None:

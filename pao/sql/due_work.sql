@@ -205,6 +205,7 @@ SELECT set_config('lock_timeout', %(timeout)s, true)
 -- name: due_work_finish_many
 -- End a batch of held attempts in their final states with their runs, in one statement; rows
 -- this worker no longer holds (another attempt took over) are left alone and not returned.
+-- Ending work under a concurrency key frees a slot of the key: idle workers are woken at commit.
 WITH v AS (
     -- One JSON document rather than six arrays: far cheaper to send from Python.
     SELECT * FROM jsonb_to_recordset(%(endings)s::jsonb)
@@ -222,8 +223,11 @@ WITH v AS (
     FROM v
     JOIN done ON done.id = v.id
     WHERE r.id = v.run_id AND r.status = 'running'
+), wake AS (
+    SELECT pg_notify('pao_work', '')
+    FROM (SELECT 1 FROM done WHERE claim_key IS NOT NULL LIMIT 1) AS key_freed
 )
-SELECT id, task_id, claim_key FROM done
+SELECT done.id, done.task_id, done.claim_key FROM done LEFT JOIN wake ON true
 
 -- name: due_work_retry
 -- A failed attempt with retries left: queue the next one after the backoff (fenced like finish).

@@ -226,11 +226,13 @@ class Finished:
     claim_key: str | None
 
 
-async def finish_many(conn: Conn, worker_id: str, endings: list[Ending]) -> list[Finished]:
-    """End attempts in final states in one statement; returns those this worker still held."""
-    if not endings:
-        return []
-    async with conn.cursor(row_factory=model_row(Finished)) as cur:
+async def finish_many(
+    conn: Conn, worker_id: str, endings: list[Ending]
+) -> Callable[[], Awaitable[list[Finished]]]:
+    """End attempts in final states in one statement; the returned call reads back those this
+    worker still held. Sent now, read later: in a pipeline, the COMMIT can travel with it."""
+    cur = conn.cursor(row_factory=model_row(Finished))
+    if endings:
         await cur.execute(
             QUERIES["due_work_finish_many"],
             {
@@ -250,7 +252,11 @@ async def finish_many(conn: Conn, worker_id: str, endings: list[Ending]) -> list
                 ),
             },
         )
-        return await cur.fetchall()
+
+    async def held() -> list[Finished]:
+        return await cur.fetchall() if endings else []
+
+    return held
 
 
 async def retry(

@@ -178,16 +178,15 @@ class Outcomes:
                     await conn.execute("BEGIN")
                     await work.wait_for_locks_at_most(conn, LOCK_WAIT_SECONDS)
                     finishing = await work.finish_many(conn, self.worker_id, endings)
+                    done: set[int] | None = None
                     if any(_may_complete(i.task) for i in final):
                         done = {f.id for f in await finishing()}
-                        completing = sorted(
-                            {
-                                i.task.id
-                                for i in final
-                                if i.lease.due_work_id in done and _may_complete(i.task)
-                            }
-                        )
-                        await work.complete_tasks_if_done(conn, completing)
+                        completing = {
+                            i.task.id
+                            for i in final
+                            if i.lease.due_work_id in done and _may_complete(i.task)
+                        }
+                        await work.complete_tasks_if_done(conn, sorted(completing))
                     notify = False
                     for i in batch:
                         if i.retry_delay is not None:
@@ -212,7 +211,8 @@ class Outcomes:
                     with contextlib.suppress(psycopg.Error):
                         await conn.rollback()
                 raise
-            done = {f.id for f in await finishing()}
+            if done is None:
+                done = {f.id for f in await finishing()}
         for i in final:
             held[i.run_id] = i.lease.due_work_id in done
         return [held[i.run_id] for i in batch]

@@ -154,6 +154,12 @@ def server() -> Iterator[str]:
 
         embedded = get_server(data / "pgdata", cleanup_mode="delete")
     try:
+        with harness_conn(embedded.get_uri()) as conn:
+            # Every system's queue table is filled and drained within seconds of its
+            # database being created: with the default one-minute naptime, no system would
+            # ever be planned with statistics, unlike anything that runs for a minute.
+            conn.execute("ALTER SYSTEM SET autovacuum_naptime = '1s'")
+            conn.execute("SELECT pg_reload_conf()")
         yield embedded.get_uri()
     finally:
         embedded.cleanup()
@@ -181,6 +187,7 @@ def server_settings(url: str) -> dict[str, str]:
         "wal_level",
         "max_connections",
         "jit",
+        "autovacuum_naptime",
     ]
     with harness_conn(url) as conn:
         return {n: str(conn.execute(f"SHOW {n}").fetchone()[0]) for n in names}  # type: ignore[index]

@@ -28,6 +28,7 @@ class AppState:
 
     settings: Settings
     pool: AsyncConnectionPool[db.Conn]
+    statements: db.StatementLane
     registry: ToolRegistry
     mcp: McpHub
     discovery: ToolDiscovery
@@ -42,7 +43,7 @@ class AppState:
     @asynccontextmanager
     async def read(self) -> AsyncIterator[db.Conn]:
         """For one read-only statement: no BEGIN and COMMIT around it."""
-        async with db.statement(self.pool) as conn:
+        async with self.statements.connection() as conn:
             yield conn
 
 
@@ -83,7 +84,7 @@ async def current_agent(request: Request, state: State) -> Agent:
     too. Both counters live in PostgreSQL, shared by every API replica.
     """
     settings = state.settings
-    async with db.statement(state.pool) as conn:  # one statement: no transaction around it
+    async with state.statements.connection() as conn:  # one statement: no transaction around it
         signed = await rate_counters.sign_in(
             conn,
             _bearer(request),

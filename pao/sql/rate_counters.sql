@@ -3,6 +3,10 @@
 -- before its token is looked at; otherwise the token's usable agent is found, and the
 -- request counted against the agent's rate (or the failure against the address). A window
 -- opens at a key's first hit and lasts `window` seconds; the next hit after it counts from 1.
+-- Its own transaction commits without waiting for the WAL flush (set_config in the FROM
+-- below, local to this statement's transaction): a crash may forget the last few counts,
+-- which only lets a client a few requests more; nothing it was answered is lost, and every
+-- other transaction still commits synchronously.
 WITH blocked AS (
     SELECT c.hits,
            ceil(extract(epoch FROM c.window_start + make_interval(secs => %(window)s)
@@ -43,7 +47,7 @@ SELECT b.hits AS blocked_hits, b.reset_seconds AS blocked_reset,
        a.id, a.name, a.token_prefix, a.scopes, a.expires_at, a.disabled, a.created_at,
        a.updated_at,
        n.hits, n.reset_seconds
-FROM (SELECT 1) one
+FROM (SELECT set_config('synchronous_commit', 'off', true)) one
 LEFT JOIN blocked b ON true
 LEFT JOIN agent a ON true
 LEFT JOIN counted n ON true

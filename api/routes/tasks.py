@@ -119,11 +119,17 @@ async def list_tasks(
 
 @router.get("/{task_id}", response_model=TaskPublic)
 async def get_task(
-    request: Request, response: Response, state: State, signed: TaskRead, task_id: uuid.UUID
-) -> TaskPublic:
+    request: Request, state: State, signed: TaskRead, task_id: uuid.UUID
+) -> Response:
     """One task."""
     ctx = task_context(request, state, signed.agent)
-    return _etag(TaskPublic.of(logic.visible_task(ctx, signed.task, task_id)), response)
+    task = TaskPublic.of(logic.visible_task(ctx, signed.task, task_id))
+    # Serialised here, once: returned as a model, FastAPI would validate it again first.
+    return Response(
+        task.model_dump_json(),
+        media_type="application/json",
+        headers={"ETag": f'"{task.version}"'},
+    )
 
 
 @router.get(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
@@ -162,13 +161,23 @@ class StatementLane:
         return conn
 
     async def _give_back(self, conn: Conn) -> None:
-        idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        status = conn.info.transaction_status
+        idle = status == psycopg.pq.TransactionStatus.IDLE
         if idle and not conn.broken and not self._closed and len(self._idle) < self.size:
             self._idle.append((conn, time.monotonic()))
             return
-        if idle and not conn.broken:
-            with contextlib.suppress(psycopg.Error):
-                await conn.set_autocommit(False)  # as the pool's other users expect
+        # Back to the pool as its other users expect it: out of autocommit, no transaction
+        # open. A connection cancelled mid-statement, or that cannot be set right, is closed;
+        # the pool replaces it.
+        try:
+            if status == psycopg.pq.TransactionStatus.ACTIVE or conn.broken:
+                await conn.close()
+            else:
+                if not idle:
+                    await conn.rollback()
+                await conn.set_autocommit(False)
+        except psycopg.Error:
+            await conn.close()
         await self.pool.putconn(conn)
 
     async def close(self) -> None:

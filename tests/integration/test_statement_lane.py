@@ -4,6 +4,7 @@ pool heals its own."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -87,13 +88,16 @@ def test_a_connection_killed_while_trusted_fails_once_then_heals(db_url: str) ->
 
 
 def test_a_connection_left_in_a_transaction_goes_back_to_the_pool(db_url: str) -> None:
-    async def body(pool: AsyncConnectionPool[Conn], lane: StatementLane) -> tuple[int, int, Any]:
+    async def body(
+        pool: AsyncConnectionPool[Conn], lane: StatementLane
+    ) -> tuple[int, int, tuple[Any, bool]]:
         async with lane.connection() as conn:
             first = await (await conn.execute("SELECT pg_backend_pid() AS pid")).fetchone()
             await conn.execute("BEGIN")
             await conn.execute("CREATE TEMP TABLE left_open (x int)")
         kept = lane.idle
         async with pool.connection() as conn:  # the pool's only connection: that one, rolled back
+            autocommit = conn.autocommit
             after = await (
                 await conn.execute(
                     "SELECT pg_backend_pid() AS pid, to_regclass('left_open') IS NULL AS gone"
@@ -101,12 +105,13 @@ def test_a_connection_left_in_a_transaction_goes_back_to_the_pool(db_url: str) -
             ).fetchone()
         assert first is not None
         assert after is not None
-        return kept, int(first["pid"]) - int(after["pid"]), after["gone"]
+        return kept, int(first["pid"]) - int(after["pid"]), (after["gone"], autocommit)
 
-    kept, pid_difference, gone = _with_lane(db_url, body)
+    kept, pid_difference, (gone, autocommit) = _with_lane(db_url, body)
     assert kept == 0
     assert pid_difference == 0
     assert gone is True
+    assert autocommit is False  # a transaction taken from the pool is a transaction again
 
 
 def test_no_more_than_size_stay_idle_and_the_rest_go_back_out_of_autocommit(db_url: str) -> None:
@@ -140,3 +145,24 @@ def test_close_hands_every_idle_connection_back(db_url: str) -> None:
     idle, before, after = _with_lane(db_url, body)
     assert idle == 0
     assert after == before + 1
+
+
+def test_a_statement_cancelled_midway_leaves_the_lane_usable(db_url: str) -> None:
+    async def body(pool: AsyncConnectionPool[Conn], lane: StatementLane) -> tuple[int, int]:
+        async def slow() -> None:
+            async with lane.connection() as conn:
+                await conn.execute("SELECT pg_sleep(5)")
+
+        waiting = asyncio.create_task(slow())
+        await asyncio.sleep(0.2)
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        after = await _backend(lane)  # the cancelled statement's connection is not in the way
+        async with pool.connection() as conn:
+            await conn.execute("SELECT 1")
+            return after, int(conn.autocommit)
+
+    after, autocommit = _with_lane(db_url, body)
+    assert after > 0
+    assert autocommit == 0

@@ -55,12 +55,15 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
             trust_recent=1.0,
         )
         await pool.open(wait=False)
+        # Half the pool at most, so transactions and streams always find connections too.
+        statements = db.StatementLane(pool, size=max(1, settings.pool_max_size // 2))
         hub = McpHub(registry.servers)
         discovery = ToolDiscovery(hub, registry)
         stream_hub = StreamHub(url, pool)
         state = AppState(
             settings=settings,
             pool=pool,
+            statements=statements,
             registry=registry,
             mcp=hub,
             discovery=discovery,
@@ -81,6 +84,7 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
                     await discovering
             await stream_hub.close()
             await hub.close()
+            await statements.close()
             await pool.close()
 
     app = FastAPI(

@@ -15,6 +15,7 @@ import time
 import uuid
 from typing import Any
 
+from prometheus_client import Counter, Histogram
 from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -70,6 +71,8 @@ class RequestMiddleware:
     def __init__(self, app: ASGIApp, access_log: bool = False) -> None:
         self.app = app
         self.access_log = access_log
+        # labels() looks its series up under a lock on every call; these are looked up once.
+        self._series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -107,8 +110,15 @@ class RequestMiddleware:
         route = scope.get("route")
         template = getattr(route, "path", None) or metrics.UNMATCHED
         method = scope["method"] if scope["method"] in _METHODS else "other"
-        metrics.HTTP_REQUESTS.labels(method, template, str(status)).inc()
-        metrics.HTTP_SECONDS.labels(method, template).observe(seconds)
+        key = (method, template, status)
+        series = self._series.get(key)
+        if series is None:  # a few dozen keys at most: methods x route templates x statuses
+            series = self._series[key] = (
+                metrics.HTTP_REQUESTS.labels(method, template, str(status)),
+                metrics.HTTP_SECONDS.labels(method, template),
+            )
+        series[0].inc()
+        series[1].observe(seconds)
         if self.access_log:
             params = scope.get("path_params") or {}
             access_log.info(

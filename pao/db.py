@@ -103,20 +103,89 @@ async def connection(pool: AsyncConnectionPool[Conn]) -> AsyncIterator[Conn]:
             yield conn
 
 
-@asynccontextmanager
-async def statement(pool: AsyncConnectionPool[Conn]) -> AsyncIterator[Conn]:
-    """A pooled connection in autocommit, for one statement that is atomic by itself.
+class StatementLane:
+    """Autocommit connections kept on a plain list for one-statement work, in front of a pool.
 
-    It saves the BEGIN and COMMIT round trips of a transaction: two of three.
+    Checking a connection out of psycopg_pool and back costs more CPU than a
+    short statement itself (a lock, a timeout, the check, the reset and two
+    autocommit switches): for an API request, which signs in with one
+    statement and often reads with one more, that was the largest cost. The
+    lane borrows connections from `pool` as needed and keeps up to `size` of
+    them idle in autocommit; a broken one, or one left in a transaction (a
+    cancelled statement), goes back to the pool, which replaces it. A
+    connection idle for `trust_recent` seconds or more is pinged first, as
+    the pool would, so a database restart heals the same way.
     """
-    with wrap_exceptions():
-        async with pool.connection() as conn:
-            await conn.set_autocommit(True)
+
+    def __init__(
+        self, pool: AsyncConnectionPool[Conn], *, size: int, trust_recent: float = 1.0
+    ) -> None:
+        self.pool = pool
+        self.size = size
+        self.trust_recent = trust_recent
+        self._idle: list[tuple[Conn, float]] = []
+        self._closed = False
+
+    @property
+    def idle(self) -> int:
+        """How many connections wait on the lane."""
+        return len(self._idle)
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Conn]:
+        """A connection in autocommit, for one statement that is atomic by itself."""
+        with wrap_exceptions():
+            conn = await self._take()
             try:
                 yield conn
             finally:
-                if not conn.closed:
-                    await conn.set_autocommit(False)
+                await self._give_back(conn)
+
+    async def _take(self) -> Conn:
+        while self._idle:
+            conn, since = self._idle.pop()
+            if time.monotonic() - since < self.trust_recent and not conn.broken:
+                return conn
+            try:
+                await AsyncConnectionPool.check_connection(conn)
+            except Exception:
+                await self.pool.putconn(conn)  # the pool discards it
+                continue
+            return conn
+        conn = await self.pool.getconn()
+        try:
+            await conn.set_autocommit(True)
+        except BaseException:
+            await self.pool.putconn(conn)
+            raise
+        return conn
+
+    async def _give_back(self, conn: Conn) -> None:
+        status = conn.info.transaction_status
+        idle = status == psycopg.pq.TransactionStatus.IDLE
+        if idle and not conn.broken and not self._closed and len(self._idle) < self.size:
+            self._idle.append((conn, time.monotonic()))
+            return
+        # Back to the pool as its other users expect it: out of autocommit, no transaction
+        # open. A connection cancelled mid-statement, or that cannot be set right, is closed;
+        # the pool replaces it.
+        try:
+            if status == psycopg.pq.TransactionStatus.ACTIVE or conn.broken:
+                await conn.close()
+            else:
+                if not idle:
+                    await conn.rollback()
+                await conn.set_autocommit(False)
+        except psycopg.Error:
+            await conn.close()
+        await self.pool.putconn(conn)
+
+    async def close(self) -> None:
+        """Hand every idle connection back to the pool (before it closes)."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn, _ in idle:
+            await self._give_back(conn)
 
 
 async def connect(url: str, *, autocommit: bool = False) -> Conn:

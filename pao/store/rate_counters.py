@@ -6,12 +6,13 @@ by a clock boundary.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, fields
 from datetime import datetime
 
 from pao import tokens
 from pao.db import Conn
-from pao.models import Agent
+from pao.models import Agent, Task
 from pao.sql import QUERIES
 
 
@@ -34,6 +35,7 @@ class SignIn:
     agent: Agent | None
     blocked: Count | None  # the address is over its failed sign-ins: nothing was looked up
     count: Count | None  # the agent's requests this window, or the address's failures
+    task: Task | None = None  # the task asked for, if the agent is signed in and it exists
 
 
 async def sign_in(
@@ -44,11 +46,13 @@ async def sign_in(
     failures_limit: int,
     rate_limited: bool,
     window: int,
+    task_id: uuid.UUID | None = None,
 ) -> SignIn:
     """Check the address, find the token's agent and count the request, in one statement.
 
     A malformed token is never looked up (it counts as a failure); `failures_limit` 0 and
-    `rate_limited` False turn the two counters off.
+    `rate_limited` False turn the two counters off. With `task_id`, the statement also reads
+    that task for a signed-in agent, whoever owns it: the caller decides what it may see.
     """
     well_formed = token is not None and tokens.is_well_formed(token)
     cur = await conn.execute(
@@ -59,6 +63,7 @@ async def sign_in(
             "failures_limit": failures_limit,
             "rate_limited": rate_limited,
             "window": window,
+            "task_id": task_id,
         },
     )
     row = await cur.fetchone()
@@ -67,9 +72,17 @@ async def sign_in(
     if row["blocked_hits"] is not None:
         blocked = _count({"hits": row["blocked_hits"], "reset_seconds": row["blocked_reset"]})
     agent = None
-    if row["id"] is not None:
-        agent = Agent(**{f.name: row[f.name] for f in fields(Agent)})
-    return SignIn(agent=agent, blocked=blocked, count=_count(row) if row["hits"] else None)
+    if row["agent_id"] is not None:
+        agent = Agent(**{f.name: row[f"agent_{f.name}"] for f in _AGENT_FIELDS})
+    task = None
+    if row["id"] is not None:  # like db.model_row: columns Task does not name are left out
+        task = Task(**{f.name: row[f.name] for f in _TASK_FIELDS if f.name in row})
+    count = _count(row) if row["hits"] else None
+    return SignIn(agent=agent, blocked=blocked, count=count, task=task)
+
+
+_AGENT_FIELDS = fields(Agent)
+_TASK_FIELDS = fields(Task)
 
 
 async def prune(conn: Conn, *, now: datetime, limit: int) -> int:

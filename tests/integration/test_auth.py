@@ -162,6 +162,28 @@ def test_other_agents_objects_are_404(
     assert client.get(f"/tasks/{tid}", headers=auth(alice)).json()["title"] == SEED_TASK["title"]
 
 
+def test_one_task_read_with_the_sign_in_keeps_every_check(
+    client: TestClient, make_token: Callable[..., str], db: psycopg.Connection[Any]
+) -> None:
+    """GET /tasks/{id} reads the task in the sign-in's statement; the answers stay the same."""
+    writer = make_token("tasks:write", name="writer-only")
+    task = client.post("/tasks", json=SEED_TASK, headers=auth(writer)).json()
+    own = client.get(f"/tasks/{task['id']}", headers=auth(writer))
+    assert own.status_code == 403  # its own task, but no tasks:read
+    assert "tasks:read" in own.json()["detail"]
+    assert client.get(f"/tasks/{task['id']}").status_code == 401
+    reader = make_token("tasks:read", name="reader")
+    assert client.get("/tasks/not-a-uuid").status_code == 401  # signed in before validated
+    assert client.get("/tasks/not-a-uuid", headers=auth(reader)).status_code == 422
+    failures = db.execute("SELECT hits FROM rate_counters WHERE key LIKE 'auth:%'").fetchone()
+    assert failures == (2,)
+    nowhere = "00000000-0000-0000-0000-000000000001"
+    missing = client.get(f"/tasks/{nowhere}", headers=auth(reader))
+    assert missing.status_code == 404
+    assert missing.json()["detail"] == f"no task {nowhere}"
+    assert client.get(f"/tasks/{task['id']}", headers=auth(reader)).status_code == 404
+
+
 def test_created_by_another_agent_needs_admin(
     client: TestClient,
     make_token: Callable[..., str],

@@ -184,3 +184,32 @@ def test_idle_counters_are_pruned(db_url: str, db: psycopg.Connection[Any]) -> N
 
     assert asyncio.run(prune()) == 1
     assert db.execute("SELECT key FROM rate_counters").fetchall() == [("agent:x",)]
+
+
+def test_sign_in_commits_without_waiting_for_the_wal_flush_and_nothing_else_does(
+    db_url: str,
+) -> None:
+    async def modes() -> tuple[str, str, str]:
+        conn = await connect(db_url)
+        try:
+            show = "SELECT current_setting('synchronous_commit') AS mode"
+            before = await (await conn.execute(show)).fetchone()
+            await rate_counters.sign_in(
+                conn,
+                None,
+                failures_key="auth:192.0.2.9",
+                failures_limit=5,
+                rate_limited=True,
+                window=60,
+            )
+            during = await (await conn.execute(show)).fetchone()  # same transaction
+            await conn.commit()
+            after = await (await conn.execute(show)).fetchone()
+            assert before is not None
+            assert during is not None
+            assert after is not None
+            return before["mode"], during["mode"], after["mode"]
+        finally:
+            await conn.close()
+
+    assert asyncio.run(modes()) == ("on", "off", "on")

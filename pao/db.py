@@ -103,6 +103,21 @@ async def connection(pool: AsyncConnectionPool[Conn]) -> AsyncIterator[Conn]:
             yield conn
 
 
+@asynccontextmanager
+async def statement(pool: AsyncConnectionPool[Conn]) -> AsyncIterator[Conn]:
+    """A pooled connection in autocommit: for one statement that is atomic by itself, or a
+    pipeline that sends its own BEGIN with its first statement (the worker's claim and ends).
+    """
+    with wrap_exceptions():
+        async with pool.connection() as conn:
+            await conn.set_autocommit(True)
+            try:
+                yield conn
+            finally:
+                if not conn.closed:
+                    await conn.set_autocommit(False)
+
+
 class StatementLane:
     """Autocommit connections kept on a plain list for one-statement work, in front of a pool.
 

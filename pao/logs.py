@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
-task_id: ContextVar[str | None] = ContextVar("task_id", default=None)
-run_id: ContextVar[str | None] = ContextVar("run_id", default=None)
+# Ids as they come (a UUID is turned into text only if a line is written): the worker sets
+# these for every run, and most runs log nothing.
+task_id: ContextVar[str | uuid.UUID | None] = ContextVar("task_id", default=None)
+run_id: ContextVar[str | uuid.UUID | None] = ContextVar("run_id", default=None)
 
-_IDS: tuple[tuple[str, ContextVar[str | None]], ...] = (
+_IDS: tuple[tuple[str, ContextVar[str | None] | ContextVar[str | uuid.UUID | None]], ...] = (
     ("request_id", request_id),
     ("task_id", task_id),
     ("run_id", run_id),

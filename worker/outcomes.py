@@ -165,7 +165,6 @@ class Outcomes:
         endings = [
             Ending(
                 i.lease,
-                i.run_id,
                 i.status,
                 i.steps,
                 None if i.error is None else str(storable(i.error)),

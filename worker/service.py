@@ -277,8 +277,8 @@ class Worker:
         c = held.claimed
         steps = held.steps
         # This task's own context: every line logged for the run carries its ids.
-        logs.task_id.set(str(c.task_id))
-        logs.run_id.set(str(c.run_id))
+        logs.task_id.set(c.task_id)
+        logs.run_id.set(c.run_id)
         try:
             pipeline = self._pipeline(task)
             ex = Execution(

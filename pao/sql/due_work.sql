@@ -210,7 +210,7 @@ SELECT set_config('lock_timeout', %(timeout)s, true)
 WITH v AS (
     -- One JSON document rather than six arrays: far cheaper to send from Python.
     SELECT * FROM jsonb_to_recordset(%(endings)s::jsonb)
-        AS v(id bigint, attempt int, state text, run_id uuid, steps jsonb, error text)
+        AS v(id bigint, attempt int, state text, steps jsonb, error text)
 ), done AS (
     UPDATE due_work d
     SET state = v.state, finished_at = now(), lease_owner = NULL, lease_expires_at = NULL
@@ -223,7 +223,7 @@ WITH v AS (
     SET status = v.state, finished_at = now(), steps = v.steps, error = v.error
     FROM v
     JOIN done ON done.id = v.id
-    WHERE r.id = v.run_id AND r.status = 'running'
+    WHERE r.due_work_id = v.id AND r.attempt = v.attempt AND r.status = 'running'
 ), wake AS (
     SELECT pg_notify('pao_work', '')
     FROM (SELECT 1 FROM done WHERE claim_key IS NOT NULL LIMIT 1) AS key_freed

@@ -210,10 +210,9 @@ async def wait_for_locks_at_most(conn: Conn, seconds: float) -> None:
 
 @dataclass(frozen=True)
 class Ending:
-    """How one held attempt ended, for `finish_many`."""
+    """How one held attempt ended, for `finish_many` (its run is found by the attempt)."""
 
     lease: Lease
-    run_id: uuid.UUID
     status: str
     steps: list[Any]
     error: str | None
@@ -243,7 +242,6 @@ async def finish_many(
                             "id": e.lease.due_work_id,
                             "attempt": e.lease.attempt,
                             "state": e.status,
-                            "run_id": str(e.run_id),
                             "steps": e.steps,
                             "error": e.error,
                         }

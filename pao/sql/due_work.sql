@@ -139,7 +139,8 @@ FOR UPDATE OF d SKIP LOCKED
 -- name: due_work_claim_start
 -- A claim's second half, in the same transaction with a fresh snapshot: of the locked rows, keep
 -- those their key still has room for, lease them by the database clock and mark their runs
--- running; the transaction commits before any step runs.
+-- running; the transaction commits before any step runs. Its `claimed` and `started` are
+-- due_work_claim's, applied to other rows: a change to one belongs in both.
 WITH candidate AS (
     SELECT d.id, d.claim_key, d.claim_limit,
            row_number() OVER (PARTITION BY d.claim_key ORDER BY d.priority, d.run_after, d.id)

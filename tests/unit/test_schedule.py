@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from pao.errors import InvalidInput
 from pao.schedule import KINDS, Schedule, event_matches, parse_schedule
+from pao.tasks import hourly_peak
 from pao.zones import UTC, get_zone, offset_bounds
 
 NY = "America/New_York"
@@ -568,3 +569,17 @@ def test_far_future_does_not_overflow() -> None:
     schedule = sched("cron", "0 0 1 1 *", "UTC")
     assert schedule.next_after(z("9998-06-01T00:00")) is None
     assert sched("rrule", "FREQ=YEARLY", "UTC").next_after(z("9999-06-01T00:00")) is None
+
+
+def test_hourly_peak_sees_the_next_full_hour_late_in_a_stretch() -> None:
+    """Asked near the end of a day's stretch, the peak is still a full hour's (60), not what
+    is left of today's (37)."""
+    created = datetime(2026, 11, 26, 15, 0, tzinfo=UTC)
+    late = datetime(2026, 11, 26, 15, 23, tzinfo=UTC)  # 17:23 in Chisinau, a Thursday
+    for now in (created, late, datetime(2026, 11, 27, 15, 23, tzinfo=UTC)):  # and a Friday
+        peak = hourly_peak(
+            "cron", "*/1 9-17 * * 1-5", "Europe/Chisinau", created_at=created, now=now
+        )
+        assert peak == 60, now
+    assert hourly_peak("cron", "*/2 * * * *", "UTC", created_at=created, now=late) == 30
+    assert hourly_peak("event", "github.*", "UTC", created_at=created, now=late) == 0

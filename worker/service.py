@@ -174,6 +174,7 @@ class Worker:
         one more round trip, and keyed work among the due rows in a claim of its own.
         """
         started = time.perf_counter()
+        sent = time.monotonic()  # leases start no earlier than this, by the database clock
         async with db.statement(self.pool) as conn:
             first = await work.claim_unkeyed(
                 conn,
@@ -181,24 +182,29 @@ class Worker:
                 limit=limit,
                 lease_seconds=self.settings.lease_seconds,
             )
+            # Held from now on: if reading their tasks hangs past the lease, the lease watch
+            # gives them up, and they are never started (another worker may have them by then).
+            fresh_holds = [self._hold(c, sent) for c, _ in first.claimed]
             claimed = [c for c, _ in first.claimed]
             stale = {c.task_id for c, v in first.claimed if self._task_version(c.task_id) != v}
-            event_ids = [c.event_id for c in claimed if c.event_id is not None]
             tasks = {
                 c.task_id: self._tasks[c.task_id][1] for c in claimed if c.task_id not in stale
             }
             events: dict[uuid.UUID, Event] = {}
+            event_ids = [c.event_id for c in claimed if c.event_id is not None]
             if stale or event_ids:
                 fresh, events = await work.rows_for(conn, list(stale), event_ids)
                 tasks.update((task_id, task) for task_id, (_, task) in fresh.items())
                 self._remember(fresh)
             if first.keyed and len(claimed) < limit:
+                sent = time.monotonic()
                 more = await work.claim(
                     conn,
                     worker_id=self.worker_id,
                     limit=limit - len(claimed),
                     lease_seconds=self.settings.lease_seconds,
                 )
+                fresh_holds += [self._hold(c, sent) for c in more.claimed]
                 claimed += more.claimed
                 tasks.update((task_id, task) for task_id, (_, task) in more.tasks.items())
                 self._remember(more.tasks)
@@ -206,17 +212,33 @@ class Worker:
         if not claimed:
             return claimed
         metrics.claimed(len(claimed), time.perf_counter() - started)
-        for c in claimed:
+        for held in fresh_holds:
+            c = held.claimed
+            if held.stop_reason is not None:
+                continue  # its lease ran out before it could start
             if c.attempt == 1 and c.started_at is not None:
                 metrics.started_late((c.started_at - c.scheduled_for).total_seconds())
             if self.watched and c.task_id in self.watched:
                 self.events.send(c.run_id, streams.state(c.run_id, c.task_id, "running", c.attempt))
-            held = Running(c, Lease(c.id, c.attempt, self.worker_id))
-            self.running[c.id] = held
             event = events.get(c.event_id) if c.event_id else None
             held.task = asyncio.create_task(self._run(held, tasks[c.task_id], event))
             held.task.add_done_callback(functools.partial(self._done, c.id))
         return claimed
+
+    def _hold(self, c: Claimed, sent: float) -> Running:
+        held = Running(c, Lease(c.id, c.attempt, self.worker_id), renewed=sent)
+        self.running[c.id] = held
+        return held
+
+    def _lose(self, held: Running) -> None:
+        """Its lease may have run out: stop the run, or never start it if it has not started."""
+        if held.task is not None:
+            held.stop("lost")
+        elif held.stop_reason is None:
+            held.stop_reason = "lost"
+            self.running.pop(held.claimed.id, None)
+            metrics.run_ended("lost")
+            log.warning("run %s: lease lost before it started; not started", held.claimed.run_id)
 
     def _task_version(self, task_id: uuid.UUID) -> str | None:
         held = self._tasks.get(task_id)
@@ -456,7 +478,7 @@ class Worker:
             for held in list(self.running.values()):
                 left = held.renewed + self.settings.lease_seconds - now
                 if left <= 0:
-                    held.stop("lost")
+                    self._lose(held)
                 else:
                     wait = min(wait, left)
             await asyncio.sleep(wait)
@@ -474,7 +496,7 @@ class Worker:
         for due_work_id, running in held.items():
             state = kept.get(due_work_id)
             if state is None or state[0] != running.lease.attempt:
-                running.stop("lost")
+                self._lose(running)
                 continue
             if state[2]:
                 running.renewed = max(running.renewed, sent)

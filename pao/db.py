@@ -7,7 +7,7 @@ import logging
 import math
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 
@@ -215,13 +215,29 @@ async def connect(url: str, *, autocommit: bool = False) -> Conn:
         return conn
 
 
+_FIELD_NAMES: dict[type[Any], tuple[str, ...]] = {}
+
+
+def _field_names(cls: type[Any]) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
+
+
+def from_row(cls: type[T], row: Mapping[str, Any], prefix: str = "") -> T:
+    """Dataclass `cls` from a dict row's columns named `prefix` + field, as `model_row` does
+    (others ignored): for a row that carries more than one record, or more than a record."""
+    return cls(**{n: row[prefix + n] for n in _field_names(cls) if prefix + n in row})
+
+
 def model_row(cls: type[T]) -> BaseRowFactory[T]:
     """Rows into dataclass `cls`, ignoring columns it does not name.
 
     Unlike `class_row`, a column added by a later migration does not break
     code that predates it (rolling deploys run old and new code side by side).
     """
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    names = set(_field_names(cls))
 
     def factory(cursor: Any) -> RowMaker[T]:
         description = cursor.description or []

@@ -7,11 +7,11 @@ by a clock boundary.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime
 
 from pao import tokens
-from pao.db import Conn
+from pao.db import Conn, from_row
 from pao.models import Agent, Task
 from pao.sql import QUERIES
 
@@ -71,18 +71,10 @@ async def sign_in(
     blocked = None
     if row["blocked_hits"] is not None:
         blocked = _count({"hits": row["blocked_hits"], "reset_seconds": row["blocked_reset"]})
-    agent = None
-    if row["agent_id"] is not None:
-        agent = Agent(**{f.name: row[f"agent_{f.name}"] for f in _AGENT_FIELDS})
-    task = None
-    if row["id"] is not None:  # like db.model_row: columns Task does not name are left out
-        task = Task(**{f.name: row[f.name] for f in _TASK_FIELDS if f.name in row})
+    agent = from_row(Agent, row, prefix="agent_") if row["agent_id"] is not None else None
+    task = from_row(Task, row) if row["id"] is not None else None
     count = _count(row) if row["hits"] else None
     return SignIn(agent=agent, blocked=blocked, count=count, task=task)
-
-
-_AGENT_FIELDS = fields(Agent)
-_TASK_FIELDS = fields(Task)
 
 
 async def prune(conn: Conn, *, now: datetime, limit: int) -> int:

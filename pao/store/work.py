@@ -6,7 +6,6 @@ lease (the scheduler rescued the work) changes nothing.
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from typing import Any
 from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 
-from pao.db import Conn, model_row
+from pao.db import Conn, from_row, model_row
 from pao.models import Event, Task
 from pao.sql import QUERIES
 from pao.store import runs
@@ -74,21 +73,7 @@ async def claim_unkeyed(conn: Conn, *, worker_id: str, limit: int, lease_seconds
         if r["kind"] == "keyed":
             keyed = True
             continue
-        claimed.append(
-            (
-                Claimed(
-                    id=r["id"],
-                    task_id=r["task_id"],
-                    scheduled_for=r["scheduled_for"],
-                    attempt=r["attempt"],
-                    event_id=r["event_id"],
-                    reason=r["reason"],
-                    run_id=r["run_id"],
-                    started_at=r["started_at"],
-                ),
-                r["task_version"],
-            )
-        )
+        claimed.append((from_row(Claimed, r), r["task_version"]))
     return Started(claimed, keyed)
 
 
@@ -153,9 +138,6 @@ async def rows_for(
     return await rows()
 
 
-_TASK_FIELDS = [f.name for f in dataclasses.fields(Task)]
-
-
 async def _send_rows_for(
     conn: Conn, task_ids: list[uuid.UUID], event_ids: list[uuid.UUID]
 ) -> Callable[[], Awaitable[tuple[dict[uuid.UUID, Versioned], dict[uuid.UUID, Event]]]]:
@@ -170,7 +152,7 @@ async def _send_rows_for(
     async def results() -> tuple[dict[uuid.UUID, Versioned], dict[uuid.UUID, Event]]:
         found: dict[uuid.UUID, Versioned] = {}
         for r in await tasks.fetchall() if task_ids else []:
-            found[r["id"]] = (r["row_version"], Task(**{f: r[f] for f in _TASK_FIELDS if f in r}))
+            found[r["id"]] = (r["row_version"], from_row(Task, r))
         return found, ({e.id: e for e in await events.fetchall()} if event_ids else {})
 
     return results

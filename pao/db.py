@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -116,6 +117,26 @@ async def statement(pool: AsyncConnectionPool[Conn]) -> AsyncIterator[Conn]:
             finally:
                 if not conn.closed:
                     await conn.set_autocommit(False)
+
+
+@asynccontextmanager
+async def pipelined_transaction(conn: Conn) -> AsyncIterator[None]:
+    """A transaction sent as one pipeline on an autocommit connection (from `statement`).
+
+    BEGIN travels with the first statement and COMMIT with the last ones: statements whose
+    results are read inside the block cost a round trip there, the rest share the final
+    one. Leaving the block waited for every result. On error the transaction is rolled back.
+    """
+    try:
+        async with conn.pipeline():
+            await conn.execute("BEGIN")
+            yield
+            await conn.execute("COMMIT")
+    except BaseException:
+        if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            with contextlib.suppress(psycopg.Error):
+                await conn.rollback()
+        raise
 
 
 class StatementLane:

@@ -18,9 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg
 from psycopg.errors import LockNotAvailable
-from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
 from pao import db
@@ -172,44 +170,35 @@ class Outcomes:
             for i in final
         ]
         async with db.statement(self.pool) as conn:
-            try:
-                async with conn.pipeline():
-                    await conn.execute("BEGIN")
-                    await work.wait_for_locks_at_most(conn, LOCK_WAIT_SECONDS)
-                    finishing = await work.finish_many(conn, self.worker_id, endings)
-                    done: set[int] | None = None
-                    if any(_may_complete(i.task) for i in final):
-                        done = {f.id for f in await finishing()}
-                        completing = {
-                            i.task.id
-                            for i in final
-                            if i.lease.due_work_id in done and _may_complete(i.task)
-                        }
-                        await work.complete_tasks_if_done(conn, sorted(completing))
-                    notify = False
-                    for i in batch:
-                        if i.retry_delay is not None:
-                            held[i.run_id] = await work.retry(
-                                conn,
-                                i.lease,
-                                run_id=i.run_id,
-                                delay_seconds=i.retry_delay,
-                                steps=i.steps,
-                                error=str(storable(i.error or "failed")),
-                            )
-                            notify = True
-                        elif i.hand_back:
-                            held[i.run_id] = await work.hand_back(conn, i.lease, run_id=i.run_id)
-                            notify = True
-                    if notify:
-                        await work.notify_workers(conn)  # retried or handed back
-                    await conn.execute("COMMIT")
-                # Leaving the pipeline waited for every result, the COMMIT's included.
-            except BaseException:
-                if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
-                    with contextlib.suppress(psycopg.Error):
-                        await conn.rollback()
-                raise
+            async with db.pipelined_transaction(conn):
+                await work.wait_for_locks_at_most(conn, LOCK_WAIT_SECONDS)
+                finishing = await work.finish_many(conn, self.worker_id, endings)
+                done: set[int] | None = None
+                if any(_may_complete(i.task) for i in final):
+                    done = {f.id for f in await finishing()}
+                    completing = {
+                        i.task.id
+                        for i in final
+                        if i.lease.due_work_id in done and _may_complete(i.task)
+                    }
+                    await work.complete_tasks_if_done(conn, sorted(completing))
+                notify = False
+                for i in batch:
+                    if i.retry_delay is not None:
+                        held[i.run_id] = await work.retry(
+                            conn,
+                            i.lease,
+                            run_id=i.run_id,
+                            delay_seconds=i.retry_delay,
+                            steps=i.steps,
+                            error=str(storable(i.error or "failed")),
+                        )
+                        notify = True
+                    elif i.hand_back:
+                        held[i.run_id] = await work.hand_back(conn, i.lease, run_id=i.run_id)
+                        notify = True
+                if notify:
+                    await work.notify_workers(conn)  # retried or handed back
             if done is None:
                 done = {f.id for f in await finishing()}
         for i in final:

@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 
-from pao.db import Conn, from_row, model_row
+from pao.db import Conn, from_row, model_row, pipelined_transaction
 from pao.models import Event, Task
 from pao.sql import QUERIES
 from pao.store import runs
@@ -95,34 +94,26 @@ async def claim(conn: Conn, *, worker_id: str, limit: int, lease_seconds: float)
     task and event reads and the COMMIT. `conn` must be in autocommit: the transaction is
     opened here, so that its BEGIN travels with the first statement.
     """
-    try:
-        async with conn.pipeline():
-            await conn.execute("BEGIN")
-            cur = await conn.execute(
-                QUERIES["due_work_claim_lock"], {"limit": limit, "lock_space": CLAIM_LOCK_SPACE}
+    async with pipelined_transaction(conn):
+        cur = await conn.execute(
+            QUERIES["due_work_claim_lock"], {"limit": limit, "lock_space": CLAIM_LOCK_SPACE}
+        )
+        locked = await cur.fetchall()
+        started = conn.cursor(row_factory=model_row(Claimed))
+        if locked:
+            await started.execute(
+                QUERIES["due_work_claim_start"],
+                {
+                    "ids": [r["id"] for r in locked],
+                    "worker_id": worker_id,
+                    "lease_seconds": lease_seconds,
+                },
             )
-            locked = await cur.fetchall()
-            started = conn.cursor(row_factory=model_row(Claimed))
-            if locked:
-                await started.execute(
-                    QUERIES["due_work_claim_start"],
-                    {
-                        "ids": [r["id"] for r in locked],
-                        "worker_id": worker_id,
-                        "lease_seconds": lease_seconds,
-                    },
-                )
-                rows = await _send_rows_for(
-                    conn,
-                    list({r["task_id"] for r in locked}),
-                    [r["event_id"] for r in locked if r["event_id"] is not None],
-                )
-            await conn.execute("COMMIT")
-        # Leaving the pipeline waited for every result, the COMMIT's included.
-    except Exception:
-        if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
-            await conn.rollback()
-        raise
+            rows = await _send_rows_for(
+                conn,
+                list({r["task_id"] for r in locked}),
+                [r["event_id"] for r in locked if r["event_id"] is not None],
+            )
     if not locked:
         return Claim([], {}, {})
     tasks, events = await rows()

@@ -185,30 +185,37 @@ class Worker:
             # Held from now on: if reading their tasks hangs past the lease, the lease watch
             # gives them up, and they are never started (another worker may have them by then).
             fresh_holds = [self._hold(c, sent) for c, _ in first.claimed]
-            claimed = [c for c, _ in first.claimed]
-            stale = {c.task_id for c, v in first.claimed if self._task_version(c.task_id) != v}
-            tasks = {
-                c.task_id: self._tasks[c.task_id][1] for c in claimed if c.task_id not in stale
-            }
-            events: dict[uuid.UUID, Event] = {}
-            event_ids = [c.event_id for c in claimed if c.event_id is not None]
-            if stale or event_ids:
-                fresh, events = await work.rows_for(conn, list(stale), event_ids)
-                tasks.update((task_id, task) for task_id, (_, task) in fresh.items())
-                self._remember(fresh)
-            if first.keyed and len(claimed) < limit:
-                sent = time.monotonic()
-                more = await work.claim(
-                    conn,
-                    worker_id=self.worker_id,
-                    limit=limit - len(claimed),
-                    lease_seconds=self.settings.lease_seconds,
-                )
-                fresh_holds += [self._hold(c, sent) for c in more.claimed]
-                claimed += more.claimed
-                tasks.update((task_id, task) for task_id, (_, task) in more.tasks.items())
-                self._remember(more.tasks)
-                events.update(more.events)
+            try:
+                claimed = [c for c, _ in first.claimed]
+                stale = {c.task_id for c, v in first.claimed if self._task_version(c.task_id) != v}
+                tasks = {
+                    c.task_id: self._tasks[c.task_id][1] for c in claimed if c.task_id not in stale
+                }
+                events: dict[uuid.UUID, Event] = {}
+                event_ids = [c.event_id for c in claimed if c.event_id is not None]
+                if stale or event_ids:
+                    fresh, events = await work.rows_for(conn, list(stale), event_ids)
+                    tasks.update((task_id, task) for task_id, (_, task) in fresh.items())
+                    self._remember(fresh)
+                if first.keyed and len(claimed) < limit:
+                    sent = time.monotonic()
+                    more = await work.claim(
+                        conn,
+                        worker_id=self.worker_id,
+                        limit=limit - len(claimed),
+                        lease_seconds=self.settings.lease_seconds,
+                    )
+                    fresh_holds += [self._hold(c, sent) for c in more.claimed]
+                    claimed += more.claimed
+                    tasks.update((task_id, task) for task_id, (_, task) in more.tasks.items())
+                    self._remember(more.tasks)
+                    events.update(more.events)
+            except BaseException:
+                # Never to start here: unheld, so that their leases run out and the
+                # scheduler hands them to a worker that can read their tasks.
+                for held in fresh_holds:
+                    self.running.pop(held.claimed.id, None)
+                raise
         if not claimed:
             return claimed
         metrics.claimed(len(claimed), time.perf_counter() - started)

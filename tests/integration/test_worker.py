@@ -347,3 +347,67 @@ def test_a_run_past_the_run_timeout_is_timed_out(
     assert [s["status"] for s in done["steps"]] == ["succeeded", "succeeded", "failed"]
     assert done["steps"][2]["error"] == "step nap2: stopped at the run's deadline"
     assert 2000 <= done["duration_ms"] < 4000
+
+
+def _until(check: Callable[[], Any], what: str, timeout: float = 20) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.parametrize("fault", ["hangs", "fails"])
+def test_claimed_work_waits_for_its_event_read_or_is_left_to_its_lease(
+    fault: str,
+    client: TestClient,
+    writer_token: str,
+    db_url: str,
+    db: psycopg.Connection[Any],
+) -> None:
+    """A claim commits before the worker reads what its runs need (here the event). While that
+    read waits on a lock the worker holds the run (its lease is renewed) and starts it after;
+    if the read fails, the worker lets the run go (it does not renew a lease it will not use):
+    the lease runs out, and attempt 2 runs."""
+    task = _create(
+        client,
+        writer_token,
+        schedule_kind="event",
+        schedule_expr="probe.*",
+        max_retries=1,
+        payload=_pipeline({"id": "got", "uses": "log", "with": {"message": "${event.payload.n}"}}),
+    )
+    published = client.post(
+        "/events", json={"type": "probe.x", "payload": {"n": 1}}, headers=auth(writer_token)
+    )
+    assert published.status_code == 202, published.text
+    with psycopg.connect(db_url) as locker:
+        locker.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+        with (
+            worker(db_url, lease_seconds=3),
+            scheduler(db_url, scheduler_tick_ms=100, retry_base_seconds=0.1),
+        ):
+            reader = _until(
+                lambda: db.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND wait_event_type = 'Lock' AND query LIKE '%%FROM events%%'"
+                ).fetchone(),
+                "the worker to wait for the event after its claim",
+            )
+            if fault == "fails":
+                db.execute("SELECT pg_terminate_backend(%s)", (reader[0],))
+            else:
+                time.sleep(4)  # longer than the lease: it must have been renewed meanwhile
+            locker.rollback()
+            _until(
+                lambda: db.execute(
+                    "SELECT 1 FROM runs WHERE task_id = %s AND status = 'succeeded'", (task["id"],)
+                ).fetchone(),
+                "a later attempt to succeed",
+            )
+    runs = db.execute(
+        "SELECT attempt, status FROM runs WHERE task_id = %s ORDER BY attempt", (task["id"],)
+    ).fetchall()
+    assert runs == ([(1, "failed"), (2, "succeeded")] if fault == "fails" else [(1, "succeeded")])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -89,3 +91,14 @@ def run_now(client: TestClient, token: str, task_id: str) -> str:
     resp = client.post(f"/tasks/{task_id}/run_now", headers=auth(token))
     assert resp.status_code == 202, resp.text
     return str(resp.json()["id"])
+
+
+def until(check: Callable[[], Any], what: str, timeout: float = 30) -> Any:
+    """Poll `check` until it returns something truthy; that value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -7,10 +7,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import httpx
 
@@ -82,14 +81,3 @@ def pao_process(name: str, env: dict[str, str], log: Path) -> Iterator[Process]:
         yield proc
     finally:
         proc.kill()
-
-
-def until(check: Callable[[], Any], what: str, timeout: float = 30) -> Any:
-    """Poll `check` until it returns something truthy; that value."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")

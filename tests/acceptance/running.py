@@ -11,8 +11,8 @@ from typing import Any
 
 import httpx
 
-from tests.acceptance.procs import Process, free_port, until, wait_ready
-from tests.helpers import auth
+from tests.acceptance.procs import Process, free_port, wait_ready
+from tests.helpers import auth, until
 
 
 @contextmanager

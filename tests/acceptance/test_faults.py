@@ -20,8 +20,8 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from tests.acceptance.faults import assert_work_consistent, silent_proxy
-from tests.acceptance.procs import Process, pao_process, until
-from tests.helpers import create_task, run_now
+from tests.acceptance.procs import Process, pao_process
+from tests.helpers import create_task, run_now, until
 
 Conn = psycopg.Connection[Any]
 

@@ -19,9 +19,9 @@ from mcp import ClientSession, StdioServerParameters, types
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.acceptance.procs import Process, free_port, until
+from tests.acceptance.procs import Process, free_port
 from tests.acceptance.running import api_process, worker_process
-from tests.helpers import auth, snapshot
+from tests.helpers import auth, snapshot, until
 
 TOOLS = {
     "create_task",

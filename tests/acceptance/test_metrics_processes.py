@@ -12,8 +12,8 @@ import httpx
 import psycopg
 from fastapi.testclient import TestClient
 
-from tests.acceptance.procs import Process, free_port, until
-from tests.helpers import SEED_TASK, auth, metric
+from tests.acceptance.procs import Process, free_port
+from tests.helpers import SEED_TASK, auth, metric, until
 
 
 def _scrape(port: int) -> str:

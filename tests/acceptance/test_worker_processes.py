@@ -14,8 +14,8 @@ import psycopg
 from fastapi.testclient import TestClient
 
 from tests.acceptance.faults import assert_work_consistent
-from tests.acceptance.procs import pao_process, until
-from tests.helpers import auth, create_task, run_now
+from tests.acceptance.procs import pao_process
+from tests.helpers import auth, create_task, run_now, until
 
 
 def _env(db_url: str, **extra: str) -> dict[str, str]:

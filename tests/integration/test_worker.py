@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from pao.settings import Settings
 from tests.background import scheduler, worker
-from tests.helpers import SEED_TASK, auth
+from tests.helpers import SEED_TASK, auth, until
 
 
 @pytest.fixture
@@ -349,16 +349,6 @@ def test_a_run_past_the_run_timeout_is_timed_out(
     assert 2000 <= done["duration_ms"] < 4000
 
 
-def _until(check: Callable[[], Any], what: str, timeout: float = 20) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.mark.parametrize("fault", ["hangs", "fails"])
 def test_claimed_work_waits_for_its_event_read_or_is_left_to_its_lease(
     fault: str,
@@ -389,7 +379,7 @@ def test_claimed_work_waits_for_its_event_read_or_is_left_to_its_lease(
             worker(db_url, lease_seconds=3),
             scheduler(db_url, scheduler_tick_ms=100, retry_base_seconds=0.1),
         ):
-            reader = _until(
+            reader = until(
                 lambda: db.execute(
                     "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
                     " AND wait_event_type = 'Lock' AND query LIKE '%%FROM events%%'"
@@ -401,7 +391,7 @@ def test_claimed_work_waits_for_its_event_read_or_is_left_to_its_lease(
             else:
                 time.sleep(4)  # longer than the lease: it must have been renewed meanwhile
             locker.rollback()
-            _until(
+            until(
                 lambda: db.execute(
                     "SELECT 1 FROM runs WHERE task_id = %s AND status = 'succeeded'", (task["id"],)
                 ).fetchone(),

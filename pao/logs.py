@@ -15,13 +15,14 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
-request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 # Ids as they come (a UUID is turned into text only if a line is written): the worker sets
-# these for every run, and most runs log nothing.
-task_id: ContextVar[str | uuid.UUID | None] = ContextVar("task_id", default=None)
-run_id: ContextVar[str | uuid.UUID | None] = ContextVar("run_id", default=None)
+# the task's and the run's for every run, and most runs log nothing.
+Id = str | uuid.UUID | None
+request_id: ContextVar[Id] = ContextVar("request_id", default=None)
+task_id: ContextVar[Id] = ContextVar("task_id", default=None)
+run_id: ContextVar[Id] = ContextVar("run_id", default=None)
 
-_IDS: tuple[tuple[str, ContextVar[str | None] | ContextVar[str | uuid.UUID | None]], ...] = (
+_IDS: tuple[tuple[str, ContextVar[Id]], ...] = (
     ("request_id", request_id),
     ("task_id", task_id),
     ("run_id", run_id),

@@ -91,30 +91,46 @@ def test_a_worker_cut_off_silently_loses_its_run_and_its_late_writes_are_refused
     by its own clock that its lease ran out and stops the step. `while-ending`: A's step
     ends during the cut, so its end waits to be written. Either way, when the network
     heals, whatever A still sends is fenced out and attempt 1 keeps the rescue's ending."""
+    # The cut comes once A's first step has written its line: A has started the run (a
+    # claim alone is not enough, as a run whose task read is cut off never starts).
+    started = {"id": "start", "uses": "log", "with": {"message": "started"}}
+    a_lease: dict[str, str] = {}
     if cut == "mid-step":
         steps = [
+            started,
             {"id": "work", "uses": "sleep", "with": {"seconds": 6}},
             {"id": "done", "uses": "log", "with": {"message": "finished the work"}},
         ]
     else:
-        steps = [{"id": "work", "uses": "sleep", "with": {"seconds": 1.5}}]
+        # The step must end during the cut, and before A's own clock gives its lease up
+        # (lease - 1 s after the cut at the earliest, renewals being a second apart): a
+        # longer lease for A leaves room on both sides of the two-second step.
+        steps = [started, {"id": "work", "uses": "sleep", "with": {"seconds": 2}}]
+        a_lease = {"PAO_LEASE_SECONDS": "5"}
     task_id = create_task(client, writer_token, *steps)
     with (
         silent_proxy(db_url) as proxy,
         pao_process("scheduler", _env(db_url), tmp_path / "scheduler.log"),
-        pao_process("worker", _env(proxy.url), tmp_path / "a.log") as a,
+        pao_process("worker", _env(proxy.url, **a_lease), tmp_path / "a.log") as a,
     ):
         a_id = _worker_id(db, a)
         run_now(client, writer_token, task_id)
         _until(
-            lambda: [(r["attempt"], r["status"]) for r in _runs(db, task_id)] == [(1, "running")],
+            lambda: _rows(
+                db,
+                "SELECT 1 FROM run_logs l JOIN runs r ON r.id = l.run_id"
+                " WHERE r.task_id = %s AND r.attempt = 1 AND l.message = 'started'",
+                (task_id,),
+            ),
             "worker A to start the run",
         )
         proxy.cut()
         if cut == "mid-step":
             # A hears nothing from the database, not even an error: it must give the run
             # up by its own clock once its lease has run out, and stop the step.
-            _until(lambda: "lease lost" in a.output(), "worker A to notice it lost the lease")
+            _until(
+                lambda: "lease lost; stopped" in a.output(), "worker A to notice it lost the lease"
+            )
         with pao_process("worker", _env(db_url), tmp_path / "b.log") as b:
             b_id = _worker_id(db, b)
             _until(

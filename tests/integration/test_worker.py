@@ -382,7 +382,9 @@ def test_claimed_work_waits_for_its_event_read_or_is_left_to_its_lease(
             reader = until(
                 lambda: db.execute(
                     "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-                    " AND wait_event_type = 'Lock' AND query LIKE '%%FROM events%%'"
+                    " AND wait_event_type = 'Lock'"
+                    # the worker's read, not the scheduler's fan-out (which waits too)
+                    " AND query LIKE '%%FROM events WHERE id = ANY%%'"
                 ).fetchone(),
                 "the worker to wait for the event after its claim",
             )

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.telemetry import TelemetryConfig
 
 from api import problems
 from api.deps import AppState
@@ -35,6 +37,20 @@ async def _start(state: AppState) -> None:
         token = state.settings.admin_token
         if token and await ensure_admin_token(conn, token):
             log.info("created the admin agent for PAO_ADMIN_TOKEN")
+
+
+def telemetry_config(environ: Mapping[str, str]) -> TelemetryConfig:
+    """FastAPI's own OpenTelemetry (spans, metrics, logs) only where OpenTelemetry is set up.
+
+    Set up means an OTEL_* variable, as `opentelemetry-instrument` and every exporter are
+    configured. Left on without one, FastAPI looks the global providers up on every request
+    to find none: a twentieth of a GET's CPU, for nothing.
+    """
+    if any(name.startswith("OTEL_") for name in environ) or environ.get(
+        "FASTAPI_OTEL_AUTO_CONFIGURE"
+    ):
+        return {}
+    return {"tracing": False, "metrics": False, "logs": False}
 
 
 def create_app(settings: Settings, *, database_url: str | None = None) -> FastAPI:
@@ -92,6 +108,7 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
         version="0.1.0",
         summary="A Postgres-native scheduler for software agents.",
         lifespan=lifespan,
+        telemetry=telemetry_config(os.environ),
     )
     problems.install(app)
     document(app)

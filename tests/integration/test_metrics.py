@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import logging
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -14,7 +15,7 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
+from api.app import create_app, telemetry_config
 from pao import logs
 from pao.db import make_pool
 from pao.metrics import MetricsServer
@@ -83,6 +84,23 @@ def test_json_access_lines_carry_the_request_and_task_ids(
     assert mine[0]["task_id"] == task["id"]
     assert mine[0]["message"].startswith("GET /tasks/{task_id} 200 ")
     assert {"timestamp", "level", "logger", "message"} <= set(mine[0])
+
+
+def test_fastapi_opentelemetry_is_on_only_where_opentelemetry_is_set_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without an OTEL_* variable FastAPI's tracing, metrics and logs are off (it would look
+    for providers on every request); with one, FastAPI's defaults apply."""
+    off = {"tracing": False, "metrics": False, "logs": False}
+    assert telemetry_config({"PATH": "/usr/bin"}) == off
+    assert telemetry_config({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}) == {}
+    assert telemetry_config({"FASTAPI_OTEL_AUTO_CONFIGURE": "true"}) == {}
+    for name in [n for n in os.environ if n.startswith("OTEL_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.delenv("FASTAPI_OTEL_AUTO_CONFIGURE", raising=False)
+    assert not create_app(Settings(), database_url="postgresql://unused")._telemetry["tracing"]
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "pao-api")
+    assert create_app(Settings(), database_url="postgresql://unused")._telemetry["tracing"]
 
 
 def test_the_metrics_server_answers_scrapes_and_liveness() -> None:

@@ -16,7 +16,6 @@ import uuid
 from typing import Any
 
 from prometheus_client import Counter, Histogram
-from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -90,14 +89,18 @@ class RequestMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = MutableHeaders(scope=message)
-                headers["X-Request-ID"] = request_id
+                # Appended as raw pairs (no route sets these): a MutableHeaders would scan
+                # the list for each one, on every answer.
+                added = [(b"x-request-id", request_id.encode("latin-1"))]
                 rate = scope["state"].get("rate_limit")
                 if rate is not None:  # set by authentication: every signed-in answer shows it
                     limit, remaining, reset = rate
-                    headers["X-RateLimit-Limit"] = str(limit)
-                    headers["X-RateLimit-Remaining"] = str(remaining)
-                    headers["X-RateLimit-Reset"] = str(reset)
+                    added += [
+                        (b"x-ratelimit-limit", b"%d" % limit),
+                        (b"x-ratelimit-remaining", b"%d" % remaining),
+                        (b"x-ratelimit-reset", b"%d" % reset),
+                    ]
+                message["headers"] = [*message.get("headers", ()), *added]
             await send(message)
 
         try:

@@ -250,12 +250,12 @@ async def create_task(conn: Conn, ctx: Context, data: TaskCreate) -> Task:
 
 async def get_task(conn: Conn, ctx: Context, task_id: uuid.UUID, *, lock: bool = False) -> Task:
     task = await tasks.get_task(conn, task_id, owner=ctx.owner, for_update=lock)
-    return visible_task(ctx, task, task_id)
+    return visible_task(ctx.actor, task, task_id)
 
 
-def visible_task(ctx: Context, task: Task | None, task_id: uuid.UUID) -> Task:
-    """`task`, read without an owner filter (along with the sign-in), if the actor may see it."""
-    if task is None or (ctx.owner is not None and task.created_by != ctx.owner):
+def visible_task(actor: Agent, task: Task | None, task_id: uuid.UUID) -> Task:
+    """`task`, read without an owner filter (along with the sign-in), if `actor` may see it."""
+    if task is None or (not actor.is_admin and task.created_by != actor.id):
         raise NotFound(f"no task {task_id}")
     return task
 

@@ -86,9 +86,9 @@ async def _sign_in(
     request: Request, state: AppState, task_id: uuid.UUID | None
 ) -> tuple[Agent, Task | None]:
     settings = state.settings
-    async with state.statements.connection() as conn:  # one statement: no transaction
+    async with state.statements.cursor() as cur:  # one statement: no transaction
         signed = await rate_counters.sign_in(
-            conn,
+            cur,
             _bearer(request),
             failures_key=f"auth:{client_address(request)}",
             failures_limit=settings.auth_failures_per_minute,

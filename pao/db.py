@@ -22,6 +22,7 @@ from pao.errors import DatabaseUnavailable
 log = logging.getLogger(__name__)
 
 Conn = psycopg.AsyncConnection[Any]
+Cursor = psycopg.AsyncCursor[Any]
 T = TypeVar("T")
 
 # SQLSTATE classes that mean "the server is not there right now", not "your query is wrong".
@@ -160,6 +161,7 @@ class StatementLane:
         self.size = size
         self.trust_recent = trust_recent
         self._idle: list[tuple[Conn, float]] = []
+        self._cursors: dict[Conn, Cursor] = {}
         self._closed = False
 
     @property
@@ -177,6 +179,19 @@ class StatementLane:
             finally:
                 await self._give_back(conn)
 
+    @asynccontextmanager
+    async def cursor(self) -> AsyncIterator[Cursor]:
+        """A lane connection's own cursor, kept with it, for a statement run over and over.
+
+        Run again on the same cursor, a statement reuses the cursor's result loaders; a
+        fresh cursor builds one for every column each time (the sign-in returns some forty).
+        """
+        async with self.connection() as conn:
+            cur = self._cursors.get(conn)
+            if cur is None:
+                cur = self._cursors[conn] = conn.cursor()
+            yield cur
+
     async def _take(self) -> Conn:
         while self._idle:
             conn, since = self._idle.pop()
@@ -185,6 +200,7 @@ class StatementLane:
             try:
                 await AsyncConnectionPool.check_connection(conn)
             except Exception:
+                self._cursors.pop(conn, None)
                 await self.pool.putconn(conn)  # the pool discards it
                 continue
             return conn
@@ -202,6 +218,7 @@ class StatementLane:
         if idle and not conn.broken and not self._closed and len(self._idle) < self.size:
             self._idle.append((conn, time.monotonic()))
             return
+        self._cursors.pop(conn, None)
         # Back to the pool as its other users expect it: out of autocommit, no transaction
         # open. A connection cancelled mid-statement, or that cannot be set right, is closed;
         # the pool replaces it.

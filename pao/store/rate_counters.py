@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from pao import tokens
-from pao.db import Conn, from_row
+from pao.db import Conn, Cursor, from_row
 from pao.models import Agent, Task
 from pao.sql import QUERIES
 
@@ -39,7 +39,7 @@ class SignIn:
 
 
 async def sign_in(
-    conn: Conn,
+    conn: Conn | Cursor,
     token: str | None,
     *,
     failures_key: str,

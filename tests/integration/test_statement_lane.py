@@ -69,6 +69,32 @@ def test_a_connection_killed_while_idle_is_replaced_after_the_ping(db_url: str) 
     assert second != first
 
 
+def test_a_connection_keeps_its_cursor_and_a_replaced_one_gets_a_new_cursor(db_url: str) -> None:
+    """The lane's cursor is kept with its connection, so a statement run again reuses it;
+    once that connection dies and is replaced, the new one has a working cursor of its own."""
+
+    async def run(lane: StatementLane) -> tuple[psycopg.AsyncCursor[Any], int]:
+        async with lane.cursor() as cur:
+            row = await (await cur.execute("SELECT pg_backend_pid() AS pid")).fetchone()
+            assert row is not None
+            return cur, int(row["pid"])
+
+    async def body(pool: AsyncConnectionPool[Conn], lane: StatementLane) -> list[Any]:
+        first, first_pid = await run(lane)
+        again, again_pid = await run(lane)
+        with psycopg.connect(db_url, autocommit=True) as other:
+            other.execute("SELECT pg_terminate_backend(%s)", (first_pid,))
+        await asyncio.sleep(0.05)
+        replaced, replaced_pid = await run(lane)  # idle "too long" (trust_recent 0): pinged
+        return [first is again, again_pid == first_pid, replaced is first, replaced_pid]
+
+    same_cursor, same_backend, reused_dead, new_pid = _with_lane(db_url, body, trust_recent=0.0)
+    assert same_cursor
+    assert same_backend
+    assert not reused_dead
+    assert new_pid > 0
+
+
 def test_a_connection_killed_while_trusted_fails_once_then_heals(db_url: str) -> None:
     async def body(pool: AsyncConnectionPool[Conn], lane: StatementLane) -> tuple[int, int, str]:
         first = await _backend(lane)

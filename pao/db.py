@@ -52,6 +52,31 @@ def wrap_exceptions() -> Iterator[None]:
         raise
 
 
+def is_stale_plan(exc: BaseException) -> bool:
+    """A prepared statement whose result columns changed under it (a migration added or
+    dropped a column of a table it reads with `*`). PostgreSQL keeps refusing it on that
+    connection for as long as the connection lives."""
+    return isinstance(exc, psycopg.errors.FeatureNotSupported) and "cached plan" in str(exc)
+
+
+@asynccontextmanager
+async def fresh_plans(conn: Conn) -> AsyncIterator[Conn]:
+    """Close a connection whose prepared statements went stale, and report a retryable outage.
+
+    Its pool (or lane) replaces a closed connection with a new one, which prepares every
+    statement afresh: a rolling deploy's migration costs one retryable failure per
+    connection, not a broken statement until the process restarts.
+    """
+    try:
+        yield conn
+    except psycopg.errors.FeatureNotSupported as exc:
+        if not is_stale_plan(exc):
+            raise
+        log.warning("the schema changed under prepared statements; reconnecting: %s", exc)
+        await conn.close()
+        raise DatabaseUnavailable() from exc
+
+
 async def _configure(conn: Conn) -> None:
     await conn.execute("SET TIME ZONE 'UTC'")
     await conn.commit()
@@ -101,7 +126,7 @@ def make_pool(
 async def connection(pool: AsyncConnectionPool[Conn]) -> AsyncIterator[Conn]:
     """A pooled connection inside one transaction, with unavailability translated."""
     with wrap_exceptions():
-        async with pool.connection() as conn:
+        async with pool.connection() as conn, fresh_plans(conn):
             yield conn
 
 
@@ -114,7 +139,8 @@ async def statement(pool: AsyncConnectionPool[Conn]) -> AsyncIterator[Conn]:
         async with pool.connection() as conn:
             await conn.set_autocommit(True)
             try:
-                yield conn
+                async with fresh_plans(conn):
+                    yield conn
             finally:
                 if not conn.closed:
                     await conn.set_autocommit(False)
@@ -175,7 +201,8 @@ class StatementLane:
         with wrap_exceptions():
             conn = await self._take()
             try:
-                yield conn
+                async with fresh_plans(conn):
+                    yield conn
             finally:
                 await self._give_back(conn)
 
@@ -223,7 +250,9 @@ class StatementLane:
         # open. A connection cancelled mid-statement, or that cannot be set right, is closed;
         # the pool replaces it.
         try:
-            if status == psycopg.pq.TransactionStatus.ACTIVE or conn.broken:
+            if conn.closed:
+                pass
+            elif status == psycopg.pq.TransactionStatus.ACTIVE or conn.broken:
                 await conn.close()
             else:
                 if not idle:
@@ -256,7 +285,7 @@ async def connect(url: str, *, autocommit: bool = False) -> Conn:
 _FIELD_NAMES: dict[type[Any], tuple[str, ...]] = {}
 
 
-def _field_names(cls: type[Any]) -> tuple[str, ...]:
+def field_names(cls: type[Any]) -> tuple[str, ...]:
     names = _FIELD_NAMES.get(cls)
     if names is None:
         names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
@@ -266,7 +295,7 @@ def _field_names(cls: type[Any]) -> tuple[str, ...]:
 def from_row(cls: type[T], row: Mapping[str, Any], prefix: str = "") -> T:
     """Dataclass `cls` from a dict row's columns named `prefix` + field, as `model_row` does
     (others ignored): for a row that carries more than one record, or more than a record."""
-    return cls(**{n: row[prefix + n] for n in _field_names(cls) if prefix + n in row})
+    return cls(**{n: row[prefix + n] for n in field_names(cls) if prefix + n in row})
 
 
 def model_row(cls: type[T]) -> BaseRowFactory[T]:
@@ -275,7 +304,7 @@ def model_row(cls: type[T]) -> BaseRowFactory[T]:
     Unlike `class_row`, a column added by a later migration does not break
     code that predates it (rolling deploys run old and new code side by side).
     """
-    names = set(_field_names(cls))
+    names = set(field_names(cls))
 
     def factory(cursor: Any) -> RowMaker[T]:
         description = cursor.description or []

@@ -213,3 +213,27 @@ def test_sign_in_commits_without_waiting_for_the_wal_flush_and_nothing_else_does
             await conn.close()
 
     assert asyncio.run(modes()) == ("on", "off", "on")
+
+
+def test_a_task_column_added_while_the_api_runs_costs_at_most_a_retry(
+    client: TestClient, writer_token: str, db: psycopg.Connection[Any]
+) -> None:
+    """A rolling deploy's migration changes `tasks` under a running API whose statements
+    are prepared: a connection that meets the change answers one retryable 503 and is
+    replaced, instead of failing that statement until the process restarts."""
+    created = client.post("/tasks", json=SEED_TASK, headers=auth(writer_token))
+    assert created.status_code == 201
+    path = f"/tasks/{created.json()['id']}"
+    before = [client.get(path, headers=auth(writer_token)) for _ in range(8)]  # prepared by now
+    assert {r.status_code for r in before} == {200}
+    db.execute("ALTER TABLE tasks ADD COLUMN added_later text NOT NULL DEFAULT 'new'")
+    answers = [client.get(path, headers=auth(writer_token)) for _ in range(6)]
+    refused = [r for r in answers if r.status_code != 200]
+    assert len(refused) <= 2, [r.text for r in refused]  # one per lane connection
+    for r in refused:
+        assert r.status_code == 503, r.text
+        assert r.json()["type"] == "urn:pao:problem:database-unavailable"
+    assert [r.status_code for r in answers[-3:]] == [200, 200, 200]
+    body = answers[-1].json()
+    assert body["id"] == created.json()["id"]
+    assert "added_later" not in body

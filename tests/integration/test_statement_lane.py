@@ -192,3 +192,45 @@ def test_a_statement_cancelled_midway_leaves_the_lane_usable(db_url: str) -> Non
     after, autocommit = _with_lane(db_url, body)
     assert after > 0
     assert autocommit == 0
+
+
+def test_prepared_statements_gone_stale_cost_one_retryable_failure_per_connection(
+    db_url: str, db: psycopg.Connection[Any]
+) -> None:
+    """After a migration changes a table under a prepared `SELECT *`, the pool's, the
+    autocommit statement's and the lane's connections each fail once, retryably, and are
+    replaced; nothing else is refused."""
+    from pao import db as pao_db
+
+    query = "SELECT * FROM agents LIMIT 1"
+
+    async def body(pool: AsyncConnectionPool[Conn], lane: StatementLane) -> list[str]:
+        async def via_pool() -> None:
+            async with pao_db.connection(pool) as conn:
+                await (await conn.execute(query)).fetchall()
+
+        async def via_statement() -> None:
+            async with pao_db.statement(pool) as conn:
+                await (await conn.execute(query)).fetchall()
+
+        async def via_lane() -> None:
+            async with lane.connection() as conn:
+                await (await conn.execute(query)).fetchall()
+
+        outcomes: list[str] = []
+        for _ in range(8):  # prepared on every connection by now
+            for run in (via_pool, via_statement, via_lane):
+                await run()
+        db.execute("ALTER TABLE agents ADD COLUMN added_later int")
+        for _ in range(4):
+            for run in (via_pool, via_statement, via_lane):
+                try:
+                    await run()
+                    outcomes.append("ok")
+                except DatabaseUnavailable:
+                    outcomes.append("retry")
+        return outcomes
+
+    outcomes = _with_lane(db_url, body, size=1)
+    assert 1 <= outcomes.count("retry") <= 3, outcomes
+    assert outcomes[-6:] == ["ok"] * 6, outcomes

@@ -45,7 +45,12 @@ class TaskPublic(BaseModel):
 
     @classmethod
     def of(cls, task: Task) -> TaskPublic:
-        return cls.model_validate(task, from_attributes=True)
+        # Built without validation: every field comes from a `tasks` row, already of its
+        # type (GET /tasks/{id} spent about 1.5 % of its time validating it again).
+        return cls.model_construct(**{name: getattr(task, name) for name in _TASK_FIELDS})
+
+
+_TASK_FIELDS = tuple(TaskPublic.model_fields)
 
 
 class Occurrence(BaseModel):

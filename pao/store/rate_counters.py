@@ -7,11 +7,16 @@ by a clock boundary.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import RowMaker
 
 from pao import tokens
-from pao.db import Conn, Cursor, from_row
+from pao.db import Conn, Cursor, field_names
 from pao.models import Agent, Task
 from pao.sql import QUERIES
 
@@ -22,10 +27,8 @@ class Count:
     reset_seconds: int  # until the window ends
 
 
-def _count(row: dict[str, object] | None) -> Count | None:
-    if row is None:
-        return None
-    return Count(hits=int(str(row["hits"])), reset_seconds=max(1, int(str(row["reset_seconds"]))))
+def _count(hits: object, reset_seconds: object) -> Count:
+    return Count(hits=int(str(hits)), reset_seconds=max(1, int(str(reset_seconds))))
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,12 @@ async def sign_in(
     that task for a signed-in agent, whoever owns it: the caller decides what it may see.
     """
     well_formed = token is not None and tokens.is_well_formed(token)
-    cur = await conn.execute(
+    if isinstance(conn, psycopg.AsyncCursor):
+        cur = conn
+        cur.row_factory = _signed_in
+    else:
+        cur = conn.cursor(row_factory=_signed_in)
+    await cur.execute(
         QUERIES["rate_counter_sign_in"],
         {
             "token_hash": tokens.token_hash(token) if well_formed and token else None,
@@ -66,15 +74,52 @@ async def sign_in(
             "task_id": task_id,
         },
     )
-    row = await cur.fetchone()
-    assert row is not None
-    blocked = None
-    if row["blocked_hits"] is not None:
-        blocked = _count({"hits": row["blocked_hits"], "reset_seconds": row["blocked_reset"]})
-    agent = from_row(Agent, row, prefix="agent_") if row["agent_id"] is not None else None
-    task = from_row(Task, row) if row["id"] is not None else None
-    count = _count(row) if row["hits"] else None
-    return SignIn(agent=agent, blocked=blocked, count=count, task=task)
+    signed = await cur.fetchone()
+    assert isinstance(signed, SignIn)
+    return signed
+
+
+class _Layout:
+    """Where the sign-in's columns sit, found once per column list rather than per request.
+
+    The row goes straight into a SignIn by position, with no dict of some forty columns
+    built first; the task's columns are matched by name (`t.*`), so a column a later
+    migration adds is ignored as `model_row` would.
+    """
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        at = {name: i for i, name in enumerate(names)}
+        self.blocked_hits, self.blocked_reset = at["blocked_hits"], at["blocked_reset"]
+        self.hits, self.reset_seconds = at["hits"], at["reset_seconds"]
+        self.agent_id, self.task_id = at["agent_id"], at["id"]
+        self.agent = [(f, at["agent_" + f]) for f in field_names(Agent) if "agent_" + f in at]
+        self.task = [(f, at[f]) for f in field_names(Task) if f in at]
+
+    def make(self, values: Sequence[Any]) -> SignIn:
+        blocked = None
+        if values[self.blocked_hits] is not None:
+            blocked = _count(values[self.blocked_hits], values[self.blocked_reset])
+        agent = task = None
+        if values[self.agent_id] is not None:
+            agent = Agent(**{f: values[i] for f, i in self.agent})
+        if values[self.task_id] is not None:
+            task = Task(**{f: values[i] for f, i in self.task})
+        count = _count(values[self.hits], values[self.reset_seconds]) if values[self.hits] else None
+        return SignIn(agent=agent, blocked=blocked, count=count, task=task)
+
+
+_LAYOUTS: dict[tuple[str, ...], _Layout] = {}
+
+
+def _signed_in(cursor: Any) -> RowMaker[SignIn]:
+    result = cursor.pgresult
+    names = tuple(result.fname(i).decode() for i in range(result.nfields))
+    layout = _LAYOUTS.get(names)
+    if layout is None:
+        if len(_LAYOUTS) > 8:  # a few column lists at most, across migrations
+            _LAYOUTS.clear()
+        layout = _LAYOUTS[names] = _Layout(names)
+    return layout.make
 
 
 async def prune(conn: Conn, *, now: datetime, limit: int) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import math
 import time
@@ -12,9 +13,11 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 
+import orjson
 import psycopg
 import psycopg.errors
 from psycopg.rows import BaseRowFactory, RowMaker, dict_row
+from psycopg.types.json import set_json_dumps
 from psycopg_pool import AsyncConnectionPool
 
 from pao.errors import DatabaseUnavailable
@@ -24,6 +27,22 @@ log = logging.getLogger(__name__)
 Conn = psycopg.AsyncConnection[Any]
 Cursor = psycopg.AsyncCursor[Any]
 T = TypeVar("T")
+
+
+def dump_json(value: Any) -> bytes | str:
+    """JSON for every json/jsonb parameter: orjson where it can, the standard library where
+    orjson refuses (integers beyond 64 bits, keys that are not strings, lone surrogates).
+
+    The worker sends each batch of run ends as one JSON document; json.dumps was about 6 %
+    of its time at full drain, orjson a tenth of that.
+    """
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # orjson.JSONEncodeError
+        return json.dumps(value)
+
+
+set_json_dumps(dump_json)
 
 # SQLSTATE classes that mean "the server is not there right now", not "your query is wrong".
 _UNAVAILABLE_PREFIXES = ("08", "57P", "53")

@@ -7,9 +7,18 @@ by the logic in `pao.tasks`, which collects every error before answering.
 from __future__ import annotations
 
 import uuid
-from typing import Any, ClassVar, Literal
+from datetime import datetime
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+)
 
 from pao.errors import FieldError, InvalidInput
 
@@ -19,6 +28,20 @@ MisfireField = Literal["coalesce", "skip", "all"]
 TaskStatusField = Literal["active", "paused", "cancelled", "completed"]
 RunStatusField = Literal["queued", "running", "succeeded", "failed", "cancelled", "timed_out"]
 ScopeField = Literal["tasks:read", "tasks:write", "runs:read", "events:publish", "admin"]
+
+
+def _written_as_text(value: Any) -> Any:
+    """JSON has no time type, so a time comes as a string. A number would otherwise be read
+    as Unix seconds and a boolean as 0 or 1, neither of which the schema promises."""
+    if not isinstance(value, str | datetime):
+        raise ValueError(
+            "must be an ISO 8601 date-time string with an offset, e.g. 2030-01-01T09:00:00Z"
+        )
+    return value
+
+
+# A time given in a body: an ISO 8601 string with an offset, nothing else.
+BodyTime = Annotated[AwareDatetime, BeforeValidator(_written_as_text)]
 
 
 class _Strict(BaseModel):
@@ -130,7 +153,7 @@ class EventPublish(_Strict):
 class AgentCreate(_Strict):
     name: str = Field(min_length=1, max_length=200)
     scopes: list[ScopeField] = Field(min_length=1)
-    expires_at: AwareDatetime | None = Field(None, description="ISO 8601 with offset; null: never")
+    expires_at: BodyTime | None = Field(None, description="ISO 8601 with offset; null: never")
 
 
 class AgentUpdate(_Patch):
@@ -139,4 +162,4 @@ class AgentUpdate(_Patch):
     name: str | None = Field(None, min_length=1, max_length=200)
     scopes: list[ScopeField] | None = Field(None, min_length=1)
     disabled: StrictBool | None = None
-    expires_at: AwareDatetime | None = None
+    expires_at: BodyTime | None = None

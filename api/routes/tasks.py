@@ -52,6 +52,19 @@ def _if_match(value: str | None) -> int | None:
     return int(raw)
 
 
+@router.get("/{task_id}", response_model=TaskPublic)
+async def get_task(signed: TaskRead, task_id: uuid.UUID) -> Response:
+    """One task."""
+    # Declared first: routes are tried in order, and this is the one asked for most.
+    task = TaskPublic.of(logic.visible_task(signed.agent, signed.task, task_id))
+    # Serialised here, once: returned as a model, FastAPI would validate it again first.
+    return Response(
+        task.model_dump_json(),
+        media_type="application/json",
+        headers={"ETag": f'"{task.version}"'},
+    )
+
+
 @router.post("", status_code=201, response_model=TaskPublic, responses=conflicts(409))
 async def create_task(
     request: Request, state: State, agent: TasksWrite, body: TaskCreate
@@ -115,18 +128,6 @@ async def list_tasks(
         rows, limit, lambda t: pagination.encode_cursor(t.created_at, t.id)
     )
     return Page(items=[TaskPublic.of(t) for t in items], next_cursor=next_cursor)
-
-
-@router.get("/{task_id}", response_model=TaskPublic)
-async def get_task(signed: TaskRead, task_id: uuid.UUID) -> Response:
-    """One task."""
-    task = TaskPublic.of(logic.visible_task(signed.agent, signed.task, task_id))
-    # Serialised here, once: returned as a model, FastAPI would validate it again first.
-    return Response(
-        task.model_dump_json(),
-        media_type="application/json",
-        headers={"ETag": f'"{task.version}"'},
-    )
 
 
 @router.get(

@@ -60,7 +60,8 @@ async def sign_in(
     well_formed = token is not None and tokens.is_well_formed(token)
     if isinstance(conn, psycopg.AsyncCursor):
         cur = conn
-        cur.row_factory = _signed_in
+        if cur.row_factory is not _signed_in:  # setting it reads the last result's columns
+            cur.row_factory = _signed_in
     else:
         cur = conn.cursor(row_factory=_signed_in)
     await cur.execute(
@@ -87,8 +88,8 @@ class _Layout:
     migration adds is ignored as `model_row` would.
     """
 
-    def __init__(self, names: tuple[str, ...]) -> None:
-        at = {name: i for i, name in enumerate(names)}
+    def __init__(self, names: tuple[bytes, ...]) -> None:
+        at = {name.decode(): i for i, name in enumerate(names)}
         self.blocked_hits, self.blocked_reset = at["blocked_hits"], at["blocked_reset"]
         self.hits, self.reset_seconds = at["hits"], at["reset_seconds"]
         self.agent_id, self.task_id = at["agent_id"], at["id"]
@@ -108,12 +109,12 @@ class _Layout:
         return SignIn(agent=agent, blocked=blocked, count=count, task=task)
 
 
-_LAYOUTS: dict[tuple[str, ...], _Layout] = {}
+_LAYOUTS: dict[tuple[bytes, ...], _Layout] = {}
 
 
 def _signed_in(cursor: Any) -> RowMaker[SignIn]:
     result = cursor.pgresult
-    names = tuple(result.fname(i).decode() for i in range(result.nfields))
+    names = tuple(map(result.fname, range(result.nfields)))  # as sent: decoded once, above
     layout = _LAYOUTS.get(names)
     if layout is None:
         if len(_LAYOUTS) > 8:  # a few column lists at most, across migrations

@@ -229,10 +229,11 @@ def test_a_task_column_added_while_the_api_runs_costs_at_most_a_retry(
     db.execute("ALTER TABLE tasks ADD COLUMN added_later text NOT NULL DEFAULT 'new'")
     answers = [client.get(path, headers=auth(writer_token)) for _ in range(6)]
     refused = [r for r in answers if r.status_code != 200]
-    assert len(refused) <= 2, [r.text for r in refused]  # one per lane connection
+    assert 1 <= len(refused) <= 2, [r.text for r in refused]  # one per lane connection
     for r in refused:
         assert r.status_code == 503, r.text
         assert r.json()["type"] == "urn:pao:problem:database-unavailable"
+        assert r.headers["Retry-After"] == "2"
     assert [r.status_code for r in answers[-3:]] == [200, 200, 200]
     body = answers[-1].json()
     assert body["id"] == created.json()["id"]

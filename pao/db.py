@@ -75,7 +75,10 @@ def is_stale_plan(exc: BaseException) -> bool:
     """A prepared statement whose result columns changed under it (a migration added or
     dropped a column of a table it reads with `*`). PostgreSQL keeps refusing it on that
     connection for as long as the connection lives."""
-    return isinstance(exc, psycopg.errors.FeatureNotSupported) and "cached plan" in str(exc)
+    if not isinstance(exc, psycopg.errors.FeatureNotSupported):
+        return False
+    # Known by the server function that raises it, which a translated message leaves as is.
+    return exc.diag.source_function == "RevalidateCachedQuery" or "cached plan" in str(exc)
 
 
 @asynccontextmanager

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import socket
 from types import FrameType
 
@@ -11,11 +10,10 @@ import uvicorn
 from fastapi import FastAPI
 
 from api.app import create_app
+from pao import collector
 from pao.embedded import database_url
 from pao.migrate import check_database
 from pao.settings import Settings
-
-GC_YOUNG_OBJECTS = 10_000
 
 
 class _Server(uvicorn.Server):
@@ -32,12 +30,7 @@ class _Server(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
-        # Started: what exists now (modules, routes, models, the pool) lives as long as the
-        # process, so the cyclic collector need not walk it on every full collection; and a
-        # request frees almost all it makes by reference counting, so young objects are
-        # collected after 10,000 new ones rather than 700 (as the worker does).
-        gc.freeze()
-        gc.set_threshold(GC_YOUNG_OBJECTS, 10, 10)
+        collector.settle()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)

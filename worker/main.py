@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import signal
 
-from pao import db
+from pao import collector, db
 from pao.embedded import database_url
 from pao.metrics import serve_metrics
 from pao.migrate import check_database
 from pao.settings import Settings
 from worker import metrics
 from worker.service import Worker
-
-GC_YOUNG_OBJECTS = 10_000
 
 
 async def _main(settings: Settings, url: str) -> None:
@@ -38,13 +35,7 @@ async def _main(settings: Settings, url: str) -> None:
         if settings.metrics_port:
             metrics.enable(running=lambda: len(worker.running))
         server = await serve_metrics(settings.metrics_host, settings.metrics_port)
-        # What exists by now (modules, settings, the pool) lives as long as the process:
-        # the cyclic collector need not walk it again, which keeps its pauses short.
-        gc.freeze()
-        # Runs free almost everything they make by reference counting; collecting after
-        # every 700 new objects (the default) cost a draining worker 15 % of its CPU, after
-        # every 10,000 it costs 1 %, with the same peak memory.
-        gc.set_threshold(GC_YOUNG_OBJECTS, 10, 10)
+        collector.settle()
         await worker.serve(stop, force)
     finally:
         if server is not None:

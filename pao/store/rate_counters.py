@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import psycopg
 from psycopg.rows import RowMaker
 
 from pao import tokens
@@ -42,7 +41,7 @@ class SignIn:
 
 
 async def sign_in(
-    conn: Conn | Cursor,
+    cur: Cursor,
     token: str | None,
     *,
     failures_key: str,
@@ -58,12 +57,8 @@ async def sign_in(
     that task for a signed-in agent, whoever owns it: the caller decides what it may see.
     """
     well_formed = token is not None and tokens.is_well_formed(token)
-    if isinstance(conn, psycopg.AsyncCursor):
-        cur = conn
-        if cur.row_factory is not _signed_in:  # setting it reads the last result's columns
-            cur.row_factory = _signed_in
-    else:
-        cur = conn.cursor(row_factory=_signed_in)
+    if cur.row_factory is not _signed_in:  # setting it reads the last result's columns
+        cur.row_factory = _signed_in
     await cur.execute(
         QUERIES["rate_counter_sign_in"],
         {

@@ -195,7 +195,7 @@ def test_sign_in_commits_without_waiting_for_the_wal_flush_and_nothing_else_does
             show = "SELECT current_setting('synchronous_commit') AS mode"
             before = await (await conn.execute(show)).fetchone()
             await rate_counters.sign_in(
-                conn,
+                conn.cursor(),
                 None,
                 failures_key="auth:192.0.2.9",
                 failures_limit=5,

@@ -33,6 +33,33 @@ WITH q AS (
 )
 SELECT run.* FROM run LEFT JOIN wake ON true
 
+-- name: occurrence_queue_one
+-- occurrence_queue_many for a single occurrence (run now, an event, a retry of the API): the
+-- same rows, without decoding a batch document, sorting or matching rows back to requests. An
+-- idle worker's pickup waits on this statement, so its shorter plan is the pickup's latency.
+WITH work AS (
+    INSERT INTO due_work (
+        task_id, scheduled_for, run_after, priority, reason, event_id, claim_key, claim_limit
+    )
+    SELECT t.id, %(scheduled_for)s::timestamptz, %(scheduled_for)s::timestamptz, %(priority)s::int,
+           %(reason)s::text, %(event_id)s::uuid, t.claim_key, t.claim_limit
+    FROM tasks t
+    WHERE t.id = %(task_id)s
+    ON CONFLICT (task_id, scheduled_for) DO NOTHING
+    RETURNING id, task_id, scheduled_for, attempt
+), run AS (
+    INSERT INTO runs (due_work_id, task_id, attempt, scheduled_for)
+    SELECT id, task_id, attempt, scheduled_for FROM work
+    RETURNING *
+), decision AS (
+    INSERT INTO occurrences (task_id, nominal_at, decision, due_work_id, detail)
+    SELECT task_id, %(nominal_at)s::timestamptz, 'queued', id, %(detail)s::text FROM work
+    ON CONFLICT (task_id, nominal_at) DO NOTHING
+), wake AS (
+    SELECT pg_notify('pao_work', '') FROM work
+)
+SELECT run.* FROM run LEFT JOIN wake ON true
+
 -- name: occurrence_record_many
 -- Record, for a batch (one JSON document), what became of nominal fire times not queued by
 -- themselves.

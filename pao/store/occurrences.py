@@ -59,8 +59,20 @@ class Decision:
 
 async def queue(conn: Conn, request: QueueRequest) -> Run | None:
     """Queue one occurrence with its run and record; None if it was already queued."""
-    runs = await queue_many(conn, [request])
-    return runs[0] if runs else None
+    async with conn.cursor(row_factory=model_row(Run)) as cur:
+        await cur.execute(
+            QUERIES["occurrence_queue_one"],
+            {
+                "task_id": request.task_id,
+                "nominal_at": request.nominal_at,
+                "scheduled_for": request.scheduled_for,
+                "priority": request.priority,
+                "reason": request.reason,
+                "event_id": request.event_id,
+                "detail": request.detail,
+            },
+        )
+        return await cur.fetchone()
 
 
 async def queue_many(conn: Conn, requests: Sequence[QueueRequest]) -> list[Run]:

@@ -19,12 +19,14 @@ Workloads, per system and round:
   worker peak RSS          VmHWM of the 1-worker drain process after N jobs (MB)
 
 For pao a job is a run of a task with one no-op step (`sleep 0`), recorded in
-`runs` as in production. pao's enqueue is the statement the API's run_now and
-the scheduler use (`store.occurrences.queue_many`: the occurrence, its first
-run and its decision record, waking idle workers at commit), one job per call
-or 1,000 per call, each call a transaction by itself like the peers'; the HTTP
-hop is not in these figures (bench/throughput.py and bench/api_throughput.py
-measure it). pao's job start is the step's own `started_at`.
+`runs` as in production. pao's enqueue is the statement the API's run_now uses
+(`store.occurrences.queue`: the occurrence, its first run and its decision
+record, waking idle workers at commit), one job per call, or the scheduler's
+(`queue_many`) with 1,000 per call, each call a transaction by itself like the
+peers'; the HTTP hop is not in these figures (bench/throughput.py and
+bench/api_throughput.py measure it). pao's job start is the step's own
+`started_at`. Like each peer's, pao's side runs in a process of its own
+(bench/peers/pao_side.py), started afresh for every call.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -55,10 +57,7 @@ import psycopg
 
 from bench.common import agent_id, percentiles
 from bench.lateness import NOOP
-from pao.db import Conn, connect, model_row
 from pao.migrate import migrate
-from pao.models import Task
-from pao.store.occurrences import QueueRequest, queue, queue_many
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -69,8 +68,6 @@ WORKER_APP = "bench-worker"
 # Pipelines per pao worker: no-op jobs, so more in flight means larger claims (pgqueuer runs
 # with a dequeue batch of 100); PAO_BENCH_CONCURRENCY overrides it.
 PAO_WORKER_CONCURRENCY = os.environ.get("PAO_BENCH_CONCURRENCY", "128")
-POLL_SECONDS = 0.001
-GAP_SECONDS = 0.02
 
 # name, unit, True when higher is better
 WORKLOADS: list[tuple[str, str, bool]] = [
@@ -193,6 +190,13 @@ def server_settings(url: str) -> dict[str, str]:
         return {n: str(conn.execute(f"SHOW {n}").fetchone()[0]) for n in names}  # type: ignore[index]
 
 
+def call_side(argv: list[str], *, cwd: Path, env: dict[str, str]) -> dict[str, Any]:
+    """Run one command of a system's side script in a fresh process; its last JSON line."""
+    out = subprocess.run(argv, cwd=cwd, env=env, check=True, stdout=subprocess.PIPE).stdout
+    lines = [line for line in out.decode().splitlines() if line.startswith("{")]
+    return json.loads(lines[-1]) if lines else {}
+
+
 def peak_rss_mb(pid: int) -> float:
     """VmHWM: the most resident memory the process ever had."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -269,60 +273,20 @@ class Pao:
         assert row is not None
         self.task_id: uuid.UUID = row[0]
 
-    async def _task(self, conn: Conn) -> Task:
-        async with conn.cursor(row_factory=model_row(Task)) as cur:
-            await cur.execute("SELECT * FROM tasks WHERE id = %s", (self.task_id,))
-            task = await cur.fetchone()
-        assert task is not None
-        return task
-
-    def _request(self, task: Task, at: datetime) -> QueueRequest:
-        return QueueRequest(
-            task_id=task.id,
-            nominal_at=at,
-            scheduled_for=at,
-            priority=task.priority,
-            reason="run_now",
-            detail="bench",
+    def _call(self, *args: object) -> dict[str, Any]:
+        return call_side(
+            [sys.executable, "-m", "bench.peers.pao_side", str(args[0]), self.url]
+            + [str(self.task_id)]
+            + [str(a) for a in args[1:]],
+            cwd=ROOT,
+            env=dict(os.environ),
         )
 
-    async def _enqueue(self, count: int, batch: int) -> float:
-        conn = await connect(self.url, autocommit=True)
-        try:
-            task = await self._task(conn)
-            start = time.perf_counter()
-            if batch <= 1:
-                for _ in range(count):
-                    await queue(conn, self._request(task, datetime.now(UTC)))
-            else:
-                for done in range(0, count, batch):
-                    now = datetime.now(UTC)
-                    await queue_many(
-                        conn,
-                        [
-                            self._request(task, _unique(now, i))
-                            for i in range(min(batch, count - done))
-                        ],
-                    )
-            return time.perf_counter() - start
-        finally:
-            await conn.close()
-
     def enqueue(self, count: int, batch: int) -> float:
-        return asyncio.run(self._enqueue(count, batch))
+        return float(self._call("enqueue", count, batch)["seconds"])
 
     def fill(self, count: int) -> float:
-        async def go() -> float:
-            conn = await connect(self.url, autocommit=True)
-            try:
-                task = await self._task(conn)
-                now = datetime.now(UTC)
-                await queue_many(conn, [self._request(task, _unique(now, i)) for i in range(count)])
-                return time.time()
-            finally:
-                await conn.close()
-
-        return asyncio.run(go())
+        return float(self._call("fill", count)["committed_at"])
 
     def workers(self, count: int) -> list[subprocess.Popen[bytes]]:
         env = {
@@ -343,43 +307,10 @@ class Pao:
         ]
 
     def pickup(self, count: int) -> list[float]:
-        async def go() -> list[float]:
-            conn = await connect(self.url, autocommit=True)
-            poll = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
-            latencies = []
-            try:
-                task = await self._task(conn)
-                for _ in range(count):
-                    sent = time.time()
-                    run = await queue(conn, self._request(task, datetime.now(UTC)))
-                    assert run is not None
-                    while True:
-                        cur = await poll.execute(
-                            "SELECT steps->0->>'started_at' FROM runs "
-                            "WHERE id = %s AND status = 'succeeded'",
-                            (run.id,),
-                        )
-                        row = await cur.fetchone()
-                        if row is not None:
-                            started = datetime.fromisoformat(row[0]).timestamp()
-                            latencies.append((started - sent) * 1000)
-                            break
-                        await asyncio.sleep(POLL_SECONDS)
-                    await asyncio.sleep(GAP_SECONDS)
-                return latencies
-            finally:
-                await poll.close()
-                await conn.close()
-
-        return asyncio.run(go())
+        return [float(v) for v in self._call("pickup", count)["latencies_ms"]]
 
     done_sql = PAO_DONE
     reset_sql = PAO_RESET
-
-
-def _unique(now: datetime, i: int) -> datetime:
-    """Distinct scheduled_for per job: (task, scheduled_for) is unique."""
-    return now + timedelta(microseconds=i)
 
 
 # --------------------------------------------------------------------------- peers
@@ -395,16 +326,12 @@ class PeerRunner:
         self._call("setup")
 
     def _call(self, *args: object) -> dict[str, Any]:
-        out = subprocess.run(
-            [str(BENCH_PYTHON), str(HERE / self.peer.script), args[0], self.url]
+        return call_side(
+            [str(BENCH_PYTHON), str(HERE / self.peer.script), str(args[0]), self.url]
             + [str(a) for a in args[1:]],
             cwd=HERE,
             env={**os.environ, **self.peer.env},
-            check=True,
-            stdout=subprocess.PIPE,
-        ).stdout.decode()
-        lines = [line for line in out.splitlines() if line.startswith("{")]
-        return json.loads(lines[-1]) if lines else {}
+        )
 
     def enqueue(self, count: int, batch: int) -> float:
         return float(self._call("enqueue", count, batch)["seconds"])

@@ -1,4 +1,4 @@
-"""Shared by the peer scripts, which run under .bench-venv's Python (pao is not installed there).
+"""Shared by the side scripts (the peers' run under .bench-venv's Python, without pao).
 
 Every peer is driven the same way: `setup`, `enqueue` (one by one or in batches,
 timed here), `fill` (one batch, prints when it committed), `worker` (until

@@ -1,0 +1,105 @@
+"""pao's side of the comparison, run as a process of its own like each peer's side script.
+
+    python -m bench.peers.pao_side enqueue|fill|pickup URL TASK_ID [N] [BATCH]
+
+The harness starts a fresh process for every call, for pao as for the peers:
+timing a job's pickup inside the long-lived harness process would charge pao
+for the harness's own heap (its collector walks everything the earlier
+workloads left behind) where the peers' figures come from a fresh process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+
+from bench.peers.side_common import GAP_SECONDS, POLL_SECONDS, emit, timed_enqueue
+from pao.db import Conn, connect, model_row
+from pao.models import Task
+from pao.store.occurrences import QueueRequest, queue, queue_many
+
+
+async def read_task(conn: Conn, task_id: uuid.UUID) -> Task:
+    async with conn.cursor(row_factory=model_row(Task)) as cur:
+        await cur.execute("SELECT * FROM tasks WHERE id = %s", (task_id,))
+        task = await cur.fetchone()
+    assert task is not None
+    return task
+
+
+def request(task: Task, at: datetime) -> QueueRequest:
+    return QueueRequest(
+        task_id=task.id,
+        nominal_at=at,
+        scheduled_for=at,
+        priority=task.priority,
+        reason="run_now",
+        detail="bench",
+    )
+
+
+def batch_of(task: Task, count: int) -> list[QueueRequest]:
+    """Distinct scheduled_for per job: (task, scheduled_for) is unique."""
+    now = datetime.now(UTC)
+    return [request(task, now + timedelta(microseconds=i)) for i in range(count)]
+
+
+async def pickup(url: str, conn: Conn, task: Task, count: int) -> list[float]:
+    """Milliseconds from just before each enqueue to its step's own `started_at`."""
+    latencies = []
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as poll:
+        for _ in range(count):
+            sent = time.time()
+            run = await queue(conn, request(task, datetime.now(UTC)))
+            assert run is not None
+            while True:
+                cur = await poll.execute(
+                    "SELECT steps->0->>'started_at' FROM runs "
+                    "WHERE id = %s AND status = 'succeeded'",
+                    (run.id,),
+                )
+                row = await cur.fetchone()
+                if row is not None:
+                    started = datetime.fromisoformat(row[0]).timestamp()
+                    latencies.append((started - sent) * 1000)
+                    break
+                await asyncio.sleep(POLL_SECONDS)
+            await asyncio.sleep(GAP_SECONDS)
+    return latencies
+
+
+async def main(command: str, url: str, task_id: uuid.UUID, args: list[int]) -> None:
+    conn = await connect(url, autocommit=True)
+    try:
+        task = await read_task(conn, task_id)
+        if command == "enqueue":
+            count, batch = args
+            seconds = await timed_enqueue(
+                count,
+                batch,
+                lambda: queue(conn, request(task, datetime.now(UTC))),
+                lambda n: queue_many(conn, batch_of(task, n)),
+            )
+            emit(seconds=seconds)
+        elif command == "fill":
+            (count,) = args
+            await queue_many(conn, batch_of(task, count))
+            emit(committed_at=time.time())
+        elif command == "pickup":
+            (count,) = args
+            emit(latencies_ms=await pickup(url, conn, task, count))
+        else:
+            raise SystemExit(f"unknown command {command!r}")
+    finally:
+        await conn.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(
+        main(sys.argv[1], sys.argv[2], uuid.UUID(sys.argv[3]), [int(a) for a in sys.argv[4:]])
+    )

@@ -154,10 +154,16 @@ def test_claim_start_reaches_work_and_runs_by_key(large_due_work: psycopg.Connec
 
 def test_hot_tables_keep_room_for_updates(db: psycopg.Connection[Any]) -> None:
     rows = db.execute(
-        "SELECT relname, reloptions FROM pg_class WHERE relname IN ('due_work', 'runs')"
+        "SELECT relname, reloptions FROM pg_class "
+        "WHERE relname IN ('due_work', 'runs', 'occurrences')"
     ).fetchall()
     options = {name: dict(o.split("=", 1) for o in opts) for name, opts in rows}
     assert options["runs"]["fillfactor"] == "80"
     assert options["due_work"]["fillfactor"] == "90"
     for table in ("runs", "due_work"):
         assert float(options[table]["autovacuum_vacuum_scale_factor"]) <= 0.02
+    # A quiet queue is not analysed and vacuumed at every pass (each pass makes every
+    # connection plan its statements on the table again).
+    for table in ("runs", "due_work", "occurrences"):
+        assert int(options[table]["autovacuum_analyze_threshold"]) >= 1000
+        assert int(options[table]["autovacuum_vacuum_threshold"]) >= 1000

@@ -34,9 +34,11 @@ WITH q AS (
 SELECT run.* FROM run LEFT JOIN wake ON true
 
 -- name: occurrence_queue_one
--- occurrence_queue_many for a single occurrence (run now, an event, a retry of the API): the
--- same rows, without decoding a batch document, sorting or matching rows back to requests. An
--- idle worker's pickup waits on this statement, so its shorter plan is the pickup's latency.
+-- occurrence_queue_many for a single occurrence (run now, an event): the same rows, without
+-- decoding a batch document, sorting or matching rows back to requests. An idle worker's
+-- pickup waits on this statement, so its shorter plan is the pickup's latency. A change to
+-- either statement belongs in both (tests/integration/test_queue_statements.py holds them to
+-- the same rows).
 WITH work AS (
     INSERT INTO due_work (
         task_id, scheduled_for, run_after, priority, reason, event_id, claim_key, claim_limit

@@ -60,18 +60,8 @@ class Decision:
 async def queue(conn: Conn, request: QueueRequest) -> Run | None:
     """Queue one occurrence with its run and record; None if it was already queued."""
     async with conn.cursor(row_factory=model_row(Run)) as cur:
-        await cur.execute(
-            QUERIES["occurrence_queue_one"],
-            {
-                "task_id": request.task_id,
-                "nominal_at": request.nominal_at,
-                "scheduled_for": request.scheduled_for,
-                "priority": request.priority,
-                "reason": request.reason,
-                "event_id": request.event_id,
-                "detail": request.detail,
-            },
-        )
+        # The statement's parameters are the request's fields, by name.
+        await cur.execute(QUERIES["occurrence_queue_one"], vars(request))
         return await cur.fetchone()
 
 

@@ -14,21 +14,18 @@ from typing import Any
 import psycopg
 
 from pao import db as pao_db
-from pao.agents import create_agent
 from pao.store.occurrences import QueueRequest, queue, queue_many
+from tests.helpers import new_agent
 
 AT = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
 
 
 def _agent(db: psycopg.Connection[Any]) -> uuid.UUID:
-    async def go() -> uuid.UUID:
-        conn = await pao_db.connect(db.info.dsn)
-        async with conn.transaction():
-            new = await create_agent(conn, actor=None, name="q", scopes=["admin"])
-        await conn.close()
-        return new.agent.id
-
-    return asyncio.run(go())
+    new_agent(db.info.dsn, ["admin"], name="queuer")
+    row = db.execute("SELECT id FROM agents WHERE name = 'queuer'").fetchone()
+    assert row is not None
+    owner: uuid.UUID = row[0]
+    return owner
 
 
 def _task(db: psycopg.Connection[Any], owner: uuid.UUID) -> uuid.UUID:
@@ -76,7 +73,7 @@ def test_one_occurrence_is_queued_as_a_batch_of_one_would_be(
     owner = _agent(db)
     alone, batched = _task(db, owner), _task(db, owner)
 
-    async def go() -> tuple[Any, Any, Any, list[Any]]:
+    async def go() -> tuple[Any, Any, Any, list[Any], list[str]]:
         conn = await pao_db.connect(db.info.dsn, autocommit=True)
         try:
             listener = await psycopg.AsyncConnection.connect(db.info.dsn, autocommit=True)
@@ -88,18 +85,18 @@ def test_one_occurrence_is_queued_as_a_batch_of_one_would_be(
             missing = await queue(conn, _request(uuid.uuid4(), AT))  # no such task
             many = await queue_many(conn, [_request(batched, AT)])
             await listener.close()
-            return one, again, missing, [*many, heard]
+            return one, again, missing, many, heard
         finally:
             await conn.close()
 
-    one, again, missing, (many, heard) = asyncio.run(go())
+    one, again, missing, many, heard = asyncio.run(go())
     assert one is not None
     assert (one.task_id, one.status, one.attempt) == (alone, "queued", 1)
     assert one.scheduled_for == AT + timedelta(seconds=5)
     assert heard == ["pao_work"]  # idle workers are woken at commit
     assert again is None
     assert missing is None
-    assert many.task_id == batched
+    assert [run.task_id for run in many] == [batched]
     assert _trail(db, alone) == _trail(db, batched)
     assert len(_trail(db, alone)) == 1
     assert _trail(db, alone)[0][5:7] == (f"key/{owner}/k", 2)

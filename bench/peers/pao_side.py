@@ -16,20 +16,11 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import psycopg
-
-from bench.peers.side_common import GAP_SECONDS, POLL_SECONDS, emit, timed_enqueue
-from pao.db import Conn, connect, model_row
+from bench.peers.side_common import emit, pickup, timed_enqueue
+from pao.db import connect
 from pao.models import Task
 from pao.store.occurrences import QueueRequest, queue, queue_many
-
-
-async def read_task(conn: Conn, task_id: uuid.UUID) -> Task:
-    async with conn.cursor(row_factory=model_row(Task)) as cur:
-        await cur.execute("SELECT * FROM tasks WHERE id = %s", (task_id,))
-        task = await cur.fetchone()
-    assert task is not None
-    return task
+from pao.store.tasks import get_task
 
 
 def request(task: Task, at: datetime) -> QueueRequest:
@@ -49,34 +40,18 @@ def batch_of(task: Task, count: int) -> list[QueueRequest]:
     return [request(task, now + timedelta(microseconds=i)) for i in range(count)]
 
 
-async def pickup(url: str, conn: Conn, task: Task, count: int) -> list[float]:
-    """Milliseconds from just before each enqueue to its step's own `started_at`."""
-    latencies = []
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as poll:
-        for _ in range(count):
-            sent = time.time()
-            run = await queue(conn, request(task, datetime.now(UTC)))
-            assert run is not None
-            while True:
-                cur = await poll.execute(
-                    "SELECT steps->0->>'started_at' FROM runs "
-                    "WHERE id = %s AND status = 'succeeded'",
-                    (run.id,),
-                )
-                row = await cur.fetchone()
-                if row is not None:
-                    started = datetime.fromisoformat(row[0]).timestamp()
-                    latencies.append((started - sent) * 1000)
-                    break
-                await asyncio.sleep(POLL_SECONDS)
-            await asyncio.sleep(GAP_SECONDS)
-    return latencies
+# A pao job began when its step did (the step's own `started_at`, in its run's steps).
+STARTED_SQL = (
+    "SELECT extract(epoch FROM (steps->0->>'started_at')::timestamptz)::float8 FROM runs "
+    "WHERE id = %s AND status = 'succeeded'"
+)
 
 
 async def main(command: str, url: str, task_id: uuid.UUID, args: list[int]) -> None:
     conn = await connect(url, autocommit=True)
     try:
-        task = await read_task(conn, task_id)
+        task = await get_task(conn, task_id, owner=None)
+        assert task is not None
         if command == "enqueue":
             count, batch = args
             seconds = await timed_enqueue(
@@ -92,7 +67,13 @@ async def main(command: str, url: str, task_id: uuid.UUID, args: list[int]) -> N
             emit(committed_at=time.time())
         elif command == "pickup":
             (count,) = args
-            emit(latencies_ms=await pickup(url, conn, task, count))
+
+            async def queued(_key: str) -> uuid.UUID:
+                run = await queue(conn, request(task, datetime.now(UTC)))
+                assert run is not None
+                return run.id
+
+            emit(latencies_ms=await pickup(url, count, queued, STARTED_SQL))
         else:
             raise SystemExit(f"unknown command {command!r}")
     finally:

@@ -71,7 +71,12 @@ async def main(command: str, url: str, args: list[int]) -> None:
     elif command == "pickup":
         (count,) = args
         q = await queries(url)
-        emit(latencies_ms=await pickup(url, count, lambda key: q.enqueue("mark", key.encode())))
+
+        async def marked(key: str) -> str:
+            await q.enqueue("mark", key.encode())
+            return key
+
+        emit(latencies_ms=await pickup(url, count, marked))
     else:
         raise SystemExit(f"unknown command {command!r}")
 

@@ -64,7 +64,12 @@ async def main(command: str, url: str, args: list[int]) -> None:
             await app.run_worker_async(concurrency=WORKER_CONCURRENCY, wait=True)
         elif command == "pickup":
             (count,) = args
-            emit(latencies_ms=await pickup(url, count, lambda key: mark.defer_async(key=key)))
+
+            async def marked(key: str) -> str:
+                await mark.defer_async(key=key)
+                return key
+
+            emit(latencies_ms=await pickup(url, count, marked))
         else:
             raise SystemExit(f"unknown command {command!r}")
 

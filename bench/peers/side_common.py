@@ -60,16 +60,30 @@ async def timed_enqueue(
     return time.perf_counter() - start
 
 
-async def pickup(url: str, count: int, enqueue: Callable[[str], Awaitable[object]]) -> list[float]:
-    """Milliseconds from just before each enqueue to the job's first line of code."""
+# A peer's job notes when its code began in bench_started, under the key it was given.
+MARKED_SQL = "SELECT at FROM bench_started WHERE key = %s"
+
+
+async def pickup(
+    url: str,
+    count: int,
+    enqueue: Callable[[str], Awaitable[object]],
+    started_sql: str = MARKED_SQL,
+) -> list[float]:
+    """Milliseconds from just before each enqueue to the job's first line of code.
+
+    `enqueue(key)` queues one job and returns what `started_sql` finds it by; the query
+    answers when the job began (seconds since the epoch), once it has. Every system's
+    pickup is measured by this one loop.
+    """
     latencies = []
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         for _ in range(count):
             key = uuid.uuid4().hex
             sent = time.time()
-            await enqueue(key)
+            job = await enqueue(key)
             while True:
-                cur = await conn.execute("SELECT at FROM bench_started WHERE key = %s", (key,))
+                cur = await conn.execute(started_sql, (job,))
                 row = await cur.fetchone()
                 if row is not None:
                     latencies.append((row[0] - sent) * 1000)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 
-from pao import collector, db
+from pao import collector, db, eventloop
 from pao.embedded import database_url
 from pao.metrics import serve_metrics
 from pao.migrate import check_database
@@ -45,5 +45,5 @@ async def _main(settings: Settings, url: str) -> None:
 
 def run(settings: Settings) -> int:
     url = database_url(settings.database_url, settings.data_dir)
-    asyncio.run(_main(settings, url))
+    eventloop.run(_main(settings, url))
     return 0

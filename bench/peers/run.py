@@ -124,7 +124,13 @@ PAO_HOW = (
     "one autocommit statement per job, waking workers at commit), batch = its list form "
     "store.occurrences.queue_many; workers with PAO_WORKER_CONCURRENCY=" + PAO_WORKER_CONCURRENCY
 )
-PAO_DONE = "SELECT count(*) FROM runs WHERE status = 'succeeded'"
+# What is left, as for pgqueuer: queued and running work, each counted on its partial index
+# (a run's work and its run end in one statement). Counting the succeeded runs read the whole
+# runs table at every poll, which cost the database about 8 µs per job of a 2-core drain.
+PAO_DONE = (
+    "SELECT %(n)s - (SELECT count(*) FROM due_work WHERE state = 'queued')"
+    " - (SELECT count(*) FROM due_work WHERE state = 'running')"
+)
 PAO_RESET = "TRUNCATE due_work, runs, run_logs, occurrences CASCADE"
 
 

@@ -180,11 +180,13 @@ WHERE d.state = 'queued'
 
 -- name: due_work_renew_leases
 -- Extend this worker's leases; rows missing from the answer were lost (rescued elsewhere).
+-- A lease owner is set exactly while the work runs, so, as in due_work_finish_many, no state
+-- test: the rows are found by id, not among every worker's running work on the lease index.
 WITH held AS (
     -- A row another transaction holds locked is skipped, not waited for: one stray lock must
     -- not hold up every other lease. It comes back still held but not renewed.
     SELECT id FROM due_work
-    WHERE id = ANY(%(ids)s) AND lease_owner = %(worker_id)s AND state = 'running'
+    WHERE id = ANY(%(ids)s) AND lease_owner = %(worker_id)s
     FOR UPDATE SKIP LOCKED
 ), renewed AS (
     UPDATE due_work d
@@ -197,7 +199,7 @@ SELECT id, attempt, cancel_requested, true AS renewed FROM renewed
 UNION ALL
 SELECT d.id, d.attempt, d.cancel_requested, false AS renewed
 FROM due_work d
-WHERE d.id = ANY(%(ids)s) AND d.lease_owner = %(worker_id)s AND d.state = 'running'
+WHERE d.id = ANY(%(ids)s) AND d.lease_owner = %(worker_id)s
   AND d.id NOT IN (SELECT id FROM renewed)
 
 -- name: due_work_wait_for_locks_at_most
@@ -213,11 +215,16 @@ WITH v AS (
     SELECT * FROM jsonb_to_recordset(%(endings)s::jsonb)
         AS v(id bigint, attempt int, state text, steps jsonb, error text)
 ), done AS (
+    -- The rows are found by id, on the primary key: the cost follows the batch. A lease owner
+    -- is set exactly while the work runs (due_work_running_has_lease), so the fence needs no
+    -- state test; with one, the planner, which expects a handful of running rows, read every
+    -- worker's running work on the lease index: with 2,560 of them, 4.3 ms for a batch of
+    -- 128 instead of 1.4.
     UPDATE due_work d
     SET state = v.state, finished_at = now(), lease_owner = NULL, lease_expires_at = NULL
     FROM v
-    WHERE d.id = v.id AND d.attempt = v.attempt AND d.lease_owner = %(worker_id)s
-      AND d.state = 'running'
+    WHERE d.id = ANY(ARRAY(SELECT id FROM v)) AND d.id = v.id AND d.attempt = v.attempt
+      AND d.lease_owner = %(worker_id)s
     RETURNING d.id, d.task_id, d.claim_key
 ), ran AS (
     UPDATE runs r

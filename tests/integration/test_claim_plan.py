@@ -1,4 +1,5 @@
-"""The claim's query plan over a large `due_work`: the indexes it relies on, never a Seq Scan.
+"""The claim's and the end's query plans over a large `due_work`: the indexes they rely on,
+never a Seq Scan.
 
 A claim runs many times a second on every worker; over a table of long
 history a sequential scan would make each one cost the table's size. The
@@ -16,6 +17,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 from pao.sql import QUERIES
 from pao.store.work import CLAIM_LOCK_SPACE
@@ -153,6 +155,55 @@ def test_claim_start_reaches_work_and_runs_by_key(large_due_work: psycopg.Connec
         scans = _scans_of(nodes, table)
         assert scans, f"no scan of {table}"
         assert all(n["Node Type"] != "Seq Scan" for n in scans), scans
+
+
+@pytest.fixture
+def held_by_y(large_due_work: psycopg.Connection[Any]) -> list[tuple[int, int]]:
+    """32 of the fixture's thousand running rows handed to worker-y; the rest stay with x."""
+    held = large_due_work.execute(
+        "UPDATE due_work SET lease_owner = 'worker-y' WHERE id IN ("
+        "SELECT id FROM due_work WHERE state = 'running' ORDER BY id LIMIT 32) "
+        "RETURNING id, attempt"
+    ).fetchall()
+    assert len(held) == 32
+    large_due_work.execute("ANALYZE due_work")
+    return [(i, a) for i, a in held]
+
+
+def test_end_reaches_its_own_rows_by_id(
+    large_due_work: psycopg.Connection[Any], held_by_y: list[tuple[int, int]]
+) -> None:
+    """A worker's end must cost its batch, not every worker's running work: through the
+    lease index, worker-y would read all thousand running rows to find its 32."""
+    endings = [
+        {"id": i, "attempt": a, "state": "succeeded", "steps": [], "error": None}
+        for i, a in held_by_y
+    ]
+    nodes = _explain(
+        large_due_work,
+        "due_work_finish_many",
+        {"worker_id": "worker-y", "endings": Jsonb(endings)},
+    )
+    work = _scans_of(nodes, "due_work")
+    assert work, "no scan of due_work"
+    assert set().union(*map(_indexes, work)) == {"due_work_pkey"}, work
+    runs = _scans_of(nodes, "runs")
+    assert runs, "no scan of runs"
+    assert set().union(*map(_indexes, runs)) == {"runs_attempt_unique"}, runs
+
+
+def test_renewal_reaches_its_own_rows_by_id(
+    large_due_work: psycopg.Connection[Any], held_by_y: list[tuple[int, int]]
+) -> None:
+    """Every worker renews every second: each renewal costs what that worker holds."""
+    nodes = _explain(
+        large_due_work,
+        "due_work_renew_leases",
+        {"ids": [i for i, _ in held_by_y], "worker_id": "worker-y", "lease_seconds": 60.0},
+    )
+    work = _scans_of(nodes, "due_work")
+    assert work, "no scan of due_work"
+    assert set().union(*map(_indexes, work)) == {"due_work_pkey"}, work
 
 
 def test_hot_tables_keep_room_for_updates(db: psycopg.Connection[Any]) -> None:

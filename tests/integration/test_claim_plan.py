@@ -175,7 +175,7 @@ def test_end_reaches_its_own_rows_by_id(
 ) -> None:
     """A worker's end must cost its batch, not every worker's running work: through the
     lease index, worker-y would read all thousand running rows to find its 32."""
-    endings = [
+    endings: list[dict[str, Any]] = [
         {"id": i, "attempt": a, "state": "succeeded", "steps": [], "error": None}
         for i, a in held_by_y
     ]

@@ -172,11 +172,19 @@ SELECT * FROM started
 -- name: due_work_next_due
 -- When the earliest queued work falls due, so an idle worker sleeps until exactly then; work
 -- waiting for a full concurrency key does not count (a finishing holder wakes the workers).
-SELECT min(d.run_after) AS at FROM due_work d
-WHERE d.state = 'queued'
-  AND (d.claim_key IS NULL
-       OR (SELECT count(*) FROM due_work r
-           WHERE r.state = 'running' AND r.claim_key = d.claim_key) < d.claim_limit)
+-- The claim index is ordered by priority first: one short walk per priority (1 to 9) finds
+-- each one's earliest, where a plain min() would read every queued row (3.3 ms for 9,000).
+SELECT min(first.at) AS at
+FROM generate_series(1, 9) AS p(priority)
+CROSS JOIN LATERAL (
+    SELECT d.run_after AS at FROM due_work d
+    WHERE d.state = 'queued' AND d.priority = p.priority
+      AND (d.claim_key IS NULL
+           OR (SELECT count(*) FROM due_work r
+               WHERE r.state = 'running' AND r.claim_key = d.claim_key) < d.claim_limit)
+    ORDER BY d.run_after, d.id
+    LIMIT 1
+) AS first
 
 -- name: due_work_renew_leases
 -- Extend this worker's leases; rows missing from the answer were lost (rescued elsewhere).

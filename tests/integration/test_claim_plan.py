@@ -206,6 +206,35 @@ def test_renewal_reaches_its_own_rows_by_id(
     assert set().union(*map(_indexes, work)) == {"due_work_pkey"}, work
 
 
+def test_next_due_walks_the_claim_index_per_priority(
+    large_due_work: psycopg.Connection[Any],
+) -> None:
+    """An idle worker asks after every claim: the answer must not cost the queue's length."""
+    nodes = _explain(large_due_work, "due_work_next_due", {})
+    work = [n for n in _scans_of(nodes, "due_work") if n.get("Alias") == "d"]
+    assert work, "no scan of due_work"
+    assert all(_indexes(n) == {"due_work_claim_idx"} for n in work), work
+    # Each walk stops at its priority's first row that a worker could take.
+    stopped = [
+        child
+        for n in nodes
+        if n["Node Type"] == "Limit"
+        for child in n.get("Plans", [])
+        if child.get("Relation Name") == "due_work"
+    ]
+    assert stopped, nodes
+    got = large_due_work.execute(QUERIES["due_work_next_due"]).fetchone()
+    want = large_due_work.execute(
+        "SELECT min(d.run_after) FROM due_work d WHERE d.state = 'queued' AND (d.claim_key IS NULL"
+        " OR (SELECT count(*) FROM due_work r WHERE r.state = 'running'"
+        " AND r.claim_key = d.claim_key) < d.claim_limit)"
+    ).fetchone()
+    assert got is not None
+    assert want is not None
+    assert got[0] == want[0]
+    assert got[0] is not None
+
+
 def test_hot_tables_keep_room_for_updates(db: psycopg.Connection[Any]) -> None:
     rows = db.execute(
         "SELECT relname, reloptions FROM pg_class "

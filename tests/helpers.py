@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -13,6 +15,7 @@ from psycopg import sql
 
 from pao.agents import create_agent
 from pao.db import connect
+from pao.store.occurrences import QueueRequest, queue_many
 
 # Counters that every request moves, whatever it asks: the rate limits count
 # refused requests too. Every other table a rejected request leaves as it was.
@@ -102,3 +105,35 @@ def until(check: Callable[[], Any], what: str, timeout: float = 30) -> Any:
             return value
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+NOOP_PIPELINE = '{"pipeline": [{"id": "noop", "uses": "sleep", "with": {"seconds": 0}}]}'
+
+
+def queue_noop_runs(db_url: str, db: psycopg.Connection[Any], count: int) -> uuid.UUID:
+    """`count` runs of a new one-step no-op task, all due now, queued by the scheduler's
+    statement (each run's rows inserted as in production); the task's id."""
+    new_agent(db_url, ["admin"], name="owner")
+    row = db.execute(
+        "INSERT INTO tasks (created_by, title, schedule_kind, schedule_expr, timezone, payload) "
+        "VALUES ((SELECT id FROM agents WHERE name = 'owner'), 'noop', 'event', 'noop', 'UTC', "
+        "%s::jsonb) RETURNING id",
+        (NOOP_PIPELINE,),
+    ).fetchone()
+    assert row is not None
+    task_id: uuid.UUID = row[0]
+    now = datetime.now(UTC)
+    requests = [
+        QueueRequest(task_id=task_id, nominal_at=at, scheduled_for=at, priority=5, reason="run_now")
+        for at in (now - timedelta(milliseconds=i) for i in range(count))
+    ]
+
+    async def queue_all() -> None:
+        conn = await connect(db_url, autocommit=True)
+        try:
+            await queue_many(conn, requests)
+        finally:
+            await conn.close()
+
+    asyncio.run(queue_all())
+    return task_id

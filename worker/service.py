@@ -55,6 +55,10 @@ TASK_CACHE = 10_000
 CHANNEL = "pao_work"
 EVENT_BATCH = 2000
 PUBLISH_INTERVAL_SECONDS = 0.05
+# Rows per claim at most. With more slots free, the runs of one claim start while the next
+# is claimed instead of after one long claim: a lone worker of 256 slots drained no-op runs
+# 28 % faster in claims of 128 than in claims of 256 (medians of 6 interleaved rounds).
+CLAIM_BATCH = 128
 
 StopReason = Literal["cancel", "lost", "shutdown"]
 
@@ -124,8 +128,9 @@ class Worker:
                 free = self._free()
                 if free > 0:
                     try:
-                        claimed = await self.claim(free)
-                        if len(claimed) == free:
+                        limit = min(free, CLAIM_BATCH)
+                        claimed = await self.claim(limit)
+                        if len(claimed) == limit:
                             continue  # maybe more is waiting
                         if claimed:
                             await asyncio.sleep(0)  # the runs just claimed start first

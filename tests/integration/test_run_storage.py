@@ -8,20 +8,15 @@ schema to it, with a real worker claiming and ending one-step runs.
 
 from __future__ import annotations
 
-import asyncio
 import time
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 
-from pao import db as pao_db
-from pao.store.occurrences import QueueRequest, queue_many
 from tests.background import worker
-from tests.helpers import new_agent, until
+from tests.helpers import queue_noop_runs, until
 
 RUNS = 300
-NOOP = '{"pipeline": [{"id": "noop", "uses": "sleep", "with": {"seconds": 0}}]}'
 
 
 def _updates(db: psycopg.Connection[Any]) -> tuple[int, int]:
@@ -34,29 +29,7 @@ def _updates(db: psycopg.Connection[Any]) -> tuple[int, int]:
 
 
 def test_claims_and_ends_rewrite_a_run_in_place(db_url: str, db: psycopg.Connection[Any]) -> None:
-    new_agent(db_url, ["admin"], name="owner")
-    row = db.execute(
-        "INSERT INTO tasks (created_by, title, schedule_kind, schedule_expr, timezone, payload) "
-        "VALUES ((SELECT id FROM agents WHERE name = 'owner'), 'noop', 'event', 'noop', 'UTC', "
-        "%s::jsonb) RETURNING id",
-        (NOOP,),
-    ).fetchone()
-    assert row is not None
-    now = datetime.now(UTC)
-    requests = [
-        QueueRequest(task_id=row[0], nominal_at=at, scheduled_for=at, priority=5, reason="run_now")
-        for at in (now - timedelta(milliseconds=i) for i in range(RUNS))
-    ]
-
-    async def queue_all() -> None:
-        # The scheduler's statement: each run's row is inserted as in production.
-        conn = await pao_db.connect(db_url, autocommit=True)
-        try:
-            await queue_many(conn, requests)
-        finally:
-            await conn.close()
-
-    asyncio.run(queue_all())
+    queue_noop_runs(db_url, db, RUNS)
     before = _updates(db)
     with worker(db_url, worker_concurrency=64):
         until(

@@ -122,6 +122,7 @@ class Worker:
             asyncio.create_task(self._watch_leases(), name="lease-watch"),
         ]
         log.info("worker %s running (concurrency %s)", self.worker_id, self.concurrency)
+        retried = False  # the last empty claim was retried at once
         try:
             while not stop.is_set():
                 timeout = POLL_SECONDS
@@ -135,9 +136,9 @@ class Worker:
                         if claimed:
                             await asyncio.sleep(0)  # the runs just claimed start first
                         timeout = await self._until_next_due(timeout)
-                        if not claimed and timeout <= 0:
-                            # Due rows that another claim holds locked: no busy loop meanwhile.
-                            timeout = MIN_IDLE_SECONDS
+                        timeout, retried = idle_wait(
+                            timeout, claimed=bool(claimed), retried=retried
+                        )
                         self._db_ok()
                     except DatabaseUnavailable:
                         self._db_failed()
@@ -552,6 +553,23 @@ class Worker:
         if self._db_down:
             log.info("database is back")
         self._db_down = False
+
+
+def idle_wait(until_due: float, *, claimed: bool, retried: bool) -> tuple[float, bool]:
+    """How long to sleep after a claim that left slots free, and whether that is an
+    immediate retry of an empty claim.
+
+    Work already due after an empty claim means one of two things. The timer woke the
+    worker a moment before the work fell due (timers round, and the claim goes by the
+    database's clock), and claiming again at once starts it. Or another claim holds the
+    due rows locked, and retrying every MIN_IDLE_SECONDS beats a busy loop. One immediate
+    retry serves the first; backing off after it serves the second.
+    """
+    if claimed or until_due > 0:
+        return until_due, False
+    if retried:
+        return MIN_IDLE_SECONDS, True
+    return 0.0, True
 
 
 class RunEvents:

@@ -21,7 +21,7 @@ from pgqueuer.models import Job
 from side_common import StartMarks, create_start_table, emit, pickup, timed_enqueue
 
 # Jobs taken per dequeue (pgqueuer's default is 10); PGQUEUER_BATCH overrides it.
-DEQUEUE_BATCH = int(os.environ.get("PGQUEUER_BATCH", "100"))
+DEQUEUE_BATCH = int(os.environ.get("PGQUEUER_BATCH", "250"))
 
 
 async def connect(url: str) -> asyncpg.Connection:

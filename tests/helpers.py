@@ -107,6 +107,18 @@ def until(check: Callable[[], Any], what: str, timeout: float = 30) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def until_runs_succeeded(db: psycopg.Connection[Any], count: int, timeout: float = 30) -> None:
+    """Poll until `count` runs have succeeded."""
+    until(
+        lambda: (
+            db.execute("SELECT count(*) FROM runs WHERE status = 'succeeded'").fetchone()
+            == (count,)
+        ),
+        f"{count} runs to succeed",
+        timeout,
+    )
+
+
 NOOP_PIPELINE = '{"pipeline": [{"id": "noop", "uses": "sleep", "with": {"seconds": 0}}]}'
 
 

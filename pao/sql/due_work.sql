@@ -173,7 +173,7 @@ SELECT * FROM started
 -- When the earliest queued work falls due, so an idle worker sleeps until exactly then; work
 -- waiting for a full concurrency key does not count (a finishing holder wakes the workers).
 -- The claim index is ordered by priority first: one short walk per priority (1 to 9) finds
--- each one's earliest, where a plain min() would read every queued row (3.3 ms for 9,000).
+-- each one's earliest, where a plain min() would read every queued row (2.3 ms for 9,000).
 SELECT min(first.at) AS at
 FROM generate_series(1, 9) AS p(priority)
 CROSS JOIN LATERAL (

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from tests.acceptance.faults import assert_work_consistent
 from tests.acceptance.procs import pao_process
-from tests.helpers import auth, create_task, run_now, until
+from tests.helpers import auth, create_task, run_now, until, until_runs_succeeded
 
 
 def _env(db_url: str, **extra: str) -> dict[str, str]:
@@ -252,14 +252,7 @@ def test_two_worker_processes_never_overlap_runs_of_one_concurrency_key(
         for _ in range(6):
             for task_id in tasks:
                 run_now(client, writer_token, task_id)
-        until(
-            lambda: (
-                db.execute("SELECT count(*) FROM runs WHERE status = 'succeeded'").fetchone()
-                == (12,)
-            ),
-            timeout=60,
-            what="twelve runs to succeed",
-        )
+        until_runs_succeeded(db, 12, timeout=60)
     spans = db.execute(
         "SELECT started_at, finished_at, worker_id FROM runs ORDER BY started_at"
     ).fetchall()

@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 
 from tests.background import worker
-from tests.helpers import queue_noop_runs, until
+from tests.helpers import queue_noop_runs, until_runs_succeeded
 from worker.service import CLAIM_BATCH
 
 RUNS = 300
@@ -21,13 +21,7 @@ def test_a_worker_claims_a_batch_at_a_time(db_url: str, db: psycopg.Connection[A
     assert RUNS > 2 * CLAIM_BATCH
     queue_noop_runs(db_url, db, RUNS)
     with worker(db_url, worker_concurrency=RUNS):
-        until(
-            lambda: (
-                db.execute("SELECT count(*) FROM runs WHERE status = 'succeeded'").fetchone()
-                == (RUNS,)
-            ),
-            "every run succeeded",
-        )
+        until_runs_succeeded(db, RUNS)
     # A claim stamps its runs with the start of its transaction: runs that started at the
     # same instant were claimed together.
     sizes = [

@@ -1,5 +1,5 @@
-"""The claim's and the end's query plans over a large `due_work`: the indexes they rely on,
-never a Seq Scan.
+"""The worker's query plans over a large `due_work` (claim, end, lease renewal, next due):
+the indexes they rely on, never a Seq Scan.
 
 A claim runs many times a second on every worker; over a table of long
 history a sequential scan would make each one cost the table's size. The

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 
 from tests.background import worker
-from tests.helpers import queue_noop_runs, until
+from tests.helpers import queue_noop_runs, until_runs_succeeded
 
 RUNS = 300
 
@@ -32,13 +32,7 @@ def test_claims_and_ends_rewrite_a_run_in_place(db_url: str, db: psycopg.Connect
     queue_noop_runs(db_url, db, RUNS)
     before = _updates(db)
     with worker(db_url, worker_concurrency=64):
-        until(
-            lambda: (
-                db.execute("SELECT count(*) FROM runs WHERE status = 'succeeded'").fetchone()
-                == (RUNS,)
-            ),
-            "every run succeeded",
-        )
+        until_runs_succeeded(db, RUNS)
     # The worker's connections report their counts as they close.
     deadline = time.monotonic() + 10
     while _updates(db)[0] - before[0] < 2 * RUNS and time.monotonic() < deadline:

@@ -72,7 +72,9 @@ class Outcomes:
         self._progress.pop(item.run_id, None)
         self._ends.append(item)
         self._wake.set()
-        return await asyncio.shield(item.written)
+        # Not shielded: the writer skips an end whose waiter was cancelled (the future is
+        # then done) and writes it all the same; no run is cancelled while it ends.
+        return await item.written
 
     def progress(self, lease: Lease, run_id: uuid.UUID, steps: list[Any]) -> None:
         """Note a run's steps so far; written within about a second, batched with others."""

@@ -61,6 +61,8 @@ class Execution:
     event: Event | None
     due_work_id: int
     steps: list[dict[str, Any]] = field(default_factory=list)
+    # `task_view(task)`, when the caller keeps one per task version: templates only read it.
+    view: dict[str, JSONValue] | None = None
 
 
 def storable(value: Any) -> JSONValue:
@@ -78,17 +80,22 @@ def storable(value: Any) -> JSONValue:
     return storable(str(value))
 
 
+def task_view(task: Task) -> dict[str, JSONValue]:
+    """The task as templates see it (`${task.title}`)."""
+    return {
+        "id": str(task.id),
+        "title": task.title,
+        "payload": task.payload,
+        "created_by": str(task.created_by),
+    }
+
+
 def _context(ex: Execution, outputs: dict[str, JSONValue]) -> dict[str, JSONValue]:
     """What templates may look up; `steps` is the live dict of outputs so far."""
     context: dict[str, JSONValue] = {
         "steps": outputs,
         "run": ex.run,
-        "task": {
-            "id": str(ex.task.id),
-            "title": ex.task.title,
-            "payload": ex.task.payload,
-            "created_by": str(ex.task.created_by),
-        },
+        "task": task_view(ex.task) if ex.view is None else ex.view,
     }
     if ex.event is not None:
         context["event"] = {

@@ -33,11 +33,19 @@ from pao.pipeline import Pipeline, load_pipeline
 from pao.settings import Settings
 from pao.store import heartbeats, run_events, work
 from pao.store.work import Claimed, Lease
+from pao.templates import JSONValue
 from pao.tools import ToolRegistry
 from worker import metrics
 from worker.http_tool import Allow
 from worker.outcomes import End, Outcomes
-from worker.pipeline import ConditionNotMet, Execution, RunTimedOut, StepFailed, execute
+from worker.pipeline import (
+    ConditionNotMet,
+    Execution,
+    RunTimedOut,
+    StepFailed,
+    execute,
+    task_view,
+)
 from worker.tools import Toolbox
 
 if TYPE_CHECKING:
@@ -104,7 +112,7 @@ class Worker:
         self.running: dict[int, Running] = {}
         self.wake = asyncio.Event()
         self._db_down = False
-        self._pipelines: dict[tuple[uuid.UUID, int], Pipeline] = {}
+        self._pipelines: dict[tuple[uuid.UUID, int], tuple[Pipeline, dict[str, JSONValue]]] = {}
         self._tasks: dict[uuid.UUID, work.Versioned] = {}  # by id, with their row versions
         self.outcomes = Outcomes(pool, self.worker_id)
         self.watched = streams.Watched()
@@ -315,7 +323,7 @@ class Worker:
         logs.task_id.set(c.task_id)
         logs.run_id.set(c.run_id)
         try:
-            pipeline = self._pipeline(task)
+            pipeline, view = self._pipeline(task)
             ex = Execution(
                 task=task,
                 pipeline=pipeline,
@@ -327,6 +335,7 @@ class Worker:
                 event=event,
                 due_work_id=c.id,
                 steps=steps,
+                view=view,
             )
             await execute(
                 ex,
@@ -352,16 +361,16 @@ class Worker:
             log.exception("run %s failed inside the worker", c.run_id)
             await self._end(held, task, "failed", f"internal error: {exc}", steps)
 
-    def _pipeline(self, task: Task) -> Pipeline:
-        """The task's parsed pipeline; a task's payload changes only with its version."""
+    def _pipeline(self, task: Task) -> tuple[Pipeline, dict[str, JSONValue]]:
+        """The task's parsed pipeline and its view for templates; a task's payload and title
+        change only with its version."""
         key = (task.id, task.version)
-        pipeline = self._pipelines.get(key)
-        if pipeline is None:
+        held = self._pipelines.get(key)
+        if held is None:
             if len(self._pipelines) >= PIPELINE_CACHE:
                 self._pipelines.clear()
-            pipeline = load_pipeline(task.payload)
-            self._pipelines[key] = pipeline
-        return pipeline
+            held = self._pipelines[key] = (load_pipeline(task.payload), task_view(task))
+        return held
 
     async def _end(
         self,

@@ -36,14 +36,10 @@ class Toolbox:
         self.mcp = mcp
 
     def __call__(self, uses: str) -> Tool:
-        tools: dict[str, Tool] = {
-            "log": self.log,
-            "sleep": self.sleep,
-            "events.publish": self.publish,
-            "http.request": self.http,
-        }
-        if uses in tools:
-            return tools[uses]
+        built_in = _BUILT_IN.get(uses)
+        if built_in is not None:
+            method: Tool = getattr(self, built_in)
+            return method
         server, dot, tool = uses.partition(".")
         if dot and self.mcp is not None and server in self.mcp:
             return functools.partial(self.call_mcp, server, tool)
@@ -101,3 +97,8 @@ class Toolbox:
             )
 
         return fail
+
+
+# The built-in tools' methods by name: a dict of bound methods made for every lookup cost
+# more than a no-op step's own work.
+_BUILT_IN = {"log": "log", "sleep": "sleep", "events.publish": "publish", "http.request": "http"}

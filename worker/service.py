@@ -112,7 +112,10 @@ class Worker:
         self.running: dict[int, Running] = {}
         self.wake = asyncio.Event()
         self._db_down = False
-        self._pipelines: dict[tuple[uuid.UUID, int], tuple[Pipeline, dict[str, JSONValue]]] = {}
+        # By task and version: the parsed pipeline, and the task row its view was made of.
+        self._pipelines: dict[
+            tuple[uuid.UUID, int], tuple[Pipeline, Task, dict[str, JSONValue]]
+        ] = {}
         self._tasks: dict[uuid.UUID, work.Versioned] = {}  # by id, with their row versions
         self.outcomes = Outcomes(pool, self.worker_id)
         self.watched = streams.Watched()
@@ -362,15 +365,21 @@ class Worker:
             await self._end(held, task, "failed", f"internal error: {exc}", steps)
 
     def _pipeline(self, task: Task) -> tuple[Pipeline, dict[str, JSONValue]]:
-        """The task's parsed pipeline and its view for templates; a task's payload and title
-        change only with its version."""
+        """The task's parsed pipeline, and its view for templates.
+
+        A payload changes only with the task's version; a title can change without one (a
+        write that bumps no version), and then the task is read again: the view is kept
+        only for the very task object it was made of.
+        """
         key = (task.id, task.version)
         held = self._pipelines.get(key)
         if held is None:
             if len(self._pipelines) >= PIPELINE_CACHE:
                 self._pipelines.clear()
-            held = self._pipelines[key] = (load_pipeline(task.payload), task_view(task))
-        return held
+            held = self._pipelines[key] = (load_pipeline(task.payload), task, task_view(task))
+        elif held[1] is not task:
+            held = self._pipelines[key] = (held[0], task, task_view(task))
+        return held[0], held[2]
 
     async def _end(
         self,

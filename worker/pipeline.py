@@ -68,6 +68,9 @@ class Execution:
 def storable(value: Any) -> JSONValue:
     """A JSON value PostgreSQL's jsonb accepts: no NUL, no lone surrogates, no NaN."""
     if isinstance(value, str):
+        # An ASCII string holds no surrogate: most need only the NUL test, in C.
+        if value.isascii() and "\x00" not in value:
+            return value
         return _UNSTORABLE.sub("\ufffd", value)
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -111,7 +114,7 @@ async def execute(
     tools: Callable[[str], Tool],
     *,
     log: Callable[[str | None, str, str], Awaitable[None]],
-    save: Callable[[list[dict[str, Any]]], Awaitable[None]],
+    save: Callable[[list[dict[str, Any]]], None],
     condition_state: bool | None = None,
     on_condition: Callable[[bool], Awaitable[None]] | None = None,
     on_step: StepHook | None = None,
@@ -142,7 +145,7 @@ async def execute(
                 record.update(status="skipped", detail=f"'if' was false: {step.if_}")
                 ex.steps.append(record)
                 hook(len(ex.steps) - 1, record, 0.0)
-                await save(ex.steps)
+                save(ex.steps)
                 continue
         try:
             args = render(step.with_, context)
@@ -153,7 +156,7 @@ async def execute(
         record["input"] = args
         ex.steps.append(record)
         hook(len(ex.steps) - 1, record, None)
-        await save(ex.steps)
+        save(ex.steps)
 
         async def step_log(level: str, message: str, step_id: str = step.id) -> None:
             await log(step_id, level, message)
@@ -186,7 +189,7 @@ async def execute(
         if step.save_as:
             outputs[step.save_as] = output
         if index < len(ex.pipeline.steps) - 1:
-            await save(ex.steps)  # the last step's result is written with the run's end
+            save(ex.steps)  # the last step's result is written with the run's end
         if index == 0 and ex.pipeline.condition is not None and on_condition is not None:
             try:
                 now_true = parse_guard(ex.pipeline.condition).evaluate(context)

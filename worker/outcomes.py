@@ -63,13 +63,14 @@ class Outcomes:
         self.pool = pool
         self.worker_id = worker_id
         self._ends: list[End] = []
-        self._progress: dict[uuid.UUID, tuple[Lease, list[Any]]] = {}
+        # By due_work id (an int hashes in C; a UUID in Python): lease, run and steps so far.
+        self._progress: dict[int, tuple[Lease, uuid.UUID, list[Any]]] = {}
         self._wake = asyncio.Event()
         self._closing = False
 
     async def end(self, item: End) -> bool:
         """Queue an end and wait until it is written; True if this worker still held the run."""
-        self._progress.pop(item.run_id, None)
+        self._progress.pop(item.lease.due_work_id, None)
         self._ends.append(item)
         self._wake.set()
         # Not shielded: the writer skips an end whose waiter was cancelled (the future is
@@ -78,7 +79,7 @@ class Outcomes:
 
     def progress(self, lease: Lease, run_id: uuid.UUID, steps: list[Any]) -> None:
         """Note a run's steps so far; written within about a second, batched with others."""
-        self._progress[run_id] = (lease, steps)
+        self._progress[lease.due_work_id] = (lease, run_id, steps)
 
     async def run(self) -> None:
         """Write until closed and nothing is left; runs as one task beside the claim loop."""
@@ -177,7 +178,7 @@ class Outcomes:
                 finishing = await work.finish_many(conn, self.worker_id, endings)
                 done: set[int] | None = None
                 if any(_may_complete(i.task) for i in final):
-                    done = {f.id for f in await finishing()}
+                    done = await finishing()
                     completing = {
                         i.task.id
                         for i in final
@@ -202,7 +203,7 @@ class Outcomes:
                 if notify:
                     await work.notify_workers(conn)  # retried or handed back
             if done is None:
-                done = {f.id for f in await finishing()}
+                done = await finishing()
         for i in final:
             held[i.run_id] = i.lease.due_work_id in done
         return [held[i.run_id] for i in batch]
@@ -210,7 +211,7 @@ class Outcomes:
     async def _write_progress(self) -> None:
         if not self._progress:
             return
-        batch = [(lease, run_id, list(steps)) for run_id, (lease, steps) in self._progress.items()]
+        batch = [(lease, run_id, list(steps)) for lease, run_id, steps in self._progress.values()]
         self._progress.clear()
         async with db.connection(self.pool) as conn:
             await work.save_progress(conn, self.worker_id, batch)

@@ -344,7 +344,7 @@ class Worker:
                 ex,
                 Toolbox(self.pool, run_id=c.run_id, allow=self.allow, mcp=self.mcp),
                 log=lambda step_id, level, message: self._log(held, step_id, level, message),
-                save=lambda s: self._save(held, s),
+                save=functools.partial(self._save, held),
                 condition_state=task.condition_state,
                 on_condition=lambda state: self._condition(task, state),
                 on_step=functools.partial(self._step, held),
@@ -464,7 +464,8 @@ class Worker:
         if log_id is not None and self.watched and c.task_id in self.watched:
             self.events.send(c.run_id, streams.log(c.run_id, c.task_id, log_id))
 
-    async def _save(self, held: Running, steps: list[dict[str, Any]]) -> None:
+    def _save(self, held: Running, steps: list[dict[str, Any]]) -> None:
+        """Note the run's steps so far; the writer stores them within about a second."""
         self.outcomes.progress(held.lease, held.claimed.run_id, steps)
 
     async def _condition(self, task: Task, state: bool) -> None:

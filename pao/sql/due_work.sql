@@ -244,7 +244,7 @@ WITH v AS (
     SELECT pg_notify('pao_work', '')
     FROM (SELECT 1 FROM done WHERE claim_key IS NOT NULL LIMIT 1) AS key_freed
 )
-SELECT done.id, done.task_id, done.claim_key FROM done LEFT JOIN wake ON true
+SELECT done.id FROM done LEFT JOIN wake ON true
 
 -- name: due_work_retry
 -- A failed attempt with retries left: queue the next one after the backoff (fenced like finish).

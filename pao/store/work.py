@@ -200,19 +200,13 @@ class Ending:
     error: str | None
 
 
-@dataclass(frozen=True)
-class Finished:
-    id: int
-    task_id: uuid.UUID
-    claim_key: str | None
-
-
 async def finish_many(
     conn: Conn, worker_id: str, endings: list[Ending]
-) -> Callable[[], Awaitable[list[Finished]]]:
-    """End attempts in final states in one statement; the returned call reads back those this
-    worker still held. Sent now, read later: in a pipeline, the COMMIT can travel with it."""
-    cur = conn.cursor(row_factory=model_row(Finished))
+) -> Callable[[], Awaitable[set[int]]]:
+    """End attempts in final states in one statement; the returned call reads back the ids of
+    those this worker still held. Sent now, read later: in a pipeline, the COMMIT can travel
+    with it."""
+    cur = conn.cursor(row_factory=tuple_row)
     if endings:
         await cur.execute(
             QUERIES["due_work_finish_many"],
@@ -233,8 +227,8 @@ async def finish_many(
             },
         )
 
-    async def held() -> list[Finished]:
-        return await cur.fetchall() if endings else []
+    async def held() -> set[int]:
+        return {row[0] for row in await cur.fetchall()} if endings else set()
 
     return held
 

@@ -55,14 +55,12 @@ StepHook = Callable[[int, dict[str, Any], float | None], None]
 
 @dataclass
 class Execution:
-    task: Task
+    task: dict[str, JSONValue]  # as templates see it: `task_view(task)`, which callers may keep
     pipeline: Pipeline
     run: dict[str, JSONValue]
     event: Event | None
     due_work_id: int
     steps: list[dict[str, Any]] = field(default_factory=list)
-    # `task_view(task)`, when the caller keeps one per task version: templates only read it.
-    view: dict[str, JSONValue] | None = None
 
 
 def storable(value: Any) -> JSONValue:
@@ -98,7 +96,7 @@ def _context(ex: Execution, outputs: dict[str, JSONValue]) -> dict[str, JSONValu
     context: dict[str, JSONValue] = {
         "steps": outputs,
         "run": ex.run,
-        "task": task_view(ex.task) if ex.view is None else ex.view,
+        "task": ex.task,
     }
     if ex.event is not None:
         context["event"] = {

@@ -328,7 +328,7 @@ class Worker:
         try:
             pipeline, view = self._pipeline(task)
             ex = Execution(
-                task=task,
+                task=view,
                 pipeline=pipeline,
                 run={
                     "id": str(c.run_id),
@@ -338,7 +338,6 @@ class Worker:
                 event=event,
                 due_work_id=c.id,
                 steps=steps,
-                view=view,
             )
             await execute(
                 ex,

@@ -19,8 +19,9 @@ WITH q AS (
     ON CONFLICT (task_id, scheduled_for) DO NOTHING
     RETURNING id, task_id, scheduled_for, attempt
 ), run AS (
-    INSERT INTO runs (due_work_id, task_id, attempt, scheduled_for)
-    SELECT id, task_id, attempt, scheduled_for FROM work
+    INSERT INTO runs (due_work_id, task_id, attempt, scheduled_for, created_by)
+    SELECT w.id, w.task_id, w.attempt, w.scheduled_for, t.created_by
+    FROM work w JOIN tasks t ON t.id = w.task_id
     RETURNING *
 ), decision AS (
     INSERT INTO occurrences (task_id, nominal_at, decision, due_work_id, detail)
@@ -50,8 +51,9 @@ WITH work AS (
     ON CONFLICT (task_id, scheduled_for) DO NOTHING
     RETURNING id, task_id, scheduled_for, attempt
 ), run AS (
-    INSERT INTO runs (due_work_id, task_id, attempt, scheduled_for)
-    SELECT id, task_id, attempt, scheduled_for FROM work
+    INSERT INTO runs (due_work_id, task_id, attempt, scheduled_for, created_by)
+    SELECT w.id, w.task_id, w.attempt, w.scheduled_for, t.created_by
+    FROM work w JOIN tasks t ON t.id = w.task_id
     RETURNING *
 ), decision AS (
     INSERT INTO occurrences (task_id, nominal_at, decision, due_work_id, detail)

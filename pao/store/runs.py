@@ -29,6 +29,11 @@ async def refresh_queued(conn: Conn, task_id: uuid.UUID) -> None:
     await conn.execute(QUERIES["due_work_refresh_queued"], {"task_id": task_id})
 
 
+async def set_owner(conn: Conn, task_id: uuid.UUID, owner: uuid.UUID) -> None:
+    """A task that changes hands takes its runs along (they are listed by owner)."""
+    await conn.execute(QUERIES["run_set_owner"], {"task_id": task_id, "owner": owner})
+
+
 async def take_back_scheduled(
     conn: Conn, task_id: uuid.UUID, *, reason: str
 ) -> list[tuple[int, datetime]]:
@@ -93,9 +98,10 @@ async def list_runs(
     task_id: uuid.UUID | None = None,
     status: str | None = None,
 ) -> list[Run]:
+    """A page of runs, newest first; `owner` None lists every agent's runs."""
     async with conn.cursor(row_factory=model_row(Run)) as cur:
         await cur.execute(
-            QUERIES["run_list"],
+            QUERIES["run_list" if owner is None else "run_list_owned"],
             {
                 "owner": owner,
                 "limit": limit,

@@ -1,0 +1,149 @@
+"""An agent's runs: listed by owner from an index of their own, and moved with their task."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+from fastapi.testclient import TestClient
+
+from pao.sql import QUERIES
+from tests.helpers import SEED_TASK, auth
+
+BUSY_RUNS = 20_000
+
+
+def _agent_id(db: psycopg.Connection[Any], name: str) -> str:
+    row = db.execute("SELECT id::text FROM agents WHERE name = %s", (name,)).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def _queue_runs(db: psycopg.Connection[Any], task_id: str, count: int) -> None:
+    """`count` queued occurrences of the task with their runs, as run_now makes them."""
+    db.execute(
+        "WITH w AS (INSERT INTO due_work (task_id, scheduled_for, run_after, reason) "
+        "SELECT %s, now() - i * interval '1 second', now(), 'run_now' "
+        "FROM generate_series(1, %s) i RETURNING id, task_id, scheduled_for) "
+        "INSERT INTO runs (due_work_id, task_id, scheduled_for, queued_at) "
+        "SELECT id, task_id, scheduled_for, scheduled_for FROM w",
+        (task_id, count),
+    )
+
+
+def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from _nodes(child)
+
+
+def _runs_read(db: psycopg.Connection[Any], owner: str, limit: int) -> int:
+    """Rows the owner's first page took from `runs`, by EXPLAIN ANALYZE of the statement."""
+    params = {
+        "owner": owner,
+        "task_id": None,
+        "status": None,
+        "after_queued": None,
+        "after_id": None,
+        "limit": limit,
+    }
+    row = db.execute(
+        "EXPLAIN (ANALYZE, FORMAT JSON) " + QUERIES["run_list_owned"], params
+    ).fetchone()
+    assert row is not None
+    doc = row[0] if isinstance(row[0], list) else json.loads(row[0])
+    scans = [n for n in _nodes(doc[0]["Plan"]) if n.get("Relation Name") == "runs"]
+    assert scans
+    return sum(int(n["Actual Rows"]) * int(n["Actual Loops"]) for n in scans)
+
+
+def test_an_agents_page_of_runs_costs_a_page_among_long_history(
+    client: TestClient,
+    make_token: Callable[..., str],
+    db: psycopg.Connection[Any],
+) -> None:
+    busy, quiet = make_token("tasks:write", name="busy"), make_token("tasks:write", name="quiet")
+    busy_task = client.post("/tasks", json=SEED_TASK, headers=auth(busy)).json()["id"]
+    quiet_task = client.post("/tasks", json=SEED_TASK, headers=auth(quiet)).json()["id"]
+    _queue_runs(db, busy_task, BUSY_RUNS)
+    _queue_runs(db, quiet_task, 3)
+    db.execute("ANALYZE runs")
+    # The quiet agent's three runs are the oldest of all: before runs_owner_idx, finding
+    # them meant reading every one of the busy agent's runs first.
+    db.execute(
+        "UPDATE runs SET queued_at = queued_at - interval '1 day' WHERE task_id = %s", (quiet_task,)
+    )
+    assert _runs_read(db, _agent_id(db, "quiet"), 51) == 3
+    assert _runs_read(db, _agent_id(db, "busy"), 51) == 51
+
+
+def test_an_agents_pages_hold_all_its_runs_newest_first(
+    client: TestClient,
+    make_token: Callable[..., str],
+    db: psycopg.Connection[Any],
+) -> None:
+    alice = make_token("tasks:read", "tasks:write", "runs:read", name="alice")
+    bob = make_token("tasks:write", name="bob")
+    mine = [
+        client.post("/tasks", json=SEED_TASK, headers=auth(alice)).json()["id"] for _ in range(3)
+    ]
+    other = client.post("/tasks", json=SEED_TASK, headers=auth(bob)).json()["id"]
+    for i, task_id in enumerate([*mine, other]):
+        _queue_runs(db, task_id, 5 + i)
+    expected = [
+        str(r[0])
+        for r in db.execute(
+            "SELECT id FROM runs WHERE task_id = ANY(%s::uuid[]) ORDER BY queued_at DESC, id DESC",
+            (mine,),
+        )
+    ]
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"limit": 4, **({"cursor": cursor} if cursor else {})}
+        page = client.get("/runs", params=params, headers=auth(alice)).json()
+        seen += [run["id"] for run in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == expected
+    assert len(seen) == 5 + 6 + 7
+
+
+def test_a_task_that_changes_hands_takes_its_runs_along(
+    client: TestClient,
+    make_token: Callable[..., str],
+    admin_token: str,
+    db: psycopg.Connection[Any],
+) -> None:
+    alice = make_token("tasks:read", "tasks:write", "runs:read", name="alice")
+    bob = make_token("tasks:read", "tasks:write", "runs:read", name="bob")
+    task = client.post("/tasks", json=SEED_TASK, headers=auth(alice)).json()
+    run = client.post(f"/tasks/{task['id']}/run_now", headers=auth(alice)).json()
+    assert [r["id"] for r in client.get("/runs", headers=auth(alice)).json()["items"]] == [
+        run["id"]
+    ]
+
+    moved = client.put(
+        f"/tasks/{task['id']}", json={"created_by": _agent_id(db, "bob")}, headers=auth(admin_token)
+    )
+    assert moved.status_code == 200
+    assert client.get("/runs", headers=auth(alice)).json()["items"] == []
+    assert client.get(f"/runs/{run['id']}", headers=auth(alice)).status_code == 404
+    assert [r["id"] for r in client.get("/runs", headers=auth(bob)).json()["items"]] == [run["id"]]
+    assert client.get(f"/runs/{run['id']}", headers=auth(bob)).status_code == 200
+
+
+def test_a_run_inserted_without_its_owner_takes_its_tasks(
+    client: TestClient, make_token: Callable[..., str], db: psycopg.Connection[Any]
+) -> None:
+    """As a process started before the owner was kept on runs inserts them."""
+    alice = make_token("tasks:write", name="alice")
+    task_id = client.post("/tasks", json=SEED_TASK, headers=auth(alice)).json()["id"]
+    _queue_runs(db, task_id, 1)
+    owner = db.execute(
+        "SELECT created_by::text FROM runs WHERE task_id = %s", (task_id,)
+    ).fetchone()
+    assert owner == (_agent_id(db, "alice"),)

@@ -45,6 +45,22 @@ WHERE r.created_by = %(owner)s::uuid
 ORDER BY r.queued_at DESC, r.id DESC
 LIMIT %(limit)s
 
+-- name: run_list_live
+-- run_list of runs queued or running, found from their occurrences on the partial claim or
+-- lease index (a run is queued or running exactly when it is its occurrence's current attempt
+-- and the occurrence is in that state): a page costs the work now queued or running, not a
+-- walk through the history for the few runs not yet ended.
+SELECT r.* FROM due_work d
+JOIN runs r ON r.due_work_id = d.id AND r.attempt = d.attempt
+WHERE d.state = %(status)s::text
+  AND r.status = %(status)s::text
+  AND (%(owner)s::uuid IS NULL OR r.created_by = %(owner)s::uuid)
+  AND (%(task_id)s::uuid IS NULL OR d.task_id = %(task_id)s::uuid)
+  AND (%(after_queued)s::timestamptz IS NULL
+       OR (r.queued_at, r.id) < (%(after_queued)s::timestamptz, %(after_id)s::uuid))
+ORDER BY r.queued_at DESC, r.id DESC
+LIMIT %(limit)s
+
 -- name: run_set_owner
 -- A task that changes hands takes its runs with it (runs.created_by is its task's owner).
 UPDATE runs SET created_by = %(owner)s WHERE task_id = %(task_id)s AND created_by <> %(owner)s

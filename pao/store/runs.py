@@ -11,6 +11,9 @@ from pao.db import Conn, model_row
 from pao.models import Run, RunLog
 from pao.sql import QUERIES
 
+# Run states found from their occurrences rather than from the history of runs.
+LIVE = frozenset({"queued", "running"})
+
 
 async def cancel_task_work(conn: Conn, task_id: uuid.UUID) -> tuple[list[int], int]:
     """Drop queued work and ask running work to stop; returns (dropped ids, number stopping)."""
@@ -99,9 +102,13 @@ async def list_runs(
     status: str | None = None,
 ) -> list[Run]:
     """A page of runs, newest first; `owner` None lists every agent's runs."""
+    if status in LIVE:
+        statement = "run_list_live"
+    else:
+        statement = "run_list" if owner is None else "run_list_owned"
     async with conn.cursor(row_factory=model_row(Run)) as cur:
         await cur.execute(
-            QUERIES["run_list" if owner is None else "run_list_owned"],
+            QUERIES[statement],
             {
                 "owner": owner,
                 "limit": limit,

@@ -39,19 +39,24 @@ def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from _nodes(child)
 
 
-def _runs_read(db: psycopg.Connection[Any], owner: str, limit: int) -> int:
-    """Rows the owner's first page took from `runs`, by EXPLAIN ANALYZE of the statement."""
+def _runs_read(
+    db: psycopg.Connection[Any],
+    owner: str | None,
+    limit: int,
+    *,
+    statement: str = "run_list_owned",
+    status: str | None = None,
+) -> int:
+    """Rows a first page took from `runs`, by EXPLAIN ANALYZE of the statement."""
     params = {
         "owner": owner,
         "task_id": None,
-        "status": None,
+        "status": status,
         "after_queued": None,
         "after_id": None,
         "limit": limit,
     }
-    row = db.execute(
-        "EXPLAIN (ANALYZE, FORMAT JSON) " + QUERIES["run_list_owned"], params
-    ).fetchone()
+    row = db.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + QUERIES[statement], params).fetchone()
     assert row is not None
     doc = row[0] if isinstance(row[0], list) else json.loads(row[0])
     scans = [n for n in _nodes(doc[0]["Plan"]) if n.get("Relation Name") == "runs"]
@@ -147,3 +152,50 @@ def test_a_run_inserted_without_its_owner_takes_its_tasks(
         "SELECT created_by::text FROM runs WHERE task_id = %s", (task_id,)
     ).fetchone()
     assert owner == (_agent_id(db, "alice"),)
+
+
+def _listed(client: TestClient, token: str, **params: str) -> list[str]:
+    page = client.get("/runs", params={"limit": "50", **params}, headers=auth(token)).json()
+    return [run["id"] for run in page["items"]]
+
+
+def test_queued_and_running_runs_are_found_without_reading_the_history(
+    client: TestClient,
+    make_token: Callable[..., str],
+    admin_token: str,
+    db: psycopg.Connection[Any],
+) -> None:
+    alice = make_token("tasks:write", "runs:read", name="alice")
+    task_id = client.post("/tasks", json=SEED_TASK, headers=auth(alice)).json()["id"]
+    _queue_runs(db, task_id, BUSY_RUNS + 5)
+    # All but the five newest ended long ago; of those five, the two oldest are running.
+    db.execute(
+        "WITH ended AS (UPDATE due_work SET state = 'succeeded', finished_at = now() "
+        "WHERE id IN (SELECT due_work_id FROM runs ORDER BY queued_at LIMIT %s) RETURNING id) "
+        "UPDATE runs SET status = 'succeeded', started_at = now(), finished_at = now() "
+        "WHERE due_work_id IN (SELECT id FROM ended)",
+        (BUSY_RUNS,),
+    )
+    db.execute(
+        "WITH started AS (UPDATE due_work SET state = 'running', lease_owner = 'w', "
+        "lease_expires_at = now() + interval '1 minute' WHERE id IN (SELECT due_work_id "
+        "FROM runs WHERE status = 'queued' ORDER BY queued_at LIMIT 2) RETURNING id) "
+        "UPDATE runs SET status = 'running', started_at = now() "
+        "WHERE due_work_id IN (SELECT id FROM started)"
+    )
+    db.execute("ANALYZE due_work, runs")
+    owner = _agent_id(db, "alice")
+    for status, count in (("queued", 3), ("running", 2)):
+        truth = [
+            str(r[0])
+            for r in db.execute(
+                "SELECT id FROM runs WHERE status = %s ORDER BY queued_at DESC, id DESC", (status,)
+            )
+        ]
+        assert len(truth) == count
+        assert _listed(client, admin_token, status=status) == truth
+        assert _listed(client, alice, status=status) == truth
+        assert _listed(client, alice, status=status, task_id=task_id) == truth
+        for who in (None, owner):
+            read = _runs_read(db, who, 51, statement="run_list_live", status=status)
+            assert read == count

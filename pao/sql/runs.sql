@@ -65,12 +65,6 @@ LIMIT %(limit)s
 -- A task that changes hands takes its runs with it (runs.created_by is its task's owner).
 UPDATE runs SET created_by = %(owner)s WHERE task_id = %(task_id)s AND created_by <> %(owner)s
 
--- name: run_cancel_queued_for_task
--- Mark a cancelled task's queued runs cancelled.
-UPDATE runs
-SET status = 'cancelled', finished_at = now(), error = 'task cancelled'
-WHERE task_id = %(task_id)s AND status = 'queued'
-
 -- name: run_cancel_queued
 -- Cancel one run that has not started yet.
 UPDATE runs

@@ -19,7 +19,12 @@ async def cancel_task_work(conn: Conn, task_id: uuid.UUID) -> tuple[list[int], i
     """Drop queued work and ask running work to stop; returns (dropped ids, number stopping)."""
     cur = await conn.execute(QUERIES["due_work_cancel_queued_for_task"], {"task_id": task_id})
     dropped = [row["id"] for row in await cur.fetchall()]
-    await conn.execute(QUERIES["run_cancel_queued_for_task"], {"task_id": task_id})
+    if dropped:
+        # Their runs by occurrence: by task, the statement read every run the task ever had.
+        await conn.execute(
+            QUERIES["run_cancel_queued_for_work"],
+            {"due_work_ids": dropped, "reason": "task cancelled"},
+        )
     cur = await conn.execute(
         QUERIES["due_work_request_cancel_running_for_task"], {"task_id": task_id}
     )

@@ -35,7 +35,8 @@ LIMIT %(limit)s
 
 -- name: run_list_owned
 -- run_list for one agent's tasks, on runs_owner_idx (or a task's runs on runs_task_idx): a
--- page costs a page, however long the other agents' history.
+-- page costs a page, however long the other agents' history. A statement of its own, not an
+-- `%(owner)s IS NULL OR` test in run_list: a generic plan of that could not use the index.
 SELECT r.* FROM runs r
 WHERE r.created_by = %(owner)s::uuid
   AND (%(task_id)s::uuid IS NULL OR r.task_id = %(task_id)s::uuid)

@@ -88,9 +88,10 @@ WHERE due_work_id = ANY(%(due_work_ids)s) AND status = 'queued'
 
 -- name: run_insert_retry
 -- The queued next attempt of an occurrence that is tried again.
+-- The task is locked as in occurrence_queue_one, for the same reason: the run carries its owner.
+WITH t AS (SELECT id, created_by FROM tasks WHERE id = %(task_id)s FOR KEY SHARE)
 INSERT INTO runs (due_work_id, task_id, attempt, scheduled_for, created_by)
-SELECT %(due_work_id)s, t.id, %(attempt)s, %(scheduled_for)s, t.created_by
-FROM tasks t WHERE t.id = %(task_id)s
+SELECT %(due_work_id)s, t.id, %(attempt)s, %(scheduled_for)s, t.created_by FROM t
 
 -- name: run_end_lost
 -- The attempt whose worker lost its lease ends, with the reason.

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
+import time
+import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 from fastapi.testclient import TestClient
 
+from pao.db import connect
+from pao.models import Run
 from pao.sql import QUERIES
+from pao.store.occurrences import QueueRequest, queue
 from tests.helpers import SEED_TASK, auth
 
 BUSY_RUNS = 20_000
@@ -199,3 +207,40 @@ def test_queued_and_running_runs_are_found_without_reading_the_history(
         for who in (None, owner):
             read = _runs_read(db, who, 51, statement="run_list_live", status=status)
             assert read == count
+
+
+def test_a_run_queued_while_its_task_changes_hands_goes_with_it(
+    client: TestClient, make_token: Callable[..., str], db_url: str, db: psycopg.Connection[Any]
+) -> None:
+    alice = make_token("tasks:write", name="alice")
+    make_token("tasks:write", name="bob")
+    task_id = client.post("/tasks", json=SEED_TASK, headers=auth(alice)).json()["id"]
+    queued: list[Run | None] = []
+
+    def queue_one() -> None:
+        async def go() -> Run | None:
+            conn = await connect(db_url, autocommit=True)
+            try:
+                now = datetime.now(UTC)
+                request = QueueRequest(uuid.UUID(task_id), now, now, 5, "run_now")
+                return await queue(conn, request)
+            finally:
+                await conn.close()
+
+        queued.append(asyncio.run(go()))
+
+    with psycopg.connect(db_url) as mover:
+        # What a PUT that gives the task to bob does, held open.
+        mover.execute("SELECT 1 FROM tasks WHERE id = %s FOR UPDATE", (task_id,))
+        bob = _agent_id(db, "bob")
+        mover.execute("UPDATE tasks SET created_by = %s WHERE id = %s", (bob, task_id))
+        mover.execute(QUERIES["run_set_owner"], {"task_id": task_id, "owner": bob})
+        queuer = threading.Thread(target=queue_one)
+        queuer.start()
+        time.sleep(0.5)
+        assert queuer.is_alive()  # it waits for the change
+    queuer.join(10)
+    [run] = queued
+    assert run is not None
+    owner = db.execute("SELECT created_by::text FROM runs WHERE id = %s", (run.id,)).fetchone()
+    assert owner == (bob,)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pao import occurrences
 from pao.db import Conn
 from pao.models import Agent, Event, Run, Task
 from pao.store import audit, events, tasks, work
+from pao.store import occurrences as occurrence_store
+from pao.store.occurrences import QueueRequest
 
 
 @dataclass(frozen=True)
@@ -26,29 +28,55 @@ MAX_NUDGES = 1000
 
 
 async def dispatch(conn: Conn, event: Event) -> list[tuple[Task, Run]]:
-    """Queue one occurrence of each matching active event task (dedupe keys applied)."""
+    """Queue one occurrence of each matching active event task (dedupe keys applied).
+
+    The matching tasks are queued together, in one statement however many there are; a task
+    whose occurrence at the event's time is taken already is tried alone, a microsecond on.
+    """
+    matching = [
+        task
+        for task in await tasks.list_tasks_matching_event(conn, event.type)
+        if not await occurrences.suppressed(conn, task, event.received_at, event)
+    ]
+    if not matching:
+        return []
+    detail = f"event {event.type} {event.id}"
+    first = await occurrence_store.queue_many(
+        conn, [_request(task, event, event.received_at, detail) for task in matching]
+    )
+    runs = {run.task_id: run for run in first}
     queued: list[tuple[Task, Run]] = []
-    for task in await tasks.list_tasks_matching_event(conn, event.type):
-        if await occurrences.suppressed(conn, task, event.received_at, event):
-            continue
-        at = event.received_at
-        for _ in range(MAX_NUDGES):
-            run = await occurrences.queue_one(
-                conn,
-                task,
-                nominal_at=at,
-                reason="event",
-                event=event,
-                dedupe=False,
-                detail=f"event {event.type} {event.id}",
-            )
-            if run is not None:
-                queued.append((task, run))
-                break
-            if await work.event_at(conn, task.id, at) in (event.id, False):
-                break  # this very event is queued already (or the slot is free after all)
-            at += timedelta(microseconds=1)
+    for task in matching:
+        run = runs.get(task.id) or await _nudged(conn, task, event, detail)
+        if run is not None:
+            queued.append((task, run))
     return queued
+
+
+def _request(task: Task, event: Event, at: datetime, detail: str) -> QueueRequest:
+    return QueueRequest(
+        task_id=task.id,
+        nominal_at=at,
+        scheduled_for=at,
+        priority=task.priority,
+        reason="event",
+        event_id=event.id,
+        detail=detail,
+    )
+
+
+async def _nudged(conn: Conn, task: Task, event: Event, detail: str) -> Run | None:
+    """The task's occurrence at the event's time was taken: by this very event (dispatched
+    before), or by another received in the same microsecond, which moves this one on."""
+    at = event.received_at
+    for _ in range(MAX_NUDGES):
+        if await work.event_at(conn, task.id, at) in (event.id, False):
+            return None  # this very event is queued already (or the slot is free after all)
+        at += timedelta(microseconds=1)
+        run = await occurrence_store.queue(conn, _request(task, event, at, detail))
+        if run is not None:
+            return run
+    return None
 
 
 async def publish(

@@ -294,6 +294,44 @@ def test_stored_created_at_is_the_anchor_the_schedule_was_checked_with(
         assert datetime.fromisoformat(task["next_run_at"]) == schedule.next_after(created)
 
 
+def test_twin_events_fan_out_to_many_tasks_together(
+    client: TestClient, writer_token: str, db_url: str, db: psycopg.Connection[Any]
+) -> None:
+    """Every matching task is queued in one statement; one taken at the event's time (here by
+    a twin event) is moved on by a microsecond, and the others are not held up by it."""
+    body = {**SEED_TASK, "schedule_kind": "event", "schedule_expr": "fan.*"}
+    ids = [client.post("/tasks", json=body, headers=auth(writer_token)).json()["id"] for _ in "abc"]
+    late = client.post(
+        "/tasks", json={**body, "schedule_expr": "fan.out"}, headers=auth(writer_token)
+    ).json()["id"]
+
+    async def publish_twins() -> list[int]:
+        conn = await connect(db_url)
+        try:
+            async with conn.transaction():
+                first = await event_store.insert_event(
+                    conn, type="fan.out", payload={}, published_by=None
+                )
+                second = await event_store.insert_event(
+                    conn, type="fan.out", payload={}, published_by=None
+                )
+                counts = []
+                for event in (first, replace(second, received_at=first.received_at)):
+                    counts.append(len(await events.dispatch(conn, event)))
+                return counts
+        finally:
+            await conn.close()
+
+    assert asyncio.run(publish_twins()) == [4, 4]
+    for task_id in [*ids, late]:
+        rows = db.execute(
+            "SELECT scheduled_for FROM due_work WHERE task_id = %s ORDER BY scheduled_for",
+            (task_id,),
+        ).fetchall()
+        assert len(rows) == 2
+        assert rows[1][0] - rows[0][0] == timedelta(microseconds=1)
+
+
 def test_two_events_received_in_the_same_microsecond_both_fire(
     client: TestClient, writer_token: str, db_url: str, db: psycopg.Connection[Any]
 ) -> None:

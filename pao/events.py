@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from pao import occurrences
@@ -42,7 +42,11 @@ async def dispatch(conn: Conn, event: Event) -> list[tuple[Task, Run]]:
         return []
     detail = f"event {event.type} {event.id}"
     first = await occurrence_store.queue_many(
-        conn, [_request(task, event, event.received_at, detail) for task in matching]
+        conn,
+        [
+            QueueRequest.of(task, event.received_at, "event", event_id=event.id, detail=detail)
+            for task in matching
+        ],
     )
     runs = {run.task_id: run for run in first}
     queued: list[tuple[Task, Run]] = []
@@ -53,18 +57,6 @@ async def dispatch(conn: Conn, event: Event) -> list[tuple[Task, Run]]:
     return queued
 
 
-def _request(task: Task, event: Event, at: datetime, detail: str) -> QueueRequest:
-    return QueueRequest(
-        task_id=task.id,
-        nominal_at=at,
-        scheduled_for=at,
-        priority=task.priority,
-        reason="event",
-        event_id=event.id,
-        detail=detail,
-    )
-
-
 async def _nudged(conn: Conn, task: Task, event: Event, detail: str) -> Run | None:
     """The task's occurrence at the event's time was taken: by this very event (dispatched
     before), or by another received in the same microsecond, which moves this one on."""
@@ -73,7 +65,9 @@ async def _nudged(conn: Conn, task: Task, event: Event, detail: str) -> Run | No
         if await work.event_at(conn, task.id, at) in (event.id, False):
             return None  # this very event is queued already (or the slot is free after all)
         at += timedelta(microseconds=1)
-        run = await occurrence_store.queue(conn, _request(task, event, at, detail))
+        run = await occurrence_store.queue(
+            conn, QueueRequest.of(task, at, "event", event_id=event.id, detail=detail)
+        )
         if run is not None:
             return run
     return None

@@ -92,16 +92,6 @@ async def queue_one(
     """Queue one occurrence unless it is a duplicate (recorded as such); None if not queued."""
     if dedupe and await suppressed(conn, task, nominal_at, event):
         return None
-    run = await store.queue(
-        conn,
-        QueueRequest(
-            task_id=task.id,
-            nominal_at=nominal_at,
-            scheduled_for=nominal_at,
-            priority=task.priority,
-            reason=reason,
-            event_id=event.id if event else None,
-            detail=detail,
-        ),
-    )
-    return run  # the statement woke the workers, at commit
+    event_id = event.id if event else None
+    request = QueueRequest.of(task, nominal_at, reason, event_id=event_id, detail=detail)
+    return await store.queue(conn, request)  # the statement woke the workers, at commit

@@ -67,16 +67,7 @@ async def materialise_batch(
             if why is not None:
                 decisions.append(Decision(task.id, nominal, occurrences.DEDUPLICATED, None, why))
                 continue
-            requests.append(
-                QueueRequest(
-                    task_id=task.id,
-                    nominal_at=nominal,
-                    scheduled_for=nominal,
-                    priority=task.priority,
-                    reason="schedule",
-                    detail=detail,
-                )
-            )
+            requests.append(QueueRequest.of(task, nominal, "schedule", detail=detail))
         for verdict in planned.verdicts:
             if verdict.into is not None:
                 coalesced.append((task, verdict.nominal_at, verdict.into, verdict.detail))

@@ -24,14 +24,7 @@ from pao.store.tasks import get_task
 
 
 def request(task: Task, at: datetime) -> QueueRequest:
-    return QueueRequest(
-        task_id=task.id,
-        nominal_at=at,
-        scheduled_for=at,
-        priority=task.priority,
-        reason="run_now",
-        detail="bench",
-    )
+    return QueueRequest.of(task, at, "run_now", detail="bench")
 
 
 def batch_of(task: Task, count: int) -> list[QueueRequest]:

@@ -11,7 +11,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from pao.db import Conn, model_row
-from pao.models import Run
+from pao.models import Run, Task
 from pao.sql import QUERIES
 
 
@@ -24,6 +24,19 @@ class QueueRequest:
     reason: str
     event_id: uuid.UUID | None = None
     detail: str | None = None
+
+    @classmethod
+    def of(
+        cls,
+        task: Task,
+        at: datetime,
+        reason: str,
+        *,
+        event_id: uuid.UUID | None = None,
+        detail: str | None = None,
+    ) -> QueueRequest:
+        """The task's occurrence at its nominal time `at`, due then, at the task's priority."""
+        return cls(task.id, at, at, task.priority, reason, event_id, detail)
 
     def document(self) -> dict[str, Any]:
         """This request as one element of a batch's JSON document."""

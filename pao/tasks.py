@@ -341,8 +341,6 @@ async def update_task(
         task.claim_limit,
     ):
         await runs.refresh_queued(conn, task.id)
-    if owner_changed:
-        await runs.set_owner(conn, task.id, updated.created_by)
     await audit.record(
         conn,
         actor_id=ctx.actor.id,

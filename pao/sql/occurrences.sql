@@ -8,27 +8,19 @@ WITH q AS (
         AS (task_id uuid, nominal_at timestamptz, scheduled_for timestamptz, priority int,
             reason text, event_id uuid, detail text)) WITH ORDINALITY
         AS q(task_id, nominal_at, scheduled_for, priority, reason, event_id, detail, n)
-), t AS (
-    -- Locked as the foreign keys of the new rows lock them anyway (FOR KEY SHARE), and read
-    -- once: a task changing hands (FOR UPDATE) waits for this transaction, or this statement
-    -- reads the task as the change left it, so each run carries its task's current owner.
-    SELECT id, created_by, claim_key, claim_limit FROM tasks
-    WHERE id IN (SELECT task_id FROM q)
-    FOR KEY SHARE
 ), work AS (
     INSERT INTO due_work (
         task_id, scheduled_for, run_after, priority, reason, event_id, claim_key, claim_limit
     )
     SELECT q.task_id, q.scheduled_for, q.scheduled_for, q.priority, q.reason, q.event_id,
            t.claim_key, t.claim_limit
-    FROM q JOIN t ON t.id = q.task_id
+    FROM q JOIN tasks t ON t.id = q.task_id
     ORDER BY q.n
     ON CONFLICT (task_id, scheduled_for) DO NOTHING
     RETURNING id, task_id, scheduled_for, attempt
 ), run AS (
-    INSERT INTO runs (due_work_id, task_id, attempt, scheduled_for, created_by)
-    SELECT w.id, w.task_id, w.attempt, w.scheduled_for, t.created_by
-    FROM work w JOIN t ON t.id = w.task_id
+    INSERT INTO runs (due_work_id, task_id, attempt, scheduled_for)
+    SELECT id, task_id, attempt, scheduled_for FROM work
     RETURNING *
 ), decision AS (
     INSERT INTO occurrences (task_id, nominal_at, decision, due_work_id, detail)
@@ -47,23 +39,19 @@ SELECT run.* FROM run LEFT JOIN wake ON true
 -- pickup waits on this statement, so its shorter plan is the pickup's latency. A change to
 -- either statement belongs in both (tests/integration/test_queue_statements.py holds them to
 -- the same rows).
-WITH t AS (
-    SELECT id, created_by, claim_key, claim_limit FROM tasks
-    WHERE id = %(task_id)s
-    FOR KEY SHARE
-), work AS (
+WITH work AS (
     INSERT INTO due_work (
         task_id, scheduled_for, run_after, priority, reason, event_id, claim_key, claim_limit
     )
     SELECT t.id, %(scheduled_for)s::timestamptz, %(scheduled_for)s::timestamptz, %(priority)s::int,
            %(reason)s::text, %(event_id)s::uuid, t.claim_key, t.claim_limit
-    FROM t
+    FROM tasks t
+    WHERE t.id = %(task_id)s
     ON CONFLICT (task_id, scheduled_for) DO NOTHING
     RETURNING id, task_id, scheduled_for, attempt
 ), run AS (
-    INSERT INTO runs (due_work_id, task_id, attempt, scheduled_for, created_by)
-    SELECT w.id, w.task_id, w.attempt, w.scheduled_for, t.created_by
-    FROM work w CROSS JOIN t
+    INSERT INTO runs (due_work_id, task_id, attempt, scheduled_for)
+    SELECT id, task_id, attempt, scheduled_for FROM work
     RETURNING *
 ), decision AS (
     INSERT INTO occurrences (task_id, nominal_at, decision, due_work_id, detail)

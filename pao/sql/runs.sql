@@ -1,12 +1,14 @@
 -- name: run_get
 -- One run, optionally only if its task belongs to `owner`.
 SELECT r.* FROM runs r
-WHERE r.id = %(id)s AND (%(owner)s::uuid IS NULL OR r.created_by = %(owner)s::uuid)
+JOIN tasks t ON t.id = r.task_id
+WHERE r.id = %(id)s AND (%(owner)s::uuid IS NULL OR t.created_by = %(owner)s::uuid)
 
 -- name: run_get_many
 -- Several runs at once (a live stream catching up), only those whose task belongs to `owner`.
 SELECT r.* FROM runs r
-WHERE r.id = ANY(%(ids)s) AND (%(owner)s::uuid IS NULL OR r.created_by = %(owner)s::uuid)
+JOIN tasks t ON t.id = r.task_id
+WHERE r.id = ANY(%(ids)s) AND (%(owner)s::uuid IS NULL OR t.created_by = %(owner)s::uuid)
 
 -- name: run_log_list_many
 -- The log lines of several runs after one position, oldest first (a live stream catching up).
@@ -18,27 +20,16 @@ LIMIT %(limit)s
 -- name: run_get_for_update
 -- One run, locked with its occurrence, for a state change (cancel).
 SELECT r.* FROM runs r
+JOIN tasks t ON t.id = r.task_id
 JOIN due_work d ON d.id = r.due_work_id
-WHERE r.id = %(id)s AND (%(owner)s::uuid IS NULL OR r.created_by = %(owner)s::uuid)
+WHERE r.id = %(id)s AND (%(owner)s::uuid IS NULL OR t.created_by = %(owner)s::uuid)
 FOR UPDATE OF r, d
 
 -- name: run_list
--- A page of every agent's runs, newest first, filtered: the newest runs on runs_list_idx, or
--- a task's on runs_task_idx.
+-- A page of runs, newest first, filtered; `owner` NULL lists every agent's runs.
 SELECT r.* FROM runs r
-WHERE (%(task_id)s::uuid IS NULL OR r.task_id = %(task_id)s::uuid)
-  AND (%(status)s::text IS NULL OR r.status = %(status)s::text)
-  AND (%(after_queued)s::timestamptz IS NULL
-       OR (r.queued_at, r.id) < (%(after_queued)s::timestamptz, %(after_id)s::uuid))
-ORDER BY r.queued_at DESC, r.id DESC
-LIMIT %(limit)s
-
--- name: run_list_owned
--- run_list for one agent's tasks, on runs_owner_idx (or a task's runs on runs_task_idx): a
--- page costs a page, however long the other agents' history. A statement of its own, not an
--- `%(owner)s IS NULL OR` test in run_list: a generic plan of that could not use the index.
-SELECT r.* FROM runs r
-WHERE r.created_by = %(owner)s::uuid
+JOIN tasks t ON t.id = r.task_id
+WHERE (%(owner)s::uuid IS NULL OR t.created_by = %(owner)s::uuid)
   AND (%(task_id)s::uuid IS NULL OR r.task_id = %(task_id)s::uuid)
   AND (%(status)s::text IS NULL OR r.status = %(status)s::text)
   AND (%(after_queued)s::timestamptz IS NULL
@@ -53,18 +44,15 @@ LIMIT %(limit)s
 -- walk through the history for the few runs not yet ended.
 SELECT r.* FROM due_work d
 JOIN runs r ON r.due_work_id = d.id AND r.attempt = d.attempt
+JOIN tasks t ON t.id = r.task_id
 WHERE d.state = %(status)s::text
   AND r.status = %(status)s::text
-  AND (%(owner)s::uuid IS NULL OR r.created_by = %(owner)s::uuid)
+  AND (%(owner)s::uuid IS NULL OR t.created_by = %(owner)s::uuid)
   AND (%(task_id)s::uuid IS NULL OR d.task_id = %(task_id)s::uuid)
   AND (%(after_queued)s::timestamptz IS NULL
        OR (r.queued_at, r.id) < (%(after_queued)s::timestamptz, %(after_id)s::uuid))
 ORDER BY r.queued_at DESC, r.id DESC
 LIMIT %(limit)s
-
--- name: run_set_owner
--- A task that changes hands takes its runs with it (runs.created_by is its task's owner).
-UPDATE runs SET created_by = %(owner)s WHERE task_id = %(task_id)s AND created_by <> %(owner)s
 
 -- name: run_cancel_queued
 -- Cancel one run that has not started yet.
@@ -88,10 +76,8 @@ WHERE due_work_id = ANY(%(due_work_ids)s) AND status = 'queued'
 
 -- name: run_insert_retry
 -- The queued next attempt of an occurrence that is tried again.
--- The task is locked as in occurrence_queue_one, for the same reason: the run carries its owner.
-WITH t AS (SELECT id, created_by FROM tasks WHERE id = %(task_id)s FOR KEY SHARE)
-INSERT INTO runs (due_work_id, task_id, attempt, scheduled_for, created_by)
-SELECT %(due_work_id)s, t.id, %(attempt)s, %(scheduled_for)s, t.created_by FROM t
+INSERT INTO runs (due_work_id, task_id, attempt, scheduled_for)
+VALUES (%(due_work_id)s, %(task_id)s, %(attempt)s, %(scheduled_for)s)
 
 -- name: run_end_lost
 -- The attempt whose worker lost its lease ends, with the reason.

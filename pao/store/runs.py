@@ -37,11 +37,6 @@ async def refresh_queued(conn: Conn, task_id: uuid.UUID) -> None:
     await conn.execute(QUERIES["due_work_refresh_queued"], {"task_id": task_id})
 
 
-async def set_owner(conn: Conn, task_id: uuid.UUID, owner: uuid.UUID) -> None:
-    """A task that changes hands takes its runs along (they are listed by owner)."""
-    await conn.execute(QUERIES["run_set_owner"], {"task_id": task_id, "owner": owner})
-
-
 async def take_back_scheduled(
     conn: Conn, task_id: uuid.UUID, *, reason: str
 ) -> list[tuple[int, datetime]]:
@@ -107,13 +102,9 @@ async def list_runs(
     status: str | None = None,
 ) -> list[Run]:
     """A page of runs, newest first; `owner` None lists every agent's runs."""
-    if status in LIVE:
-        statement = "run_list_live"
-    else:
-        statement = "run_list" if owner is None else "run_list_owned"
     async with conn.cursor(row_factory=model_row(Run)) as cur:
         await cur.execute(
-            QUERIES[statement],
+            QUERIES["run_list_live" if status in LIVE else "run_list"],
             {
                 "owner": owner,
                 "limit": limit,

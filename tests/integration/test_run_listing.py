@@ -1,23 +1,15 @@
-"""An agent's runs: listed by owner from an index of their own, and moved with their task."""
+"""Listing runs: an agent's own, newest first, across its tasks; the live ones from their work."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
-import time
-import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 from fastapi.testclient import TestClient
 
-from pao.db import connect
-from pao.models import Run
 from pao.sql import QUERIES
-from pao.store.occurrences import QueueRequest, queue
 from tests.helpers import SEED_TASK, auth
 
 BUSY_RUNS = 20_000
@@ -52,7 +44,7 @@ def _runs_read(
     owner: str | None,
     limit: int,
     *,
-    statement: str = "run_list_owned",
+    statement: str,
     status: str | None = None,
 ) -> int:
     """Rows a first page took from `runs`, by EXPLAIN ANALYZE of the statement."""
@@ -70,26 +62,6 @@ def _runs_read(
     scans = [n for n in _nodes(doc[0]["Plan"]) if n.get("Relation Name") == "runs"]
     assert scans
     return sum(int(n["Actual Rows"]) * int(n["Actual Loops"]) for n in scans)
-
-
-def test_an_agents_page_of_runs_costs_a_page_among_long_history(
-    client: TestClient,
-    make_token: Callable[..., str],
-    db: psycopg.Connection[Any],
-) -> None:
-    busy, quiet = make_token("tasks:write", name="busy"), make_token("tasks:write", name="quiet")
-    busy_task = client.post("/tasks", json=SEED_TASK, headers=auth(busy)).json()["id"]
-    quiet_task = client.post("/tasks", json=SEED_TASK, headers=auth(quiet)).json()["id"]
-    _queue_runs(db, busy_task, BUSY_RUNS)
-    _queue_runs(db, quiet_task, 3)
-    db.execute("ANALYZE runs")
-    # The quiet agent's three runs are the oldest of all: before runs_owner_idx, finding
-    # them meant reading every one of the busy agent's runs first.
-    db.execute(
-        "UPDATE runs SET queued_at = queued_at - interval '1 day' WHERE task_id = %s", (quiet_task,)
-    )
-    assert _runs_read(db, _agent_id(db, "quiet"), 51) == 3
-    assert _runs_read(db, _agent_id(db, "busy"), 51) == 51
 
 
 def test_an_agents_pages_hold_all_its_runs_newest_first(
@@ -149,19 +121,6 @@ def test_a_task_that_changes_hands_takes_its_runs_along(
     assert client.get(f"/runs/{run['id']}", headers=auth(bob)).status_code == 200
 
 
-def test_a_run_inserted_without_its_owner_takes_its_tasks(
-    client: TestClient, make_token: Callable[..., str], db: psycopg.Connection[Any]
-) -> None:
-    """As a process started before the owner was kept on runs inserts them."""
-    alice = make_token("tasks:write", name="alice")
-    task_id = client.post("/tasks", json=SEED_TASK, headers=auth(alice)).json()["id"]
-    _queue_runs(db, task_id, 1)
-    owner = db.execute(
-        "SELECT created_by::text FROM runs WHERE task_id = %s", (task_id,)
-    ).fetchone()
-    assert owner == (_agent_id(db, "alice"),)
-
-
 def _listed(client: TestClient, token: str, **params: str) -> list[str]:
     page = client.get("/runs", params={"limit": "50", **params}, headers=auth(token)).json()
     return [run["id"] for run in page["items"]]
@@ -207,40 +166,3 @@ def test_queued_and_running_runs_are_found_without_reading_the_history(
         for who in (None, owner):
             read = _runs_read(db, who, 51, statement="run_list_live", status=status)
             assert read == count
-
-
-def test_a_run_queued_while_its_task_changes_hands_goes_with_it(
-    client: TestClient, make_token: Callable[..., str], db_url: str, db: psycopg.Connection[Any]
-) -> None:
-    alice = make_token("tasks:write", name="alice")
-    make_token("tasks:write", name="bob")
-    task_id = client.post("/tasks", json=SEED_TASK, headers=auth(alice)).json()["id"]
-    queued: list[Run | None] = []
-
-    def queue_one() -> None:
-        async def go() -> Run | None:
-            conn = await connect(db_url, autocommit=True)
-            try:
-                now = datetime.now(UTC)
-                request = QueueRequest(uuid.UUID(task_id), now, now, 5, "run_now")
-                return await queue(conn, request)
-            finally:
-                await conn.close()
-
-        queued.append(asyncio.run(go()))
-
-    with psycopg.connect(db_url) as mover:
-        # What a PUT that gives the task to bob does, held open.
-        mover.execute("SELECT 1 FROM tasks WHERE id = %s FOR UPDATE", (task_id,))
-        bob = _agent_id(db, "bob")
-        mover.execute("UPDATE tasks SET created_by = %s WHERE id = %s", (bob, task_id))
-        mover.execute(QUERIES["run_set_owner"], {"task_id": task_id, "owner": bob})
-        queuer = threading.Thread(target=queue_one)
-        queuer.start()
-        time.sleep(0.5)
-        assert queuer.is_alive()  # it waits for the change
-    queuer.join(10)
-    [run] = queued
-    assert run is not None
-    owner = db.execute("SELECT created_by::text FROM runs WHERE id = %s", (run.id,)).fetchone()
-    assert owner == (bob,)

@@ -10,9 +10,9 @@ import json
 from datetime import datetime
 
 from pao.db import Conn
-from pao.models import Event, Run, Task
+from pao.models import Event, Task
 from pao.store import occurrences as store
-from pao.store.occurrences import Decision, QueueRequest
+from pao.store.occurrences import Decision
 from pao.templates import JSONValue, TemplateError, parse_template
 
 # Decisions, as stored in occurrences.decision.
@@ -77,21 +77,3 @@ async def suppressed(conn: Conn, task: Task, nominal_at: datetime, event: Event 
         return False
     await store.record_many(conn, [Decision(task.id, nominal_at, DEDUPLICATED, None, why)])
     return True
-
-
-async def queue_one(
-    conn: Conn,
-    task: Task,
-    *,
-    nominal_at: datetime,
-    reason: str,
-    event: Event | None = None,
-    dedupe: bool = True,
-    detail: str | None = None,
-) -> Run | None:
-    """Queue one occurrence unless it is a duplicate (recorded as such); None if not queued."""
-    if dedupe and await suppressed(conn, task, nominal_at, event):
-        return None
-    event_id = event.id if event else None
-    request = QueueRequest.of(task, nominal_at, reason, event_id=event_id, detail=detail)
-    return await store.queue(conn, request)  # the statement woke the workers, at commit

@@ -30,7 +30,7 @@ from pao.schedule import Schedule, parse_schedule
 from pao.schemas import TaskCreate, TaskUpdate
 from pao.store import audit, runs, tasks
 from pao.store import occurrences as occurrence_store
-from pao.store.occurrences import Decision
+from pao.store.occurrences import Decision, QueueRequest
 from pao.templates import parse_template
 from pao.tools import ToolRegistry
 
@@ -482,14 +482,9 @@ async def run_now(conn: Conn, ctx: Context, task_id: uuid.UUID) -> Run:
     task = await get_task(conn, ctx, task_id, lock=True)
     if task.status == "cancelled":
         raise Conflict("the task is cancelled; create a new task instead")
-    run = await occurrences.queue_one(
-        conn,
-        task,
-        nominal_at=datetime.now(UTC),
-        reason="run_now",
-        dedupe=False,
-        detail=f"run now by agent {ctx.actor.name}",
-    )
+    detail = f"run now by agent {ctx.actor.name}"
+    request = QueueRequest.of(task, datetime.now(UTC), "run_now", detail=detail)
+    run = await occurrence_store.queue(conn, request)  # wakes the workers at commit
     if run is None:  # same microsecond as another run_now of this task
         raise Conflict("a run of this task was queued at this very instant; retry")
     await audit.record(

@@ -19,6 +19,7 @@ from pao.errors import PaoError
 from pao.models import Event, Task
 from pao.pipeline import Pipeline
 from pao.templates import JSONValue, TemplateError, parse_guard, render
+from worker.limits import Limits
 
 DEFAULT_STEP_TIMEOUT = 300.0
 _UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
@@ -117,13 +118,16 @@ async def execute(
     on_condition: Callable[[bool], Awaitable[None]] | None = None,
     on_step: StepHook | None = None,
     deadline: float | None = None,
+    limits: Limits | None = None,
 ) -> None:
     """Run every step; raise StepFailed on the first failure, ConditionNotMet to stop early.
 
     `deadline` (a `time.monotonic()` value) bounds the whole run: each step's own timeout
     is cut to what is left of it, and RunTimedOut is raised when that cut one runs out. One
-    timer per step serves both, which is cheaper than a second one around the run.
+    limit per step serves both, which is cheaper than a second one around the run. A worker
+    passes its `limits`, shared by all its runs.
     """
+    limits = limits or Limits()
     outputs: dict[str, JSONValue] = {}
     context = _context(ex, outputs)  # sees each new output: `steps` is `outputs` itself
     hook: StepHook = on_step or _no_hook
@@ -166,7 +170,7 @@ async def execute(
         if timeout <= 0:
             raise RunTimedOut()
         try:
-            async with asyncio.timeout(timeout):
+            async with limits.within(timeout):
                 output = storable(await tools(step.uses)(args, call))
         except TimeoutError:
             if timeout < step_timeout:

@@ -37,6 +37,7 @@ from pao.templates import JSONValue
 from pao.tools import ToolRegistry
 from worker import metrics
 from worker.http_tool import Allow
+from worker.limits import Limits
 from worker.outcomes import End, Outcomes
 from worker.pipeline import (
     ConditionNotMet,
@@ -120,6 +121,7 @@ class Worker:
         self.outcomes = Outcomes(pool, self.worker_id)
         self.watched = streams.Watched()
         self.events = RunEvents(pool)
+        self.limits = Limits()
 
     # -- the claim loop ------------------------------------------------------------------
 
@@ -348,6 +350,7 @@ class Worker:
                 on_condition=lambda state: self._condition(task, state),
                 on_step=functools.partial(self._step, held),
                 deadline=held.started + self.settings.run_timeout_seconds,
+                limits=self.limits,
             )
             await self._end(held, task, "succeeded", None, steps)
         except ConditionNotMet as exc:

@@ -1,0 +1,112 @@
+"""Step time limits sharing one timer behave as asyncio.timeout does."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from worker.limits import TICK, Limit, Limits
+
+
+def test_a_body_past_its_limit_is_stopped_with_timeout_error() -> None:
+    async def go() -> float:
+        limits = Limits()
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            async with limits.within(0.05):
+                await asyncio.sleep(10)
+        took = time.monotonic() - started
+        # The task is not left cancelled: it goes on awaiting.
+        await asyncio.sleep(0)
+        return took
+
+    took = asyncio.run(go())
+    assert 0.05 <= took < 0.05 + TICK + 0.5
+
+
+def test_a_body_within_its_limit_is_left_alone_and_the_timer_stops() -> None:
+    async def go() -> None:
+        limits = Limits()
+        async with limits.within(0.05):
+            await asyncio.sleep(0)
+        # Past the limit the task is not cancelled after the fact.
+        await asyncio.sleep(0.05 + 3 * TICK)
+        assert limits._sweeping is None
+        assert not limits._active
+
+    asyncio.run(go())
+
+
+def test_many_limits_each_fire_on_time() -> None:
+    """Steps with different limits on one timer: each is stopped at its own, no other."""
+
+    async def step(limits: Limits, seconds: float, lasts: float) -> str:
+        try:
+            async with limits.within(seconds):
+                await asyncio.sleep(lasts)
+        except TimeoutError:
+            return "timed out"
+        return "done"
+
+    async def go() -> list[str]:
+        limits = Limits()
+        return list(
+            await asyncio.gather(
+                step(limits, 0.05, 1),
+                step(limits, 1, 0.1),
+                step(limits, 0.2, 1),
+                step(limits, 0.3, 0.01),
+            )
+        )
+
+    assert asyncio.run(go()) == ["timed out", "done", "timed out", "done"]
+
+
+def test_a_cancel_from_elsewhere_as_the_limit_fires_stays_a_cancel() -> None:
+    """Stopped by its limit and by someone else at once, the task is cancelled, not timed
+    out: the other cancel must not be swallowed."""
+
+    async def go() -> None:
+        limits = Limits()
+        entered: asyncio.Future[Limit] = asyncio.get_running_loop().create_future()
+
+        async def body() -> None:
+            async with limits.within(10) as limit:
+                entered.set_result(limit)
+                await asyncio.sleep(10)
+
+        task = asyncio.create_task(body())
+        limit = await entered
+        limit.fire()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+        entered = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(body())
+        limit = await entered
+        limit.fire()  # alone: a timeout
+        with pytest.raises(TimeoutError):
+            await task
+
+    asyncio.run(go())
+
+
+def test_a_cancel_while_the_body_runs_within_its_limit_is_a_cancel() -> None:
+    async def go() -> None:
+        limits = Limits()
+
+        async def body() -> None:
+            async with limits.within(10):
+                await asyncio.sleep(10)
+
+        task = asyncio.create_task(body())
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not limits._active
+
+    asyncio.run(go())

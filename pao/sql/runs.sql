@@ -37,6 +37,46 @@ WHERE (%(owner)s::uuid IS NULL OR t.created_by = %(owner)s::uuid)
 ORDER BY r.queued_at DESC, r.id DESC
 LIMIT %(limit)s
 
+-- name: run_list_owned_recent
+-- run_list for one owner (of any status but queued or running), among only the `scan` newest
+-- runs after the cursor: a full page found there is the owner's next page, since no newer run
+-- of theirs lies outside it. An agent whose runs are few among others' long history finds a
+-- short page here, and run_list_owned (run_list under a status filter) answers instead. The cursor is one row comparison, with
+-- no OR, so that even a generic plan walks the list index from it.
+SELECT r.* FROM (
+    SELECT r.* FROM runs r
+    WHERE (r.queued_at, r.id) < (COALESCE(%(after_queued)s::timestamptz, 'infinity'),
+                                 COALESCE(%(after_id)s::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+    ORDER BY r.queued_at DESC, r.id DESC
+    LIMIT %(scan)s
+) r
+-- The owner is looked up run by run, not joined: a join may be hashed and then sorted,
+-- reading the whole window for every page.
+WHERE (SELECT t.created_by FROM tasks t WHERE t.id = r.task_id) = %(owner)s::uuid
+  AND (%(status)s::text IS NULL OR r.status = %(status)s::text)
+ORDER BY r.queued_at DESC, r.id DESC
+LIMIT %(limit)s
+
+-- name: run_list_owned
+-- run_list for one owner, task by task: each of the owner's tasks gives its newest runs after
+-- the cursor on the task's index and the page is the newest of those, so a page costs the
+-- owner's tasks, however much history other agents have (an agent with 3 runs among another's
+-- 400,000 read all 400,003 for its page, newest first, in run_list). No status filter: the
+-- planner, which cannot tell how rare a status is in one task's runs, may then scan every
+-- run once per task; a status is looked for by run_list.
+SELECT r.* FROM tasks t
+CROSS JOIN LATERAL (
+    SELECT r.* FROM runs r
+    WHERE r.task_id = t.id
+      AND (r.queued_at, r.id) < (COALESCE(%(after_queued)s::timestamptz, 'infinity'),
+                                 COALESCE(%(after_id)s::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+    ORDER BY r.queued_at DESC, r.id DESC
+    LIMIT %(limit)s
+) r
+WHERE t.created_by = %(owner)s::uuid
+ORDER BY r.queued_at DESC, r.id DESC
+LIMIT %(limit)s
+
 -- name: run_list_live
 -- run_list of runs queued or running, found from their occurrences on the partial claim or
 -- lease index (a run is queued or running exactly when it is its occurrence's current attempt

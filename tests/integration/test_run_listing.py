@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
 from fastapi.testclient import TestClient
 
+from pao.db import connect
+from pao.models import Run
 from pao.sql import QUERIES
+from pao.store.runs import OWNED_SCAN, list_runs
 from tests.helpers import SEED_TASK, auth
 
 BUSY_RUNS = 20_000
@@ -55,6 +60,7 @@ def _runs_read(
         "after_queued": None,
         "after_id": None,
         "limit": limit,
+        "scan": OWNED_SCAN,
     }
     row = db.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + QUERIES[statement], params).fetchone()
     assert row is not None
@@ -119,6 +125,120 @@ def test_a_task_that_changes_hands_takes_its_runs_along(
     assert client.get(f"/runs/{run['id']}", headers=auth(alice)).status_code == 404
     assert [r["id"] for r in client.get("/runs", headers=auth(bob)).json()["items"]] == [run["id"]]
     assert client.get(f"/runs/{run['id']}", headers=auth(bob)).status_code == 200
+
+
+def _pages(client: TestClient, token: str, limit: int, **params: str) -> list[str]:
+    """Every page of GET /runs, followed to the end."""
+    seen: list[str] = []
+    cursor = None
+    while True:
+        query = {"limit": str(limit), **params, **({"cursor": cursor} if cursor else {})}
+        page = client.get("/runs", params=query, headers=auth(token)).json()
+        seen += [run["id"] for run in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return seen
+
+
+def test_an_agents_few_runs_among_anothers_long_history_are_found_task_by_task(
+    client: TestClient,
+    make_token: Callable[..., str],
+    db: psycopg.Connection[Any],
+    db_url: str,
+) -> None:
+    """Alice's six runs are older than Bob's 20,000: her pages read her tasks' runs, not his."""
+    alice = make_token("tasks:write", "runs:read", name="alice")
+    bob = make_token("tasks:write", name="bob")
+    mine = [
+        client.post("/tasks", json=SEED_TASK, headers=auth(alice)).json()["id"] for _ in range(2)
+    ]
+    for task_id in mine:
+        _queue_runs(db, task_id, 3)
+    db.execute("UPDATE runs SET queued_at = queued_at - interval '1 day'")
+    busy = client.post("/tasks", json=SEED_TASK, headers=auth(bob)).json()["id"]
+    _queue_runs(db, busy, BUSY_RUNS)
+    # Two of hers, and many of his, were cancelled: a status filter finds hers alone.
+    db.execute(
+        "UPDATE runs SET status = 'cancelled', finished_at = now() WHERE id IN "
+        "(SELECT id FROM runs WHERE task_id = %s ORDER BY queued_at LIMIT 2) "
+        "OR (task_id = %s AND random() < 0.5)",
+        (mine[1], busy),
+    )
+    db.execute("ANALYZE runs, tasks")
+
+    def truth(status: str | None = None) -> list[str]:
+        return [
+            str(r[0])
+            for r in db.execute(
+                "SELECT id FROM runs WHERE task_id = ANY(%s::uuid[]) "
+                "AND (%s::text IS NULL OR status = %s) ORDER BY queued_at DESC, id DESC",
+                (mine, status, status),
+            )
+        ]
+
+    assert len(truth()) == 6
+    assert len(truth("cancelled")) == 2
+    for limit in (1, 4, 50):
+        assert _pages(client, alice, limit) == truth()
+        assert _pages(client, alice, limit, status="cancelled") == truth("cancelled")
+    owner = _agent_id(db, "alice")
+    # Her first page, task by task, reads her runs (at most a page per task), none of Bob's.
+    assert _runs_read(db, owner, 51, statement="run_list_owned") == 6
+    # The look among the newest runs first is bounded by its window.
+    assert _runs_read(db, owner, 51, statement="run_list_owned_recent") == OWNED_SCAN
+    # And the listing takes those two ways, not a walk through Bob's history.
+    listed, read = asyncio.run(_list_counting_reads(db_url, uuid.UUID(owner), 50))
+    assert [str(run.id) for run in listed] == truth()
+    assert read <= OWNED_SCAN + 6 + 10
+
+
+def test_an_agent_with_many_tasks_finds_its_page_among_the_newest_runs(
+    client: TestClient,
+    make_token: Callable[..., str],
+    db: psycopg.Connection[Any],
+    db_url: str,
+) -> None:
+    """Task by task, 60 tasks of two runs each would read 120 runs for a page of 50; the
+    newest runs, all hers (Bob's 20,000 are older), hold the page at once."""
+    alice = make_token("tasks:write", "runs:read", name="alice")
+    bob = make_token("tasks:write", name="bob")
+    busy = client.post("/tasks", json=SEED_TASK, headers=auth(bob)).json()["id"]
+    _queue_runs(db, busy, BUSY_RUNS)
+    db.execute("UPDATE runs SET queued_at = queued_at - interval '1 day'")
+    mine = [
+        client.post("/tasks", json=SEED_TASK, headers=auth(alice)).json()["id"] for _ in range(60)
+    ]
+    for task_id in mine:
+        _queue_runs(db, task_id, 2)
+    db.execute("ANALYZE runs, tasks")
+    truth = [
+        str(r[0])
+        for r in db.execute(
+            "SELECT id FROM runs WHERE task_id = ANY(%s::uuid[]) ORDER BY queued_at DESC, id DESC",
+            (mine,),
+        )
+    ]
+    assert _pages(client, alice, 50) == truth
+    listed, read = asyncio.run(_list_counting_reads(db_url, uuid.UUID(_agent_id(db, "alice")), 50))
+    assert [str(run.id) for run in listed] == truth[:50]
+    assert read <= 50 + 1  # a page (the counter takes in one row more); task by task, 121
+
+
+async def _list_counting_reads(url: str, owner: uuid.UUID, limit: int) -> tuple[list[Run], int]:
+    """A page as the API lists it, and the rows of `runs` its statements read."""
+    conn = await connect(url)
+    try:
+        async with conn.transaction():
+            listed = await list_runs(conn, owner=owner, limit=limit, after=None)
+            cur = await conn.execute(
+                "SELECT COALESCE(seq_tup_read, 0) + COALESCE(idx_tup_fetch, 0) AS n "
+                "FROM pg_stat_xact_user_tables WHERE relname = 'runs'"
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            return listed, int(row["n"])
+    finally:
+        await conn.close()
 
 
 def _listed(client: TestClient, token: str, **params: str) -> list[str]:

@@ -32,8 +32,8 @@ JOIN tasks t ON t.id = r.task_id
 WHERE (%(owner)s::uuid IS NULL OR t.created_by = %(owner)s::uuid)
   AND (%(task_id)s::uuid IS NULL OR r.task_id = %(task_id)s::uuid)
   AND (%(status)s::text IS NULL OR r.status = %(status)s::text)
-  AND (%(after_queued)s::timestamptz IS NULL
-       OR (r.queued_at, r.id) < (%(after_queued)s::timestamptz, %(after_id)s::uuid))
+  AND (r.queued_at, r.id) < (COALESCE(%(after_queued)s::timestamptz, 'infinity'),
+                             COALESCE(%(after_id)s::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
 ORDER BY r.queued_at DESC, r.id DESC
 LIMIT %(limit)s
 
@@ -89,8 +89,8 @@ WHERE d.state = %(status)s::text
   AND r.status = %(status)s::text
   AND (%(owner)s::uuid IS NULL OR t.created_by = %(owner)s::uuid)
   AND (%(task_id)s::uuid IS NULL OR d.task_id = %(task_id)s::uuid)
-  AND (%(after_queued)s::timestamptz IS NULL
-       OR (r.queued_at, r.id) < (%(after_queued)s::timestamptz, %(after_id)s::uuid))
+  AND (r.queued_at, r.id) < (COALESCE(%(after_queued)s::timestamptz, 'infinity'),
+                             COALESCE(%(after_id)s::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
 ORDER BY r.queued_at DESC, r.id DESC
 LIMIT %(limit)s
 

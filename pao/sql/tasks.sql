@@ -34,8 +34,8 @@ WHERE (%(owner)s::uuid IS NULL OR created_by = %(owner)s::uuid)
   AND (%(status)s::text IS NULL OR status = %(status)s::text)
   AND (%(created_by)s::uuid IS NULL OR created_by = %(created_by)s::uuid)
   AND (%(schedule_kind)s::text IS NULL OR schedule_kind = %(schedule_kind)s::text)
-  AND (%(after_created)s::timestamptz IS NULL
-       OR (created_at, id) < (%(after_created)s::timestamptz, %(after_id)s::uuid))
+  AND (created_at, id) < (COALESCE(%(after_created)s::timestamptz, 'infinity'),
+                          COALESCE(%(after_id)s::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
 ORDER BY created_at DESC, id DESC
 LIMIT %(limit)s
 

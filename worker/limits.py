@@ -22,6 +22,7 @@ class Limits:
     def __init__(self) -> None:
         self._active: set[Limit] = set()
         self._sweeping: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the one `_sweeping` runs on
 
     def within(self, seconds: float) -> Limit:
         """`async with limits.within(s):` raises TimeoutError when its body outlasts `s`."""
@@ -29,15 +30,20 @@ class Limits:
 
     def _start(self, limit: Limit, loop: asyncio.AbstractEventLoop) -> None:
         self._active.add(limit)
-        if self._sweeping is None:
+        if self._sweeping is None or self._loop is not loop:
+            self._loop = loop
             self._sweeping = loop.call_later(TICK, self._sweep, loop)
 
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
-        now = loop.time()
-        for limit in [limit for limit in self._active if limit.at <= now]:
-            self._active.discard(limit)
-            limit.fire()
-        self._sweeping = loop.call_later(TICK, self._sweep, loop) if self._active else None
+        self._sweeping = None
+        try:
+            now = loop.time()
+            for limit in [limit for limit in self._active if limit.at <= now]:
+                self._active.discard(limit)
+                limit.fire()
+        finally:
+            if self._active and self._loop is loop:
+                self._sweeping = loop.call_later(TICK, self._sweep, loop)
 
 
 class Limit:
@@ -74,7 +80,8 @@ class Limit:
         if self.fired:
             assert self._task is not None
             # Only when no one else asked the task to stop is the cancellation ours to end.
-            if self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
+            cancelled = exc_type is not None and issubclass(exc_type, asyncio.CancelledError)
+            if self._task.uncancel() <= self._cancelling and cancelled:
                 raise TimeoutError from exc
 
     def fire(self) -> None:

@@ -32,8 +32,9 @@ JOIN tasks t ON t.id = r.task_id
 WHERE (%(owner)s::uuid IS NULL OR t.created_by = %(owner)s::uuid)
   AND (%(task_id)s::uuid IS NULL OR r.task_id = %(task_id)s::uuid)
   AND (%(status)s::text IS NULL OR r.status = %(status)s::text)
-  AND (r.queued_at, r.id) < (COALESCE(%(after_queued)s::timestamptz, 'infinity'),
-                             COALESCE(%(after_id)s::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+  AND (r.queued_at, r.id) < (
+      COALESCE(%(after_queued)s::timestamptz, 'infinity'),
+      COALESCE(%(after_id)s::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
 ORDER BY r.queued_at DESC, r.id DESC
 LIMIT %(limit)s
 
@@ -41,12 +42,13 @@ LIMIT %(limit)s
 -- run_list for one owner (of any status but queued or running), among only the `scan` newest
 -- runs after the cursor: a full page found there is the owner's next page, since no newer run
 -- of theirs lies outside it. An agent whose runs are few among others' long history finds a
--- short page here, and run_list_owned (run_list under a status filter) answers instead. The cursor is one row comparison, with
--- no OR, so that even a generic plan walks the list index from it.
+-- short page here, and run_list_owned_cost tells how to look further. The cursor is one row
+-- comparison, with no OR, so that even a generic plan walks the list index from it.
 SELECT r.* FROM (
     SELECT r.* FROM runs r
-    WHERE (r.queued_at, r.id) < (COALESCE(%(after_queued)s::timestamptz, 'infinity'),
-                                 COALESCE(%(after_id)s::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+    WHERE (r.queued_at, r.id) < (
+        COALESCE(%(after_queued)s::timestamptz, 'infinity'),
+        COALESCE(%(after_id)s::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
     ORDER BY r.queued_at DESC, r.id DESC
     LIMIT %(scan)s
 ) r
@@ -56,6 +58,22 @@ WHERE (SELECT t.created_by FROM tasks t WHERE t.id = r.task_id) = %(owner)s::uui
   AND (%(status)s::text IS NULL OR r.status = %(status)s::text)
 ORDER BY r.queued_at DESC, r.id DESC
 LIMIT %(limit)s
+
+-- name: run_list_owned_cost
+-- After a short page from run_list_owned_recent: how many runs its window held (fewer than
+-- `scan`: it held every run after the cursor, and the short page is the last) and how many
+-- tasks the owner has, counted up to `tasks_cap`; both on indexes alone.
+SELECT
+    (SELECT count(*) FROM (
+        SELECT 1 FROM runs r
+        WHERE (r.queued_at, r.id) < (
+            COALESCE(%(after_queued)s::timestamptz, 'infinity'),
+            COALESCE(%(after_id)s::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+        ORDER BY r.queued_at DESC, r.id DESC
+        LIMIT %(scan)s) w) AS window_runs,
+    (SELECT count(*) FROM (
+        SELECT 1 FROM tasks t WHERE t.created_by = %(owner)s::uuid LIMIT %(tasks_cap)s) o)
+        AS tasks
 
 -- name: run_list_owned
 -- run_list for one owner, task by task: each of the owner's tasks gives its newest runs after
@@ -68,8 +86,9 @@ SELECT r.* FROM tasks t
 CROSS JOIN LATERAL (
     SELECT r.* FROM runs r
     WHERE r.task_id = t.id
-      AND (r.queued_at, r.id) < (COALESCE(%(after_queued)s::timestamptz, 'infinity'),
-                                 COALESCE(%(after_id)s::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+      AND (r.queued_at, r.id) < (
+          COALESCE(%(after_queued)s::timestamptz, 'infinity'),
+          COALESCE(%(after_id)s::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
     ORDER BY r.queued_at DESC, r.id DESC
     LIMIT %(limit)s
 ) r
@@ -89,8 +108,9 @@ WHERE d.state = %(status)s::text
   AND r.status = %(status)s::text
   AND (%(owner)s::uuid IS NULL OR t.created_by = %(owner)s::uuid)
   AND (%(task_id)s::uuid IS NULL OR d.task_id = %(task_id)s::uuid)
-  AND (r.queued_at, r.id) < (COALESCE(%(after_queued)s::timestamptz, 'infinity'),
-                             COALESCE(%(after_id)s::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+  AND (r.queued_at, r.id) < (
+      COALESCE(%(after_queued)s::timestamptz, 'infinity'),
+      COALESCE(%(after_id)s::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
 ORDER BY r.queued_at DESC, r.id DESC
 LIMIT %(limit)s
 

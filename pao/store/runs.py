@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,6 +17,9 @@ LIVE = frozenset({"queued", "running"})
 # How many of the newest runs (after the cursor) an owner's page is first looked for among:
 # about a millisecond's read, which holds a page of 50 whenever one run in 20 of them is theirs.
 OWNED_SCAN = 1000
+# An owner's tasks are counted up to this many, to weigh a walk task by task against one
+# through every agent's runs (beyond it, task by task is taken only when the walk has no bound).
+OWNED_TASKS_COUNTED = 10_000
 
 
 async def cancel_task_work(conn: Conn, task_id: uuid.UUID) -> tuple[list[int], int]:
@@ -107,9 +111,9 @@ async def list_runs(
     """A page of runs, newest first; `owner` None lists every agent's runs.
 
     An owner's page over all their tasks is looked for first among the newest runs, where an
-    agent's own recent runs usually are; when that window holds less than a page, it is
-    taken task by task (the cost follows the owner's tasks, not everyone's history), except
-    under a status filter, which still walks the whole history newest first.
+    agent's own recent runs usually are; when that window holds less than a page, the rest
+    is found task by task (the cost follows the owner's tasks, not everyone's history) or by
+    walking on through every agent's runs, whichever `owned_way` expects to read less.
     """
     params = {
         "owner": owner,
@@ -119,6 +123,7 @@ async def list_runs(
         "task_id": task_id,
         "status": status,
         "scan": OWNED_SCAN,
+        "tasks_cap": OWNED_TASKS_COUNTED,
     }
     async with conn.cursor(row_factory=model_row(Run)) as cur:
         if status in LIVE:
@@ -131,8 +136,40 @@ async def list_runs(
         page = await cur.fetchall()
         if len(page) == limit:
             return page
-        await cur.execute(QUERIES["run_list" if status else "run_list_owned"], params)
+    cost = await conn.execute(QUERIES["run_list_owned_cost"], params)
+    counts = await cost.fetchone()
+    assert counts is not None
+    way = owned_way(
+        found=len(page),
+        window=counts["window_runs"],
+        tasks=counts["tasks"],
+        limit=limit,
+        status=status,
+    )
+    if way is None:
+        return page
+    async with conn.cursor(row_factory=model_row(Run)) as cur:
+        await cur.execute(QUERIES[way], params)
         return await cur.fetchall()
+
+
+def owned_way(*, found: int, window: int, tasks: int, limit: int, status: str | None) -> str | None:
+    """How to go on after an owner's short page among the newest runs.
+
+    None when that window held every run after the cursor: the short page is whole. Else
+    the statement expected to read fewer runs: walking every agent's runs newest first reads
+    about `OWNED_SCAN / found` runs for each run of the page (without bound when the window
+    held none of the owner's), going task by task up to a page per task. A status filter is
+    walked: the planner cannot tell how rare a status is within one task's runs, and may
+    then scan them all once per task.
+    """
+    if window < OWNED_SCAN:
+        return None
+    if status is not None:
+        return "run_list"
+    walk = limit * OWNED_SCAN / found if found else math.inf
+    by_task = tasks * (limit + 1)
+    return "run_list_owned" if by_task <= walk else "run_list"
 
 
 async def list_run_logs(

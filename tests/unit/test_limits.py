@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
@@ -110,3 +111,63 @@ def test_a_cancel_while_the_body_runs_within_its_limit_is_a_cancel() -> None:
         assert not limits._active
 
     asyncio.run(go())
+
+
+def test_nested_limits_each_answer_for_their_own() -> None:
+    """The inner, shorter limit fires inside the outer one, which goes on; the outer one
+    fires around an inner one that was still in time."""
+
+    async def go() -> list[str]:
+        limits = Limits()
+        seen = []
+        async with limits.within(5):
+            try:
+                async with limits.within(0.05):
+                    await asyncio.sleep(10)
+            except TimeoutError:
+                seen.append("inner timed out")
+            await asyncio.sleep(0)
+            seen.append("outer went on")
+        try:
+            async with limits.within(0.05), limits.within(5):
+                await asyncio.sleep(10)
+        except TimeoutError:
+            seen.append("outer timed out")
+        return seen
+
+    assert asyncio.run(go()) == ["inner timed out", "outer went on", "outer timed out"]
+
+
+def test_a_body_that_swallows_the_cancel_ends_normally() -> None:
+    """As with asyncio.timeout: no TimeoutError, and the task is not left cancelling."""
+
+    async def go() -> tuple[str, int]:
+        limits = Limits()
+        async with limits.within(0.05):
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(10)
+        task = asyncio.current_task()
+        assert task is not None
+        return "ended", task.cancelling()
+
+    assert asyncio.run(go()) == ("ended", 0)
+
+
+def test_limits_keep_firing_on_a_second_event_loop() -> None:
+    """A Limits that outlived its loop (its timer gone with it) arms a timer on the next."""
+    limits = Limits()
+
+    async def busy() -> None:
+        async with limits.within(10):
+            await asyncio.sleep(0.001)
+
+    async def times_out() -> bool:
+        try:
+            async with limits.within(0.05):
+                await asyncio.sleep(10)
+        except TimeoutError:
+            return True
+        return False
+
+    asyncio.run(busy())  # the loop closes with the sweep's timer armed on it
+    assert asyncio.run(times_out())

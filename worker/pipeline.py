@@ -170,7 +170,7 @@ async def execute(
         if timeout <= 0:
             raise RunTimedOut()
         try:
-            async with limits.within(timeout):
+            with limits.within(timeout):
                 output = storable(await tools(step.uses)(args, call))
         except TimeoutError:
             if timeout < step_timeout:

@@ -15,9 +15,8 @@ def test_a_body_past_its_limit_is_stopped_with_timeout_error() -> None:
     async def go() -> float:
         limits = Limits()
         started = time.monotonic()
-        with pytest.raises(TimeoutError):
-            async with limits.within(0.05):
-                await asyncio.sleep(10)
+        with pytest.raises(TimeoutError), limits.within(0.05):
+            await asyncio.sleep(10)
         took = time.monotonic() - started
         # The task is not left cancelled: it goes on awaiting.
         await asyncio.sleep(0)
@@ -30,7 +29,7 @@ def test_a_body_past_its_limit_is_stopped_with_timeout_error() -> None:
 def test_a_body_within_its_limit_is_left_alone_and_the_timer_stops() -> None:
     async def go() -> None:
         limits = Limits()
-        async with limits.within(0.05):
+        with limits.within(0.05):
             await asyncio.sleep(0)
         # Past the limit the task is not cancelled after the fact.
         await asyncio.sleep(0.05 + 3 * TICK)
@@ -45,7 +44,7 @@ def test_many_limits_each_fire_on_time() -> None:
 
     async def step(limits: Limits, seconds: float, lasts: float) -> str:
         try:
-            async with limits.within(seconds):
+            with limits.within(seconds):
                 await asyncio.sleep(lasts)
         except TimeoutError:
             return "timed out"
@@ -74,7 +73,7 @@ def test_a_cancel_from_elsewhere_as_the_limit_fires_stays_a_cancel() -> None:
         entered: asyncio.Future[Limit] = asyncio.get_running_loop().create_future()
 
         async def body() -> None:
-            async with limits.within(10) as limit:
+            with limits.within(10) as limit:
                 entered.set_result(limit)
                 await asyncio.sleep(10)
 
@@ -100,7 +99,7 @@ def test_a_cancel_while_the_body_runs_within_its_limit_is_a_cancel() -> None:
         limits = Limits()
 
         async def body() -> None:
-            async with limits.within(10):
+            with limits.within(10):
                 await asyncio.sleep(10)
 
         task = asyncio.create_task(body())
@@ -120,16 +119,16 @@ def test_nested_limits_each_answer_for_their_own() -> None:
     async def go() -> list[str]:
         limits = Limits()
         seen = []
-        async with limits.within(5):
+        with limits.within(5):
             try:
-                async with limits.within(0.05):
+                with limits.within(0.05):
                     await asyncio.sleep(10)
             except TimeoutError:
                 seen.append("inner timed out")
             await asyncio.sleep(0)
             seen.append("outer went on")
         try:
-            async with limits.within(0.05), limits.within(5):
+            with limits.within(0.05), limits.within(5):
                 await asyncio.sleep(10)
         except TimeoutError:
             seen.append("outer timed out")
@@ -143,9 +142,8 @@ def test_a_body_that_swallows_the_cancel_ends_normally() -> None:
 
     async def go() -> tuple[str, int]:
         limits = Limits()
-        async with limits.within(0.05):
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.sleep(10)
+        with limits.within(0.05), contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(10)
         task = asyncio.current_task()
         assert task is not None
         return "ended", task.cancelling()
@@ -158,12 +156,12 @@ def test_limits_keep_firing_on_a_second_event_loop() -> None:
     limits = Limits()
 
     async def busy() -> None:
-        async with limits.within(10):
+        with limits.within(10):
             await asyncio.sleep(0.001)
 
     async def times_out() -> bool:
         try:
-            async with limits.within(0.05):
+            with limits.within(0.05):
                 await asyncio.sleep(10)
         except TimeoutError:
             return True

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -149,3 +149,22 @@ def queue_noop_runs(db_url: str, db: psycopg.Connection[Any], count: int) -> uui
 
     asyncio.run(queue_all())
     return task_id
+
+
+def plan_nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every node of an EXPLAIN (FORMAT JSON) plan, the root first."""
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from plan_nodes(child)
+
+
+def queue_runs(db: psycopg.Connection[Any], task_id: object, count: int) -> None:
+    """`count` queued occurrences of the task with their runs, a second apart, newest now."""
+    db.execute(
+        "WITH w AS (INSERT INTO due_work (task_id, scheduled_for, run_after, reason) "
+        "SELECT %s, now() - i * interval '1 second', now(), 'run_now' "
+        "FROM generate_series(1, %s) i RETURNING id, task_id, scheduled_for) "
+        "INSERT INTO runs (due_work_id, task_id, scheduled_for, queued_at) "
+        "SELECT id, task_id, scheduled_for, scheduled_for FROM w",
+        (task_id, count),
+    )

@@ -12,7 +12,6 @@ some running, some under concurrency keys.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -21,15 +20,9 @@ from psycopg.types.json import Jsonb
 
 from pao.sql import QUERIES
 from pao.store.work import CLAIM_LOCK_SPACE
-from tests.helpers import new_agent
+from tests.helpers import new_agent, plan_nodes
 
 ROWS = 100_000
-
-
-def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield plan
-    for child in plan.get("Plans", []):
-        yield from _nodes(child)
 
 
 def _explain(
@@ -38,7 +31,7 @@ def _explain(
     row = db.execute("EXPLAIN (FORMAT JSON) " + QUERIES[name], params).fetchone()
     assert row is not None
     doc = row[0] if isinstance(row[0], list) else json.loads(row[0])
-    return list(_nodes(doc[0]["Plan"]))
+    return list(plan_nodes(doc[0]["Plan"]))
 
 
 def _scans_of(nodes: list[dict[str, Any]], table: str) -> list[dict[str, Any]]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -18,15 +17,9 @@ import pytest
 from psycopg import sql
 
 from pao.sql import QUERIES
-from tests.helpers import new_agent
+from tests.helpers import new_agent, plan_nodes, queue_runs
 
 ROWS = 20_000
-
-
-def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield plan
-    for child in plan.get("Plans", []):
-        yield from _nodes(child)
 
 
 def _generic_plan(
@@ -57,7 +50,7 @@ def _generic_plan(
 
 
 def _cursor_bounds_the_scan(plan: dict[str, Any], table: str) -> bool:
-    scans = [n for n in _nodes(plan) if n.get("Relation Name") == table]
+    scans = [n for n in plan_nodes(plan) if n.get("Relation Name") == table]
     assert scans, plan
     # An index scan starts at the cursor; a bitmap scan's index condition is its recheck.
     return all("ROW(" in n.get("Index Cond", n.get("Recheck Cond", "")) for n in scans)
@@ -75,14 +68,7 @@ def history(db_url: str, db: psycopg.Connection[Any]) -> dict[str, Any]:
         (owner, ROWS),
     )
     task = db.execute("SELECT id FROM tasks LIMIT 1").fetchone()[0]  # type: ignore[index]
-    db.execute(
-        "WITH w AS (INSERT INTO due_work (task_id, scheduled_for, run_after, reason) "
-        "SELECT %s, now() - i * interval '1 second', now(), 'run_now' "
-        "FROM generate_series(1, %s) i RETURNING id, task_id, scheduled_for) "
-        "INSERT INTO runs (due_work_id, task_id, scheduled_for, queued_at) "
-        "SELECT id, task_id, scheduled_for, scheduled_for FROM w",
-        (task, ROWS),
-    )
+    queue_runs(db, task, ROWS)
     db.execute("ANALYZE tasks, due_work, runs")
 
     def middle(table: str, at: str) -> tuple[Any, Any]:

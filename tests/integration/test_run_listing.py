@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -15,7 +15,7 @@ from pao.db import connect
 from pao.models import Run
 from pao.sql import QUERIES
 from pao.store.runs import OWNED_SCAN, list_runs
-from tests.helpers import SEED_TASK, auth
+from tests.helpers import SEED_TASK, auth, plan_nodes, queue_runs
 
 BUSY_RUNS = 20_000
 
@@ -24,24 +24,6 @@ def _agent_id(db: psycopg.Connection[Any], name: str) -> str:
     row = db.execute("SELECT id::text FROM agents WHERE name = %s", (name,)).fetchone()
     assert row is not None
     return str(row[0])
-
-
-def _queue_runs(db: psycopg.Connection[Any], task_id: str, count: int) -> None:
-    """`count` queued occurrences of the task with their runs, as run_now makes them."""
-    db.execute(
-        "WITH w AS (INSERT INTO due_work (task_id, scheduled_for, run_after, reason) "
-        "SELECT %s, now() - i * interval '1 second', now(), 'run_now' "
-        "FROM generate_series(1, %s) i RETURNING id, task_id, scheduled_for) "
-        "INSERT INTO runs (due_work_id, task_id, scheduled_for, queued_at) "
-        "SELECT id, task_id, scheduled_for, scheduled_for FROM w",
-        (task_id, count),
-    )
-
-
-def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield plan
-    for child in plan.get("Plans", []):
-        yield from _nodes(child)
 
 
 def _runs_read(
@@ -65,7 +47,7 @@ def _runs_read(
     row = db.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + QUERIES[statement], params).fetchone()
     assert row is not None
     doc = row[0] if isinstance(row[0], list) else json.loads(row[0])
-    scans = [n for n in _nodes(doc[0]["Plan"]) if n.get("Relation Name") == "runs"]
+    scans = [n for n in plan_nodes(doc[0]["Plan"]) if n.get("Relation Name") == "runs"]
     assert scans
     return sum(int(n["Actual Rows"]) * int(n["Actual Loops"]) for n in scans)
 
@@ -82,7 +64,7 @@ def test_an_agents_pages_hold_all_its_runs_newest_first(
     ]
     other = client.post("/tasks", json=SEED_TASK, headers=auth(bob)).json()["id"]
     for i, task_id in enumerate([*mine, other]):
-        _queue_runs(db, task_id, 5 + i)
+        queue_runs(db, task_id, 5 + i)
     expected = [
         str(r[0])
         for r in db.execute(
@@ -153,10 +135,10 @@ def test_an_agents_few_runs_among_anothers_long_history_are_found_task_by_task(
         client.post("/tasks", json=SEED_TASK, headers=auth(alice)).json()["id"] for _ in range(2)
     ]
     for task_id in mine:
-        _queue_runs(db, task_id, 3)
+        queue_runs(db, task_id, 3)
     db.execute("UPDATE runs SET queued_at = queued_at - interval '1 day'")
     busy = client.post("/tasks", json=SEED_TASK, headers=auth(bob)).json()["id"]
-    _queue_runs(db, busy, BUSY_RUNS)
+    queue_runs(db, busy, BUSY_RUNS)
     # Two of hers, and many of his, were cancelled: a status filter finds hers alone.
     db.execute(
         "UPDATE runs SET status = 'cancelled', finished_at = now() WHERE id IN "
@@ -264,13 +246,13 @@ def test_an_agent_with_many_tasks_finds_its_page_among_the_newest_runs(
     alice = make_token("tasks:write", "runs:read", name="alice")
     bob = make_token("tasks:write", name="bob")
     busy = client.post("/tasks", json=SEED_TASK, headers=auth(bob)).json()["id"]
-    _queue_runs(db, busy, BUSY_RUNS)
+    queue_runs(db, busy, BUSY_RUNS)
     db.execute("UPDATE runs SET queued_at = queued_at - interval '1 day'")
     mine = [
         client.post("/tasks", json=SEED_TASK, headers=auth(alice)).json()["id"] for _ in range(60)
     ]
     for task_id in mine:
-        _queue_runs(db, task_id, 2)
+        queue_runs(db, task_id, 2)
     db.execute("ANALYZE runs, tasks")
     truth = [
         str(r[0])
@@ -315,7 +297,7 @@ def test_queued_and_running_runs_are_found_without_reading_the_history(
 ) -> None:
     alice = make_token("tasks:write", "runs:read", name="alice")
     task_id = client.post("/tasks", json=SEED_TASK, headers=auth(alice)).json()["id"]
-    _queue_runs(db, task_id, BUSY_RUNS + 5)
+    queue_runs(db, task_id, BUSY_RUNS + 5)
     # All but the five newest ended long ago; of those five, the two oldest are running.
     db.execute(
         "WITH ended AS (UPDATE due_work SET state = 'succeeded', finished_at = now() "

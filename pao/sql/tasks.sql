@@ -28,7 +28,9 @@ WHERE id = %(id)s AND (%(owner)s::uuid IS NULL OR created_by = %(owner)s::uuid)
 FOR UPDATE
 
 -- name: task_list
--- A page of tasks, newest first, filtered; `owner` NULL lists every agent's tasks.
+-- A page of tasks, newest first, filtered; `owner` NULL lists every agent's tasks. Never
+-- prepared, as run_list: a plan for any filters walked every agent's tasks for an agent's
+-- page (124 ms among 200,000 others' tasks, where the plan for the owner took 0.06 ms).
 SELECT * FROM tasks
 WHERE (%(owner)s::uuid IS NULL OR created_by = %(owner)s::uuid)
   AND (%(status)s::text IS NULL OR status = %(status)s::text)

@@ -130,7 +130,7 @@ async def list_runs(
             await cur.execute(QUERIES["run_list_live"], params)
             return await cur.fetchall()
         if owner is None or task_id is not None:
-            await cur.execute(QUERIES["run_list"], params)
+            await cur.execute(QUERIES["run_list"], params, prepare=False)
             return await cur.fetchall()
         await cur.execute(QUERIES["run_list_owned_recent"], params)
         page = await cur.fetchall()
@@ -149,7 +149,8 @@ async def list_runs(
     if way is None:
         return page
     async with conn.cursor(row_factory=model_row(Run)) as cur:
-        await cur.execute(QUERIES[way], params)
+        # Never prepared: see run_list's comment.
+        await cur.execute(QUERIES[way], params, prepare=False)
         return await cur.fetchall()
 
 

@@ -59,6 +59,7 @@ async def list_tasks(
                 "created_by": created_by,
                 "schedule_kind": schedule_kind,
             },
+            prepare=False,  # planned for its own filters, as run_list (pao/sql/runs.sql) says
         )
         return await cur.fetchall()
 

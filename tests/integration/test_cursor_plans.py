@@ -8,6 +8,7 @@ it (91 ms over 400,000 runs). Written as one row comparison, it bounds the index
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from typing import Any
@@ -16,7 +17,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from pao.db import connect
 from pao.sql import QUERIES
+from pao.store.runs import list_runs
+from pao.store.tasks import list_tasks
 from tests.helpers import new_agent, plan_nodes, queue_runs
 
 ROWS = 20_000
@@ -126,3 +130,28 @@ def test_a_page_of_tasks_starts_at_its_cursor(
         "limit": 51,
     }
     assert _cursor_bounds_the_scan(_generic_plan(db, "task_list", tasks), "tasks")
+
+
+def test_listings_are_planned_for_their_own_filters(db_url: str, history: dict[str, Any]) -> None:
+    """Called again and again on one connection, the listings whose filters may each be
+    absent are never prepared, so PostgreSQL never settles on a plan for any filters."""
+
+    async def prepared_after_many_calls() -> list[str]:
+        conn = await connect(db_url, autocommit=True)
+        try:
+            for _ in range(12):
+                await list_runs(conn, owner=None, limit=51, after=None, status="failed")
+                await list_runs(conn, owner=None, limit=51, after=None, task_id=history["task"])
+                await list_runs(conn, owner=history["owner"], limit=51, after=None)
+                await list_tasks(conn, owner=history["owner"], limit=51, after=None)
+            cur = await conn.execute("SELECT statement FROM pg_prepared_statements")
+            return [row["statement"] for row in await cur.fetchall()]
+        finally:
+            await conn.close()
+
+    prepared = asyncio.run(prepared_after_many_calls())
+    for name in ("run_list", "run_list_owned", "task_list"):
+        first_line = QUERIES[name].split("\n", 1)[0]
+        assert not [text for text in prepared if text.startswith(first_line)], name
+    # The other statements are prepared as usual (the owner's look among the newest runs).
+    assert prepared

@@ -118,16 +118,15 @@ async def execute(
     on_condition: Callable[[bool], Awaitable[None]] | None = None,
     on_step: StepHook | None = None,
     deadline: float | None = None,
-    limits: Limits | None = None,
+    limits: Limits,
 ) -> None:
     """Run every step; raise StepFailed on the first failure, ConditionNotMet to stop early.
 
     `deadline` (a `time.monotonic()` value) bounds the whole run: each step's own timeout
     is cut to what is left of it, and RunTimedOut is raised when that cut one runs out. One
-    limit per step serves both, which is cheaper than a second one around the run. A worker
-    passes its `limits`, shared by all its runs.
+    limit per step serves both, which is cheaper than a second one around the run. The
+    `limits` are the worker's, shared by all its runs.
     """
-    limits = limits or Limits()
     outputs: dict[str, JSONValue] = {}
     context = _context(ex, outputs)  # sees each new output: `steps` is `outputs` itself
     hook: StepHook = on_step or _no_hook

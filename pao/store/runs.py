@@ -115,7 +115,7 @@ async def list_runs(
     is found task by task (the cost follows the owner's tasks, not everyone's history) or by
     walking on through every agent's runs, whichever `owned_way` expects to read less.
     """
-    params = {
+    params: dict[str, Any] = {
         "owner": owner,
         "limit": limit,
         "after_queued": after[0] if after else None,
@@ -125,17 +125,13 @@ async def list_runs(
         "scan": OWNED_SCAN,
         "tasks_cap": OWNED_TASKS_COUNTED,
     }
-    async with conn.cursor(row_factory=model_row(Run)) as cur:
-        if status in LIVE:
-            await cur.execute(QUERIES["run_list_live"], params)
-            return await cur.fetchall()
-        if owner is None or task_id is not None:
-            await cur.execute(QUERIES["run_list"], params, prepare=False)
-            return await cur.fetchall()
-        await cur.execute(QUERIES["run_list_owned_recent"], params)
-        page = await cur.fetchall()
-        if len(page) == limit:
-            return page
+    if status in LIVE:
+        return await _runs(conn, "run_list_live", params)
+    if owner is None or task_id is not None:
+        return await _runs(conn, "run_list", params, prepare=False)
+    page = await _runs(conn, "run_list_owned_recent", params)
+    if len(page) == limit:
+        return page
     cost = await conn.execute(QUERIES["run_list_owned_cost"], params)
     counts = await cost.fetchone()
     assert counts is not None
@@ -146,11 +142,15 @@ async def list_runs(
         limit=limit,
         status=status,
     )
-    if way is None:
-        return page
+    # Never prepared: see run_list's comment.
+    return page if way is None else await _runs(conn, way, params, prepare=False)
+
+
+async def _runs(
+    conn: Conn, statement: str, params: dict[str, Any], *, prepare: bool | None = None
+) -> list[Run]:
     async with conn.cursor(row_factory=model_row(Run)) as cur:
-        # Never prepared: see run_list's comment.
-        await cur.execute(QUERIES[way], params, prepare=False)
+        await cur.execute(QUERIES[statement], params, prepare=prepare)
         return await cur.fetchall()
 
 

@@ -10,8 +10,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
+import psycopg
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,6 +59,19 @@ class Process:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
+
+
+def worker_id(db: psycopg.Connection[Any], proc: Process, timeout: float = 30.0) -> str:
+    """The id a worker process beats under (its pid is in the heartbeat row)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = db.execute(
+            "SELECT process_id FROM process_heartbeats WHERE pid = %s", (proc.proc.pid,)
+        ).fetchone()
+        if row:
+            return str(row[0])
+        time.sleep(0.1)
+    raise AssertionError(f"no heartbeat from the worker within {timeout} s:\n{proc.output()}")
 
 
 def wait_ready(base: str, api: Process, timeout: float = 30.0) -> None:

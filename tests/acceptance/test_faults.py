@@ -20,7 +20,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from tests.acceptance.faults import assert_work_consistent, silent_proxy
-from tests.acceptance.procs import Process, pao_process
+from tests.acceptance.procs import Process, pao_process, worker_id
 from tests.helpers import create_task, run_now, until
 
 Conn = psycopg.Connection[Any]
@@ -57,21 +57,6 @@ def _runs(db: Conn, task_id: str) -> list[dict[str, Any]]:
         " WHERE task_id = %s ORDER BY attempt",
         (task_id,),
     )
-
-
-def _worker_id(db: Conn, proc: Process) -> str:
-    """The id a worker process beats under (its pid is in the heartbeat row)."""
-    found: list[str] = []
-
-    def beating() -> bool:
-        rows = _rows(
-            db, "SELECT process_id FROM process_heartbeats WHERE pid = %s", (proc.proc.pid,)
-        )
-        found[:] = [r["process_id"] for r in rows]
-        return bool(found)
-
-    _until(beating, "the worker's first heartbeat", timeout=30)
-    return found[0]
 
 
 def _all_ended(db: Conn) -> bool:
@@ -113,7 +98,7 @@ def test_a_worker_cut_off_silently_loses_its_run_and_its_late_writes_are_refused
         pao_process("scheduler", _env(db_url), tmp_path / "scheduler.log"),
         pao_process("worker", _env(proxy.url, **a_lease), tmp_path / "a.log") as a,
     ):
-        a_id = _worker_id(db, a)
+        a_id = worker_id(db, a)
         run_now(client, writer_token, task_id)
         _until(
             lambda: _rows(
@@ -132,7 +117,7 @@ def test_a_worker_cut_off_silently_loses_its_run_and_its_late_writes_are_refused
                 lambda: "lease lost; stopped" in a.output(), "worker A to notice it lost the lease"
             )
         with pao_process("worker", _env(db_url), tmp_path / "b.log") as b:
-            b_id = _worker_id(db, b)
+            b_id = worker_id(db, b)
             _until(
                 lambda: any(r["status"] == "succeeded" for r in _runs(db, task_id)),
                 "worker B to finish the run",
@@ -215,7 +200,7 @@ def test_a_long_transaction_holding_a_due_work_row_lock_does_not_stop_other_work
             pao_process("scheduler", _env(db_url), tmp_path / "scheduler.log"),
             pao_process("worker", _env(db_url), tmp_path / "worker.log") as w,
         ):
-            _worker_id(db, w)
+            worker_id(db, w)
             # Scheduled work is materialised and run under the long transaction too.
             at = (datetime.now(UTC) + timedelta(seconds=3)).replace(microsecond=0)
             once = create_task(
@@ -259,7 +244,7 @@ def test_a_worker_pool_smaller_than_its_concurrency_neither_stalls_nor_loses_lea
         pao_process("scheduler", _env(db_url), tmp_path / "scheduler.log"),
         pao_process("worker", env, tmp_path / "worker.log") as w,
     ):
-        _worker_id(db, w)
+        worker_id(db, w)
         for task_id in tasks:
             run_now(client, writer_token, task_id)
         _until(
@@ -395,7 +380,7 @@ def test_every_worker_killed_then_a_new_one_finishes_everything(
             pao_process("worker", env, tmp_path / "a.log") as a,
             pao_process("worker", env, tmp_path / "b.log") as b,
         ):
-            dead = {_worker_id(db, a), _worker_id(db, b)}
+            dead = {worker_id(db, a), worker_id(db, b)}
             for task_id in slow:
                 run_now(client, writer_token, task_id)
             _until(
@@ -411,7 +396,7 @@ def test_every_worker_killed_then_a_new_one_finishes_everything(
         }
         assert len(interrupted) == 4
         with pao_process("worker", _env(db_url), tmp_path / "c.log") as c:
-            survivor = _worker_id(db, c)
+            survivor = worker_id(db, c)
             _until(lambda: _all_ended(db), "the new worker to finish everything")
     for task_id in slow:
         runs = [(r["attempt"], r["status"], r["worker_id"]) for r in _runs(db, task_id)]
@@ -444,7 +429,7 @@ def test_a_row_lock_on_a_running_occurrence_does_not_hold_up_the_others(
         pao_process("scheduler", _env(db_url), tmp_path / "scheduler.log"),
         pao_process("worker", _env(db_url), tmp_path / "worker.log") as w,
     ):
-        _worker_id(db, w)
+        worker_id(db, w)
         for task_id in tasks:
             run_now(client, writer_token, task_id)
         _until(

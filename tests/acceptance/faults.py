@@ -127,6 +127,7 @@ def assert_work_consistent(
       occurrence's last run ended in the same state as the occurrence;
     - nothing is left `running` past its lease, and no run is `running` unless its
       occurrence is running that very attempt;
+    - every run is of its occurrence's task (no foreign key checks it: runs copy it);
     - with `all_final`, every occurrence has ended.
     """
     twice = _rows(
@@ -185,6 +186,12 @@ def assert_work_consistent(
         " WHERE r.status = 'running' AND NOT (d.state = 'running' AND d.attempt = r.attempt)",
     )
     assert orphans == [], orphans
+    strays = _rows(
+        db,
+        "SELECT r.id, r.task_id, d.task_id AS occurrence_task FROM runs r"
+        " JOIN due_work d ON d.id = r.due_work_id WHERE r.task_id <> d.task_id",
+    )
+    assert strays == [], strays
 
     if all_final:
         unfinished = _rows(

@@ -15,6 +15,8 @@ from typing import Any
 import httpx
 import psycopg
 
+from tests.helpers import until
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -61,17 +63,15 @@ class Process:
                 self.proc.wait(timeout=10)
 
 
-def worker_id(db: psycopg.Connection[Any], proc: Process, timeout: float = 30.0) -> str:
+def worker_id(db: psycopg.Connection[Any], proc: Process) -> str:
     """The id a worker process beats under (its pid is in the heartbeat row)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        row = db.execute(
+    row = until(
+        lambda: db.execute(
             "SELECT process_id FROM process_heartbeats WHERE pid = %s", (proc.proc.pid,)
-        ).fetchone()
-        if row:
-            return str(row[0])
-        time.sleep(0.1)
-    raise AssertionError(f"no heartbeat from the worker within {timeout} s:\n{proc.output()}")
+        ).fetchone(),
+        "the worker's first heartbeat",
+    )
+    return str(row[0])
 
 
 def wait_ready(base: str, api: Process, timeout: float = 30.0) -> None:

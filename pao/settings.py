@@ -43,9 +43,23 @@ class Settings:
     max_active_tasks: int = 1000
     max_occurrences_per_hour: int = 60_000
     metrics_port: int = 9464
-    metrics_host: str = "0.0.0.0"  # noqa: S104  (probes and scrapers come from outside the pod)
+    # Loopback unless configured: the k8s manifests set 0.0.0.0 for the kubelet's probes.
+    metrics_host: str = "127.0.0.1"
     log_format: str = "text"
     stream_heartbeat_seconds: float = 15.0
+    # A stream ends after this long (the client reconnects with Last-Event-ID), and one
+    # agent may hold at most this many open at once.
+    stream_max_seconds: float = 3600.0
+    streams_per_agent: int = 10
+    # How many generations a chain of events may run (an event published by a run that an
+    # event triggered is one hop further).
+    event_max_hops: int = 5
+    # A step's rendered input and its stored output, in bytes of JSON.
+    step_input_max_bytes: int = 1_048_576
+    step_output_max_bytes: int = 16_777_216
+    # Peers whose X-Forwarded-For / X-Forwarded-Proto are believed (uvicorn's
+    # forwarded_allow_ips): addresses or CIDRs, "*" for any.
+    forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1",)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -84,11 +98,21 @@ class Settings:
                 env, "PAO_MAX_OCCURRENCES_PER_HOUR", 60_000, low=0, high=1_000_000_000
             ),
             metrics_port=_int(env, "PAO_METRICS_PORT", 9464, low=0, high=65535),
-            metrics_host=env.get("PAO_METRICS_HOST") or "0.0.0.0",  # noqa: S104
+            metrics_host=env.get("PAO_METRICS_HOST") or "127.0.0.1",
             log_format=_choice(env, "PAO_LOG_FORMAT", "text", ("text", "json")),
             stream_heartbeat_seconds=_float(
                 env, "PAO_STREAM_HEARTBEAT_SECONDS", 15.0, low=0.05, high=3600
             ),
+            stream_max_seconds=_float(env, "PAO_STREAM_MAX_SECONDS", 3600.0, low=1, high=86_400),
+            streams_per_agent=_int(env, "PAO_STREAMS_PER_AGENT", 10, low=1, high=10_000),
+            event_max_hops=_int(env, "PAO_EVENT_MAX_HOPS", 5, low=0, high=100),
+            step_input_max_bytes=_int(
+                env, "PAO_STEP_INPUT_MAX_BYTES", 1_048_576, low=1024, high=1_073_741_824
+            ),
+            step_output_max_bytes=_int(
+                env, "PAO_STEP_OUTPUT_MAX_BYTES", 16_777_216, low=1024, high=1_073_741_824
+            ),
+            forwarded_allow_ips=_csv(env.get("PAO_FORWARDED_ALLOW_IPS") or "127.0.0.1"),
         )
 
 

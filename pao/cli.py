@@ -1,6 +1,6 @@
 """The `pao` command.
 
-Process commands (`pao api`, later `pao scheduler` and `pao worker`) are found
+Process commands (`pao api`, `pao scheduler`, `pao worker`) are found
 through the `pao.processes` entry points, so this shared package never imports
 the process packages.
 """

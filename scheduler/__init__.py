@@ -1,1 +1,5 @@
-"""The scheduler process: turns due occurrences into `due_work` rows (not built yet)."""
+"""The scheduler process.
+
+Materialises due occurrences as `due_work`, rescues expired leases, fans out step
+events and prunes history.
+"""

@@ -1,1 +1,4 @@
-"""The worker process: claims `due_work` and runs pipelines (not built yet)."""
+"""The worker process.
+
+Claims `due_work` with SKIP LOCKED, holds fenced leases and runs pipelines of tool steps.
+"""

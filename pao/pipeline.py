@@ -34,6 +34,7 @@ STEP_FIELDS = ("id", "uses", "with", "save_as", "if", "timeout_seconds")
 
 _NAME_RULE = "start with a letter or '_' and use at most 64 letters, digits, '_' or '-'"
 _BAD_TEXT = re.compile(r"[\x00\ud800-\udfff]")
+_MAX_ECHO = 200  # characters of a bad value an error message repeats
 
 
 class Step(BaseModel):
@@ -318,17 +319,34 @@ def _schema_errors(
 
 
 def _schema_message(err: SchemaValidationError) -> str:
-    """jsonschema's text, minus the instance dump where a plainer sentence exists."""
+    """jsonschema's text, minus the instance dump where a plainer sentence exists.
+
+    A long value is shortened: an error must not echo back a payload's worth of input.
+    """
     rule = err.validator_value
     if err.validator == "not" and isinstance(rule, dict) and isinstance(rule.get("required"), list):
         return "use only one of: " + ", ".join(str(r) for r in rule["required"])
+    if err.validator == "maxLength" and isinstance(err.instance, str):
+        message = f"{_shortened(err.instance)} is longer than {rule} characters"
+    else:
+        message = err.message
+        if len(message) > _MAX_ECHO:
+            message = message[: _MAX_ECHO // 2] + " … " + message[-_MAX_ECHO // 2 :]
     described = isinstance(err.schema, dict) and isinstance(err.schema.get("description"), str)
     if described and err.validator in {"type", "pattern", "format", "enum", "maxLength"}:
         assert isinstance(err.schema, dict)
         if err.validator == "pattern":
-            return f"{err.instance!r} is not allowed here: {err.schema['description']}"
-        return f"{err.message} ({err.schema['description']})"
-    return err.message
+            return f"{_shortened(err.instance)} is not allowed here: {err.schema['description']}"
+        return f"{message} ({err.schema['description']})"
+    return message
+
+
+def _shortened(value: object) -> str:
+    """`value`'s repr, cut in the middle when long."""
+    text = repr(value)
+    if len(text) <= _MAX_ECHO:
+        return text
+    return f"{text[: _MAX_ECHO // 2]} … {text[-_MAX_ECHO // 2 :]} ({len(text)} characters)"
 
 
 def _covers_template(err: SchemaValidationError, templated: Sequence[Loc]) -> bool:

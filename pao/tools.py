@@ -79,7 +79,11 @@ _HTTP_REQUEST = ToolSpec(
                 "url": {
                     "type": "string",
                     "format": "uri",
-                    "pattern": r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#]+[^\s]*$",
+                    # Host, then nothing or a path/query/fragment: the two repeats cannot
+                    # share a character, so a check never backtracks (a host run followed
+                    # by `[^\s]*` tried every split: seconds for 64 KiB). Bounded like
+                    # maxLength, so even a longer string costs no more than 4 KiB of work.
+                    "pattern": r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#]{1,2048}(?:[/?#]\S{0,2048})?$",
                     "maxLength": 2048,
                     "description": "Absolute http:// or https:// URL.",
                 },

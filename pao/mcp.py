@@ -88,13 +88,30 @@ def _client_version() -> str:
 CLIENT_INFO = types.Implementation(name="pao", version=_client_version())
 
 
-def child_environment(config: McpServerConfig) -> dict[str, str]:
-    """A stdio server's environment: ours, the declared `env` on top, pao's Python first on PATH.
+INHERITED_ENV = frozenset(
+    {"HOME", "LOGNAME", "USER", "SHELL", "TERM", "PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR"}
+    | {"SSL_CERT_FILE", "SSL_CERT_DIR"}
+)
+"""What a stdio server inherits from pao's environment (plus every `LC_*`): what any program
+needs to run (the SDK's own default set, locale, time zone, temp directory, CA bundle) and
+nothing that may be a secret. DATABASE_URL, PAO_ADMIN_TOKEN, cloud credentials and proxies
+stay with pao; a server that needs a value has it declared in its `env`."""
 
-    So a tools file's ``"python"`` is the interpreter pao runs on, with the `mcp`
-    SDK and everything else pao has installed.
+
+def child_environment(config: McpServerConfig) -> dict[str, str]:
+    """A stdio server's environment: a minimal set of ours, the declared `env` on top, pao's
+    Python first on PATH.
+
+    Minimal because a tool server is third-party code: it must not see pao's database URL
+    or admin token. ``"python"`` in a tools file is the interpreter pao runs on, with the
+    `mcp` SDK and everything else pao has installed.
     """
-    env = {**os.environ, **config.env}
+    inherited = {
+        key: value
+        for key, value in os.environ.items()
+        if (key in INHERITED_ENV or key.startswith("LC_")) and not value.startswith("()")
+    }
+    env = {**inherited, **config.env}
     here = os.path.dirname(sys.executable)
     rest = env.get("PATH", os.defpath)
     env["PATH"] = here + os.pathsep + rest if rest else here

@@ -28,6 +28,12 @@ def whoami() -> dict[str, int | str | None]:
 
 
 @server.tool()
+def environment() -> dict[str, str]:
+    """The server's whole environment, to check what pao hands a stdio server."""
+    return dict(os.environ)
+
+
+@server.tool()
 async def slow(seconds: float) -> dict[str, float]:
     """Answer after `seconds`."""
     await asyncio.sleep(seconds)

@@ -188,7 +188,10 @@ def test_closing_the_hub_stops_stdio_servers() -> None:
     assert not _alive(pids[0])
 
 
-def test_stdio_servers_run_with_declared_env_and_cwd_and_pao_python(tmp_path: Path) -> None:
+def test_stdio_servers_run_with_declared_env_and_cwd_and_pao_python(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PROBE_VALUE", "inherited")
     (tmp_path / "tools").mkdir()
     (tmp_path / "work").mkdir()
     tools = tmp_path / "tools" / "tools.json"
@@ -208,7 +211,41 @@ def test_stdio_servers_run_with_declared_env_and_cwd_and_pao_python(tmp_path: Pa
         here = await hub.call_tool("here", "whoami", {})
         assert isinstance(here, dict)
         assert here["cwd"] == str(tmp_path / "tools")
-        assert here["value"] == os.environ.get("PROBE_VALUE")
+        assert here["value"] is None  # only what the tools file declares, not ours
+
+    run(body, servers)
+
+
+def test_stdio_servers_get_no_secrets_of_pao_only_a_minimal_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a worker or API process holds: none of it is for the tools it starts.
+    monkeypatch.setenv("DATABASE_URL", "postgresql://pao:secret@db/pao")
+    monkeypatch.setenv("PAO_ADMIN_TOKEN", "pao_" + "x" * 38)
+    monkeypatch.setenv("PAO_TOOLS_FILE", str(tmp_path / "tools.json"))
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "hunter2")
+    monkeypatch.setenv("LANG", "C.UTF-8")
+    monkeypatch.setenv("LC_TIME", "C")
+    monkeypatch.setenv("TZ", "Europe/Chisinau")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    declared = {"PROBE_VALUE": "42", "API_KEY": "for-this-server"}
+    servers = {"probe": McpServerConfig(command=["python", PROBE], env=declared)}
+
+    async def body(hub: McpHub) -> None:
+        env = await hub.call_tool("probe", "environment", {})
+        assert isinstance(env, dict)
+        leaked = sorted(k for k in env if k.startswith("PAO_") or k == "AWS_SECRET_ACCESS_KEY")
+        assert "DATABASE_URL" not in env
+        assert leaked == []
+        assert {k: env.get(k) for k in declared} == declared
+        # What a program needs to behave: locale, time zone, temp and home directories.
+        assert env["LANG"] == "C.UTF-8"
+        assert env["LC_TIME"] == "C"
+        assert env["TZ"] == "Europe/Chisinau"
+        assert env["TMPDIR"] == str(tmp_path)
+        assert env["HOME"] == str(tmp_path)
+        assert env["PATH"].split(os.pathsep)[0] == os.path.dirname(sys.executable)
 
     run(body, servers)
 

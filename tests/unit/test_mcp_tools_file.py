@@ -39,12 +39,18 @@ def test_cwd_is_read_from_the_tools_files_directory(
     assert servers["web"].cwd is None
 
 
-def test_the_child_environment_puts_pao_python_first() -> None:
+def test_the_child_environment_puts_pao_python_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://secret@db/pao")
+    monkeypatch.setenv("PAO_ADMIN_TOKEN", "pao_secret")
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")
     config = McpServerConfig(command=["python"], env={"TOKEN": "t", "PATH": "/only/here"})
     env = child_environment(config)
     assert env["TOKEN"] == "t"
     assert env["PATH"] == os.path.dirname(sys.executable) + os.pathsep + "/only/here"
     assert env.get("HOME") == os.environ.get("HOME")
+    assert env["LC_ALL"] == "C.UTF-8"
+    assert "DATABASE_URL" not in env
+    assert "PAO_ADMIN_TOKEN" not in env
 
 
 def test_descriptions_name_the_command_or_url() -> None:

@@ -71,7 +71,34 @@ def _container(deployment: str) -> Doc:
 
 
 def _env(container: Doc) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in container.get("env", [])}
+    """The container's literal `env` values (those read from a Secret are left out)."""
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+
+
+def _process_env(container: Doc) -> dict[str, str]:
+    """Everything the process sees: image defaults, then envFrom, then env (Kubernetes order),
+    with `secretKeyRef`s and `secretRef`s resolved against the manifests' own Secret."""
+    configs = _of_kind("ConfigMap")
+    secrets = {name: dict(doc["stringData"]) for name, doc in _of_kind("Secret").items()}
+    env = dict(re.findall(r"^\s+(PAO_[A-Z_]+)=(\S+)", CONTAINERFILE.read_text(), re.M))
+    for ref in container.get("envFrom", []):
+        if "configMapRef" in ref:
+            env.update(configs[ref["configMapRef"]["name"]]["data"])
+        else:
+            env.update(secrets[ref["secretRef"]["name"]])
+    for entry in container.get("env", []):
+        if "value" in entry:
+            env[entry["name"]] = entry["value"]
+        else:
+            key = entry["valueFrom"]["secretKeyRef"]
+            env[entry["name"]] = secrets[key["name"]][key["key"]]
+    return env
+
+
+def _all_containers() -> Iterator[tuple[str, Doc]]:
+    for name, spec in _pod_specs():
+        for c in spec["containers"]:
+            yield name, c
 
 
 def _named_port(container: Doc, name: str) -> int:
@@ -187,6 +214,9 @@ def test_scheduler_and_worker_probe_their_metrics_server() -> None:
         container = _container(name)
         port = _named_port(container, "metrics")
         assert int(_env(container)["PAO_METRICS_PORT"]) == port
+        # The kubelet's probes and the scraper come from outside the pod; the default
+        # (loopback) would answer neither.
+        assert Settings.from_env(_process_env(container)).metrics_host == "0.0.0.0", name  # noqa: S104
         for kind in ("livenessProbe", "readinessProbe"):
             assert _probe(container, kind) == ("/health/live", "metrics"), (name, kind)
         annotations = _of_kind("Deployment")[name]["spec"]["template"]["metadata"]["annotations"]
@@ -282,19 +312,22 @@ def test_the_secret_holds_placeholders_that_cannot_be_deployed_by_mistake() -> N
 
 def test_every_container_uses_the_one_image_and_a_valid_environment() -> None:
     [config] = _of_kind("ConfigMap").values()
-    image_env = dict(re.findall(r"^\s+(PAO_[A-Z_]+)=(\S+)", CONTAINERFILE.read_text(), re.M))
-    [(secret_name, _)] = _of_kind("Secret").items()
-    for name, spec in _pod_specs():
-        for c in spec["containers"]:
-            assert c["image"] == "pao", name  # the kustomization's `images` sets registry and tag
-            refs = c["envFrom"]
-            assert {"configMapRef": {"name": config["metadata"]["name"]}} in refs, name
-            assert {"secretRef": {"name": secret_name}} in refs, name
-            # What the process reads: image defaults, then envFrom, then env (Kubernetes order).
-            env = {**image_env, **config["data"], **_secret(), **_env(c)}
-            settings = Settings.from_env(env)
-            assert settings.database_url == _secret()["DATABASE_URL"], name
-            assert settings.data_dir == Path("/tmp/pao"), name
+    for name, c in _all_containers():
+        assert c["image"] == "pao", name  # the kustomization's `images` sets registry and tag
+        refs = c["envFrom"]
+        assert {"configMapRef": {"name": config["metadata"]["name"]}} in refs, name
+        settings = Settings.from_env(_process_env(c))
+        assert settings.database_url == _secret()["DATABASE_URL"], name
+        assert settings.data_dir == Path("/tmp/pao"), name
+
+
+def test_only_the_api_is_given_the_admin_token() -> None:
+    # The API alone makes sure the admin agent exists; a worker runs tools (MCP servers,
+    # HTTP steps) and the scheduler and migration need only the database.
+    holders = {name for name, c in _all_containers() if "PAO_ADMIN_TOKEN" in _process_env(c)}
+    assert holders == {"pao-api"}
+    api = Settings.from_env(_process_env(_container("pao-api")))
+    assert api.admin_token == _secret()["PAO_ADMIN_TOKEN"]
     [image] = _kustomization()["images"]
     assert image["name"] == "pao"
 

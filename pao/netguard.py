@@ -25,10 +25,43 @@ _LOCAL_NAMES = frozenset({"localhost", "metadata.google.internal", "metadata.goo
 _NUMERIC_HOST = re.compile(r"^(0x[0-9a-f]*|[0-9]+)(\.(0x[0-9a-f]*|[0-9]+)){0,3}\.?$", re.I)
 
 
+# IPv6 prefixes whose addresses lead to the IPv4 address in their last 32 bits: NAT64's
+# well-known prefix (RFC 6052; a translator sends the packets on as IPv4), IPv4-mapped,
+# IPv4-translated (SIIT) and the deprecated IPv4-compatible form.
+_EMBED_LOW32 = (
+    ipaddress.IPv6Network("64:ff9b::/96"),
+    ipaddress.IPv6Network("::ffff:0:0/96"),
+    ipaddress.IPv6Network("::ffff:0:0:0/96"),
+    ipaddress.IPv6Network("::/96"),
+)
+# Never public, whatever they embed: local-use NAT64 (RFC 8215: the site's own translator,
+# which may embed IPv4 at any of six offsets) and Teredo (2001::/32, relayed to a client
+# behind NAT; Python already counts it as not global).
+_NEVER_PUBLIC = (ipaddress.IPv6Network("64:ff9b:1::/48"),)
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one leads to (NAT64, mapped, translated, compatible, 6to4)."""
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if any(address in net for net in _EMBED_LOW32) and int(address) & 0xFFFF_FFFF > 1:
+        return ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF)
+    return None
+
+
 def is_public(address: IPAddress) -> bool:
-    """Globally routable and not multicast; an IPv4-mapped IPv6 address is judged as IPv4."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    """Globally routable and not multicast.
+
+    An IPv6 address that carries an IPv4 one (NAT64, 6to4, IPv4-mapped and the like) is
+    judged by the IPv4 address, since that is where its packets go: `64:ff9b::7f00:1`
+    reaches 127.0.0.1 through a NAT64 gateway, yet Python calls it global.
+    """
+    if isinstance(address, ipaddress.IPv6Address):
+        if any(address in net for net in _NEVER_PUBLIC):
+            return False
+        inner = embedded_ipv4(address)
+        if inner is not None:
+            return inner.is_global and not inner.is_multicast
     return address.is_global and not address.is_multicast
 
 

@@ -5,6 +5,12 @@ that very address (with the original name for `Host` and TLS), so a DNS
 answer cannot change between the check and the request. Every redirect is
 checked again. Only addresses that are globally routable are allowed, unless
 `PAO_HTTP_ALLOW` names the host or a network containing the address.
+
+Credentials (`Authorization`, `Cookie`, `Proxy-Authorization`) go only to the
+origin they were written for: a redirect to another scheme, host or port drops
+them. The worker's proxy variables (HTTP_PROXY, ALL_PROXY, NO_PROXY…) are
+ignored: a proxy would receive every request, secrets included, and would
+connect wherever it likes, past the address check.
 """
 
 from __future__ import annotations
@@ -24,6 +30,10 @@ if TYPE_CHECKING:  # httpx is loaded by the first http.request step, not by ever
     import httpx
 
 MAX_REDIRECTS = 5
+# Headers that only the origin a step names may see (compared in lower case).
+CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
+# Headers describing a body, dropped with it when a redirect turns the request into a GET.
+BODY_HEADERS = frozenset({"content-type", "content-length", "content-encoding"})
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -106,7 +116,10 @@ async def http_request(args: dict[str, Any], allow: Allow) -> dict[str, Any]:
     elif "body" in args:
         content = str(args["body"]).encode()
     try:
-        async with asyncio.timeout(timeout), httpx.AsyncClient(follow_redirects=False) as client:
+        async with (
+            asyncio.timeout(timeout),
+            httpx.AsyncClient(follow_redirects=False, trust_env=False) as client,
+        ):
             for _ in range(MAX_REDIRECTS + 1):
                 target, extensions = await _checked_target(url, allow)
                 request = client.build_request(
@@ -119,11 +132,15 @@ async def http_request(args: dict[str, Any], allow: Allow) -> dict[str, Any]:
                 response = await client.send(request, stream=True)
                 try:
                     if response.is_redirect and "location" in response.headers:
-                        url = url.join(response.headers["location"])
+                        following = url.join(response.headers["location"])
+                        if _origin(following) != _origin(url):
+                            headers = _without(headers, CREDENTIAL_HEADERS)
+                        url = following
                         if response.status_code == 303 or (
                             response.status_code in (301, 302) and method == "POST"
                         ):
                             method, content = "GET", None
+                            headers = _without(headers, BODY_HEADERS)
                         continue
                     body, truncated = await _read(response, max_bytes)
                 finally:
@@ -134,6 +151,16 @@ async def http_request(args: dict[str, Any], allow: Allow) -> dict[str, Any]:
     except httpx.HTTPError as exc:
         raise ToolFailed(f"HTTP request failed: {exc}") from None
     raise ToolFailed(f"more than {MAX_REDIRECTS} redirects")
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int]:
+    """Scheme, host and port: what a redirect must keep for credentials to follow it."""
+    port = url.port or (443 if url.scheme == "https" else 80)
+    return url.scheme, url.host.lower().rstrip("."), port
+
+
+def _without(headers: dict[str, str], names: frozenset[str]) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k.lower() not in names}
 
 
 async def _read(response: httpx.Response, max_bytes: int) -> tuple[bytes, bool]:

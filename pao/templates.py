@@ -14,12 +14,18 @@ Guards (a step's ``if``, a condition task's ``condition``) are one of::
 
 The lookup is always on the left. ``not`` only negates a bare lookup; to negate a
 comparison use the opposite operator, which reads better and cannot be misparsed.
+
+Rendering may be given a `Budget` of bytes: lookups multiply data (a 10 MiB result
+looked up 200 times is 2 GiB), so the size is counted as the output is made and the
+render stops at the first piece that passes the budget, before anything that large
+exists. A value is measured before it is copied or written out as JSON.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import math
 import operator
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -40,6 +46,38 @@ _MAX_LISTED = 20
 
 class TemplateError(PaoError):
     """A `${…}` lookup or guard is malformed or names data that does not exist."""
+
+
+class TooLarge(TemplateError):
+    """The rendered value passed its budget; `size` is what was counted when it stopped."""
+
+    def __init__(self, limit: int, size: int, where: tuple[str | int, ...], lookup: str | None):
+        at = ".".join(str(seg) for seg in where) or "the top level"
+        by = f" by {lookup}" if lookup else ""
+        super().__init__(f"more than {limit} bytes (at least {size}), passed at {at}{by}")
+        self.limit = limit
+        self.size = size
+        self.where = where
+        self.lookup = lookup
+
+
+class Budget:
+    """Bytes a render may produce, counted as compact JSON (see `json_size`)."""
+
+    __slots__ = ("limit", "spent")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.spent = 0
+
+    def spend(self, size: int, where: tuple[str | int, ...], lookup: str | None = None) -> None:
+        self.spent += size
+        if self.spent > self.limit:
+            raise TooLarge(self.limit, self.spent, where, lookup)
+
+    @property
+    def left(self) -> int:
+        return self.limit - self.spent
 
 
 @dataclass(frozen=True)
@@ -106,17 +144,35 @@ class Template:
         """True when the whole string is one lookup, so the value keeps its JSON type."""
         return len(self.parts) == 1 and isinstance(self.parts[0], Ref)
 
-    def render(self, context: Mapping[str, JSONValue]) -> JSONValue:
+    def render(
+        self,
+        context: Mapping[str, JSONValue],
+        budget: Budget | None = None,
+        where: tuple[str | int, ...] = (),
+    ) -> JSONValue:
+        """The string with its lookups filled in; each piece is counted before it is kept."""
         if self.is_single_lookup:
             ref = self.parts[0]
             assert isinstance(ref, Ref)
-            return copy.deepcopy(ref.resolve(context))
+            value = ref.resolve(context)
+            if budget is not None:
+                budget.spend(json_size(value, budget.left), where, ref.text)
+            return copy.deepcopy(value)
+        if budget is not None:
+            budget.spend(2, where)  # the quotes
         out: list[str] = []
         for part in self.parts:
             if isinstance(part, str):
+                if budget is not None:
+                    budget.spend(_utf8_size(part), where)
                 out.append(part)
-            else:
-                out.append(_as_text(part.resolve(context)))
+                continue
+            value = part.resolve(context)
+            if budget is not None:
+                # Measured before `_as_text` writes a non-string value out as JSON.
+                size = json_size(value, budget.left) - (2 if isinstance(value, str) else 0)
+                budget.spend(size, where, part.text)
+            out.append(_as_text(value))
         return "".join(out)
 
 
@@ -210,15 +266,95 @@ def references(value: JSONValue) -> list[Ref]:
     return refs
 
 
-def render(value: JSONValue, context: Mapping[str, JSONValue]) -> JSONValue:
-    """Substitute lookups in every string of `value`, in one pass."""
+def render(
+    value: JSONValue, context: Mapping[str, JSONValue], *, budget: Budget | None = None
+) -> JSONValue:
+    """Substitute lookups in every string of `value`, in one pass.
+
+    With a `budget`, raise TooLarge as soon as the output counted so far passes it;
+    `budget.spent` is then the output's size (its compact JSON, see `json_size`).
+    """
+    if budget is None:
+        return _render(value, context)
+    return _render_within(value, context, budget, ())
+
+
+def _render(value: JSONValue, context: Mapping[str, JSONValue]) -> JSONValue:
     if isinstance(value, str):
         return parse_template(value).render(context)
     if isinstance(value, dict):
-        return {key: render(item, context) for key, item in value.items()}
+        return {key: _render(item, context) for key, item in value.items()}
     if isinstance(value, list):
-        return [render(item, context) for item in value]
+        return [_render(item, context) for item in value]
     return value
+
+
+def _render_within(
+    value: JSONValue,
+    context: Mapping[str, JSONValue],
+    budget: Budget,
+    where: tuple[str | int, ...],
+) -> JSONValue:
+    if isinstance(value, str):
+        return parse_template(value).render(context, budget, where)
+    if isinstance(value, dict):
+        budget.spend(1 + len(value), where)  # braces and commas: 2 + (n - 1)
+        out: dict[str, JSONValue] = {}
+        for key, item in value.items():
+            budget.spend(_utf8_size(key) + 3, where)  # the key, its quotes and colon
+            out[key] = _render_within(item, context, budget, (*where, key))
+        return out
+    if isinstance(value, list):
+        budget.spend(1 + len(value) if value else 2, where)  # brackets and commas
+        return [
+            _render_within(item, context, budget, (*where, index))
+            for index, item in enumerate(value)
+        ]
+    budget.spend(json_size(value), where)
+    return value
+
+
+def json_size(value: object, limit: int | None = None) -> int:
+    """Bytes of `value` as compact JSON in UTF-8, escapes aside; stops once past `limit`.
+
+    What a step holds and stores, measured without writing the JSON out: a walk of the
+    value that ends as soon as the count passes `limit`, so measuring something far too
+    large costs no more than the limit. Anything that is not JSON counts as its `str`.
+    """
+    total = 0
+    stack: list[object] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += _utf8_size(item) + 2
+        elif item is None or item is True:
+            total += 4
+        elif item is False:
+            total += 5
+        elif isinstance(item, int):
+            # str() of a huge int is slow (and refused past 4300 digits): estimate those.
+            total += len(str(item)) if -(10**18) < item < 10**18 else item.bit_length() // 3 + 2
+        elif isinstance(item, float):
+            total += len(repr(item)) if math.isfinite(item) else 4
+        elif isinstance(item, Mapping):
+            total += 1 + len(item) if item else 2  # braces and commas
+            for key, child in item.items():
+                total += _utf8_size(str(key)) + 3  # the key, its quotes and colon
+                stack.append(child)
+        elif isinstance(item, list | tuple):
+            total += 1 + len(item) if item else 2
+            stack.extend(item)
+        else:
+            total += _utf8_size(str(item)) + 2
+        if limit is not None and total > limit:
+            return total
+    return total
+
+
+def _utf8_size(text: str) -> int:
+    if text.isascii():
+        return len(text)
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 # Guards -----------------------------------------------------------------------

@@ -6,6 +6,9 @@ names a server not discovered yet, or a tool the server did not list last
 time, asks that server now, for at most `ENSURE_SECONDS`: the payload is then
 checked against the tool's real input schema, and a server that cannot be
 reached gets a 503 (`McpUnavailable`) instead of a task stored to fail later.
+That 503 names the server but not why it failed: the reason carries the
+server's command line and stderr, which go to the log (and to admins in
+GET /tools), not to whichever agent sent the payload.
 A server that goes away keeps its last list, so tasks using it can still be
 checked while it restarts.
 """
@@ -113,9 +116,15 @@ class ToolDiscovery:
                     await self.refresh(server)
             except TimeoutError:
                 where = describe(server, self.registry.servers[server])
-                return f"MCP server {where} did not list its tools within {self.ensure_seconds:g}s"
-            except McpUnavailable as exc:
-                return exc.message
+                log.warning(
+                    "MCP server %s did not list its tools within %gs", where, self.ensure_seconds
+                )
+                return (
+                    f"MCP server {server!r} is not available: it did not list its tools "
+                    f"within {self.ensure_seconds:g}s"
+                )
+            except McpUnavailable:
+                return f"MCP server {server!r} is not available"  # refresh() logged why
             return None
 
         problems = [p for p in await asyncio.gather(*(one(s) for s in servers)) if p]

@@ -19,7 +19,9 @@ async def list_tools(state: State, agent: TasksRead) -> ToolList:
     Built-in tools, and the tools of the MCP servers declared in `PAO_TOOLS_FILE`
     as each server last listed them (named `<server>.<tool>`). `servers` says,
     for each MCP server, whether it could be reached and when it was last asked;
-    a server not reached yet is asked now, briefly.
+    a server not reached yet is asked now, briefly. Only admins are told why a
+    server failed (`error`): it names the server's command line, directory and
+    the last lines of its stderr, which are the operator's business.
     """
     await state.discovery.try_all()
     tools = state.registry.list_tools()
@@ -31,7 +33,7 @@ async def list_tools(state: State, agent: TasksRead) -> ToolList:
                 name=name,
                 transport=config.transport,
                 reachable=seen.ok,
-                error=seen.error,
+                error=seen.error if agent.is_admin else None,
                 checked_at=(
                     datetime.fromtimestamp(seen.checked_at, UTC) if seen.checked_at else None
                 ),

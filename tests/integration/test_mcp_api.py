@@ -52,9 +52,19 @@ def demo_tools_file(tmp_path: Path, **extra: dict[str, Any]) -> tuple[Path, Path
     return path, sink
 
 
+# A stdio server that dies at once, saying something only an operator should read.
+CRASHING = {
+    "command": ["python", "-c", "import sys; sys.exit('crashing: sk-operator-only')"],
+}
+
+
 @pytest.fixture
 def sink(tmp_path: Path) -> Path:
-    return demo_tools_file(tmp_path, down={"url": f"http://127.0.0.1:{free_port()}/mcp"})[1]
+    return demo_tools_file(
+        tmp_path,
+        down={"url": f"http://127.0.0.1:{free_port()}/mcp"},
+        crashing=CRASHING,
+    )[1]
 
 
 @pytest.fixture
@@ -91,7 +101,31 @@ def test_tools_lists_discovered_mcp_tools_with_their_schemas(
     assert servers["weather-mcp"]["transport"] == "stdio"
     assert servers["weather-mcp"]["tools"] == 1
     assert servers["down"]["reachable"] is False
-    assert "check that the server is running" in servers["down"]["error"]
+    assert servers["down"]["error"] is None  # why: for admins (below)
+
+
+def test_only_admins_see_how_servers_are_run_and_why_they_fail(
+    client: TestClient, writer_token: str, admin_token: str
+) -> None:
+    def servers(token: str) -> dict[str, dict[str, Any]]:
+        resp = client.get("/tools", headers=auth(token))
+        assert resp.status_code == 200, resp.text
+        return {s["name"]: s for s in resp.json()["servers"]}
+
+    admin = servers(admin_token)
+    # An admin sees the command, its stderr and the reason, to fix the tools file.
+    assert admin["crashing"]["reachable"] is False
+    assert "sk-operator-only" in admin["crashing"]["error"]
+    assert "python -c" in admin["crashing"]["error"]
+    assert "check that the server is running" in admin["down"]["error"]
+    # Anyone else: only whether each server works.
+    mine = servers(writer_token)
+    for name, server in mine.items():
+        assert server["error"] is None, server
+        assert server["reachable"] is admin[name]["reachable"], name
+        assert server["tools"] == admin[name]["tools"], name
+    assert mine["weather-mcp"]["reachable"] is True
+    assert mine["crashing"]["reachable"] is False
 
 
 def test_the_briefing_is_accepted(client: TestClient, writer_token: str) -> None:
@@ -153,8 +187,16 @@ def test_an_unreachable_server_is_a_503_and_nothing_changes(
     problem = resp.json()
     assert problem["type"] == "urn:pao:problem:tool-server-unavailable"
     assert "MCP server 'down'" in problem["detail"]
-    assert "check that the server is running" in problem["detail"]
+    assert "is not available" in problem["detail"]
     assert "nothing was stored" in problem["detail"]
+    # How the server is run and what it said are for the operator's logs.
+    crashing = client.post(
+        "/tasks", json=_briefing(step1={"uses": "crashing.send"}), headers=auth(writer_token)
+    )
+    assert crashing.status_code == 503, crashing.text
+    assert "MCP server 'crashing' is not available" in crashing.json()["detail"]
+    assert "sk-operator-only" not in crashing.text
+    assert "python" not in crashing.text
     assert problem["request_id"] == resp.headers["X-Request-ID"]
     changed = client.put(
         f"/tasks/{created['id']}", json={"payload": down["payload"]}, headers=auth(writer_token)

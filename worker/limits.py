@@ -1,4 +1,4 @@
-"""Time limits for every step a worker runs, kept by one timer.
+"""Time and size limits for every step a worker runs; the time limits kept by one timer.
 
 `asyncio.timeout` arms and cancels a loop timer of its own for each step: about 5 µs on
 uvloop, a tenth of the CPU a draining worker spends on a one-step run. Here starting and
@@ -13,16 +13,45 @@ from __future__ import annotations
 import asyncio
 from types import TracebackType
 
+from pao.settings import Settings
+
 TICK = 0.02
+# What one run may hold of its steps' inputs and outputs together, as a multiple of the
+# output cap, and at most: a run's steps are stored as one jsonb value, which PostgreSQL
+# refuses past 255 MiB (a run that cannot be stored would be retried by worker after
+# worker, each holding it in memory first).
+RUN_OUTPUTS = 4
+RUN_MAX_BYTES = 192 * 1024 * 1024
 
 
 class Limits:
-    """The limits of the steps in flight on one event loop."""
+    """The limits of the steps in flight on one event loop.
 
-    def __init__(self) -> None:
+    Sizes are in bytes of compact JSON (`pao.templates.json_size`): a step's rendered
+    input, its output, and everything one run holds (`run_max_bytes`, RUN_OUTPUTS times
+    the output cap, at most RUN_MAX_BYTES).
+    """
+
+    def __init__(
+        self,
+        *,
+        step_input_max_bytes: int = Settings.step_input_max_bytes,
+        step_output_max_bytes: int = Settings.step_output_max_bytes,
+    ) -> None:
         self._active: set[Limit] = set()
         self._sweeping: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the one `_sweeping` runs on
+        self.step_input_max_bytes = step_input_max_bytes
+        self.step_output_max_bytes = step_output_max_bytes
+        self.run_max_bytes = min(RUN_OUTPUTS * step_output_max_bytes, RUN_MAX_BYTES)
+
+    @classmethod
+    def of(cls, settings: Settings) -> Limits:
+        """The limits PAO_STEP_INPUT_MAX_BYTES and PAO_STEP_OUTPUT_MAX_BYTES set."""
+        return cls(
+            step_input_max_bytes=settings.step_input_max_bytes,
+            step_output_max_bytes=settings.step_output_max_bytes,
+        )
 
     def within(self, seconds: float) -> Limit:
         """`with limits.within(s):` raises TimeoutError when its body outlasts `s` (a plain

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from worker.limits import TICK, Limit, Limits
+from pao.settings import Settings
+from worker.limits import RUN_MAX_BYTES, TICK, Limit, Limits
 
 
 def test_a_body_past_its_limit_is_stopped_with_timeout_error() -> None:
@@ -169,3 +170,15 @@ def test_limits_keep_firing_on_a_second_event_loop() -> None:
 
     asyncio.run(busy())  # the loop closes with the sweep's timer armed on it
     assert asyncio.run(times_out())
+
+
+def test_size_limits_come_from_the_settings_and_a_run_holds_four_outputs() -> None:
+    default = Limits()
+    assert default.step_input_max_bytes == Settings().step_input_max_bytes
+    assert default.run_max_bytes == 4 * Settings().step_output_max_bytes
+    env = {"PAO_STEP_INPUT_MAX_BYTES": "2048", "PAO_STEP_OUTPUT_MAX_BYTES": "4096"}
+    limits = Limits.of(Settings.from_env(env))
+    assert (limits.step_input_max_bytes, limits.step_output_max_bytes) == (2048, 4096)
+    assert limits.run_max_bytes == 16384
+    huge = Limits(step_output_max_bytes=1 << 30)
+    assert huge.run_max_bytes == RUN_MAX_BYTES  # one jsonb value holds a run's steps

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
 
 from pao import tokens
 from pao.db import Conn
-from pao.errors import Conflict, InvalidInput, NotFound
+from pao.errors import Conflict, InvalidInput, MissingScope, NotFound
 from pao.models import SCOPES, Agent
 from pao.store import agents, audit
 from pao.store.agents import NewAgent
+from pao.tools import ToolSpec
 
 
 def check_scopes(scopes: list[str], loc: tuple[str | int, ...] = ("scopes",)) -> list[str]:
@@ -18,6 +20,22 @@ def check_scopes(scopes: list[str], loc: tuple[str | int, ...] = ("scopes",)) ->
     if unknown:
         raise InvalidInput.one(loc, f"unknown scopes {unknown}; choose from {list(SCOPES)}")
     return sorted(set(scopes))
+
+
+def check_step_scopes(
+    owner: Agent, step_id: str, spec: ToolSpec, args: Mapping[str, object], *, whose: str
+) -> None:
+    """Refuse a step its task's owner may not run: a step acts for its owner, so it may do
+    only what the owner's own token could. `whose` names the owner in the message."""
+    for scope, argument in spec.scopes_needed(args):
+        if owner.has_scope(scope):
+            continue
+        what = spec.name if argument is None else f"'{argument}' of {spec.name}"
+        raise MissingScope(
+            f"step '{step_id}' uses {what}, which needs the '{scope}' scope, and {whose} "
+            f"does not have it; ask an admin to grant '{scope}', or remove the step",
+            scope=scope,
+        )
 
 
 async def create_agent(

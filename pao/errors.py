@@ -22,6 +22,9 @@ class FieldError:
 class PaoError(Exception):
     """Something went wrong in the orchestrator."""
 
+    # True when doing the same again cannot succeed: a run failing with it is not retried.
+    final = False
+
     def __init__(self, message: str | None = None) -> None:
         super().__init__(message or (self.__doc__ or "").strip())
 
@@ -64,6 +67,16 @@ class Unauthenticated(PaoError):
 
 class Forbidden(PaoError):
     """The token lacks the scope this endpoint needs."""
+
+
+class MissingScope(Forbidden):
+    """The agent (or the owner of the task whose step this is) lacks a scope it needs."""
+
+    final = True
+
+    def __init__(self, message: str, *, scope: str) -> None:
+        super().__init__(message)
+        self.scope = scope
 
 
 class DatabaseUnavailable(PaoError):

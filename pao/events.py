@@ -1,4 +1,11 @@
-"""Events: stored once, fanned out to every matching active event task."""
+"""Events: stored once, fanned out to the matching active event tasks they may reach.
+
+An event reaches its publisher's own event tasks, and other agents' only through an
+audience, which only an admin or an agent with `events:broadcast` may set. A chain of
+events (a step of a run an event triggered publishes the next) ends at
+PAO_EVENT_MAX_HOPS, and what events fire counts toward the owner's hourly quota: each
+occurrence an event does not fire for either reason is recorded with why.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +16,28 @@ from typing import Any
 
 from pao import occurrences
 from pao.db import Conn
+from pao.errors import MissingScope
 from pao.models import Agent, Event, Run, Task
+from pao.settings import Settings
 from pao.store import audit, events, tasks, work
 from pao.store import occurrences as occurrence_store
-from pao.store.occurrences import QueueRequest
+from pao.store.events import AudienceValue
+from pao.store.occurrences import Decision, QueueRequest
+
+BROADCAST = "events:broadcast"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What bounds a fan-out: PAO_EVENT_MAX_HOPS, and PAO_MAX_OCCURRENCES_PER_HOUR (0: no
+    quota), which an owner's event-fired occurrences share with its schedules' peaks."""
+
+    max_hops: int
+    max_occurrences_per_hour: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> Limits:
+        return cls(settings.event_max_hops, settings.max_occurrences_per_hour)
 
 
 @dataclass(frozen=True)
@@ -27,20 +52,43 @@ class Published:
 MAX_NUDGES = 1000
 
 
-async def dispatch(conn: Conn, event: Event) -> list[tuple[Task, Run]]:
-    """Queue one occurrence of each matching active event task (dedupe keys applied).
+def reached_owners(event: Event) -> list[uuid.UUID] | None:
+    """The agents whose event tasks the event may reach; None for every agent's."""
+    if event.audience_all:
+        return None
+    owners = [] if event.published_by is None else [event.published_by]
+    return list(dict.fromkeys([*owners, *(event.audience or [])]))
 
-    The matching tasks are queued together, in one statement however many there are; a task
-    whose occurrence at the event's time is taken already is tried alone, a microsecond on.
+
+async def dispatch(conn: Conn, event: Event, limits: Limits) -> list[tuple[Task, Run]]:
+    """Queue one occurrence of each matching active event task the event may reach, within
+    the hop limit and each owner's quota (dedupe keys applied).
+
+    The matching tasks are found by one statement that reads only the reached owners' tasks,
+    and queued together, in one statement however many there are; a task whose occurrence at
+    the event's time is taken already is tried alone, a microsecond on.
     """
+    owners = reached_owners(event)
+    if owners == []:
+        return []
+    found = await tasks.list_tasks_matching_event(conn, event.type, owners=owners)
+    if not found:
+        return []
+    if event.hop > limits.max_hops:
+        why = (
+            f"event {event.type} {event.id} is {event.hop} hops down a chain of events, past "
+            f"the limit (PAO_EVENT_MAX_HOPS={limits.max_hops}): it fires nothing"
+        )
+        await _record(conn, found, event, occurrences.HOP_LIMIT, why)
+        return []
     matching = [
         task
-        for task in await tasks.list_tasks_matching_event(conn, event.type)
+        for task in await _within_quota(conn, found, event, limits.max_occurrences_per_hour)
         if not await occurrences.suppressed(conn, task, event.received_at, event)
     ]
     if not matching:
         return []
-    detail = f"event {event.type} {event.id}"
+    detail = f"event {event.type} {event.id} (hop {event.hop})"
     first = await occurrence_store.queue_many(
         conn,
         [
@@ -55,6 +103,37 @@ async def dispatch(conn: Conn, event: Event) -> list[tuple[Task, Run]]:
         if run is not None:
             queued.append((task, run))
     return queued
+
+
+async def _record(conn: Conn, found: list[Task], event: Event, decision: str, why: str) -> None:
+    await occurrence_store.record_many(
+        conn, [Decision(task.id, event.received_at, decision, None, why) for task in found]
+    )
+
+
+async def _within_quota(conn: Conn, found: list[Task], event: Event, limit: int) -> list[Task]:
+    """The tasks whose owners' hourly quota has room for one more occurrence, in order; the
+    others are recorded as over quota."""
+    if not limit:
+        return found
+    room = await occurrence_store.event_room(
+        conn, sorted({task.created_by for task in found}), limit=limit
+    )
+    admitted, refused = [], []
+    for task in found:
+        if room.get(task.created_by, 0) > 0:
+            room[task.created_by] -= 1
+            admitted.append(task)
+        else:
+            refused.append(task)
+    if refused:
+        why = (
+            f"event {event.type} {event.id} fires nothing more for this agent this hour: its "
+            f"schedules' peaks and what its event tasks fired in the last hour reach its quota "
+            f"(PAO_MAX_OCCURRENCES_PER_HOUR={limit})"
+        )
+        await _record(conn, refused, event, occurrences.OVER_QUOTA, why)
+    return admitted
 
 
 async def _nudged(conn: Conn, task: Task, event: Event, detail: str) -> Run | None:
@@ -74,11 +153,33 @@ async def _nudged(conn: Conn, task: Task, event: Event, detail: str) -> Run | No
 
 
 async def publish(
-    conn: Conn, *, actor: Agent, type: str, payload: dict[str, Any], request_id: str | None
+    conn: Conn,
+    *,
+    actor: Agent,
+    type: str,
+    payload: dict[str, Any],
+    request_id: str | None,
+    limits: Limits,
+    audience: AudienceValue = None,
 ) -> Published:
-    """Store an event and fan it out in the same transaction."""
-    event = await events.insert_event(conn, type=type, payload=payload, published_by=actor.id)
-    queued = await dispatch(conn, event)
+    """Store an event (hop 0: no run published it) and fan it out in the same transaction.
+
+    `audience` reaches other agents' tasks, so only an admin or an agent with
+    events:broadcast may give it.
+    """
+    if audience is not None and not actor.has_scope(BROADCAST):
+        raise MissingScope(
+            f"setting 'audience' needs the '{BROADCAST}' scope; leave it out to reach this "
+            "agent's own event tasks, or ask an admin for the scope",
+            scope=BROADCAST,
+        )
+    event = await events.insert_event(
+        conn, type=type, payload=payload, published_by=actor.id, audience=audience
+    )
+    queued = await dispatch(conn, event, limits)
+    detail: dict[str, Any] = {"type": type, "queued": len(queued)}
+    if audience is not None:
+        detail["audience"] = audience if audience == "*" else [str(a) for a in audience]
     await audit.record(
         conn,
         actor_id=actor.id,
@@ -86,7 +187,7 @@ async def publish(
         target_type="event",
         target_id=event.id,
         request_id=request_id,
-        detail={"type": type, "queued": len(queued)},
+        detail=detail,
     )
     own = {task.id for task, _ in queued if task.created_by == actor.id}
     return Published(event, [run for _, run in queued], own)

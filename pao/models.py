@@ -7,7 +7,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-SCOPES = ("tasks:read", "tasks:write", "runs:read", "events:publish", "admin")
+SCOPES = (
+    "tasks:read",
+    "tasks:write",
+    "runs:read",
+    "events:publish",
+    "events:broadcast",  # publish to other agents' tasks (an event's `audience`)
+    "admin",
+)
 
 
 @dataclass(frozen=True)
@@ -24,6 +31,10 @@ class Agent:
     @property
     def is_admin(self) -> bool:
         return "admin" in self.scopes
+
+    def has_scope(self, scope: str) -> bool:
+        """An admin holds every scope."""
+        return scope in self.scopes or self.is_admin
 
 
 @dataclass(frozen=True)
@@ -90,3 +101,10 @@ class Event:
     payload: dict[str, Any]
     published_by: uuid.UUID | None
     received_at: datetime
+    # The run whose step published it (None: published through the API), and how many
+    # events stand between it and one published through the API (which is hop 0).
+    source_run_id: uuid.UUID | None = None
+    hop: int = 0
+    # Whose event tasks it reaches besides its publisher's: every agent's, or these.
+    audience_all: bool = False
+    audience: list[uuid.UUID] | None = None

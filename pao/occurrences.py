@@ -23,6 +23,8 @@ SNOOZED = "snoozed"
 MISSED = "missed"
 DEDUPLICATED = "deduplicated"
 CANCELLED = "cancelled"
+HOP_LIMIT = "hop_limit"  # an event too many hops down a chain of events fired nothing
+OVER_QUOTA = "over_quota"  # an event would have taken the owner past its hourly quota
 
 
 def template_context(task: Task, nominal_at: datetime, event: Event | None) -> dict[str, JSONValue]:

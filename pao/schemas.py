@@ -27,7 +27,11 @@ BackoffField = Literal["fixed", "linear", "exponential", "exponential_jitter"]
 MisfireField = Literal["coalesce", "skip", "all"]
 TaskStatusField = Literal["active", "paused", "cancelled", "completed"]
 RunStatusField = Literal["queued", "running", "succeeded", "failed", "cancelled", "timed_out"]
-ScopeField = Literal["tasks:read", "tasks:write", "runs:read", "events:publish", "admin"]
+ScopeField = Literal[
+    "tasks:read", "tasks:write", "runs:read", "events:publish", "events:broadcast", "admin"
+]
+# Every agent's event tasks ("*"), or these agents' too; the publisher's own are always reached.
+Audience = Literal["*"] | Annotated[list[uuid.UUID], Field(max_length=1000)]
 
 
 def _written_as_text(value: Any) -> Any:
@@ -148,6 +152,13 @@ class Snooze(_Strict):
 class EventPublish(_Strict):
     type: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:/-]+$")
     payload: dict[str, Any] = Field(default_factory=dict)
+    audience: Audience | None = Field(
+        None,
+        description=(
+            'Whose event tasks the event reaches besides the publisher\'s own: "*" for every '
+            "agent's, or a list of agent ids. Needs the events:broadcast scope."
+        ),
+    )
 
 
 class AgentCreate(_Strict):

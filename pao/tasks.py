@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pao import occurrences
+from pao.agents import check_step_scopes
 from pao.db import Conn
 from pao.errors import (
     Conflict,
@@ -25,10 +26,10 @@ from pao.errors import (
 )
 from pao.models import Agent, Run, Task
 from pao.netguard import private_target
-from pao.pipeline import Pipeline, validate_payload
+from pao.pipeline import Pipeline, load_pipeline, validate_payload
 from pao.schedule import Schedule, parse_schedule
 from pao.schemas import TaskCreate, TaskUpdate
-from pao.store import audit, runs, tasks
+from pao.store import agents, audit, runs, tasks
 from pao.store import occurrences as occurrence_store
 from pao.store.occurrences import Decision, QueueRequest
 from pao.templates import parse_template
@@ -210,6 +211,26 @@ async def _check_quotas(
         )
 
 
+async def _check_step_scopes(
+    conn: Conn, ctx: Context, payload: dict[str, Any], owner_id: uuid.UUID
+) -> None:
+    """Refuse steps the task's owner may not run (`ToolSpec.required_scope`): a step acts
+    for its owner, whoever writes the task. Checked again when each step runs."""
+    steps = load_pipeline(payload).steps  # validated already
+    needs = [(step, spec) for step in steps if (spec := ctx.registry.resolve(step.uses))]
+    if not any(spec.scopes_needed(step.with_) for step, spec in needs):
+        return
+    if owner_id == ctx.actor.id:
+        owner, whose = ctx.actor, "this agent"
+    else:
+        found = await agents.get_agent(conn, owner_id)
+        if found is None:
+            raise NotFound(f"no agent {owner_id}")
+        owner, whose = found, f"the task's owner (agent {found.name!r})"
+    for step, spec in needs:
+        check_step_scopes(owner, step.id, spec, step.with_, whose=whose)
+
+
 async def _check_owner(conn: Conn, ctx: Context, created_by: uuid.UUID | None) -> uuid.UUID:
     if created_by is None or created_by == ctx.actor.id:
         return ctx.actor.id
@@ -226,6 +247,7 @@ async def create_task(conn: Conn, ctx: Context, data: TaskCreate) -> Task:
     fields["timezone"] = fields["timezone"] or ctx.default_timezone
     next_run_at = _validate(ctx, fields, created_at=now, now=now)
     fields["created_by"] = await _check_owner(conn, ctx, data.created_by)
+    await _check_step_scopes(conn, ctx, fields["payload"], fields["created_by"])
     fields["hourly_peak"] = hourly_peak(
         fields["schedule_kind"],
         fields["schedule_expr"],
@@ -304,6 +326,8 @@ async def update_task(
         fields["created_by"] = await _check_owner(conn, ctx, data.created_by)
     fields["hourly_peak"] = task.hourly_peak
     owner_changed = fields["created_by"] != task.created_by
+    if owner_changed or "payload" in given:
+        await _check_step_scopes(conn, ctx, fields["payload"], fields["created_by"])
     if schedule_changed:
         fields["hourly_peak"] = hourly_peak(
             fields["schedule_kind"],

@@ -46,6 +46,20 @@ class ToolSpec:
     description: str
     input_schema: dict[str, Any]
     server: str | None = None
+    # The scope a task's owner must hold for a step to use this tool, and the scope each
+    # of these arguments needs when a step gives it: checked when the task is written and
+    # again when the step runs (scopes can be taken away). An admin holds every scope.
+    required_scope: str | None = None
+    argument_scopes: tuple[tuple[str, str], ...] = ()
+
+    def scopes_needed(self, args: Mapping[str, object]) -> list[tuple[str, str | None]]:
+        """What the owner of a step calling this tool with `args` must hold: each scope with
+        the argument that needs it (None: the tool itself), in order."""
+        needed: list[tuple[str, str | None]] = []
+        if self.required_scope:
+            needed.append((self.required_scope, None))
+        needed += [(scope, name) for name, scope in self.argument_scopes if name in args]
+        return needed
 
 
 def _object_schema(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
@@ -115,13 +129,19 @@ _HTTP_REQUEST = ToolSpec(
     },
 )
 
+UUID_PATTERN = r"^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$"
+
 _EVENTS_PUBLISH = ToolSpec(
     name="events.publish",
     description=(
         "Publish an event that can trigger event tasks whose pattern matches 'type' "
         "(e.g. 'weather.checked'). 'payload' becomes ${event.payload} in those tasks. "
-        "Returns {event_id}."
+        "It reaches the task owner's own event tasks; 'audience' (\"*\" or agent ids, "
+        "needs the events:broadcast scope) reaches other agents' too. Needs the "
+        "events:publish scope. Returns {event_id}."
     ),
+    required_scope="events:publish",
+    argument_scopes=(("audience", "events:broadcast"),),
     input_schema=_object_schema(
         {
             "type": {
@@ -133,6 +153,20 @@ _EVENTS_PUBLISH = ToolSpec(
                 "type": "object",
                 "default": {},
                 "description": "Free JSON object delivered with the event.",
+            },
+            "audience": {
+                "oneOf": [
+                    {"const": "*"},
+                    {
+                        "type": "array",
+                        "items": {"type": "string", "pattern": UUID_PATTERN},
+                        "maxItems": 1000,
+                    },
+                ],
+                "description": (
+                    'Whose event tasks it reaches besides the owner\'s: "*" for every '
+                    "agent's, or a list of agent ids. Needs the events:broadcast scope."
+                ),
             },
         },
         ["type"],

@@ -104,8 +104,9 @@ class Scheduler:
         """Fan out events published by pipeline steps; returns how many events."""
         async with db.connection(self.pool) as conn:
             pending = await events.lock_pending(conn, limit=EVENT_BATCH)
+            limits = event_logic.Limits.of(self.settings)
             for event in pending:
-                await event_logic.dispatch(conn, event)
+                await event_logic.dispatch(conn, event, limits)
             await events.mark_dispatched(conn, [e.id for e in pending])
         return len(pending)
 

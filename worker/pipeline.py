@@ -28,6 +28,10 @@ _UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
 class StepFailed(PaoError):
     """A step failed; the run fails with this message."""
 
+    def __init__(self, message: str | None = None, *, final: bool = False) -> None:
+        super().__init__(message)
+        self.final = final  # the tool's error says a retry cannot succeed (`PaoError.final`)
+
 
 class RunTimedOut(PaoError):
     """The run's deadline (PAO_RUN_TIMEOUT) passed; the step running then was stopped."""
@@ -178,7 +182,8 @@ async def execute(
             message = f"step {step.id}: timed out after {step_timeout:g}s"
             raise _fail(ex, record, message, hook, started) from None
         except PaoError as exc:
-            raise _fail(ex, record, f"step {step.id}: {exc.message}", hook, started) from None
+            message = f"step {step.id}: {exc.message}"
+            raise _fail(ex, record, message, hook, started, final=exc.final) from None
         except asyncio.CancelledError:
             # The stored record keeps its state; only the watchers learn the step was stopped.
             hook(len(ex.steps) - 1, {**record, "status": "cancelled"}, time.monotonic() - started)
@@ -214,9 +219,11 @@ def _fail(
     message: str,
     hook: StepHook,
     started: float | None = None,
+    *,
+    final: bool = False,
 ) -> StepFailed:
     record.update(status="failed", error=message)
     if record not in ex.steps:
         ex.steps.append(record)
     hook(ex.steps.index(record), record, 0.0 if started is None else time.monotonic() - started)
-    return StepFailed(message)
+    return StepFailed(message, final=final)

@@ -356,7 +356,7 @@ class Worker:
         except ConditionNotMet as exc:
             await self._end(held, task, "succeeded", exc.message, steps)
         except (StepFailed, InvalidInput) as exc:
-            await self._end(held, task, "failed", exc.message, steps)
+            await self._end(held, task, "failed", exc.message, steps, retry=not exc.final)
         except RunTimedOut:
             message = f"the run took longer than {self.settings.run_timeout_seconds}s"
             await self._end(held, task, "timed_out", message, steps)
@@ -390,11 +390,14 @@ class Worker:
         status: str,
         error: str | None,
         steps: list[dict[str, Any]],
+        *,
+        retry: bool = True,
     ) -> None:
-        """Hand the outcome to the writer and wait for it: retry a failure while retries last."""
+        """Hand the outcome to the writer and wait for it: retry a failure while retries last
+        (and `retry` says one could succeed)."""
         c = held.claimed
         end = End(held.lease, c.run_id, task, status, steps, error)
-        if status in ("failed", "timed_out") and c.attempt <= task.max_retries:
+        if retry and status in ("failed", "timed_out") and c.attempt <= task.max_retries:
             delay = retry_delay(
                 task.backoff_strategy,
                 c.attempt,

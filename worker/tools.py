@@ -10,8 +10,12 @@ from typing import TYPE_CHECKING, Any
 from psycopg_pool import AsyncConnectionPool
 
 from pao import db
-from pao.store import work
+from pao.agents import check_step_scopes
+from pao.errors import MissingScope
+from pao.store import events, work
+from pao.store.events import AudienceValue
 from pao.templates import JSONValue
+from pao.tools import BUILTIN_TOOLS
 from worker.http_tool import Allow, ToolFailed, http_request
 from worker.pipeline import StepCall, Tool
 
@@ -55,14 +59,34 @@ class Toolbox:
         return {"slept": seconds}
 
     async def publish(self, args: dict[str, Any], call: StepCall) -> JSONValue:
-        """Store the event for the scheduler to fan out; a retried step publishes it once."""
+        """Store the event for the scheduler to fan out; a retried step publishes it once.
+
+        The step acts for its task's owner as the owner is now: scopes taken away or an
+        owner disabled since the task was written fail the step, for good (MissingScope).
+        """
+        audience = _audience(args.get("audience"))
         async with db.connection(self.pool) as conn:
+            origin = await events.step_origin(conn, self.run_id)
+            if origin is None:
+                raise ToolFailed("the run is no longer in the database")
+            owner = origin.owner
+            whose = f"the task's owner (agent {owner.name!r})"
+            if not origin.usable:
+                raise MissingScope(
+                    f"step '{call.step_id}' uses {_PUBLISH.name}, but {whose} is disabled, "
+                    "expired or deleted, so its steps may publish nothing",
+                    scope=_PUBLISH.required_scope or "",
+                )
+            check_step_scopes(owner, call.step_id, _PUBLISH, args, whose=whose)
             event_id = await work.publish_from_step(
                 conn,
                 type=str(args["type"]),
                 payload=args.get("payload", {}),
                 run_id=self.run_id,
                 idempotency_key=call.idempotency_key,
+                published_by=owner.id,
+                hop=origin.hop,
+                audience=audience,
             )
         return {"published": event_id is not None, "event_id": str(event_id) if event_id else None}
 
@@ -97,6 +121,23 @@ class Toolbox:
             )
 
         return fail
+
+
+_PUBLISH = next(spec for spec in BUILTIN_TOOLS if spec.name == "events.publish")
+
+
+def _audience(value: object) -> AudienceValue:
+    """A step's rendered `audience`: "*", agent ids, or None (the owner's own tasks only)."""
+    if value is None:
+        return None
+    if value == "*":
+        return "*"
+    if isinstance(value, list):
+        try:
+            return [uuid.UUID(str(item)) for item in value]
+        except ValueError:
+            pass
+    raise ToolFailed(f"'audience' must be \"*\" or a list of agent ids, not {value!r}")
 
 
 # The built-in tools' methods by name: a dict of bound methods made for every lookup cost

@@ -19,9 +19,12 @@ router = APIRouter(prefix="/events", tags=["events"])
 async def publish(
     request: Request, state: State, agent: EventsPublish, body: EventPublish
 ) -> Response:
-    """Publish an event; every active event task whose pattern matches fires once.
+    """Publish an event: each active event task of this agent whose pattern matches fires once.
 
-    Honours `Idempotency-Key` like `POST /tasks`.
+    `audience` ("*", or a list of agent ids) reaches other agents' event tasks too; it needs
+    the events:broadcast scope. An event that would take a task's owner past its hourly quota
+    does not fire that task (the task's occurrences say so). Honours `Idempotency-Key` like
+    `POST /tasks`.
     """
     async with idempotent(request, state, agent) as guard:
         if guard.replay is not None:
@@ -33,6 +36,8 @@ async def publish(
                 type=body.type,
                 payload=body.payload,
                 request_id=request_id(request),
+                limits=logic.Limits.of(state.settings),
+                audience=body.audience,
             )
             visible = None if agent.is_admin else published.own_task_ids
             accepted = EventAccepted.of(

@@ -99,3 +99,21 @@ DELETE FROM occurrences
 WHERE id = ANY(ARRAY(
     SELECT id FROM occurrences WHERE decided_at < %(before)s LIMIT %(limit)s
 ))
+
+-- name: occurrence_event_room
+-- How many more occurrences events may fire this hour for each of these agents: the hourly
+-- quota, less the summed peaks of the agent's live schedules, less the occurrences its event
+-- tasks queued in the last hour (counted no further than the quota, so the count stays cheap).
+SELECT o.owner,
+       greatest(0, %(limit)s::bigint
+           - (SELECT coalesce(sum(t.hourly_peak), 0) FROM tasks t
+              WHERE t.created_by = o.owner AND t.status IN ('active', 'paused'))
+           - (SELECT count(*) FROM (
+                  SELECT 1 FROM tasks t
+                  JOIN occurrences c ON c.task_id = t.id
+                  WHERE t.created_by = o.owner AND t.schedule_kind = 'event'
+                    AND c.nominal_at > now() - interval '1 hour' AND c.decision = 'queued'
+                  LIMIT %(limit)s::bigint
+              ) fired)
+       )::bigint AS room
+FROM unnest(%(owners)s::uuid[]) AS o(owner)

@@ -92,6 +92,18 @@ WHERE schedule_kind = 'event'
            AND starts_with(%(type)s, left(schedule_expr, -1))))
 ORDER BY id
 
+-- name: task_list_matching_event_of
+-- task_list_matching_event among the tasks of these agents only (an event's publisher and its
+-- audience), each agent's read on tasks_event_owner_idx.
+SELECT * FROM tasks
+WHERE created_by = ANY(%(owners)s::uuid[])
+  AND schedule_kind = 'event'
+  AND status = 'active'
+  AND (schedule_expr = %(type)s
+       OR (right(schedule_expr, 1) = '*'
+           AND starts_with(%(type)s, left(schedule_expr, -1))))
+ORDER BY id
+
 -- name: task_lock_due
 -- Active tasks with an occurrence before the horizon, locked for this scheduler; replicas skip them.
 SELECT * FROM tasks

@@ -114,6 +114,15 @@ async def list_for_task(
     return list(await cur.fetchall())
 
 
+async def event_room(conn: Conn, owners: list[uuid.UUID], *, limit: int) -> dict[uuid.UUID, int]:
+    """How many more occurrences events may fire this hour for each owner, under `limit`
+    (PAO_MAX_OCCURRENCES_PER_HOUR) shared with the owner's schedules."""
+    if not owners:
+        return {}
+    cur = await conn.execute(QUERIES["occurrence_event_room"], {"owners": owners, "limit": limit})
+    return {row["owner"]: int(row["room"]) for row in await cur.fetchall()}
+
+
 async def claim_dedupe_key(
     conn: Conn, *, task_id: uuid.UUID, key: str, seen_at: datetime, window_seconds: int
 ) -> bool:

@@ -90,9 +90,17 @@ async def owner_exists(conn: Conn, agent_id: uuid.UUID) -> bool:
     return await cur.fetchone() is not None
 
 
-async def list_tasks_matching_event(conn: Conn, event_type: str) -> list[Task]:
+async def list_tasks_matching_event(
+    conn: Conn, event_type: str, *, owners: list[uuid.UUID] | None = None
+) -> list[Task]:
+    """Active event tasks matching `event_type`: of every agent, or of `owners` only."""
     async with conn.cursor(row_factory=model_row(Task)) as cur:
-        await cur.execute(QUERIES["task_list_matching_event"], {"type": event_type})
+        if owners is None:
+            await cur.execute(QUERIES["task_list_matching_event"], {"type": event_type})
+        else:
+            await cur.execute(
+                QUERIES["task_list_matching_event_of"], {"type": event_type, "owners": owners}
+            )
         return await cur.fetchall()
 
 

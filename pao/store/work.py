@@ -20,6 +20,7 @@ from pao.db import Conn, field_names, from_row, model_row, pipelined_transaction
 from pao.models import Event, Task
 from pao.sql import QUERIES
 from pao.store import runs
+from pao.store.events import AudienceValue, audience_columns
 
 
 @dataclass(frozen=True)
@@ -321,9 +322,20 @@ async def set_condition_state(conn: Conn, task_id: uuid.UUID, state: bool) -> No
 
 
 async def publish_from_step(
-    conn: Conn, *, type: str, payload: Any, run_id: uuid.UUID, idempotency_key: str
+    conn: Conn,
+    *,
+    type: str,
+    payload: Any,
+    run_id: uuid.UUID,
+    idempotency_key: str,
+    published_by: uuid.UUID,
+    hop: int,
+    audience: AudienceValue = None,
 ) -> uuid.UUID | None:
-    """Store a step's event for the scheduler to fan out; None if this key already published."""
+    """Store a step's event for the scheduler to fan out; None if this key already published.
+
+    `published_by` is the owner of the run's task, and `hop` one more than the hop of the
+    event that triggered the run (0 if none did): see `events.step_origin`."""
     cur = await conn.execute(
         QUERIES["event_insert_from_step"],
         {
@@ -331,6 +343,9 @@ async def publish_from_step(
             "payload": Jsonb(payload),
             "source_run_id": run_id,
             "idempotency_key": idempotency_key,
+            "published_by": published_by,
+            "hop": hop,
+            **audience_columns(audience),
         },
     )
     row = await cur.fetchone()

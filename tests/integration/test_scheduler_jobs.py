@@ -307,6 +307,8 @@ def test_step_published_events_are_fanned_out_with_dedupe(
         dedupe_window_seconds=3600,
     )
 
+    writer = db.execute("SELECT id FROM agents WHERE name = 'writer'").fetchone()
+
     async def publish_three(sched: Scheduler) -> int:
         async with pao_db.connection(sched.pool) as conn:
             for message_id in ("m1", "m1", "m2"):
@@ -314,7 +316,7 @@ def test_step_published_events_are_fanned_out_with_dedupe(
                     conn,
                     type="mail.received",
                     payload={"message_id": message_id},
-                    published_by=None,
+                    published_by=writer[0] if writer else None,
                     dispatched=False,
                 )
         return await sched.dispatch_events()

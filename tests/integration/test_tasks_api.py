@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from pao import events
 from pao.db import connect
+from pao.settings import Settings
 from pao.store import events as event_store
 from tests.helpers import SEED_TASK, auth
 
@@ -249,9 +250,12 @@ def test_events_fan_out_to_matching_tasks(
     other = event_task("gitlab.push")
     paused = event_task("github.push")
     client.post(f"/tasks/{paused}/pause", headers=auth(writer_token))
-    publisher = make_token("events:publish", name="ingest")
+    # Another agent's event reaches these tasks through its audience (events:broadcast).
+    publisher = make_token("events:publish", "events:broadcast", name="ingest")
     resp = client.post(
-        "/events", json={"type": "github.push", "payload": {"ref": "main"}}, headers=auth(publisher)
+        "/events",
+        json={"type": "github.push", "payload": {"ref": "main"}, "audience": "*"},
+        headers=auth(publisher),
     )
     assert resp.status_code == 202, resp.text
     # The publisher learns nothing about other agents' tasks...
@@ -294,6 +298,16 @@ def test_stored_created_at_is_the_anchor_the_schedule_was_checked_with(
         assert datetime.fromisoformat(task["next_run_at"]) == schedule.next_after(created)
 
 
+LIMITS = events.Limits.of(Settings())
+
+
+def _writer_id(db: psycopg.Connection[Any]) -> Any:
+    """The writer agent's id: events it publishes reach its own tasks."""
+    row = db.execute("SELECT id FROM agents WHERE name = 'writer'").fetchone()
+    assert row is not None
+    return row[0]
+
+
 def test_twin_events_fan_out_to_many_tasks_together(
     client: TestClient, writer_token: str, db_url: str, db: psycopg.Connection[Any]
 ) -> None:
@@ -304,20 +318,21 @@ def test_twin_events_fan_out_to_many_tasks_together(
     late = client.post(
         "/tasks", json={**body, "schedule_expr": "fan.out"}, headers=auth(writer_token)
     ).json()["id"]
+    writer = _writer_id(db)
 
     async def publish_twins() -> list[int]:
         conn = await connect(db_url)
         try:
             async with conn.transaction():
                 first = await event_store.insert_event(
-                    conn, type="fan.out", payload={}, published_by=None
+                    conn, type="fan.out", payload={}, published_by=writer
                 )
                 second = await event_store.insert_event(
-                    conn, type="fan.out", payload={}, published_by=None
+                    conn, type="fan.out", payload={}, published_by=writer
                 )
                 counts = []
                 for event in (first, replace(second, received_at=first.received_at)):
-                    counts.append(len(await events.dispatch(conn, event)))
+                    counts.append(len(await events.dispatch(conn, event, LIMITS)))
                 return counts
         finally:
             await conn.close()
@@ -338,21 +353,22 @@ def test_two_events_received_in_the_same_microsecond_both_fire(
     """Concurrent publishers can share a timestamp; each event still fires each task once."""
     body = {**SEED_TASK, "schedule_kind": "event", "schedule_expr": "twin.ping"}
     task_id = client.post("/tasks", json=body, headers=auth(writer_token)).json()["id"]
+    writer = _writer_id(db)
 
     async def publish_twins() -> None:
         conn = await connect(db_url)
         try:
             async with conn.transaction():
                 first = await event_store.insert_event(
-                    conn, type="twin.ping", payload={}, published_by=None
+                    conn, type="twin.ping", payload={}, published_by=writer
                 )
                 second = await event_store.insert_event(
-                    conn, type="twin.ping", payload={}, published_by=None
+                    conn, type="twin.ping", payload={}, published_by=writer
                 )
                 for event in (first, replace(second, received_at=first.received_at)):
-                    await events.dispatch(conn, event)
+                    await events.dispatch(conn, event, LIMITS)
                 # Dispatching an event again queues nothing more.
-                assert await events.dispatch(conn, first) == []
+                assert await events.dispatch(conn, first, LIMITS) == []
         finally:
             await conn.close()
 

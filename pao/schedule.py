@@ -56,16 +56,18 @@ never inside a gap, twice in a fall-back overlap.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import calendar
 import dataclasses
 import heapq
 import re
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from itertools import islice
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeVar, cast
 from zoneinfo import ZoneInfo
 
 from dateutil.rrule import (
@@ -82,7 +84,17 @@ from dateutil.rrule import (
 from pao.errors import InvalidInput
 from pao.zones import UTC, get_zone, offset_bounds
 
-__all__ = ["KINDS", "Schedule", "ScheduleKind", "event_matches", "parse_schedule"]
+__all__ = [
+    "HORIZON_YEARS",
+    "KINDS",
+    "SEARCH_BUDGET",
+    "Budget",
+    "Schedule",
+    "ScheduleKind",
+    "event_matches",
+    "off_loop",
+    "parse_schedule",
+]
 
 ScheduleKind = Literal["cron", "rrule", "once", "event", "condition"]
 KINDS: tuple[str, ...] = ("cron", "rrule", "once", "event", "condition")
@@ -91,13 +103,18 @@ MAX_EXPR_LEN = 1000
 MAX_EVENT_LEN = 200
 MAX_COUNT = 5000
 MAX_INTERVAL = 1000
-# A cron date pattern recurs at least every few decades; search no further.
-_CRON_HORIZON_YEARS = 100
-# Days (or hours/minutes for sub-daily rules) dateutil may examine without
-# finding an occurrence before we decide the rule does not fire (again).
-_RRULE_BUDGET = 25_000
+# No search looks further than this past its start: every cron date pattern and every
+# rrule recurs within it (29 February on a given weekday waits at most 40 years).
+HORIZON_YEARS = 100
+# Candidate instants one computation (a preview, a next-fire search, a validation, one
+# scheduler plan) may examine, all of them together: days dateutil filters out, times of
+# day it tries, walls read before the start, cron months. A century of days fits, at
+# one check a day; about half a second of CPU when spent in full.
+SEARCH_BUDGET = 50_000
+# Schedule math in the API runs on these threads, and is given up on after this long.
+TIME_LIMIT_SECONDS = 5.0
 _LAST_YEAR = 9998
-_DRY_SPELL = timedelta(days=366 * _CRON_HORIZON_YEARS)
+_HORIZON = timedelta(days=366 * HORIZON_YEARS)
 
 _EXPR: tuple[str] = ("schedule_expr",)
 _MINUTE = timedelta(minutes=1)
@@ -105,6 +122,68 @@ _MINUTE = timedelta(minutes=1)
 
 def _bad(message: str) -> InvalidInput:
     return InvalidInput.one(_EXPR, message)
+
+
+class _OutOfBudget(Exception):
+    pass
+
+
+class Budget:
+    """How many candidate instants one computation may examine.
+
+    One is made per call (a whole preview, one next-fire search, one validation, one
+    scheduler plan) and shared by everything it expands, so a rule that finds an
+    occurrence now and then cannot earn a fresh allowance with each one. Counted in
+    iterations, not time, so the answer does not depend on the machine's load.
+    """
+
+    __slots__ = ("horizon_reached", "limit", "spent")
+
+    def __init__(self, limit: int = SEARCH_BUDGET) -> None:
+        self.limit = limit
+        self.spent = 0
+        # The search stopped at the horizon (or the end of the calendar), not because the
+        # rule ended: fewer occurrences than asked for then says nothing about the rule.
+        self.horizon_reached = False
+
+    @property
+    def exhausted(self) -> bool:
+        """Whether a search stopped because this budget ran out."""
+        return self.spent > self.limit
+
+    def spend(self, n: int = 1) -> None:
+        self.spent += n
+        if self.spent > self.limit:
+            raise _OutOfBudget
+
+
+def _too_costly(budget: Budget) -> InvalidInput:
+    return _bad(
+        "this rule produces no occurrence within the search budget "
+        f"({budget.limit} candidate times looked at); make its BY parts coincide more "
+        "often or use a coarser FREQ"
+    )
+
+
+_T = TypeVar("_T")
+_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pao-schedule")
+
+
+async def off_loop(call: Callable[[], _T], *, time_limit: float = TIME_LIMIT_SECONDS) -> _T:
+    """Run schedule math on a thread of its own, so no rule holds the event loop.
+
+    Two threads at most: a flood of costly requests queues here rather than taking
+    the default executor, and whatever waits past `time_limit` (queued or running)
+    is answered with a 422; the iteration budget ends a running one soon after.
+    """
+    future = asyncio.get_running_loop().run_in_executor(_POOL, call)
+    try:
+        return await asyncio.wait_for(future, time_limit)
+    except TimeoutError:
+        raise _bad(
+            f"working out this schedule took longer than {time_limit:g} s; simplify it, "
+            "or retry when the server is less busy"
+        ) from None
 
 
 # --------------------------------------------------------------------------- public API
@@ -122,35 +201,65 @@ class Schedule:
     _rrule: _RRule | None = field(default=None, repr=False, compare=False)
     _once: datetime | None = field(default=None, repr=False, compare=False)
 
-    def next_after(self, after: datetime) -> datetime | None:
-        """First fire time strictly after `after`, or None when it never fires again."""
-        return next(self._fires(after), None)
+    def next_after(self, after: datetime, *, budget: Budget | None = None) -> datetime | None:
+        """First fire time strictly after `after`, or None when it does not fire again
+        within `HORIZON_YEARS`; InvalidInput when one budget does not find out."""
+        return next(self.fires(after, budget or Budget()), None)
 
-    def upcoming(self, after: datetime, count: int) -> list[datetime]:
-        """The next `count` fire times strictly after `after`, ascending and unique."""
+    def upcoming(
+        self, after: datetime, count: int, *, budget: Budget | None = None
+    ) -> list[datetime]:
+        """The next `count` fire times strictly after `after`, ascending and unique; fewer
+        when the rule ends or the horizon is reached. One budget for all of them."""
         if count <= 0:
             return []
-        return list(islice(self._fires(after), count))
+        return list(islice(self.fires(after, budget or Budget()), count))
 
-    def _fires(self, after: datetime) -> Iterator[datetime]:
+    def preview(
+        self, after: datetime, count: int, *, budget: Budget | None = None
+    ) -> list[datetime]:
+        """`upcoming`, for showing: fewer than `count` only when the rule itself ends, so
+        a rule too rare to fill the list is a 422 rather than a list that looks final."""
+        budget = budget or Budget()
+        got = self.upcoming(after, count, budget=budget)
+        if len(got) < count and budget.horizon_reached:
+            raise _bad(
+                f"this rule fires {len(got)} times in the next {HORIZON_YEARS} years (the "
+                f"search horizon), fewer than the {count} asked for; ask for fewer"
+            )
+        return got
+
+    def fires(self, after: datetime, budget: Budget) -> Iterator[datetime]:
+        """Fire times strictly after `after`, ascending, all found within `budget`;
+        InvalidInput (schedule_expr) from the iteration that would overspend it."""
+        try:
+            yield from self._fires(after, budget)
+        except _OutOfBudget:
+            raise _too_costly(budget) from None
+
+    def _fires(self, after: datetime, budget: Budget) -> Iterator[datetime]:
         after = _as_utc(after)
         if self._once is not None:
             if self._once > after:
                 yield self._once
             return
         if self._cron is not None:
-            yield from _merge(self._cron.walls, self.zone, self._cron.fixed, after, None)
+            yield from _merge(self._cron.walls, self.zone, self._cron.fixed, after, None, budget)
         elif self._rrule is not None:
             spec = self._rrule
             if spec.instants is not None:
                 start = bisect.bisect_right(spec.instants, after)
                 yield from spec.instants[start:]
             else:
-                yield from _merge(spec.walls, self.zone, True, after, spec.until)
+                yield from _merge(spec.walls, self.zone, True, after, spec.until, budget)
 
 
-def parse_schedule(kind: str, expr: str, timezone: str, *, created_at: datetime) -> Schedule:
-    """Validate a schedule as the user wrote it; every problem is an `InvalidInput`."""
+def parse_schedule(
+    kind: str, expr: str, timezone: str, *, created_at: datetime, budget: Budget | None = None
+) -> Schedule:
+    """Validate a schedule as the user wrote it; every problem is an `InvalidInput`.
+
+    Proving that a rule fires (and expanding a COUNT rule) shares one `budget`."""
     if kind not in KINDS:
         raise InvalidInput.one(
             ("schedule_kind",),
@@ -165,17 +274,25 @@ def parse_schedule(kind: str, expr: str, timezone: str, *, created_at: datetime)
     zone = get_zone(timezone)
     created = _as_utc(created_at)
     skind = cast(ScheduleKind, kind)
+    budget = budget or Budget()
     if kind in ("cron", "condition"):
         cron = _parse_cron(expr)
         schedule = Schedule(skind, expr, zone, _cron=cron)
-        if schedule.next_after(created) is None:
+        if schedule.next_after(created, budget=budget) is None:
             raise _bad(
                 f"cron {expr.strip()!r} never fires in {zone.key}: every time it names falls "
                 "in a daylight-saving gap; pick a time outside the gap"
             )
         return schedule
     if kind == "rrule":
-        spec = _parse_rrule(expr, zone, created)
+        try:
+            spec = _parse_rrule(expr, zone, created, budget)
+        except _OutOfBudget:
+            raise _bad(
+                f"rrule never fires within the search budget ({budget.limit} candidate times "
+                "looked at): this rule produces no occurrence within the search budget; check "
+                "its BY parts against each other and against INTERVAL, or use a coarser FREQ"
+            ) from None
         return Schedule(skind, expr, zone, _rrule=spec)
     if kind == "once":
         return Schedule(skind, expr, zone, _once=_parse_once(expr, zone))
@@ -220,11 +337,12 @@ def _instants(wall: datetime, zone: ZoneInfo, fixed: bool) -> tuple[datetime, ..
 
 
 def _merge(
-    walls_from: Callable[[datetime], Iterable[datetime]],
+    walls_from: Callable[[datetime, Budget], Iterable[datetime]],
     zone: ZoneInfo,
     fixed: bool,
     after: datetime,
     until: datetime | None,
+    budget: Budget,
 ) -> Iterator[datetime]:
     """Fire instants after `after`, strictly ascending, from ascending wall times.
 
@@ -232,7 +350,8 @@ def _merge(
     lands after 03:10; an overlap's second pass comes after its first), but a
     wall time w always maps into [w - max_offset, w - min_offset]. So walls are
     read from the earliest that can reach past `after`, and an instant is only
-    released once later walls can no longer produce anything earlier.
+    released once later walls can no longer produce anything earlier. Walls more
+    than `HORIZON_YEARS` past `after` are not read.
     """
     low, high = offset_bounds(str(zone.key))
     try:
@@ -241,11 +360,10 @@ def _merge(
         return
     pending: list[datetime] = []
     last: datetime | None = None
-    # Walls can keep coming without producing an instant (all in DST gaps): give up
-    # after a long dry stretch.
-    give_up = _later(start, _DRY_SPELL)
-    for wall in walls_from(start):
+    give_up = _later(start, _HORIZON)
+    for wall in walls_from(start, budget):
         if wall > give_up:
+            budget.horizon_reached = True
             break
         for instant in _instants(wall, zone, fixed):
             if instant > after:
@@ -257,8 +375,11 @@ def _merge(
                 return
             if instant != last:
                 last = instant
-                give_up = _later(wall, _DRY_SPELL)
                 yield instant
+        if until is not None and settled > until:
+            break  # every later wall fires after UNTIL: the rule has ended
+    else:
+        budget.horizon_reached = True  # out of walls: the calendar (or cron's horizon) ended
     while pending:
         instant = heapq.heappop(pending)
         if until is not None and instant > until:
@@ -330,15 +451,17 @@ class _Cron:
         )
         return (dom or dow) if self.either_day else (dom and dow)
 
-    def walls(self, start: datetime) -> Iterator[datetime]:
-        """Matching naive wall times at or after `start`, ascending, within the horizon."""
+    def walls(self, start: datetime, budget: Budget) -> Iterator[datetime]:
+        """Matching naive wall times at or after `start`, ascending, within the horizon;
+        each month looked at and each wall yielded is charged to `budget`."""
         if start.second or start.microsecond:
             start = start.replace(second=0, microsecond=0) + _MINUTE
         year, month = start.year, start.month
         first_day = (start.year, start.month, start.day)
         first_time = (start.hour, start.minute)
-        end = min(start.year + _CRON_HORIZON_YEARS, _LAST_YEAR)
+        end = min(start.year + HORIZON_YEARS + 1, _LAST_YEAR)
         while year <= end:
+            budget.spend()
             if month in self.months:
                 for day in self.days(year, month):
                     if (year, month, day) < first_day:
@@ -347,9 +470,8 @@ class _Cron:
                     if (year, month, day) == first_day:
                         times = times[bisect.bisect_left(times, first_time) :]
                     for hour, minute in times:
+                        budget.spend()
                         yield datetime(year, month, day, hour, minute)
-                    # Give up only after a long stretch without any match.
-                    end = min(year + _CRON_HORIZON_YEARS, _LAST_YEAR)
             month += 1
             if month == 13:
                 year, month = year + 1, 1
@@ -508,8 +630,9 @@ class _RRule:
     until: datetime | None  # aware UTC, inclusive
     instants: tuple[datetime, ...] | None  # every fire time, for rules with COUNT
 
-    def walls(self, start: datetime) -> Iterator[datetime]:
-        """Occurrences (naive wall times) at or after `start`.
+    def walls(self, start: datetime, budget: Budget) -> Iterator[datetime]:
+        """Occurrences (naive wall times) at or after `start`, charged to `budget` (those
+        read before `start` too).
 
         dateutil always iterates from DTSTART, which is slow for old minutely
         rules, so the rule is restarted at the latest period boundary before
@@ -519,7 +642,8 @@ class _RRule:
         anchor = self._anchor(start) if start > self.dtstart else self.dtstart
         anchor = max(anchor, self.dtstart)
         rule = self.rule.replace(dtstart=anchor, **self.defaults)
-        for wall in _budgeted(rule):
+        for wall in _budgeted(rule, budget):
+            budget.spend()
             if wall >= start:
                 yield wall
 
@@ -549,51 +673,59 @@ class _RRule:
         return base + (start - base) // unit // n * n * unit
 
 
-class _OutOfBudget(Exception):
-    pass
+class _Counted(tuple[Any, ...]):
+    """One of dateutil's per-rule value sets, charging `budget` as dateutil uses it.
 
-
-class _Counted(tuple[int, ...]):
-    """A BY-part value set that counts dateutil's per-day membership checks.
-
-    dateutil loops without yielding while a rule matches nothing (it would run
-    to year 9999 on FEB 30), so this is the only way to bound its work.
+    dateutil loops without yielding while a rule matches nothing (it would run to
+    year 9999 on FEB 30), so counting the work it does inside is the only way to
+    bound it: a membership test (BYMONTH, BYDAY: once per candidate day) costs one;
+    a walk over the set (the times of day tried on a day that matched, the BYSETPOS
+    values tried on each period's days) costs its length times `weight`.
     """
 
-    left: list[int]
+    budget: Budget
+    weight: int
 
     def __contains__(self, item: object) -> bool:
-        self.left[0] -= 1
-        if self.left[0] < 0:
-            raise _OutOfBudget
+        self.budget.spend()
         return tuple.__contains__(self, item)
 
+    def __iter__(self) -> Iterator[Any]:
+        self.budget.spend(len(self) * self.weight)
+        return tuple.__iter__(self)
 
-def _counted(values: Iterable[int], left: list[int]) -> _Counted:
+
+def _counted(values: Iterable[Any], budget: Budget, weight: int = 1) -> _Counted:
     counted = _Counted(values)
-    counted.left = left
+    counted.budget = budget
+    counted.weight = weight
     return counted
 
 
-def _budgeted(rule: rrule) -> Iterator[datetime]:
-    """Iterate `rule`, stopping when it examines too many days without an occurrence."""
-    left = [_RRULE_BUDGET]
+# Days in one period of each FREQ: what dateutil scans once per BYSETPOS value.
+_PERIOD_DAYS = {YEARLY: 366, MONTHLY: 31, WEEKLY: 7}
+
+
+def _budgeted(rule: rrule, budget: Budget) -> Iterator[datetime]:
+    """Iterate `rule`, raising _OutOfBudget once its work overspends `budget`."""
     # Every candidate day is checked against BYMONTH first (when set), then
     # BYDAY; an unset BYDAY is equivalent to all seven days.
     weekdays = getattr(rule, "_byweekday", None)
-    setattr(rule, "_byweekday", _counted(weekdays or range(7), left))  # noqa: B010
+    setattr(rule, "_byweekday", _counted(weekdays or range(7), budget))  # noqa: B010
     months = getattr(rule, "_bymonth", None)
     if months:
-        setattr(rule, "_bymonth", _counted(months, left))  # noqa: B010
-    try:
-        for wall in rule:
-            left[0] = _RRULE_BUDGET
-            yield wall
-    except _OutOfBudget:
-        return
+        setattr(rule, "_bymonth", _counted(months, budget))  # noqa: B010
+    times = getattr(rule, "_timeset", None)
+    if times:
+        setattr(rule, "_timeset", _counted(times, budget))  # noqa: B010
+    positions = getattr(rule, "_bysetpos", None)
+    if positions:
+        weight = _PERIOD_DAYS.get(getattr(rule, "_freq", DAILY), 1)
+        setattr(rule, "_bysetpos", _counted(positions, budget, weight))  # noqa: B010
+    yield from rule
 
 
-def _parse_rrule(expr: str, zone: ZoneInfo, created_at: datetime) -> _RRule:
+def _parse_rrule(expr: str, zone: ZoneInfo, created_at: datetime, budget: Budget) -> _RRule:
     dtstart_line: str | None = None
     rule_line: str | None = None
     for line in (part.strip() for part in expr.replace("\r", "\n").split("\n")):
@@ -684,15 +816,16 @@ def _parse_rrule(expr: str, zone: ZoneInfo, created_at: datetime) -> _RRule:
         instants=None,
     )
     if "COUNT" in parts:
-        spec = _materialize(spec, zone)
+        spec = _materialize(spec, zone, budget)
         if not spec.instants:
             raise _bad(f"rrule {text[:200]!r} never fires; check its BY parts against each other")
         return spec
     before = dtstart.replace(tzinfo=zone).astimezone(UTC) - timedelta(days=2)
-    first = next(_merge(spec.walls, zone, True, before, None), None)
+    first = next(_merge(spec.walls, zone, True, before, None, budget), None)
     if first is None:
         raise _bad(
-            f"rrule {text[:200]!r} never fires (no occurrence in the 60 years after DTSTART); "
+            f"rrule {text[:200]!r} never fires (no occurrence in the {HORIZON_YEARS} years "
+            "after DTSTART); "
             "check its BY parts against each other and against INTERVAL"
         )
     if until is not None and first > until:
@@ -700,10 +833,10 @@ def _parse_rrule(expr: str, zone: ZoneInfo, created_at: datetime) -> _RRule:
     return spec
 
 
-def _materialize(spec: _RRule, zone: ZoneInfo) -> _RRule:
+def _materialize(spec: _RRule, zone: ZoneInfo, budget: Budget) -> _RRule:
     """All fire times of a COUNT rule: dateutil's COUNT needs iteration from DTSTART anyway."""
     rule = spec.rule.replace(**spec.defaults)
-    instants = sorted({_instants(wall, zone, True)[0] for wall in _budgeted(rule)})
+    instants = sorted({_instants(wall, zone, True)[0] for wall in _budgeted(rule, budget)})
     return dataclasses.replace(spec, instants=tuple(instants))
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from pao.schedule import Schedule
+from pao.schedule import Budget, Schedule
 
 LATE_AFTER = timedelta(seconds=5)
 MAX_CATCH_UP = 100
@@ -56,13 +56,25 @@ def plan(
     grace_seconds: int,
     now: datetime,
     horizon: datetime,
+    budget: Budget | None = None,
 ) -> Plan:
+    """What to do with a task's occurrences from `next_run_at` up to `horizon`.
+
+    The fire times come from one walk over the schedule within one `budget` (InvalidInput
+    when it runs out), not a fresh search per occurrence: a rule that re-reads its year
+    to find each next time would otherwise cost a year's walls for every occurrence.
+    """
     times: list[datetime] = []
-    t: datetime | None = next_run_at
-    while t is not None and t <= horizon and len(times) < MAX_PER_TICK:
-        times.append(t)
-        t = schedule.next_after(t)
-    result = Plan(next_run_at=t)
+    following: datetime | None = next_run_at
+    if next_run_at <= horizon:
+        times.append(next_run_at)
+        following = None
+        for t in schedule.fires(next_run_at, budget or Budget()):
+            if t > horizon or len(times) >= MAX_PER_TICK:
+                following = t
+                break
+            times.append(t)
+    result = Plan(next_run_at=following)
 
     late_before = now - LATE_AFTER
     grace_before = now - timedelta(seconds=grace_seconds)

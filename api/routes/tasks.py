@@ -18,7 +18,7 @@ from api.streams import sse_response, task_stream
 from pao import pagination
 from pao import tasks as logic
 from pao.errors import InvalidInput
-from pao.schedule import parse_schedule
+from pao.schedule import Budget, off_loop, parse_schedule
 from pao.schemas import (
     ScheduleKindField,
     SchedulePreview,
@@ -36,6 +36,8 @@ router = APIRouter(prefix="/tasks", tags=["tasks"])
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 
 Limit = Annotated[int, Query(ge=1, le=pagination.MAX_LIMIT)]
+# How many fire times pao.tasks.hourly_peak samples (the first is next_run_at).
+_PEAK_SAMPLE = 121
 
 
 def _etag(task: TaskPublic, response: Response) -> TaskPublic:
@@ -78,6 +80,12 @@ async def create_task(
     async with idempotent(request, state, agent) as guard:
         if guard.replay is not None:
             return guard.replay
+        await _check_schedule_off_loop(
+            body.schedule_kind,
+            body.schedule_expr,
+            body.timezone or state.settings.default_timezone,
+            created_at=datetime.now(UTC),
+        )
         await state.discovery.ensure(state.registry.mcp_uses(body.payload))
         async with state.tx() as conn:
             task = await logic.create_task(conn, ctx, body)
@@ -90,16 +98,53 @@ async def create_task(
     return response
 
 
+async def _check_schedule_off_loop(
+    kind: str, expr: str, timezone: str, *, created_at: datetime
+) -> None:
+    """Refuse a schedule whose fire times cannot be found within the search budget, on a
+    thread of its own, before the task logic works them out again in its transaction."""
+
+    def check() -> None:
+        parsing, listing = Budget(), Budget()
+        try:
+            schedule = parse_schedule(kind, expr, timezone, created_at=created_at, budget=parsing)
+            # The first fire time and the sample of them the hourly quota is judged from.
+            schedule.upcoming(datetime.now(UTC), _PEAK_SAMPLE, budget=listing)
+        except InvalidInput:
+            if parsing.exhausted or listing.exhausted:
+                raise
+            # Any other mistake: the task logic reports it along with the rest of the body.
+
+    await off_loop(check)
+
+
 @router.post("/preview", response_model=Occurrences)
 async def preview(state: State, agent: TasksRead, body: SchedulePreview) -> Occurrences:
-    """The next fire times of a schedule, without storing anything."""
+    """The next fire times of a schedule, without storing anything.
+
+    422 on `schedule_expr` when the rule cannot give `count` of them within the search
+    budget or the next 100 years (a rule that ends, with COUNT or UNTIL, gives fewer).
+    """
     now = datetime.now(UTC)
     zone_name = body.timezone or state.settings.default_timezone
-    schedule, _ = logic.check_schedule(
-        body.schedule_kind, body.schedule_expr, zone_name, created_at=now, now=now
-    )
+
+    def upcoming() -> list[datetime]:
+        # One budget for the whole request: proving the rule fires, then the list.
+        budget = Budget()
+        schedule = parse_schedule(
+            body.schedule_kind, body.schedule_expr, zone_name, created_at=now, budget=budget
+        )
+        times = schedule.preview(now, body.count, budget=budget)
+        if body.schedule_kind != "event" and (not times or times[0] >= logic.LATEST):
+            # The task logic's own words for a schedule that cannot be stored.
+            logic.check_schedule(
+                body.schedule_kind, body.schedule_expr, zone_name, created_at=now, now=now
+            )
+        return times
+
+    times = await off_loop(upcoming)
     zone = get_zone(zone_name)
-    return Occurrences(items=[Occurrence.of(at, zone) for at in schedule.upcoming(now, body.count)])
+    return Occurrences(items=[Occurrence.of(at, zone) for at in times])
 
 
 @router.get("", response_model=Page[TaskPublic])
@@ -190,11 +235,21 @@ async def occurrences(
         return Occurrences(items=[Occurrence.record(row, zone) for row in rows])
     if task.status in ("cancelled", "completed") or task.schedule_kind == "event":
         return Occurrences(items=[])
-    schedule = parse_schedule(
-        task.schedule_kind, task.schedule_expr, task.timezone, created_at=task.created_at
-    )
     start = from_ or datetime.now(UTC)
-    return Occurrences(items=[Occurrence.of(at, zone) for at in schedule.upcoming(start, count)])
+
+    def upcoming() -> list[datetime]:
+        budget = Budget()  # one for the whole request, parsing included
+        schedule = parse_schedule(
+            task.schedule_kind,
+            task.schedule_expr,
+            task.timezone,
+            created_at=task.created_at,
+            budget=budget,
+        )
+        return schedule.preview(start, count, budget=budget)
+
+    times = await off_loop(upcoming)
+    return Occurrences(items=[Occurrence.of(at, zone) for at in times])
 
 
 @router.put("/{task_id}", response_model=TaskPublic, responses=conflicts(409, 412))
@@ -213,6 +268,22 @@ async def update_task(
     (412) when someone else changed the task meanwhile.
     """
     version = _if_match(if_match)
+    changes = body.changes()
+    if {"schedule_kind", "schedule_expr", "timezone"} & changes.keys():
+        async with state.tx() as conn:
+            task = await logic.get_task(conn, task_context(request, state, agent), task_id)
+        fields = {
+            "schedule_kind": task.schedule_kind,
+            "schedule_expr": task.schedule_expr,
+            "timezone": task.timezone,
+            **{k: v for k, v in changes.items() if v is not None},
+        }
+        await _check_schedule_off_loop(
+            fields["schedule_kind"],
+            fields["schedule_expr"],
+            fields["timezone"],
+            created_at=task.created_at,
+        )
     if body.payload is not None:
         await state.discovery.ensure(state.registry.mcp_uses(body.payload))
     async with state.tx() as conn:

@@ -457,8 +457,8 @@ def test_rrule_next_after_is_cheap_for_old_minutely_rule() -> None:
 def test_yearly_upcoming_is_fast() -> None:
     for kind, expr in [("cron", "0 0 1 1 *"), ("rrule", "FREQ=YEARLY")]:
         started = time.perf_counter()
-        got = sched(kind, expr).upcoming(CREATED, 150)
-        assert len(got) == 150
+        got = sched(kind, expr).upcoming(CREATED, 100)  # a century: the search horizon
+        assert len(got) == 100
         assert time.perf_counter() - started < 1.0
 
 

@@ -115,7 +115,9 @@ class _Checker:
             if op in (sre.MAX_REPEAT, sre.MIN_REPEAT):
                 low, high, body = av
                 again, _ = self.first(body)
-                if high > 1 and again & after:
+                # A fixed count ({4}) has no choice to make; a variable one must not
+                # be able to stop and go on with the same character.
+                if low < high and high > 1 and again & after:
                     shared = "".join(sorted(again & after))[:10]
                     raise Ambiguity(f"repeat {{{low},{high}}} can continue or stop on {shared!r}…")
                 self.check(list(body), again | after if high > 1 else after)

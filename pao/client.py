@@ -333,9 +333,17 @@ class PaoClient:
     # Events
 
     async def publish_event(
-        self, type: str, payload: Mapping[str, Any], *, idempotency_key: str | None = None
+        self,
+        type: str,
+        payload: Mapping[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        audience: str | list[str] | None = None,
     ) -> EventAccepted:
-        body = {"type": type, "payload": dict(payload)}
+        """`audience` ("*" or agent ids) reaches other agents' event tasks: events:broadcast."""
+        body: dict[str, Any] = {"type": type, "payload": dict(payload)}
+        if audience is not None:
+            body["audience"] = audience
         return cast(
             EventAccepted,
             await self._call("POST", "/events", json=body, idempotency_key=idempotency_key),

@@ -114,6 +114,10 @@ _FIELD_HELP = {
 _EVENT_HELP = {
     "type": "the event's type, e.g. 'github.push' (letters, digits and _ . : / -)",
     "payload": "any JSON object; event tasks read it as ${event.payload.<field>}",
+    "audience": (
+        "leave out to reach only your own event tasks; '*' (every agent's) or a list of "
+        "agent ids reaches other agents' too, and needs the events:broadcast scope"
+    ),
 }
 
 
@@ -242,7 +246,10 @@ async def _cancel_run(client: PaoClient, args: dict[str, Any]) -> dict[str, Any]
 
 async def _publish_event(client: PaoClient, args: dict[str, Any]) -> dict[str, Any]:
     accepted = await client.publish_event(
-        args["type"], args.get("payload") or {}, idempotency_key=args.get("idempotency_key")
+        args["type"],
+        args.get("payload") or {},
+        idempotency_key=args.get("idempotency_key"),
+        audience=args.get("audience"),
     )
     return dict(accepted)
 
@@ -419,10 +426,11 @@ TOOLS: tuple[ToolDef, ...] = (
     ToolDef(
         "publish_event",
         "events:publish",
-        "Publish an event: every active event task whose pattern matches `type` (exactly, or "
-        "by a prefix pattern such as 'github.*') fires once, with the event available to its "
-        "steps as ${event.type} and ${event.payload...}. Returns the event's `id` and how many "
-        "runs of your tasks it `queued`.",
+        "Publish an event: every active event task of yours whose pattern matches `type` "
+        "(exactly, or by a prefix pattern such as 'github.*') fires once, with the event "
+        "available to its steps as ${event.type} and ${event.payload...}; other agents' tasks "
+        "only through `audience`. Returns the event's `id` and how many runs of your tasks "
+        "it `queued`.",
         _described(EventPublish.model_json_schema(), _EVENT_HELP, idempotency_key=_IDEMPOTENCY_KEY),
         _publish_event,
     ),

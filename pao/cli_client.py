@@ -409,7 +409,13 @@ async def events_publish(client: PaoClient, args: argparse.Namespace) -> tuple[A
     payload = json_arg(args.payload, flag="--payload") if args.payload is not None else {}
     if not isinstance(payload, dict):
         raise UsageError("--payload must be a JSON object")
-    accepted = await client.publish_event(args.type, payload, idempotency_key=args.idempotency_key)
+    given: str | None = args.audience
+    audience: str | list[str] | None = given
+    if given is not None and given != "*":
+        audience = [part.strip() for part in given.split(",") if part.strip()]
+    accepted = await client.publish_event(
+        args.type, payload, idempotency_key=args.idempotency_key, audience=audience
+    )
     return accepted, (
         f"published event {accepted['id']} ({accepted['type']}): "
         f"{accepted['queued']} run(s) of your tasks queued"
@@ -543,6 +549,12 @@ def add_commands(sub: Any) -> None:
     p.add_argument("type", metavar="TYPE", help="e.g. github.push")
     p.add_argument("--payload", metavar="JSON", help="a JSON object inline, @file, or -")
     p.add_argument("--idempotency-key", help="retrying with the same key publishes once")
+    p.add_argument(
+        "--audience",
+        metavar="'*'|ID,...",
+        help="reach other agents' event tasks too: '*' for every agent's, or agent ids "
+        "(needs the events:broadcast scope); without it, only your own tasks fire",
+    )
 
 
 def add_mcp_command(sub: Any) -> None:

@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pao.db import is_unavailable
+from pao.db import advice, is_transient, is_unavailable
 from pao.errors import (
     Conflict,
     DatabaseUnavailable,
@@ -159,8 +159,15 @@ async def _on_http(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def unexpected_error_response(request: Request, exc: Exception) -> JSONResponse:
-    """The answer to an exception nothing else handled: 503 if the database is away, else 500."""
+    """The answer to an exception nothing else handled: 503 if the database is away or its
+    error may pass on a retry (a timeout, a lock, an internal error), else 500."""
     if is_unavailable(exc):
+        return await _on_pao_error(request, DatabaseUnavailable())
+    if is_transient(exc):
+        # A timeout, a lock not granted, an internal error: the client may retry it.
+        log.warning(
+            "database error on %s %s: %s (%s)", request.method, request.url.path, exc, advice(exc)
+        )
         return await _on_pao_error(request, DatabaseUnavailable())
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem(

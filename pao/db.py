@@ -11,7 +11,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 import psycopg
@@ -21,6 +21,9 @@ from psycopg.types.json import set_json_dumps
 from psycopg_pool import AsyncConnectionPool
 
 from pao.errors import DatabaseUnavailable
+
+if TYPE_CHECKING:
+    from pao.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,34 @@ def is_unavailable(exc: BaseException) -> bool:
     from psycopg_pool import PoolTimeout
 
     return isinstance(exc, PoolTimeout)
+
+
+# Raised by a statement that failed this time but may well work on the next try: a timeout,
+# a lock not granted, a query cancelled, an internal error, a prepared statement mixed up
+# by a pooler. Not a bug in the statement; worth a retry after a pause, and a 503.
+_PREPARED_MIX_UPS = ("26000", "42P05")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when `exc` is a database error a later retry may not meet (see above)."""
+    if is_unavailable(exc):
+        return True
+    if isinstance(exc, psycopg.OperationalError | psycopg.InternalError):
+        return True
+    return isinstance(exc, psycopg.Error) and exc.sqlstate in _PREPARED_MIX_UPS
+
+
+def advice(exc: BaseException) -> str:
+    """What to do about a database error, for the log line that reports it."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    text = str(exc)
+    if sqlstate in _PREPARED_MIX_UPS or "prepared statement" in text:
+        return (
+            "prepared statements are getting mixed up: DATABASE_URL looks like a "
+            "transaction-mode pooler (PgBouncer); set PAO_DATABASE_POOLER=transaction "
+            "(docs/pgbouncer.md)"
+        )
+    return "retrying with a pause; if it persists, check the database's log"
 
 
 @contextmanager
@@ -99,9 +130,51 @@ async def fresh_plans(conn: Conn) -> AsyncIterator[Conn]:
         raise DatabaseUnavailable() from exc
 
 
+# Session-level, yet safe behind a transaction-mode pooler: PgBouncer tracks TimeZone (as it
+# does client_encoding, DateStyle, standard_conforming_strings and application_name) and sets
+# it again on whichever server connection serves this client's next transaction.
 async def _configure(conn: Conn) -> None:
     await conn.execute("SET TIME ZONE 'UTC'")
     await conn.commit()
+
+
+def pooled(settings: Settings) -> bool:
+    """True when DATABASE_URL goes through a transaction-mode pooler (PAO_DATABASE_POOLER).
+
+    Such a pooler hands each transaction whichever server connection is free, so nothing
+    may outlive a transaction on it: no server-side prepared statements, no LISTEN, no
+    session advisory lock, no session-level SET but the parameters the pooler tracks
+    (TimeZone is one of them).
+    """
+    return settings.database_pooler == "transaction"
+
+
+def listen_url(settings: Settings, url: str) -> str | None:
+    """Where to LISTEN: PAO_LISTEN_DATABASE_URL, else DATABASE_URL unless it is a pooler.
+
+    None means nowhere: notifications would not reach this process, which then polls.
+    """
+    if settings.listen_database_url:
+        return settings.listen_database_url
+    return None if pooled(settings) else url
+
+
+def warn_if_polling(settings: Settings, process: str) -> None:
+    """Say once, at start, that this process polls instead of listening, and how to fix it."""
+    if pooled(settings) and not settings.listen_database_url:
+        log.warning(
+            "%s: DATABASE_URL is a transaction-mode pooler and PAO_LISTEN_DATABASE_URL is "
+            "not set, so notifications cannot reach this process: it polls instead "
+            "(new work waits up to a poll interval, live streams up to a heartbeat). Set "
+            "PAO_LISTEN_DATABASE_URL to a direct URL to the database (docs/pgbouncer.md)",
+            process,
+        )
+
+
+async def listen_connection(url: str) -> Conn:
+    """A connection of its own for LISTEN, in autocommit (never through a pooler)."""
+    conn: Conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
+    return conn
 
 
 def make_pool(
@@ -111,14 +184,20 @@ def make_pool(
     max_size: int = 10,
     name: str = "pao",
     trust_recent: float = 0.0,
+    prepare: bool = True,
 ) -> AsyncConnectionPool[Conn]:
     """A pool that checks connections before use, so a database restart heals by itself.
 
     The check costs a round trip. With `trust_recent`, a connection that came
     back to the pool less than that many seconds ago is not pinged: a hot loop
     saves the round trip, and its rare failure after a restart is retried by
-    the caller like any other outage.
+    the caller like any other outage. `prepare=False` (behind a transaction-mode
+    pooler) never prepares statements on the server: a prepared statement lives on
+    one server connection, and the pooler sends the next transaction elsewhere.
     """
+    kwargs: dict[str, Any] = {"autocommit": False, "row_factory": dict_row}
+    if not prepare:
+        kwargs["prepare_threshold"] = None
     returned: weakref.WeakKeyDictionary[Conn, float] = weakref.WeakKeyDictionary()
 
     async def note_return(conn: Conn) -> None:
@@ -136,7 +215,7 @@ def make_pool(
         open=False,
         name=name,
         timeout=3.0,
-        kwargs={"autocommit": False, "row_factory": dict_row},
+        kwargs=kwargs,
         configure=_configure,
         check=check,
         reset=note_return if trust_recent else None,
@@ -292,11 +371,15 @@ class StatementLane:
             await self._give_back(conn)
 
 
-async def connect(url: str, *, autocommit: bool = False) -> Conn:
-    """A single connection outside any pool (CLI commands, listeners)."""
+async def connect(url: str, *, autocommit: bool = False, prepare: bool = True) -> Conn:
+    """A single connection outside any pool (CLI commands, migrations); `prepare=False`
+    behind a transaction-mode pooler, as for `make_pool`."""
     with wrap_exceptions():
         conn: Conn = await psycopg.AsyncConnection.connect(
-            url, autocommit=autocommit, row_factory=dict_row
+            url,
+            autocommit=autocommit,
+            row_factory=dict_row,
+            prepare_threshold=5 if prepare else None,
         )
         await conn.execute("SET TIME ZONE 'UTC'")
         if not autocommit:

@@ -17,6 +17,10 @@ class SettingsError(PaoError):
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None = None
+    # "transaction": DATABASE_URL is a transaction-mode pooler (PgBouncer); docs/pgbouncer.md.
+    database_pooler: str = "none"
+    # A direct URL for LISTEN (and nothing else), for when DATABASE_URL is such a pooler.
+    listen_database_url: str | None = None
     data_dir: Path = Path(".pao")
     admin_token: str | None = None
     host: str = "127.0.0.1"
@@ -66,6 +70,10 @@ class Settings:
         env = os.environ if env is None else env
         return cls(
             database_url=env.get("DATABASE_URL") or None,
+            database_pooler=_choice(
+                env, "PAO_DATABASE_POOLER", "none", ("none", "session", "transaction")
+            ),
+            listen_database_url=env.get("PAO_LISTEN_DATABASE_URL") or None,
             data_dir=Path(env.get("PAO_DATA_DIR") or ".pao"),
             admin_token=env.get("PAO_ADMIN_TOKEN") or None,
             host=env.get("PAO_HOST") or "127.0.0.1",

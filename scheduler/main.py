@@ -19,7 +19,9 @@ async def _main(settings: Settings, url: str) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    pool = db.make_pool(url, min_size=1, max_size=4, name="scheduler")
+    pool = db.make_pool(
+        url, min_size=1, max_size=4, name="scheduler", prepare=not db.pooled(settings)
+    )
     await pool.open(wait=False)
     server = await serve_metrics(settings.metrics_host, settings.metrics_port)
     try:
@@ -27,7 +29,7 @@ async def _main(settings: Settings, url: str) -> None:
     finally:
         if server is not None:
             await server.close()
-        await pool.close()
+        await pool.close(timeout=1.0)
 
 
 def run(settings: Settings) -> int:

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
+import psycopg
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from psycopg_pool import AsyncConnectionPool
 
@@ -42,6 +43,7 @@ HOUSEKEEPING_SECONDS = 60.0
 GAUGE_SECONDS = 10.0
 # One tick's jobs stop taking new batches after this long, so ticks stay short.
 TICK_BUDGET_SECONDS = 10.0
+GOODBYE_SECONDS = 2.0
 
 
 def utc_now() -> datetime:
@@ -150,11 +152,14 @@ class Scheduler:
             )
 
     async def say_goodbye(self) -> None:
+        """Remove this replica's heartbeat; a database that fails or hangs only leaves it
+        to go stale, so shutdown never waits on it for more than a few seconds."""
         try:
-            async with db.connection(self.pool) as conn:
-                await heartbeats.remove(conn, self.process_id)
-        except DatabaseUnavailable:
-            pass
+            async with asyncio.timeout(GOODBYE_SECONDS):
+                async with db.connection(self.pool) as conn:
+                    await heartbeats.remove(conn, self.process_id)
+        except (TimeoutError, DatabaseUnavailable, psycopg.Error) as exc:
+            log.info("could not remove the heartbeat (%s); it goes stale by itself", exc)
 
     def _over_budget(self, started: float) -> bool:
         return asyncio.get_running_loop().time() - started > TICK_BUDGET_SECONDS
@@ -165,6 +170,7 @@ class Scheduler:
         """Run a job; log a database outage once (and its end), never let it escape."""
 
         timer = metrics.TICK_SECONDS.labels(name)
+        failures = [0]  # in a row
 
         async def run() -> None:
             self._running += 1
@@ -183,13 +189,26 @@ class Scheduler:
                     log.warning("database unavailable; the scheduler keeps retrying")
                 self._db_down = True
                 return
-            except Exception:
-                log.exception("scheduler job %s failed; it runs again on its next tick", name)
+            except Exception as exc:
+                # Any other error (a statement refused or timed out): the job runs again on
+                # its next tick. Logged in full once per run of failures, not every tick.
+                failures[0] += 1
+                if failures[0] == 1:
+                    log.exception(
+                        "scheduler job %s failed; it runs again on its next tick: %s",
+                        name,
+                        db.advice(exc),
+                    )
+                elif failures[0] % 100 == 0:
+                    log.error("scheduler job %s has failed %s times in a row", name, failures[0])
                 return
             finally:
                 self._running -= 1
                 if self._running == 0:
                     self._idle.set()
+            if failures[0]:
+                log.info("scheduler job %s works again (after %s failures)", name, failures[0])
+                failures[0] = 0
             if self._db_down:
                 log.info("database is back")
                 self._db_down = False

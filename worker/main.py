@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import sys
+import threading
 
 from pao import collector, db, eventloop
 from pao.embedded import database_url
@@ -11,7 +14,7 @@ from pao.metrics import serve_metrics
 from pao.migrate import check_database
 from pao.settings import Settings
 from worker import metrics
-from worker.service import Worker
+from worker.service import CLOSE_SECONDS, Worker
 
 
 async def _main(settings: Settings, url: str) -> None:
@@ -20,6 +23,8 @@ async def _main(settings: Settings, url: str) -> None:
 
     def on_signal() -> None:
         # The first signal drains; a second one hands everything back at once.
+        if not stop.is_set():
+            _last_resort(settings)
         (force if stop.is_set() else stop).set()
 
     loop = asyncio.get_running_loop()
@@ -27,11 +32,19 @@ async def _main(settings: Settings, url: str) -> None:
         loop.add_signal_handler(sig, on_signal)
     # Queries are short and no step holds a connection, so a smaller pool only queues them.
     size = settings.worker_pool_size or settings.worker_concurrency * 2 + 2
-    pool = db.make_pool(url, min_size=min(2, size), max_size=size, name="worker", trust_recent=1.0)
+    pool = db.make_pool(
+        url,
+        min_size=min(2, size),
+        max_size=size,
+        name="worker",
+        trust_recent=1.0,
+        prepare=not db.pooled(settings),
+    )
     await pool.open(wait=False)
+    db.warn_if_polling(settings, "worker")
     server = None
     try:
-        worker = Worker(settings, pool, url)
+        worker = Worker(settings, pool, db.listen_url(settings, url))
         if settings.metrics_port:
             metrics.enable(running=lambda: len(worker.running))
         server = await serve_metrics(settings.metrics_host, settings.metrics_port)
@@ -40,7 +53,26 @@ async def _main(settings: Settings, url: str) -> None:
     finally:
         if server is not None:
             await server.close()
-        await pool.close()
+        await pool.close(timeout=1.0)
+
+
+def _last_resort(settings: Settings) -> None:
+    """Exit anyway once a stopping worker has overrun its grace and close by far.
+
+    The worker's own shutdown is bounded; this only guards against what it cannot bound
+    (a thread stuck in a system call, a tool that ignores cancellation). Its leases, no
+    longer renewed, hand its work on as a crash's would. A thread, so a stuck loop
+    cannot hold it up.
+    """
+    limit = settings.shutdown_grace_seconds + CLOSE_SECONDS + 5.0
+
+    def exit_now() -> None:
+        print(f"worker still running {limit:.0f}s after SIGTERM; exiting now", file=sys.stderr)
+        os._exit(1)
+
+    timer = threading.Timer(limit, exit_now)
+    timer.daemon = True
+    timer.start()
 
 
 def run(settings: Settings) -> int:

@@ -67,6 +67,7 @@ class Outcomes:
         self._progress: dict[int, tuple[Lease, uuid.UUID, list[Any]]] = {}
         self._wake = asyncio.Event()
         self._closing = False
+        self._writing: list[End] = []  # the batch in flight
 
     async def end(self, item: End) -> bool:
         """Queue an end and wait until it is written; True if this worker still held the run."""
@@ -98,11 +99,20 @@ class Outcomes:
                     await self._write_progress()
                     last_progress = loop.time()
                 failures = 0
-            except DatabaseUnavailable:
+            except Exception as exc:
+                # Unavailable, or any other error (a progress write that failed, say): the
+                # writer never dies, or every end queued behind it would wait forever.
                 delay = RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)]
                 failures += 1
                 if failures == 1:
-                    log.warning("cannot write run ends; retrying (leases are still renewed)")
+                    if isinstance(exc, DatabaseUnavailable):
+                        log.warning("cannot write run ends; retrying (leases are still renewed)")
+                    else:
+                        log.warning(
+                            "writing run ends or progress failed (%s); retrying: %s",
+                            exc,
+                            db.advice(exc),
+                        )
                 await asyncio.sleep(delay)
 
     def close(self) -> None:
@@ -111,8 +121,11 @@ class Outcomes:
         self._wake.set()
 
     def abandon(self) -> None:
-        """Give up on ends not yet written (the database stayed away); their leases expire."""
-        for item in self._ends:
+        """Give up on ends not yet written (the database stayed away); their leases expire.
+
+        The batch being written too: its waiters hear False now, whatever the write does.
+        """
+        for item in [*self._ends, *self._writing]:
             if not item.written.done():
                 item.written.set_result(False)
         self._ends = []
@@ -121,24 +134,41 @@ class Outcomes:
         batch, self._ends = self._ends, []
         if not batch:
             return
+        self._writing = batch
         try:
-            results = await self._write(batch)
+            try:
+                results = await self._write(batch)
+            except DatabaseUnavailable:
+                raise
+            except LockNotAvailable:
+                log.warning(
+                    "a run's row is locked by another transaction; writing %s ends one at a time",
+                    len(batch),
+                )
+                results = await self._write_each(batch)
+            except Exception:
+                # One bad row spoils a batch: write them one by one to find it.
+                log.exception("writing %s run ends failed; writing them one at a time", len(batch))
+                results = await self._write_each(batch)
         except DatabaseUnavailable:
-            self._ends = batch + self._ends
+            # Written again (those not yet answered) once the database is back.
+            self._ends = [i for i in batch if not i.written.done()] + self._ends
             raise
-        except LockNotAvailable:
-            log.warning(
-                "a run's row is locked by another transaction; writing %s ends one at a time",
-                len(batch),
-            )
-            results = [await self._write_alone(item) for item in batch]
-        except Exception:
-            # One bad row spoils a batch: write them one by one to find it.
-            log.exception("writing %s run ends failed; writing them one at a time", len(batch))
-            results = [await self._write_alone(item) for item in batch]
+        finally:
+            self._writing = []
         for item, held in zip(batch, results, strict=True):
             if not item.written.done():
                 item.written.set_result(held)
+
+    async def _write_each(self, batch: list[End]) -> list[bool]:
+        """One at a time, each answered as soon as it is written."""
+        results = []
+        for item in batch:
+            held = await self._write_alone(item)
+            if not item.written.done():
+                item.written.set_result(held)
+            results.append(held)
+        return results
 
     async def _write_alone(self, item: End) -> bool:
         try:

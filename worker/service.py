@@ -55,6 +55,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0
+# Without LISTEN (behind a transaction-mode pooler with no direct URL) polling is all there is.
+POLL_UNHEARD_SECONDS = 0.25
+# After SIGTERM and the grace, the most a worker takes to hand back what still runs, write
+# what it can and exit, whatever the database does (ops/k8s leave it 10 s).
+CLOSE_SECONDS = 5.0
+# Pauses after an unexpected database error, one more each time it happens again in a row.
+ERROR_PAUSES = (0.1, 0.5, 1.0, 2.0, 5.0)
 MIN_IDLE_SECONDS = 0.02
 WRITER_GRACE_SECONDS = 10.0
 KEEPER_SECONDS = 1.0
@@ -97,13 +104,15 @@ class Worker:
         self,
         settings: Settings,
         pool: AsyncConnectionPool[db.Conn],
-        listen_url: str,
+        listen_url: str | None,
         *,
         worker_id: str | None = None,
     ) -> None:
         self.settings = settings
         self.pool = pool
+        # None: nothing to LISTEN on (a transaction-mode pooler); the worker polls more often.
         self.listen_url = listen_url
+        self.poll_seconds = POLL_SECONDS if listen_url is not None else POLL_UNHEARD_SECONDS
         self.worker_id = worker_id or (
             f"worker-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         )
@@ -121,59 +130,100 @@ class Worker:
         self.outcomes = Outcomes(pool, self.worker_id)
         self.watched = streams.Watched()
         self.events = RunEvents(pool)
-        self.limits = Limits()
+        self.limits = Limits.of(settings)
 
     # -- the claim loop ------------------------------------------------------------------
 
     async def serve(self, stop: asyncio.Event, force: asyncio.Event) -> None:
-        """Claim and run until `stop`; then drain (until `force` or the grace ends)."""
+        """Claim and run until `stop`; then drain (until `force` or the grace ends).
+
+        Shutdown is bounded whatever the database does: running work has the grace to
+        finish, then handing back the rest and closing take at most CLOSE_SECONDS.
+        """
         writer = asyncio.create_task(self.outcomes.run(), name="outcomes")
         helpers = [
             asyncio.create_task(self.events.run(), name="run-events"),
-            asyncio.create_task(self._listen(stop), name="listen"),
             asyncio.create_task(self._keep(stop), name="keeper"),
             asyncio.create_task(self._watch_leases(), name="lease-watch"),
         ]
+        if self.listen_url is not None:
+            helpers.append(asyncio.create_task(self._listen(stop), name="listen"))
         log.info("worker %s running (concurrency %s)", self.worker_id, self.concurrency)
-        retried = False  # the last empty claim was retried at once
+        loop = asyncio.get_running_loop()
+        claims = asyncio.create_task(self._claim_loop(stop), name="claims")
         try:
-            while not stop.is_set():
-                timeout = POLL_SECONDS
-                free = self._free()
-                if free > 0:
-                    try:
-                        limit = min(free, CLAIM_BATCH)
-                        claimed = await self.claim(limit)
-                        if len(claimed) == limit:
-                            continue  # maybe more is waiting
-                        if claimed:
-                            await asyncio.sleep(0)  # the runs just claimed start first
-                        timeout = await self._until_next_due(timeout)
-                        timeout, retried = idle_wait(
-                            timeout, claimed=bool(claimed), retried=retried
-                        )
-                        self._db_ok()
-                    except DatabaseUnavailable:
-                        self._db_failed()
-                await self._sleep(stop, timeout)
-            await self._drain(force)
+            await stop.wait()
+            drain_until = loop.time() + self.settings.shutdown_grace_seconds
+            # The claim in flight ends first (its runs then drain like the others); one
+            # that hangs is cancelled when the grace is over, its rows left to their leases.
+            await _wait_until(claims, drain_until, force)
+            await self._drain(force, drain_until)
         finally:
+            # The last second and a half of the close is the process's own: the pool, the
+            # metrics server and the event loop close after this returns.
+            close_until = loop.time() + CLOSE_SECONDS - 1.5
+            claims.cancel()
+            await self._hand_back(close_until - 1.0)
             self.outcomes.close()
-            await asyncio.wait({writer}, timeout=WRITER_GRACE_SECONDS)
-            self.outcomes.abandon()
-            helpers.append(writer)
+            await _wait_until(writer, close_until - 1.0)
+            self.outcomes.abandon()  # their leases decide
+            pending = {r.task for r in self.running.values() if r.task}
+            if pending:
+                await asyncio.wait(pending, timeout=_left(close_until - 1.0, at_least=0.1))
+            helpers += [writer, claims]
             for helper in helpers:
                 helper.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
+            await asyncio.wait(helpers, timeout=_left(close_until - 1.0, at_least=0.1))
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(WRITER_GRACE_SECONDS):
+                async with asyncio.timeout(_left(close_until - 0.5, at_least=0.1)):
                     await self.events.flush()  # watchers hear how the last runs ended
             if self.mcp is not None:
-                await self.mcp.close()  # the pipelines that used it have ended
-            with contextlib.suppress(DatabaseUnavailable):
-                async with db.connection(self.pool) as conn:
-                    await heartbeats.remove(conn, self.worker_id)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_left(close_until - 0.5, at_least=0.1)):
+                        await self.mcp.close()  # the pipelines that used it have ended
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(_left(close_until, at_least=0.1)):
+                    async with db.connection(self.pool) as conn:
+                        await heartbeats.remove(conn, self.worker_id)
             log.info("worker %s stopped", self.worker_id)
+
+    async def _claim_loop(self, stop: asyncio.Event) -> None:
+        """Claim while slots are free, sleep until woken, due work or the poll; never dies.
+
+        An outage is retried every poll; any other error (a statement refused, a timeout, a
+        protocol error) is logged with what to do and retried after a growing pause.
+        """
+        retried = False  # the last empty claim was retried at once
+        trouble = Trouble("claiming work")
+        while not stop.is_set():
+            timeout = self.poll_seconds
+            free = self._free()
+            if free > 0:
+                try:
+                    limit = min(free, CLAIM_BATCH)
+                    claimed = await self.claim(limit)
+                    if len(claimed) == limit:
+                        continue  # maybe more is waiting
+                    if claimed:
+                        await asyncio.sleep(0)  # the runs just claimed start first
+                    timeout = await self._until_next_due(timeout)
+                    timeout, retried = idle_wait(timeout, claimed=bool(claimed), retried=retried)
+                    self._db_ok()
+                    trouble.ok()
+                except DatabaseUnavailable:
+                    self._db_failed()
+                except Exception as exc:
+                    timeout = trouble.failed(exc)
+            await self._sleep(stop, timeout)
+
+    async def _hand_back(self, until: float) -> None:
+        """Stop what still runs and hand it back unspent, waiting for that until `until`."""
+        for held in list(self.running.values()):
+            held.stop("shutdown")
+        pending = {r.task for r in self.running.values() if r.task}
+        if pending:
+            # Their ends are being written; if the database stays away, their leases decide.
+            await asyncio.wait(pending, timeout=_left(until, at_least=0.1))
 
     @property
     def concurrency(self) -> int:
@@ -295,29 +345,20 @@ class Worker:
                 w.cancel()
         self.wake.clear()
 
-    async def _drain(self, force: asyncio.Event) -> None:
-        """Let running pipelines finish within the grace; hand the rest back unspent."""
+    async def _drain(self, force: asyncio.Event, until: float) -> None:
+        """Let running pipelines finish until `until` (or `force`)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.shutdown_grace_seconds
         forced = asyncio.create_task(force.wait())
         try:
-            while self.running and not force.is_set() and loop.time() < deadline:
+            while self.running and not force.is_set() and loop.time() < until:
                 pending = {r.task for r in self.running.values() if r.task}
                 await asyncio.wait(
                     {*pending, forced},
-                    timeout=deadline - loop.time(),
+                    timeout=until - loop.time(),
                     return_when=asyncio.FIRST_COMPLETED,
                 )
         finally:
             forced.cancel()
-        for held in list(self.running.values()):
-            held.stop("shutdown")
-        pending = {r.task for r in self.running.values() if r.task}
-        if pending:
-            # Their ends are being written; if the database stays away, their leases decide.
-            await asyncio.wait(pending, timeout=WRITER_GRACE_SECONDS)
-            self.outcomes.abandon()
-            await asyncio.gather(*pending, return_exceptions=True)
 
     # -- one run -------------------------------------------------------------------------
 
@@ -480,12 +521,24 @@ class Worker:
     # -- helpers running beside the loop -------------------------------------------------
 
     async def _keep(self, stop: asyncio.Event) -> None:
-        """Renew leases every second (carrying cancel requests) and beat every few."""
+        """Renew leases every second (carrying cancel requests) and beat every few.
+
+        Never dies: a renewal that fails, whatever the error, is tried again a second
+        later, and meanwhile the lease watch gives up runs whose leases may have run out.
+        """
         last_beat = 0.0
+        renewing, beating = Trouble("renewing leases"), Trouble("beating the heartbeat")
         while True:
             try:
                 await self._renew()
-                if time.monotonic() - last_beat > HEARTBEAT_SECONDS:
+                self._db_ok()
+                renewing.ok()
+            except DatabaseUnavailable:
+                self._db_failed()
+            except Exception as exc:
+                renewing.failed(exc)
+            if time.monotonic() - last_beat > HEARTBEAT_SECONDS:
+                try:
                     async with db.connection(self.pool) as conn:
                         await heartbeats.beat(
                             conn,
@@ -495,9 +548,11 @@ class Worker:
                             pid=os.getpid(),
                         )
                     last_beat = time.monotonic()
-                self._db_ok()
-            except DatabaseUnavailable:
-                self._db_failed()
+                    beating.ok()
+                except DatabaseUnavailable:
+                    self._db_failed()
+                except Exception as exc:
+                    beating.failed(exc)
             await asyncio.sleep(KEEPER_SECONDS)
 
     async def _watch_leases(self) -> None:
@@ -542,9 +597,10 @@ class Worker:
 
     async def _listen(self, stop: asyncio.Event) -> None:
         """LISTEN on a connection of its own; a lost notification only delays (we also poll)."""
+        assert self.listen_url is not None
         while not stop.is_set():
             try:
-                conn = await psycopg.AsyncConnection.connect(self.listen_url, autocommit=True)
+                conn = await db.listen_connection(self.listen_url)
                 async with conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     await conn.execute(f"LISTEN {streams.WATCH_CHANNEL}")
@@ -554,7 +610,8 @@ class Worker:
                             self.wake.set()
                         elif note.payload != streams.ASK:
                             self._watch(note.payload)
-            except psycopg.Error:
+            except (psycopg.Error, OSError) as exc:
+                log.debug("the listening connection failed (%s); reconnecting", exc)
                 await asyncio.sleep(1.0)
 
     def _watch(self, payload: str) -> None:
@@ -577,6 +634,49 @@ class Worker:
         if self._db_down:
             log.info("database is back")
         self._db_down = False
+
+
+class Trouble:
+    """A loop's run of unexpected errors: the first is logged with its traceback and what
+    to do, the rest are counted; the pause before the next try grows with the run."""
+
+    def __init__(self, doing: str) -> None:
+        self.doing = doing
+        self.failures = 0
+
+    def failed(self, exc: BaseException) -> float:
+        """Note an error; how long to pause before trying again."""
+        self.failures += 1
+        if self.failures == 1:
+            log.error("%s failed: %s; %s", self.doing, exc, db.advice(exc), exc_info=exc)
+        elif self.failures % 100 == 0:
+            log.error("%s has failed %s times in a row: %s", self.doing, self.failures, exc)
+        return ERROR_PAUSES[min(self.failures, len(ERROR_PAUSES)) - 1]
+
+    def ok(self) -> None:
+        if self.failures:
+            log.info("%s works again (after %s failures)", self.doing, self.failures)
+        self.failures = 0
+
+
+def _left(until: float, *, at_least: float = 0.0) -> float:
+    """Seconds from now until `until` on the loop's clock, never less than `at_least`."""
+    return max(at_least, until - asyncio.get_running_loop().time())
+
+
+async def _wait_until(
+    task: asyncio.Task[None], until: float, force: asyncio.Event | None = None
+) -> None:
+    """Wait for `task` until `until` or `force`, whichever comes first; it is not cancelled."""
+    waiters: set[asyncio.Future[Any]] = {task}
+    forced = asyncio.create_task(force.wait()) if force is not None else None
+    if forced is not None:
+        waiters.add(forced)
+    try:
+        await asyncio.wait(waiters, timeout=_left(until), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if forced is not None:
+            forced.cancel()
 
 
 def idle_wait(until_due: float, *, claimed: bool, retried: bool) -> tuple[float, bool]:
@@ -635,7 +735,7 @@ class RunEvents:
                 async with db.connection(self.pool) as conn:
                     await run_events.publish(conn, streams.pack(payloads))
                 self._failing = False
-            except (DatabaseUnavailable, psycopg.Error) as exc:
+            except Exception as exc:
                 if not self._failing:
                     log.warning("could not publish %s run events: %s", len(batch), exc)
                 self._failing = True

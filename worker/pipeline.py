@@ -2,6 +2,12 @@
 
 A step's output is stored on the run as it ends, so `GET /runs/{id}` shows
 progress. A failed step fails the run; the caller decides about retries.
+
+Sizes are capped (`Limits`): a step's input is counted while it is rendered and the
+render stops past PAO_STEP_INPUT_MAX_BYTES; an output past PAO_STEP_OUTPUT_MAX_BYTES is
+not kept; and a run holds at most `Limits.run_max_bytes` of both. Over a cap the step
+fails for good (the same data would fail the same way on a retry), and the worker,
+having built nothing that large, goes on with its other runs.
 """
 
 from __future__ import annotations
@@ -18,8 +24,16 @@ from typing import Any
 from pao.errors import PaoError
 from pao.models import Event, Task
 from pao.pipeline import Pipeline
-from pao.templates import JSONValue, TemplateError, parse_guard, render
-from worker.limits import Limits
+from pao.templates import (
+    Budget,
+    JSONValue,
+    TemplateError,
+    TooLarge,
+    json_size,
+    parse_guard,
+    render,
+)
+from worker.limits import RUN_MAX_BYTES, RUN_OUTPUTS, Limits
 
 DEFAULT_STEP_TIMEOUT = 300.0
 _UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
@@ -134,6 +148,7 @@ async def execute(
     outputs: dict[str, JSONValue] = {}
     context = _context(ex, outputs)  # sees each new output: `steps` is `outputs` itself
     hook: StepHook = on_step or _no_hook
+    held = 0  # bytes of the inputs and outputs this run keeps (and will store)
     for index, step in enumerate(ex.pipeline.steps):
         record: dict[str, Any] = {
             "id": step.id,
@@ -152,11 +167,18 @@ async def execute(
                 hook(len(ex.steps) - 1, record, 0.0)
                 save(ex.steps)
                 continue
+        budget = Budget(limits.step_input_max_bytes)
         try:
-            args = render(step.with_, context)
+            args = render(step.with_, context, budget=budget)
+        except TooLarge as exc:
+            message = _input_too_large(step.id, exc)
+            raise _fail(ex, record, message, hook, final=True) from None
         except TemplateError as exc:
             raise _fail(ex, record, f"step {step.id}: {exc}", hook) from None
         assert isinstance(args, dict)
+        held += budget.spent
+        if held > limits.run_max_bytes:
+            raise _fail(ex, record, _run_too_large(step.id, limits, held), hook, final=True)
         # Already storable: rendered from stored JSON and from outputs made storable below.
         record["input"] = args
         ex.steps.append(record)
@@ -174,7 +196,7 @@ async def execute(
             raise RunTimedOut()
         try:
             with limits.within(timeout):
-                output = storable(await tools(step.uses)(args, call))
+                result = await tools(step.uses)(args, call)
         except TimeoutError:
             if timeout < step_timeout:
                 _fail(ex, record, f"step {step.id}: stopped at the run's deadline", hook, started)
@@ -188,6 +210,21 @@ async def execute(
             # The stored record keeps its state; only the watchers learn the step was stopped.
             hook(len(ex.steps) - 1, {**record, "status": "cancelled"}, time.monotonic() - started)
             raise
+        # Measured before it is copied to be stored: what is over the cap is not kept.
+        size = json_size(result, limits.step_output_max_bytes)
+        if size > limits.step_output_max_bytes:
+            message = (
+                f"step {step.id}: its output is more than {limits.step_output_max_bytes} bytes "
+                f"(at least {size}); PAO_STEP_OUTPUT_MAX_BYTES sets the limit. Ask the tool "
+                "for less (http.request's max_bytes, say)"
+            )
+            raise _fail(ex, record, message, hook, started, final=True)
+        held += size
+        if held > limits.run_max_bytes:
+            message = _run_too_large(step.id, limits, held)
+            raise _fail(ex, record, message, hook, started, final=True)
+        output = storable(result)
+        del result
         took = time.monotonic() - started
         record.update(status="succeeded", output=output, duration_ms=int(took * 1000))
         hook(len(ex.steps) - 1, record, took)
@@ -211,6 +248,25 @@ async def execute(
 
 def _no_hook(index: int, record: dict[str, Any], seconds: float | None) -> None:
     return None
+
+
+def _input_too_large(step_id: str, exc: TooLarge) -> str:
+    at = ".".join(["with", *(str(seg) for seg in exc.where)])
+    by = f" by {exc.lookup}" if exc.lookup else ""
+    return (
+        f"step {step_id}: its input is more than {exc.limit} bytes once rendered (rendering "
+        f"stopped at {exc.size}, at {at}{by}); PAO_STEP_INPUT_MAX_BYTES sets the limit. "
+        "Pass a part of an earlier result, such as ${steps.<id>.<field>}, not all of it"
+    )
+
+
+def _run_too_large(step_id: str, limits: Limits, held: int) -> str:
+    return (
+        f"step {step_id}: the run's steps would hold more than {limits.run_max_bytes} bytes "
+        f"of inputs and outputs (at least {held}); a run holds at most "
+        f"{RUN_OUTPUTS} times PAO_STEP_OUTPUT_MAX_BYTES, and {RUN_MAX_BYTES} bytes at most. "
+        "Split the work into tasks chained by events"
+    )
 
 
 def _fail(

@@ -66,17 +66,19 @@ WINDOW_SECONDS = 60
 
 
 def client_address(request: Request) -> str:
-    """Who failed to sign in: the peer address (behind a proxy, run uvicorn with
-    --proxy-headers so this is the client's)."""
+    """Who failed to sign in: the peer address, or the client's as X-Forwarded-For gives
+    it when the peer is a trusted proxy (PAO_FORWARDED_ALLOW_IPS, applied by uvicorn)."""
     return request.client.host if request.client else "unknown"
 
 
 async def current_agent(request: Request, state: State) -> Agent:
     """The agent behind the bearer token; every failure looks the same to the caller.
 
-    An address with too many failed sign-ins this minute gets 429 before its
-    token is even looked at; a signed-in agent over its request rate gets 429
-    too. Both counters live in PostgreSQL, shared by every API replica.
+    A valid token is always served (behind a proxy every client shares one
+    address, and others' bad tokens must not lock it out); a request without
+    one, from an address with too many failed sign-ins this minute, gets 429.
+    A signed-in agent over its request rate gets 429 too. Both counters live
+    in PostgreSQL, shared by every API replica.
     """
     agent, _ = await _sign_in(request, state, None)
     return agent
@@ -96,7 +98,7 @@ async def _sign_in(
             window=WINDOW_SECONDS,
             task_id=task_id,
         )
-    if signed.blocked is not None:
+    if signed.blocked is not None:  # only ever without a valid token
         raise RateLimited(
             "too many failed sign-ins from this address; wait, then send a valid token",
             retry_after=signed.blocked.reset_seconds,

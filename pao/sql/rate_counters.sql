@@ -1,7 +1,9 @@
 -- name: rate_counter_sign_in
--- A request's sign-in in one round trip: an address over its failed sign-ins is refused
--- before its token is looked at; otherwise the token's usable agent is found, and the
--- request counted against the agent's rate (or the failure against the address). A window
+-- A request's sign-in in one round trip: the token's usable agent is always looked for, and
+-- a valid token is served (counted against the agent's rate) however many failures its
+-- address has: behind a proxy every client shares one address, and others' bad tokens must
+-- not lock it out. Only a request without a usable token is judged by its address: refused
+-- when the address is over its failed sign-ins, else counted as one more failure. A window
 -- opens at a key's first hit and lasts `window` seconds; the next hit after it counts from 1.
 -- Given `task_id`, the task with that id comes along for a signed-in agent (the caller checks
 -- that the agent may see it): reading one task, the hottest request, then takes one round
@@ -10,23 +12,23 @@
 -- below, local to this statement's transaction): a crash may forget the last few counts,
 -- which only lets a client a few requests more; nothing it was answered is lost, and every
 -- other transaction still commits synchronously.
-WITH blocked AS (
+WITH agent AS (
+    SELECT a.id, a.name, a.token_prefix, a.scopes, a.expires_at, a.disabled, a.created_at,
+           a.updated_at
+    FROM agents a
+    WHERE a.token_hash = %(token_hash)s
+      AND a.deleted_at IS NULL
+      AND NOT a.disabled
+      AND (a.expires_at IS NULL OR a.expires_at > now())
+), blocked AS (
     SELECT c.hits,
            ceil(extract(epoch FROM c.window_start + make_interval(secs => %(window)s)
                                    - now()))::int AS reset_seconds
     FROM rate_counters c
-    WHERE %(failures_limit)s > 0 AND c.key = %(failures_key)s
+    WHERE NOT EXISTS (SELECT 1 FROM agent)
+      AND %(failures_limit)s > 0 AND c.key = %(failures_key)s
       AND c.window_start > now() - make_interval(secs => %(window)s)
       AND c.hits >= %(failures_limit)s
-), agent AS (
-    SELECT a.id, a.name, a.token_prefix, a.scopes, a.expires_at, a.disabled, a.created_at,
-           a.updated_at
-    FROM agents a
-    WHERE NOT EXISTS (SELECT 1 FROM blocked)
-      AND a.token_hash = %(token_hash)s
-      AND a.deleted_at IS NULL
-      AND NOT a.disabled
-      AND (a.expires_at IS NULL OR a.expires_at > now())
 ), counted AS (
     INSERT INTO rate_counters AS c (key, window_start, hits)
     SELECT coalesce((SELECT 'agent:' || id FROM agent), %(failures_key)s), now(), 1

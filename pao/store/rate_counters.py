@@ -35,7 +35,7 @@ class SignIn:
     """What signing a request in found: who it is, and how the counters stand."""
 
     agent: Agent | None
-    blocked: Count | None  # the address is over its failed sign-ins: nothing was looked up
+    blocked: Count | None  # no usable token, and the address is over its failed sign-ins
     count: Count | None  # the agent's requests this window, or the address's failures
     task: Task | None = None  # the task asked for, if the agent is signed in and it exists
 
@@ -50,9 +50,12 @@ async def sign_in(
     window: int,
     task_id: uuid.UUID | None = None,
 ) -> SignIn:
-    """Check the address, find the token's agent and count the request, in one statement.
+    """Find the token's agent, check the address and count the request, in one statement.
 
-    A malformed token is never looked up (it counts as a failure); `failures_limit` 0 and
+    A valid token signs in whatever its address's failures (behind a proxy all clients
+    share one); only a request without one is refused when the address is over
+    `failures_limit`. A malformed token is never looked up (it counts as a failure);
+    `failures_limit` 0 and
     `rate_limited` False turn the two counters off. With `task_id`, the statement also reads
     that task for a signed-in agent, whoever owns it: the caller decides what it may see.
     """

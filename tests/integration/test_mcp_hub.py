@@ -245,7 +245,7 @@ def test_stdio_servers_get_no_secrets_of_pao_only_a_minimal_environment(
         assert env["TZ"] == "Europe/Chisinau"
         assert env["TMPDIR"] == str(tmp_path)
         assert env["HOME"] == str(tmp_path)
-        assert env["PATH"].split(os.pathsep)[0] == os.path.dirname(sys.executable)
+        assert str(env["PATH"]).split(os.pathsep)[0] == os.path.dirname(sys.executable)
 
     run(body, servers)
 

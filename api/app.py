@@ -17,7 +17,7 @@ from api import problems
 from api.deps import AppState
 from api.discovery import ToolDiscovery
 from api.middleware import RequestMiddleware
-from api.openapi import document
+from api.openapi import document, install_docs
 from api.routes import agents, events, health, metrics, runs, tasks, tools, ui
 from api.streams import StreamHub
 from pao import db
@@ -69,13 +69,14 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
             min_size=settings.pool_min_size,
             max_size=settings.pool_max_size,
             trust_recent=1.0,
+            prepare=not db.pooled(settings),
         )
         await pool.open(wait=False)
         # Half the pool at most, so transactions and streams always find connections too.
         statements = db.StatementLane(pool, size=max(1, settings.pool_max_size // 2))
         hub = McpHub(registry.servers)
         discovery = ToolDiscovery(hub, registry)
-        stream_hub = StreamHub(url, pool)
+        stream_hub = StreamHub(db.listen_url(settings, url), pool)
         state = AppState(
             settings=settings,
             pool=pool,
@@ -109,9 +110,13 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
         summary="A Postgres-native scheduler for software agents.",
         lifespan=lifespan,
         telemetry=telemetry_config(os.environ),
+        # FastAPI's pages load scripts from a CDN; ours serve the same from this server.
+        docs_url=None,
+        redoc_url=None,
     )
     problems.install(app)
     document(app)
+    install_docs(app)
     for router in (
         tasks.router,
         runs.router,

@@ -5,19 +5,30 @@ routes never send. Here each operation gets the problem responses its shape
 implies (a token: 401, 403, 429; a path id: 404; input: 422; a body: 400,
 413), plus those its decorator names (`conflicts(409, 412)`), all as
 `application/problem+json`.
+
+The pages that show it, /docs (Swagger UI) and /redoc, are served here too,
+not FastAPI's: theirs load scripts from a CDN and run an inline one, on the
+origin where the dashboard keeps its token. Ours load only files of this
+server (Swagger UI and ReDoc as the `fastapi-offline` package ships them, and
+a small start-up script), under a Content-Security-Policy that allows nothing
+else to run.
 """
 
 from __future__ import annotations
 
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.routing import APIRoute
 
 from api.deps import RequireScope
 from api.models import Problem
 from api.problems import PROBLEM_JSON
+from pao.errors import NotFound
 
 _REF = "#/components/schemas/Problem"
 
@@ -154,3 +165,135 @@ def document(app: FastAPI) -> None:
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+# -------------------------------------------------------------------------- the pages
+
+DOCS_ASSETS = "/docs/assets"
+"""Where the pages' scripts, styles and icon are served from; only the files below."""
+
+_VENDORED = Path(str(resources.files("fastapi_offline") / "static"))
+
+_SWAGGER_INIT = """\
+// Starts Swagger UI on the API description named by the page (no inline script: the
+// page's Content-Security-Policy forbids one).
+const root = document.getElementById("swagger-ui");
+window.ui = SwaggerUIBundle({
+  url: root.dataset.openapi,
+  dom_id: "#swagger-ui",
+  layout: "BaseLayout",
+  deepLinking: true,
+  showExtensions: true,
+  showCommonExtensions: true,
+  presets: [SwaggerUIBundle.presets.apis, SwaggerUIBundle.SwaggerUIStandalonePreset],
+});
+"""
+
+_ASSETS: dict[str, tuple[Path | str, str]] = {
+    "swagger-ui-bundle.js": (_VENDORED / "swagger-ui-bundle.js", "text/javascript; charset=utf-8"),
+    "swagger-ui.css": (_VENDORED / "swagger-ui.css", "text/css; charset=utf-8"),
+    "redoc.standalone.js": (_VENDORED / "redoc.standalone.js", "text/javascript; charset=utf-8"),
+    "favicon.png": (_VENDORED / "favicon.png", "image/png"),
+    "swagger-init.js": (_SWAGGER_INIT, "text/javascript; charset=utf-8"),
+}
+
+_PAGE_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src {style}; img-src 'self' data:; "
+    "font-src 'self' data:; connect-src 'self'; worker-src {worker}; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'"
+)
+
+_COMMON_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-cache",
+}
+
+SWAGGER_HEADERS = {
+    "Content-Security-Policy": _PAGE_POLICY.format(style="'self'", worker="'none'"),
+    **_COMMON_HEADERS,
+}
+# ReDoc's styled-components writes <style> elements, and its search runs in a worker it makes
+# from a blob: both break without these. Styles run no code, and a blob can only be made by a
+# script that already runs; scripts stay 'self'. (The logo ReDoc fetches from its CDN is
+# refused by img-src.)
+REDOC_HEADERS = {
+    "Content-Security-Policy": _PAGE_POLICY.format(style="'self' 'unsafe-inline'", worker="blob:"),
+    **_COMMON_HEADERS,
+}
+
+
+def _escape(text: str) -> str:
+    return (
+        text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+    )
+
+
+def _swagger_page(title: str, root: str, openapi_url: str) -> str:
+    assets = root + DOCS_ASSETS
+    return f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{_escape(title)} - Swagger UI</title>
+<link rel="icon" href="{assets}/favicon.png">
+<link rel="stylesheet" href="{assets}/swagger-ui.css">
+</head>
+<body>
+<div id="swagger-ui" data-openapi="{_escape(root + openapi_url)}"></div>
+<script src="{assets}/swagger-ui-bundle.js"></script>
+<script src="{assets}/swagger-init.js"></script>
+</body>
+</html>
+"""
+
+
+def _redoc_page(title: str, root: str, openapi_url: str) -> str:
+    assets = root + DOCS_ASSETS
+    return f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{_escape(title)} - ReDoc</title>
+<link rel="icon" href="{assets}/favicon.png">
+</head>
+<body>
+<redoc spec-url="{_escape(root + openapi_url)}"></redoc>
+<script src="{assets}/redoc.standalone.js"></script>
+</body>
+</html>
+"""
+
+
+def install_docs(app: FastAPI) -> None:
+    """Serve /docs and /redoc from this server's own files (create the app with
+    `docs_url=None, redoc_url=None` so FastAPI's CDN pages are not there as well)."""
+    openapi_url = app.openapi_url or "/openapi.json"
+
+    def root(request: Request) -> str:
+        return str(request.scope.get("root_path") or "").rstrip("/")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        return HTMLResponse(
+            _swagger_page(app.title, root(request), openapi_url), headers=SWAGGER_HEADERS
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        return HTMLResponse(
+            _redoc_page(app.title, root(request), openapi_url), headers=REDOC_HEADERS
+        )
+
+    @app.get(DOCS_ASSETS + "/{name}", include_in_schema=False)
+    async def docs_asset(name: str) -> Response:
+        """One of a fixed list of files: never a path taken from the request."""
+        found = _ASSETS.get(name)
+        if found is None:
+            raise NotFound(f"the documentation pages have no file named {name!r}")
+        source, media_type = found
+        if isinstance(source, str):
+            return Response(source, media_type=media_type, headers=_COMMON_HEADERS)
+        return FileResponse(source, media_type=media_type, headers=_COMMON_HEADERS)

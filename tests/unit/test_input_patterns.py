@@ -15,8 +15,8 @@ import re
 import time
 from collections.abc import Iterable
 from functools import cache
-from re import _constants as sre  # type: ignore[attr-defined]
-from re import _parser as sre_parse  # type: ignore[attr-defined]
+from re import _constants as sre
+from re import _parser as sre_parse
 from typing import Any
 
 import pytest

@@ -110,6 +110,9 @@ def _cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     # Scheduler and worker each serve metrics; on one machine they need a port each.
     port = settings.metrics_port
     metrics_ports = {"scheduler": port, "worker": port + 1 if port else 0}
+    # Metrics on the address the settings give (loopback unless PAO_METRICS_HOST is set),
+    # stated explicitly so no child falls back to a default of its own.
+    env["PAO_METRICS_HOST"] = settings.metrics_host
     children = [
         subprocess.Popen(
             [sys.executable, "-m", "pao", name],

@@ -49,7 +49,10 @@ def run(settings: Settings) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        # X-Forwarded-For / -Proto are believed from these peers only (the ingress or load
+        # balancer): the failed sign-in limit is then kept per client, not per proxy.
         proxy_headers=True,
+        forwarded_allow_ips=list(settings.forwarded_allow_ips),
         timeout_graceful_shutdown=10,
         # JSON lines: uvicorn's loggers go through ours, and the middleware writes the
         # access lines, which carry the request's ids.

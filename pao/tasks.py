@@ -7,6 +7,7 @@ one audit row in the same transaction as the change.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -27,7 +28,7 @@ from pao.errors import (
 from pao.models import Agent, Run, Task
 from pao.netguard import private_target
 from pao.pipeline import Pipeline, load_pipeline, validate_payload
-from pao.schedule import Schedule, parse_schedule
+from pao.schedule import Schedule, off_loop, parse_schedule
 from pao.schemas import TaskCreate, TaskUpdate
 from pao.store import agents, audit, runs, tasks
 from pao.store import occurrences as occurrence_store
@@ -245,15 +246,20 @@ async def create_task(conn: Conn, ctx: Context, data: TaskCreate) -> Task:
     now = datetime.now(UTC)
     fields = data.model_dump()
     fields["timezone"] = fields["timezone"] or ctx.default_timezone
-    next_run_at = _validate(ctx, fields, created_at=now, now=now)
+    # Schedule math and schema checks run off the event loop: a costly rule holds a thread
+    # of the schedule pool, never every other request of this API process.
+    next_run_at = await off_loop(functools.partial(_validate, ctx, fields, created_at=now, now=now))
     fields["created_by"] = await _check_owner(conn, ctx, data.created_by)
     await _check_step_scopes(conn, ctx, fields["payload"], fields["created_by"])
-    fields["hourly_peak"] = hourly_peak(
-        fields["schedule_kind"],
-        fields["schedule_expr"],
-        fields["timezone"],
-        created_at=now,
-        now=now,
+    fields["hourly_peak"] = await off_loop(
+        functools.partial(
+            hourly_peak,
+            fields["schedule_kind"],
+            fields["schedule_expr"],
+            fields["timezone"],
+            created_at=now,
+            now=now,
+        )
     )
     await _check_quotas(conn, ctx, fields["created_by"], peak=fields["hourly_peak"])
     fields["next_run_at"] = next_run_at
@@ -319,8 +325,10 @@ async def update_task(
     schedule_changed = any(
         fields[f] != getattr(task, f) for f in ("schedule_kind", "schedule_expr", "timezone")
     )
-    next_run_at = _validate(
-        ctx, fields, created_at=task.created_at, now=now, schedule=schedule_changed
+    next_run_at = await off_loop(
+        functools.partial(
+            _validate, ctx, fields, created_at=task.created_at, now=now, schedule=schedule_changed
+        )
     )
     if "created_by" in given:
         fields["created_by"] = await _check_owner(conn, ctx, data.created_by)
@@ -329,12 +337,15 @@ async def update_task(
     if owner_changed or "payload" in given:
         await _check_step_scopes(conn, ctx, fields["payload"], fields["created_by"])
     if schedule_changed:
-        fields["hourly_peak"] = hourly_peak(
-            fields["schedule_kind"],
-            fields["schedule_expr"],
-            fields["timezone"],
-            created_at=task.created_at,
-            now=now,
+        fields["hourly_peak"] = await off_loop(
+            functools.partial(
+                hourly_peak,
+                fields["schedule_kind"],
+                fields["schedule_expr"],
+                fields["timezone"],
+                created_at=task.created_at,
+                now=now,
+            )
         )
     if schedule_changed or owner_changed:
         await _check_quotas(
@@ -419,6 +430,19 @@ async def pause_task(conn: Conn, ctx: Context, task_id: uuid.UUID) -> Task:
     )
 
 
+def _resumed_at(task: Task, now: datetime) -> tuple[datetime | None, list[datetime]]:
+    """A resumed task's next fire time, and the times that fell due while it was paused."""
+    if task.schedule_kind not in SCHEDULED_KINDS:
+        return None, []
+    schedule = parse_schedule(
+        task.schedule_kind, task.schedule_expr, task.timezone, created_at=task.created_at
+    )
+    skipped: list[datetime] = []
+    if task.paused_at is not None:
+        skipped = [t for t in schedule.upcoming(task.paused_at, MAX_PAUSE_RECORDS + 1) if t <= now]
+    return schedule.next_after(now), skipped
+
+
 async def resume_task(conn: Conn, ctx: Context, task_id: uuid.UUID) -> Task:
     """Fire again from now: what fell due while paused is not replayed."""
     task = await get_task(conn, ctx, task_id, lock=True)
@@ -427,13 +451,8 @@ async def resume_task(conn: Conn, ctx: Context, task_id: uuid.UUID) -> Task:
     if task.status != "paused":
         raise Conflict(f"the task is {task.status}; only a paused task can be resumed")
     now = datetime.now(UTC)
-    schedule = parse_schedule(
-        task.schedule_kind, task.schedule_expr, task.timezone, created_at=task.created_at
-    )
-    next_run_at = schedule.next_after(now) if task.schedule_kind in SCHEDULED_KINDS else None
-    if task.paused_at is not None and task.schedule_kind in SCHEDULED_KINDS:
-        skipped = schedule.upcoming(task.paused_at, MAX_PAUSE_RECORDS + 1)
-        skipped = [t for t in skipped if t <= now]
+    next_run_at, skipped = await off_loop(functools.partial(_resumed_at, task, now))
+    if skipped:
         await occurrence_store.record_many(
             conn,
             [

@@ -10,7 +10,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from api.app import create_app
-from pao import collector
+from pao import collector, db
 from pao.embedded import database_url
 from pao.migrate import check_database
 from pao.settings import Settings
@@ -42,6 +42,7 @@ class _Server(uvicorn.Server):
 def run(settings: Settings) -> int:
     url = database_url(settings.database_url, settings.data_dir)
     asyncio.run(check_database(url))
+    db.warn_if_polling(settings, "api")
     app = create_app(settings, database_url=url)
     json_logs = settings.log_format == "json"
     config = uvicorn.Config(

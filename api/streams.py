@@ -90,8 +90,8 @@ class Subscriber:
 class StreamHub:
     """The process's one listening connection and the streams it feeds."""
 
-    def __init__(self, url: str, pool: AsyncConnectionPool[db.Conn]) -> None:
-        self.url = url
+    def __init__(self, url: str | None, pool: AsyncConnectionPool[db.Conn]) -> None:
+        self.url = url  # where to LISTEN; None: nowhere (db.listen_url), streams poll
         self.pool = pool
         self._subscribers: dict[str, set[Subscriber]] = {}
         self._listening = asyncio.Event()
@@ -170,9 +170,14 @@ class StreamHub:
                 sub.put({"e": "resync"})
 
     async def _listen(self) -> None:
+        if self.url is None:
+            # Behind a transaction-mode pooler with no direct URL: no notifications, streams
+            # read the database at each heartbeat instead.
+            self._listening.set()
+            return
         while True:
             try:
-                conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+                conn = await db.listen_connection(self.url)
                 async with conn:
                     await conn.execute(f"LISTEN {streams.EVENTS_CHANNEL}")
                     await conn.execute(f"LISTEN {streams.WATCH_CHANNEL}")

@@ -1,7 +1,10 @@
 """Applies `migrations/version_NNNN.sql` in order, each in its own transaction.
 
-A session advisory lock serialises concurrent runs, so two pods starting at
-once apply each file exactly once; the second waits, then finds nothing to do.
+Each transaction first takes a transaction-level advisory lock, then reads
+what is applied, so two pods starting at once apply each file exactly once; the
+second waits, then finds nothing to do. Nothing outlives a transaction (no
+session lock, no prepared statement), so migrations run through a
+transaction-mode pooler (PgBouncer) as well as directly.
 """
 
 from __future__ import annotations
@@ -65,24 +68,25 @@ async def ensure_migrated(conn: Conn) -> None:
 
 
 async def migrate(url: str) -> list[Migration]:
-    """Apply what is pending; return what this call applied."""
-    conn = await connect(url, autocommit=True)
+    """Apply what is pending, one migration per transaction; return what this call applied."""
+    conn = await connect(url, autocommit=True, prepare=False)
     applied: list[Migration] = []
     try:
         with wrap_exceptions():
-            await conn.execute(QUERIES["migrations_lock"])
-            try:
-                await conn.execute(QUERIES["migrations_create_table"])
-                for migration in await pending(conn):
-                    async with conn.transaction():
-                        await conn.execute(migration.sql)
-                        await conn.execute(
-                            QUERIES["migrations_record"],
-                            {"version": migration.version, "name": migration.name},
-                        )
-                    applied.append(migration)
-            finally:
-                await conn.execute(QUERIES["migrations_unlock"])
+            while True:
+                async with conn.transaction():
+                    await conn.execute(QUERIES["migrations_lock"])
+                    await conn.execute(QUERIES["migrations_create_table"])
+                    todo = await pending(conn)
+                    if not todo:
+                        break
+                    migration = todo[0]
+                    await conn.execute(migration.sql)
+                    await conn.execute(
+                        QUERIES["migrations_record"],
+                        {"version": migration.version, "name": migration.name},
+                    )
+                applied.append(migration)
     finally:
         await conn.close()
     return applied
@@ -97,7 +101,7 @@ async def check_database(url: str, *, wait_seconds: float = 30.0) -> None:
     deadline = asyncio.get_running_loop().time() + wait_seconds
     while True:
         try:
-            conn = await connect(url)
+            conn = await connect(url, prepare=False)
             break
         except DatabaseUnavailable:
             if asyncio.get_running_loop().time() > deadline:

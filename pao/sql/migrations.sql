@@ -1,10 +1,8 @@
 -- name: migrations_lock
--- Serialise migration runs across processes (two pods starting together).
-SELECT pg_advisory_lock(7318260051)
-
--- name: migrations_unlock
--- Release the migration lock.
-SELECT pg_advisory_unlock(7318260051)
+-- Serialise migration runs across processes (two pods starting together), one transaction at a
+-- time: held until its commit, so that it never outlives a transaction (a transaction-mode pooler
+-- gives the next one another server connection).
+SELECT pg_advisory_xact_lock(7318260051)
 
 -- name: migrations_create_table
 -- The bookkeeping table; created by the runner itself before the first migration.

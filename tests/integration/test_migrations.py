@@ -35,8 +35,10 @@ def test_concurrent_migrate_runs_apply_each_file_once(pg_server: Server) -> None
             results = await asyncio.gather(*(migrate(url) for _ in range(4)))
             return [len(r) for r in results]
 
+        # One transaction per file, each under the lock: the runs may share the files out,
+        # but each file is applied by exactly one of them.
         counts = asyncio.run(race())
-        assert sorted(counts) == [0, 0, 0, len(available())]
+        assert sum(counts) == len(available())
         with psycopg.connect(url) as conn:
             rows = conn.execute("SELECT version FROM pao_migrations ORDER BY 1").fetchall()
         assert [r[0] for r in rows] == [m.version for m in available()]

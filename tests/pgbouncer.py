@@ -43,7 +43,6 @@ auth_type = trust
 auth_file = {dir}/userlist.txt
 max_client_conn = 500
 default_pool_size = 40
-max_prepared_statements = 0
 server_reset_query =
 ignore_startup_parameters = extra_float_digits
 logfile = {dir}/pgbouncer.log
@@ -83,8 +82,6 @@ class Bouncer:
             pool_mode=pool_mode,
             dir=self.dir,
         )
-        # 1.18 has no max_prepared_statements (1.21 does, where 0 keeps it off): drop it.
-        ini = ini.replace("max_prepared_statements = 0\n", "")
         (self.dir / "pgbouncer.ini").write_text(ini)
         (self.dir / "userlist.txt").write_text(f'"{self.user}" ""\n')
         if self._run_as is not None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -96,15 +98,47 @@ def run_now(client: TestClient, token: str, task_id: str) -> str:
     return str(resp.json()["id"])
 
 
-def until(check: Callable[[], Any], what: str, timeout: float = 30) -> Any:
-    """Poll `check` until it returns something truthy; that value."""
+def soak_seconds() -> float:
+    """`PAO_SOAK_SECONDS` (`make soak`): how long the load and scheduler tests keep going after
+    they have seen what they wait for; 0 (the default) stops them as soon as they have."""
+    return float(os.environ.get("PAO_SOAK_SECONDS") or 0)
+
+
+def until(check: Callable[[], Any], what: str, timeout: float = 30, every: float = 0.05) -> Any:
+    """Poll `check` until it returns something truthy; that value. The wait every test does
+    for an event (a row, a status, a log line, a port): no test sleeps for one."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    value = None
+    while True:
         value = check()
         if value:
             return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {value!r:.300})")
+
+
+async def until_async(
+    check: Callable[[], Awaitable[Any]], what: str, within: float = 30, every: float = 0.01
+) -> Any:
+    """`until` inside an event loop: await `check` until it returns something truthy."""
+    deadline = time.monotonic() + within
+    value = None
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(every)
+    raise AssertionError(f"timed out after {within:g}s waiting for {what} (last: {value!r:.300})")
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts connections on the port."""
+    with socket.socket() as s:
+        return s.connect_ex((host, port)) == 0
 
 
 def until_runs_succeeded(db: psycopg.Connection[Any], count: int, timeout: float = 30) -> None:

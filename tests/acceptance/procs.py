@@ -6,8 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -74,18 +73,33 @@ def worker_id(db: psycopg.Connection[Any], proc: Process) -> str:
     return str(row[0])
 
 
+def until_running(
+    procs: Sequence[Process], check: Callable[[], Any], what: str, timeout: float = 30
+) -> Any:
+    """`until` the check holds, failing at once (with its output) if a process exits."""
+
+    def alive_and() -> Any:
+        for p in procs:
+            if p.proc.poll() is not None:
+                raise AssertionError(f"a process exited early ({what}):\n{p.output()}")
+        return check()
+
+    return until(alive_and, what, timeout)
+
+
+def until_logged(proc: Process, text: str, timeout: float = 30) -> None:
+    """Until the process has written `text` to its output."""
+    until(lambda: text in proc.output(), f"{text!r} in {proc.log.name}", timeout)
+
+
 def wait_ready(base: str, api: Process, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if api.proc.poll() is not None:
-            raise AssertionError(f"the API exited early:\n{api.output()}")
+    def ready() -> bool:
         try:
-            if httpx.get(f"{base}/health/ready", timeout=1).status_code == 200:
-                return
+            return httpx.get(f"{base}/health/ready", timeout=1).status_code == 200
         except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("the API did not become ready")
+            return False
+
+    until_running([api], ready, "the API to be ready", timeout)
 
 
 @contextmanager

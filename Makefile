@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help dev test pytest lint format pg15-test bench bench-peers clean
+.PHONY: help dev test pytest soak lint format pg15-test bench bench-peers clean
 
 help: ## list the commands
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -26,6 +26,14 @@ test: $(STAMP) ## run every test, then the linters and type checks
 
 pytest: $(STAMP) ## run the test suite only (pass ARGS=... to pytest)
 	$(BIN)/python -m pytest $(ARGS)
+
+# The load and scheduler-replica tests stop as soon as they have seen what they check;
+# a soak keeps each of the three going for PAO_SOAK_SECONDS more (about 3x that in all).
+PAO_SOAK_SECONDS ?= 300
+SOAK_TESTS := tests/acceptance/test_load.py tests/acceptance/test_scheduler_processes.py::test_two_and_three_schedulers_never_double_fire
+
+soak: $(STAMP) ## the load and scheduler tests, each PAO_SOAK_SECONDS (300) longer
+	PAO_SOAK_SECONDS=$(PAO_SOAK_SECONDS) $(BIN)/python -m pytest $(SOAK_TESTS) -s $(ARGS)
 
 lint: $(STAMP) ## ruff, ruff format --check, mypy, import contracts
 	$(BIN)/ruff check .

@@ -45,14 +45,12 @@ def _wait(
     done: Callable[[dict[str, Any]], bool],
     timeout: float = 15,
 ) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    run: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        run = client.get(f"/runs/{run_id}", headers=auth(token)).json()
-        if done(run):
-            return run
-        time.sleep(0.05)
-    raise AssertionError(f"run {run_id} never got there: {run}")
+    def reached() -> dict[str, Any] | None:
+        run: dict[str, Any] = client.get(f"/runs/{run_id}", headers=auth(token)).json()
+        return run if done(run) else None
+
+    result: dict[str, Any] = until(reached, f"run {run_id} to get there", timeout)
+    return result
 
 
 def _final(run: dict[str, Any]) -> bool:
@@ -114,13 +112,11 @@ def test_a_failing_step_is_retried_then_fails(
     with worker(db_url, retry_base_seconds=0):
         first = _run_now(client, writer_token, task)
         _wait(client, writer_token, first, _final)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            states = db.execute("SELECT state, attempt FROM due_work").fetchall()
-            if states == [("failed", 3)]:
-                break
-            time.sleep(0.05)
-    assert states == [("failed", 3)]
+        until(
+            lambda: db.execute("SELECT state, attempt FROM due_work").fetchall() == [("failed", 3)],
+            "the third attempt to fail",
+            15,
+        )
     runs = client.get("/runs", params={"task_id": task["id"]}, headers=auth(writer_token)).json()
     attempts = sorted((r["attempt"], r["status"]) for r in runs["items"])
     assert attempts == [(1, "failed"), (2, "failed"), (3, "failed")]
@@ -149,7 +145,11 @@ def test_cancel_stops_a_running_pipeline_within_a_second(
 
 
 def test_a_worker_that_lost_its_lease_writes_nothing(
-    client: TestClient, writer_token: str, db_url: str, db: psycopg.Connection[Any]
+    client: TestClient,
+    writer_token: str,
+    db_url: str,
+    db: psycopg.Connection[Any],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     task = _create(
         client,
@@ -167,7 +167,14 @@ def test_a_worker_that_lost_its_lease_writes_nothing(
             "UPDATE due_work SET attempt = 2, lease_owner = 'someone-else', "
             "lease_expires_at = now() + interval '1 minute'"
         )
-        time.sleep(3)
+        # The worker finds out (a renewal or the end refused) and says it wrote nothing.
+        until(
+            lambda: (
+                f"run {run_id}: lease lost" in caplog.text
+                or f"run {run_id}: its end was not recorded" in caplog.text
+            ),
+            "the worker to give the run up",
+        )
     state = db.execute("SELECT state, attempt, lease_owner FROM due_work").fetchone()
     assert state == ("running", 2, "someone-else")
     run = client.get(f"/runs/{run_id}", headers=auth(writer_token)).json()
@@ -181,12 +188,14 @@ def test_a_once_task_completes_after_its_run(
     at = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
     task = _create(client, writer_token, schedule_kind="once", schedule_expr=at)
     with worker(db_url), scheduler(db_url, scheduler_tick_ms=100):
-        deadline = time.monotonic() + 15
-        status = ""
-        while time.monotonic() < deadline and status != "completed":
-            status = client.get(f"/tasks/{task['id']}", headers=auth(writer_token)).json()["status"]
-            time.sleep(0.1)
-    assert status == "completed"
+        until(
+            lambda: (
+                client.get(f"/tasks/{task['id']}", headers=auth(writer_token)).json()["status"]
+                == "completed"
+            ),
+            "the once task to complete",
+            15,
+        )
     [run] = client.get("/runs", params={"task_id": task["id"]}, headers=auth(writer_token)).json()[
         "items"
     ]
@@ -220,17 +229,15 @@ def test_step_events_trigger_other_tasks(
     with worker(db_url), scheduler(db_url, scheduler_tick_ms=100):
         run_id = _run_now(client, writer_token, publisher)
         _wait(client, writer_token, run_id, _final)
-        deadline = time.monotonic() + 15
-        runs: list[dict[str, Any]] = []
-        while time.monotonic() < deadline:
-            runs = client.get(
+        runs: list[dict[str, Any]] = until(
+            lambda: client.get(
                 "/runs",
                 params={"task_id": listener["id"], "status": "succeeded"},
                 headers=auth(writer_token),
-            ).json()["items"]
-            if runs:
-                break
-            time.sleep(0.1)
+            ).json()["items"],
+            "the listener's run to succeed",
+            15,
+        )
     assert len(runs) == 1
     logs = client.get(f"/runs/{runs[0]['id']}/logs", headers=auth(writer_token)).json()["items"]
     assert [line["message"] for line in logs] == ["7"]
@@ -391,7 +398,19 @@ def test_claimed_work_waits_for_its_event_read_or_is_left_to_its_lease(
             if fault == "fails":
                 db.execute("SELECT pg_terminate_backend(%s)", (reader[0],))
             else:
-                time.sleep(4)  # longer than the lease: it must have been renewed meanwhile
+                # Held past the lease it was claimed with: it must have been renewed meanwhile.
+                [(claimed_until,)] = db.execute(
+                    "SELECT lease_expires_at FROM due_work WHERE task_id = %s", (task["id"],)
+                ).fetchall()
+                until(
+                    lambda: db.execute(
+                        "SELECT 1 FROM due_work WHERE task_id = %s AND state = 'running'"
+                        " AND attempt = 1 AND now() > %s AND lease_expires_at > now()",
+                        (task["id"], claimed_until),
+                    ).fetchone(),
+                    "the lease to be renewed past the one it was claimed with",
+                    15,
+                )
             locker.rollback()
             until(
                 lambda: db.execute(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import time
 from datetime import timedelta
 from typing import Any
 
@@ -15,7 +14,7 @@ from fastapi.testclient import TestClient
 from pao.db import connect
 from pao.store import work
 from tests.background import worker
-from tests.helpers import SEED_TASK, auth, snapshot
+from tests.helpers import SEED_TASK, auth, snapshot, until
 
 
 def _create(client: TestClient, token: str, **fields: Any) -> dict[str, Any]:
@@ -194,12 +193,13 @@ def test_workers_never_overlap_runs_of_one_key(
     for task in tasks:
         _run_now(client, writer_token, task, times=2)
     with worker(db_url, worker_concurrency=4), worker(db_url, worker_concurrency=4):
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            left = db.execute("SELECT count(*) FROM runs WHERE finished_at IS NULL").fetchone()
-            if left == (0,):
-                break
-            time.sleep(0.05)
+        until(
+            lambda: (
+                db.execute("SELECT count(*) FROM runs WHERE finished_at IS NULL").fetchone() == (0,)
+            ),
+            "every run to finish",
+            20,
+        )
     spans = db.execute(
         "SELECT started_at, finished_at, status FROM runs ORDER BY started_at"
     ).fetchall()

@@ -8,13 +8,12 @@ schema to it, with a real worker claiming and ending one-step runs.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import psycopg
 
 from tests.background import worker
-from tests.helpers import queue_noop_runs, until_runs_succeeded
+from tests.helpers import queue_noop_runs, until, until_runs_succeeded
 
 RUNS = 300
 
@@ -34,9 +33,7 @@ def test_claims_and_ends_rewrite_a_run_in_place(db_url: str, db: psycopg.Connect
     with worker(db_url, worker_concurrency=64):
         until_runs_succeeded(db, RUNS)
     # The worker's connections report their counts as they close.
-    deadline = time.monotonic() + 10
-    while _updates(db)[0] - before[0] < 2 * RUNS and time.monotonic() < deadline:
-        time.sleep(0.1)
+    until(lambda: _updates(db)[0] - before[0] >= 2 * RUNS, "the updates to be counted", 10)
     updates, hot = (after - start for after, start in zip(_updates(db), before, strict=True))
     assert updates == 2 * RUNS  # a claim and an end each
     assert hot >= 0.9 * updates, f"only {hot} of {updates} updates of runs were HOT"

@@ -13,6 +13,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from pao.db import Conn, StatementLane, make_pool
 from pao.errors import DatabaseUnavailable
+from tests.helpers import until_async
 
 T = TypeVar("T")
 
@@ -35,6 +36,15 @@ def _with_lane(
             await pool.close()
 
     return asyncio.run(go())
+
+
+async def _running(db_url: str, query: str) -> bool:
+    """Whether some session is running the query right now."""
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND query = %s", (query,)
+        )
+        return await cur.fetchone() is not None
 
 
 async def _backend(lane: StatementLane) -> int:
@@ -61,8 +71,7 @@ def test_a_connection_killed_while_idle_is_replaced_after_the_ping(db_url: str) 
     async def body(pool: AsyncConnectionPool[Conn], lane: StatementLane) -> tuple[int, int]:
         first = await _backend(lane)
         with psycopg.connect(db_url, autocommit=True) as other:
-            other.execute("SELECT pg_terminate_backend(%s)", (first,))
-        await asyncio.sleep(0.05)
+            other.execute("SELECT pg_terminate_backend(%s, 10000)", (first,))  # gone on return
         return first, await _backend(lane)  # idle "too long" (trust_recent 0): pinged first
 
     first, second = _with_lane(db_url, body, trust_recent=0.0)
@@ -83,8 +92,7 @@ def test_a_connection_keeps_its_cursor_and_a_replaced_one_gets_a_new_cursor(db_u
         first, first_pid = await run(lane)
         again, again_pid = await run(lane)
         with psycopg.connect(db_url, autocommit=True) as other:
-            other.execute("SELECT pg_terminate_backend(%s)", (first_pid,))
-        await asyncio.sleep(0.05)
+            other.execute("SELECT pg_terminate_backend(%s, 10000)", (first_pid,))  # gone on return
         replaced, replaced_pid = await run(lane)  # idle "too long" (trust_recent 0): pinged
         return [first is again, again_pid == first_pid, replaced is first, replaced_pid]
 
@@ -99,8 +107,7 @@ def test_a_connection_killed_while_trusted_fails_once_then_heals(db_url: str) ->
     async def body(pool: AsyncConnectionPool[Conn], lane: StatementLane) -> tuple[int, int, str]:
         first = await _backend(lane)
         with psycopg.connect(db_url, autocommit=True) as other:
-            other.execute("SELECT pg_terminate_backend(%s)", (first,))
-        await asyncio.sleep(0.05)
+            other.execute("SELECT pg_terminate_backend(%s, 10000)", (first,))  # gone on return
         failure = ""
         try:
             await _backend(lane)  # trusted, not pinged: this request meets the outage
@@ -180,7 +187,7 @@ def test_a_statement_cancelled_midway_leaves_the_lane_usable(db_url: str) -> Non
                 await conn.execute("SELECT pg_sleep(5)")
 
         waiting = asyncio.create_task(slow())
-        await asyncio.sleep(0.2)
+        await until_async(lambda: _running(db_url, "SELECT pg_sleep(5)"), "the slow statement")
         waiting.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await waiting

@@ -58,9 +58,10 @@ class Settings:
     # How many generations a chain of events may run (an event published by a run that an
     # event triggered is one hop further).
     event_max_hops: int = 5
-    # A step's rendered input and its stored output, in bytes of JSON.
+    # A step's rendered input and its stored output, in bytes of JSON. http.request returns a
+    # JSON response twice (as `body` and as `json`), so the output cap is over twice its 10 MiB.
     step_input_max_bytes: int = 1_048_576
-    step_output_max_bytes: int = 16_777_216
+    step_output_max_bytes: int = 33_554_432
     # Peers whose X-Forwarded-For / X-Forwarded-Proto are believed (uvicorn's
     # forwarded_allow_ips): addresses or CIDRs, "*" for any.
     forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1",)
@@ -118,7 +119,7 @@ class Settings:
                 env, "PAO_STEP_INPUT_MAX_BYTES", 1_048_576, low=1024, high=1_073_741_824
             ),
             step_output_max_bytes=_int(
-                env, "PAO_STEP_OUTPUT_MAX_BYTES", 16_777_216, low=1024, high=1_073_741_824
+                env, "PAO_STEP_OUTPUT_MAX_BYTES", 33_554_432, low=1024, high=1_073_741_824
             ),
             forwarded_allow_ips=_csv(env.get("PAO_FORWARDED_ALLOW_IPS") or "127.0.0.1"),
         )

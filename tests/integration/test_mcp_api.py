@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ from fastapi.testclient import TestClient
 from pao.settings import Settings
 from tests.acceptance.procs import free_port
 from tests.background import worker
-from tests.helpers import SEED_TASK, auth, snapshot
+from tests.helpers import SEED_TASK, auth, snapshot, until
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "ops" / "mcp-demo"
@@ -208,6 +207,17 @@ def test_an_unreachable_server_is_a_503_and_nothing_changes(
     assert again.status_code == 201, again.text
 
 
+def _finished(client: TestClient, token: str, run_id: str) -> dict[str, Any]:
+    """The run once it has ended."""
+
+    def ended() -> dict[str, Any] | None:
+        run: dict[str, Any] = client.get(f"/runs/{run_id}", headers=auth(token)).json()
+        return None if run["status"] in ("queued", "running") else run
+
+    run: dict[str, Any] = until(ended, f"run {run_id} to end", 20)
+    return run
+
+
 def test_the_morning_briefing_runs_end_to_end(
     client: TestClient, writer_token: str, db_url: str, settings: Settings, sink: Path
 ) -> None:
@@ -216,12 +226,7 @@ def test_the_morning_briefing_runs_end_to_end(
         resp = client.post(f"/tasks/{task['id']}/run_now", headers=auth(writer_token))
         assert resp.status_code == 202, resp.text
         run_id = resp.json()["id"]
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            run = client.get(f"/runs/{run_id}", headers=auth(writer_token)).json()
-            if run["status"] not in ("queued", "running"):
-                break
-            time.sleep(0.05)
+        run = _finished(client, writer_token, run_id)
     assert run["status"] == "succeeded", run
     weather, notify = run["steps"]
     assert weather["output"] == {
@@ -249,12 +254,7 @@ def test_a_failing_mcp_tool_fails_the_step_with_the_servers_message(
         run_id = client.post(
             f"/tasks/{task.json()['id']}/run_now", headers=auth(writer_token)
         ).json()["id"]
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            run = client.get(f"/runs/{run_id}", headers=auth(writer_token)).json()
-            if run["status"] not in ("queued", "running"):
-                break
-            time.sleep(0.05)
+        run = _finished(client, writer_token, run_id)
     assert run["status"] == "failed", run
     assert run["steps"][0]["status"] == "succeeded"
     assert run["steps"][1]["status"] == "failed"

@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import pytest
 from pao.mcp import McpCallFailed, McpHub, McpUnavailable
 from pao.tools import McpServerConfig, load_tools_file
 from tests.acceptance.procs import free_port
+from tests.helpers import port_open, until
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBE = str(ROOT / "tests" / "mcp_probe.py")
@@ -71,14 +71,13 @@ class HttpProbe:
             self.proc = subprocess.Popen(
                 [sys.executable, PROBE, "--http", str(self.port)], stdout=out, stderr=out
             )
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            assert self.proc.poll() is None, self.log.read_text()
-            time.sleep(0.05)
-        raise AssertionError(f"the HTTP probe did not start:\n{self.log.read_text()}")
+        proc = self.proc
+
+        def listening() -> bool:
+            assert proc.poll() is None, self.log.read_text()
+            return port_open(self.port)
+
+        until(listening, "the HTTP probe to listen", 15)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -315,12 +314,7 @@ def test_the_demo_servers_answer_over_both_transports(tmp_path: Path) -> None:
             [sys.executable, "forecast.py", "--http", str(port)], cwd=DEMO, stdout=out, stderr=out
         )
     try:
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
+        until(lambda: port_open(port), "the forecast server to listen", 15)
         servers = {
             **load_tools_file(str(DEMO / "tools.json")),
             "weather-http": McpServerConfig(url=f"http://127.0.0.1:{port}/mcp"),

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import time
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from pao.migrate import migrate
-from tests.acceptance.procs import Process
+from tests.acceptance.procs import Process, until_logged
+from tests.helpers import until
 from tests.pgcluster import Cluster
 
 
@@ -29,13 +29,12 @@ def _last_beat(url: str) -> float | None:
 
 
 def _wait_for_beat_after(url: str, after: float, timeout: float = 30) -> float:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def fresh() -> float | None:
         beat = _last_beat(url)
-        if beat is not None and beat > after:
-            return beat
-        time.sleep(0.3)
-    raise AssertionError("no fresh scheduler heartbeat")
+        return beat if beat is not None and beat > after else None
+
+    beat: float = until(fresh, "a fresh scheduler heartbeat", timeout, every=0.3)
+    return beat
 
 
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
@@ -46,11 +45,11 @@ def test_scheduler_survives_a_database_restart(cluster: Cluster, tmp_path: Path,
     try:
         first = _wait_for_beat_after(cluster.url, 0)
         cluster.stop(mode)
-        time.sleep(5)  # longer than the pool's wait: the scheduler's ticks fail meanwhile
+        # Past the pool's wait: the scheduler's ticks fail meanwhile, and it says so.
+        until_logged(sched, "database unavailable")
         assert sched.proc.poll() is None, sched.output()
         cluster.start()
         _wait_for_beat_after(cluster.url, first + 1)
-        assert "database unavailable" in sched.output()
         assert sched.stop() == 0
     finally:
         sched.kill()

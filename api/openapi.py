@@ -275,21 +275,19 @@ def install_docs(app: FastAPI) -> None:
     def root(request: Request) -> str:
         return str(request.scope.get("root_path") or "").rstrip("/")
 
-    @app.get("/docs", include_in_schema=False)
-    async def swagger_ui(request: Request) -> HTMLResponse:
+    async def swagger_ui(request: Request) -> Response:
         return HTMLResponse(
             _swagger_page(app.title, root(request), openapi_url), headers=SWAGGER_HEADERS
         )
 
-    @app.get("/redoc", include_in_schema=False)
-    async def redoc(request: Request) -> HTMLResponse:
+    async def redoc(request: Request) -> Response:
         return HTMLResponse(
             _redoc_page(app.title, root(request), openapi_url), headers=REDOC_HEADERS
         )
 
-    @app.get(DOCS_ASSETS + "/{name}", include_in_schema=False)
-    async def docs_asset(name: str) -> Response:
+    async def docs_asset(request: Request) -> Response:
         """One of a fixed list of files: never a path taken from the request."""
+        name = str(request.path_params["name"])
         found = _ASSETS.get(name)
         if found is None:
             raise NotFound(f"the documentation pages have no file named {name!r}")
@@ -297,3 +295,8 @@ def install_docs(app: FastAPI) -> None:
         if isinstance(source, str):
             return Response(source, media_type=media_type, headers=_COMMON_HEADERS)
         return FileResponse(source, media_type=media_type, headers=_COMMON_HEADERS)
+
+    # Plain routes, as FastAPI's own pages are: public, outside the API and its document.
+    app.add_route("/docs", swagger_ui, methods=["GET"], include_in_schema=False)
+    app.add_route("/redoc", redoc, methods=["GET"], include_in_schema=False)
+    app.add_route(DOCS_ASSETS + "/{name}", docs_asset, methods=["GET"], include_in_schema=False)

@@ -14,6 +14,17 @@ meets a run, again once it has ended), `state` (`{run_id, status, attempt}`),
 `step` (`{run_id, index, step}`: a step started or ended) and `log` (a log
 line with its `run_id`). Comment lines (`: heartbeat`) keep proxies from
 closing an idle stream.
+
+A stream answers to the agent that opened it (`StreamGuard`): at each
+heartbeat (and as often while busy) it checks, with one statement, that the
+token still signs in, the agent is neither revoked, disabled nor expired and
+may still see the task, and ends if not. Each agent holds at most
+`streams_per_agent` streams at once, counted in PostgreSQL across every API
+replica (pao/store/stream_slots.py); the next one is answered 429. A stream
+ends by itself after `stream_max_seconds`, with a `: stream lifetime reached;
+reconnect` comment: a client that reconnects starts again from the current
+state (the first frame is the whole run), so nothing is lost and no
+Last-Event-ID is needed.
 """
 
 from __future__ import annotations
@@ -22,8 +33,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,10 +46,11 @@ from psycopg_pool import AsyncConnectionPool
 
 from api import metrics
 from api.models import RunLogPublic, RunPublic
-from pao import db, logs, streams
-from pao.errors import DatabaseUnavailable
-from pao.models import Run
-from pao.store import run_events
+from pao import db, logs, streams, tokens
+from pao.errors import DatabaseUnavailable, RateLimited
+from pao.models import Agent, Run
+from pao.settings import Settings
+from pao.store import run_events, stream_slots
 from pao.store import runs as run_store
 
 log = logging.getLogger(__name__)
@@ -47,6 +61,9 @@ LOG_PAGE = 500
 TASK_RECENT_RUNS = 20
 KEEP_ENDED = 1000
 _STATUS_RANK = {"queued": 0, "running": 1}
+LIFETIME_ENDED = ": stream lifetime reached; reconnect\n\n"
+SLOT_LOST = ": stream ended; reconnect\n\n"
+RELEASE_WAIT_SECONDS = 2.0
 
 
 def sse_response(frames: AsyncIterator[str]) -> StreamingResponse:
@@ -97,6 +114,7 @@ class StreamHub:
         self._listening = asyncio.Event()
         self._asked = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._releases: set[asyncio.Task[None]] = set()
         self._down = False
         self.stopping = False
 
@@ -119,6 +137,8 @@ class StreamHub:
                 sub.stop()
 
     async def close(self) -> None:
+        if self._releases:  # slots of streams that just ended: give them back if we can
+            await asyncio.wait(set(self._releases), timeout=RELEASE_WAIT_SECONDS)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -134,6 +154,53 @@ class StreamHub:
                 await self._listening.wait()
         except TimeoutError:
             raise DatabaseUnavailable() from None
+
+    async def admit(
+        self,
+        agent: Agent,
+        authorization: str | None,
+        task_id: uuid.UUID,
+        settings: Settings,
+    ) -> StreamGuard:
+        """A slot for one more stream of the agent's, or RateLimited (429) when it holds
+        `streams_per_agent` already, on this replica or any other."""
+        heartbeat = settings.stream_heartbeat_seconds
+        lease = 2 * heartbeat + 10  # two missed renewals, and a slow database, before it lapses
+        async with db.connection(self.pool) as conn:
+            slot = await stream_slots.claim(
+                conn, agent.id, cap=settings.streams_per_agent, lease_seconds=lease
+            )
+        if slot is None:
+            raise RateLimited(
+                f"this agent already has {settings.streams_per_agent} live streams open, the "
+                "most it may; close one, or ask the operator to raise PAO_STREAMS_PER_AGENT",
+                retry_after=max(1, math.ceil(heartbeat)),
+            )
+        _, _, token = (authorization or "").partition(" ")  # signed in with it just now
+        return StreamGuard(
+            self,
+            slot,
+            agent_id=agent.id,
+            token_hash=tokens.token_hash(token.strip()),
+            task_id=task_id,
+            as_admin=agent.is_admin,
+            heartbeat=heartbeat,
+            max_seconds=settings.stream_max_seconds,
+        )
+
+    def release(self, slot: stream_slots.Slot) -> None:
+        """Give a slot back in a task of its own: the stream that held it may be being
+        cancelled (its client left), and its cancelled scope would cancel the statement too."""
+        task = asyncio.create_task(self._release(slot), name="stream-slot-release")
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
+    async def _release(self, slot: stream_slots.Slot) -> None:
+        try:
+            async with db.connection(self.pool) as conn:
+                await stream_slots.release(conn, slot)
+        except (DatabaseUnavailable, psycopg.Error) as exc:
+            log.info("could not give back a stream slot (%s); its lease runs out by itself", exc)
 
     async def subscribe(self, task_id: uuid.UUID, run_id: uuid.UUID | None = None) -> Subscriber:
         """Listen for the task's (or one run's) events; workers hear of it before this returns."""
@@ -216,6 +283,77 @@ class StreamHub:
         async with db.connection(self.pool) as conn:
             for payload in streams.announcements(uuid.UUID(t) for t in task_ids):
                 await run_events.announce(conn, payload)
+
+
+class StreamGuard:
+    """One stream's standing: its agent's slot, when it must check the agent again, and when
+    its lifetime ends."""
+
+    def __init__(
+        self,
+        hub: StreamHub,
+        slot: stream_slots.Slot,
+        *,
+        agent_id: uuid.UUID,
+        token_hash: bytes,
+        task_id: uuid.UUID,
+        as_admin: bool,
+        heartbeat: float,
+        max_seconds: float,
+    ) -> None:
+        self.hub = hub
+        self.slot: stream_slots.Slot | None = slot
+        self.agent_id = agent_id
+        self.token_hash = token_hash
+        self.task_id = task_id
+        self.as_admin = as_admin
+        self.heartbeat = heartbeat
+        self.lapsed = False  # the slot was lost: the client should reconnect
+        now = time.monotonic()
+        self.ends_at = now + max_seconds
+        self.next_check = now + heartbeat
+
+    def wait(self) -> float:
+        """How long to wait for events before a heartbeat is due or the lifetime is over."""
+        return max(0.0, min(self.heartbeat, self.ends_at - time.monotonic()))
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self.ends_at
+
+    async def still_allowed(self, *, now: bool = False) -> bool:
+        """Whether the stream may go on: the agent checked (and the slot renewed) once a
+        heartbeat has passed since the last check, or `now`."""
+        if self.slot is None:
+            return False
+        if not now and time.monotonic() < self.next_check:
+            return True
+        async with db.connection(self.hub.pool) as conn:
+            check = await stream_slots.renew(
+                conn,
+                self.slot,
+                agent_id=self.agent_id,
+                token_hash=self.token_hash,
+                task_id=self.task_id,
+                as_admin=self.as_admin,
+            )
+        self.next_check = time.monotonic() + self.heartbeat
+        if not check.allowed:
+            log.info("stream ended: its agent may no longer watch this task")
+            return False
+        if check.slot is None:
+            # The lease lapsed and was taken (or the counters were lost in a crash): end, and
+            # let the client reconnect under the limit rather than count twice.
+            log.warning("stream ended: its slot's lease lapsed")
+            self.slot = None
+            self.lapsed = True
+            return False
+        self.slot = check.slot
+        return True
+
+    def release(self) -> None:
+        if self.slot is not None:
+            self.hub.release(self.slot)
+            self.slot = None
 
 
 @dataclass
@@ -387,10 +525,11 @@ class Relay:
             for run_id in [r for r, s in self.seen.items() if s.ended][: len(self.seen) // 2]:
                 del self.seen[run_id]
 
-    async def next_events(self) -> list[dict[str, Any]] | None:
-        """The events waiting (at least one), or None when a heartbeat is due first."""
+    async def next_events(self, wait: float | None = None) -> list[dict[str, Any]] | None:
+        """The events waiting (at least one), or None when a heartbeat is due first (or
+        `wait` seconds have passed)."""
         try:
-            async with asyncio.timeout(self.heartbeat):
+            async with asyncio.timeout(self.heartbeat if wait is None else wait):
                 first = await self.sub.queue.get()
         except TimeoutError:
             return None
@@ -408,12 +547,32 @@ async def run_stream(
     task_id: uuid.UUID,
     run_id: uuid.UUID,
     heartbeat: float,
+    guard: StreamGuard,
 ) -> AsyncIterator[str]:
-    """One run's frames until it has ended."""
-    logs.task_id.set(str(task_id))
-    logs.run_id.set(str(run_id))
-    if hub.stopping:
-        return
+    """One run's frames until it has ended (or its agent may no longer see it, or its
+    lifetime is over)."""
+    try:
+        logs.task_id.set(str(task_id))
+        logs.run_id.set(str(run_id))
+        if hub.stopping:
+            return
+        frames = _run_frames(hub, pool, owner, task_id, run_id, heartbeat, guard)
+        async with contextlib.aclosing(frames):  # closed with this one: it unsubscribes
+            async for text in frames:
+                yield text
+    finally:
+        guard.release()
+
+
+async def _run_frames(
+    hub: StreamHub,
+    pool: AsyncConnectionPool[db.Conn],
+    owner: uuid.UUID | None,
+    task_id: uuid.UUID,
+    run_id: uuid.UUID,
+    heartbeat: float,
+    guard: StreamGuard,
+) -> AsyncGenerator[str, None]:
     sub = await hub.subscribe(task_id, run_id)
     relay = Relay(pool, owner, sub, heartbeat)
     try:
@@ -422,8 +581,15 @@ async def run_stream(
         if run_id not in relay.seen:
             return  # gone since the request was checked (pruned history)
         while not _ended(relay, run_id):
-            events = await relay.next_events()
+            events = await relay.next_events(guard.wait())
             if sub.stopped:
+                return
+            if guard.expired():
+                yield LIFETIME_ENDED
+                return
+            if not await guard.still_allowed(now=events is None):
+                if guard.lapsed:
+                    yield SLOT_LOST
                 return
             if events is None:
                 yield ": heartbeat\n\n"
@@ -444,11 +610,30 @@ async def task_stream(
     owner: uuid.UUID | None,
     task_id: uuid.UUID,
     heartbeat: float,
+    guard: StreamGuard,
 ) -> AsyncIterator[str]:
-    """Every run of the task, as it happens, until the client leaves."""
-    logs.task_id.set(str(task_id))
-    if hub.stopping:
-        return
+    """Every run of the task, as it happens, until the client leaves (or its agent may no
+    longer see the task, or its lifetime is over)."""
+    try:
+        logs.task_id.set(str(task_id))
+        if hub.stopping:
+            return
+        frames = _task_frames(hub, pool, owner, task_id, heartbeat, guard)
+        async with contextlib.aclosing(frames):  # closed with this one: it unsubscribes
+            async for text in frames:
+                yield text
+    finally:
+        guard.release()
+
+
+async def _task_frames(
+    hub: StreamHub,
+    pool: AsyncConnectionPool[db.Conn],
+    owner: uuid.UUID | None,
+    task_id: uuid.UUID,
+    heartbeat: float,
+    guard: StreamGuard,
+) -> AsyncGenerator[str, None]:
     sub = await hub.subscribe(task_id)
     relay = Relay(pool, owner, sub, heartbeat)
     try:
@@ -456,8 +641,15 @@ async def task_stream(
         for text in await _recent(relay, task_id, first=True):
             yield text
         while True:
-            events = await relay.next_events()
+            events = await relay.next_events(guard.wait())
             if sub.stopped:
+                return
+            if guard.expired():
+                yield LIFETIME_ENDED
+                return
+            if not await guard.still_allowed(now=events is None):
+                if guard.lapsed:
+                    yield SLOT_LOST
                 return
             if events is None or sub.overflowed:
                 if events is None:

@@ -78,18 +78,26 @@ STREAM_DOC: dict[int | str, dict[str, Any]] = {
 
 
 @router.get("/{run_id}/stream", response_class=StreamingResponse, responses=STREAM_DOC)
-async def stream_run(state: State, agent: RunsRead, run_id: uuid.UUID) -> StreamingResponse:
+async def stream_run(
+    request: Request, state: State, agent: RunsRead, run_id: uuid.UUID
+) -> StreamingResponse:
     """The run live, as Server-Sent Events, until it has ended.
 
     First a `run` event with the run as it is now (as `GET /runs/{id}` shows
     it), then `state` (status changes), `step` (`{run_id, index, step}` when a
     step starts or ends) and `log` events as they happen, and a last `run`
     event with the ended run; then the stream closes. A `: heartbeat` comment
-    comes every 15 seconds while nothing happens.
+    comes every 15 seconds while nothing happens. The stream also closes once
+    the token no longer gives access to the run, and after
+    `PAO_STREAM_MAX_SECONDS` (reconnect: it starts again from the run as it is).
+    An agent may hold `PAO_STREAMS_PER_AGENT` streams at once; the next is a 429.
     """
     async with state.tx() as conn:
         run = await logic.get_run(conn, agent, run_id)
     await state.streams.ready()  # a 503 now rather than a stream that breaks
+    guard = await state.streams.admit(
+        agent, request.headers.get("authorization"), run.task_id, state.settings
+    )
     return sse_response(
         run_stream(
             state.streams,
@@ -98,6 +106,7 @@ async def stream_run(state: State, agent: RunsRead, run_id: uuid.UUID) -> Stream
             task_id=run.task_id,
             run_id=run.id,
             heartbeat=state.settings.stream_heartbeat_seconds,
+            guard=guard,
         )
     )
 

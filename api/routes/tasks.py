@@ -188,11 +188,18 @@ async def stream_task(
     Needs `runs:read`, like the runs it shows. First a `run` event for each run
     not yet ended, then for every run as it starts: `run` (the run when first
     seen), `state`, `step`, `log`, and `run` again once it has ended. A
-    `: heartbeat` comment comes every 15 seconds while nothing happens.
+    `: heartbeat` comment comes every 15 seconds while nothing happens. The
+    stream closes once the token no longer gives access to the task, and after
+    `PAO_STREAM_MAX_SECONDS` (reconnect: it starts again from the runs as they
+    are). An agent may hold `PAO_STREAMS_PER_AGENT` streams at once; the next
+    is a 429.
     """
     async with state.tx() as conn:
         task = await logic.get_task(conn, task_context(request, state, agent), task_id)
     await state.streams.ready()  # a 503 now rather than a stream that breaks
+    guard = await state.streams.admit(
+        agent, request.headers.get("authorization"), task.id, state.settings
+    )
     return sse_response(
         task_stream(
             state.streams,
@@ -200,6 +207,7 @@ async def stream_task(
             owner=None if agent.is_admin else agent.id,
             task_id=task.id,
             heartbeat=state.settings.stream_heartbeat_seconds,
+            guard=guard,
         )
     )
 

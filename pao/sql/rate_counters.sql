@@ -70,3 +70,57 @@ WHERE ctid = ANY(ARRAY(
     WHERE window_start < %(now)s - interval '1 hour'
     LIMIT %(limit)s
 ))
+
+-- name: rate_counter_stream_lock
+-- Serialise the stream slot claims of one agent, whichever API replica makes them, until
+-- this transaction ends (the claim runs after it, so it sees every claim committed before).
+SELECT pg_advisory_xact_lock(hashtextextended('pao-streams:' || %(agent_id)s::text, 0))
+
+-- name: rate_counter_stream_claim
+-- Take the first free one of an agent's `cap` live-stream slots, 'stream:<agent>:<n>', each a
+-- lease its stream renews at every heartbeat (`window_start` is the lease's start and its
+-- owner's proof); a slot whose lease ran out (its replica died) is free again. No row: all held.
+WITH free AS (
+    SELECT 'stream:' || %(agent_id)s::text || ':' || n AS key
+    FROM generate_series(1, %(cap)s) AS n
+    WHERE NOT EXISTS (
+        SELECT 1 FROM rate_counters c
+        WHERE c.key = 'stream:' || %(agent_id)s::text || ':' || n
+          AND c.window_start > now() - make_interval(secs => %(lease)s)
+    )
+    ORDER BY n
+    LIMIT 1
+)
+INSERT INTO rate_counters AS c (key, window_start, hits)
+SELECT key, clock_timestamp(), 1 FROM free
+ON CONFLICT (key) DO UPDATE SET window_start = excluded.window_start, hits = 1
+RETURNING c.key, c.window_start
+
+-- name: rate_counter_stream_renew
+-- A live stream's periodic check, in one round trip: may its agent still watch the task (the
+-- same token, not revoked, disabled or expired; still an admin if it opened the stream as one,
+-- else still allowed to read runs and still the task's owner), and is the slot still its own?
+-- The lease is renewed only when both hold; `renewed` is its new start, NULL otherwise.
+WITH agent AS (
+    SELECT a.id
+    FROM agents a
+    LEFT JOIN tasks t ON t.id = %(task_id)s
+    WHERE a.id = %(agent_id)s
+      AND a.token_hash = %(token_hash)s
+      AND a.deleted_at IS NULL
+      AND NOT a.disabled
+      AND (a.expires_at IS NULL OR a.expires_at > now())
+      AND CASE WHEN %(as_admin)s THEN 'admin' = ANY(a.scopes)
+               ELSE 'admin' = ANY(a.scopes)
+                    OR ('runs:read' = ANY(a.scopes) AND t.created_by = a.id) END
+), renewed AS (
+    UPDATE rate_counters c
+    SET window_start = clock_timestamp()
+    WHERE c.key = %(key)s AND c.window_start = %(held_since)s AND EXISTS (SELECT 1 FROM agent)
+    RETURNING c.window_start
+)
+SELECT EXISTS (SELECT 1 FROM agent) AS allowed, (SELECT window_start FROM renewed) AS renewed
+
+-- name: rate_counter_stream_release
+-- A stream has ended: free its slot, if the slot is still its own.
+DELETE FROM rate_counters WHERE key = %(key)s AND window_start = %(held_since)s

@@ -24,8 +24,8 @@ import pytest
 from pao.migrate import migrate
 from pao.tokens import new_token
 from tests.acceptance.faults import assert_work_consistent
-from tests.acceptance.procs import Process, free_port, wait_ready
-from tests.helpers import auth
+from tests.acceptance.procs import Process, free_port, until_logged, wait_ready
+from tests.helpers import auth, until
 from tests.pgcluster import Cluster
 
 pytestmark = pytest.mark.timeout(300)
@@ -70,12 +70,7 @@ def _count(url: str, sql: str) -> int | None:
 
 
 def _wait(url: str, sql: str, want: int, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if _count(url, sql) == want:
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
+    until(lambda: _count(url, sql) == want, what, timeout, every=0.3)
 
 
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
@@ -119,12 +114,26 @@ def test_every_process_rides_out_a_database_restart_under_load(
         )
         assert made.status_code == 201, made.text
         load.start()
-        time.sleep(3)
+        # The load is flowing: events accepted and run.
+        _wait(
+            cluster.url,
+            "SELECT least(count(*), 1) FROM due_work WHERE state = 'succeeded'",
+            1,
+            timeout=30,
+            what="an event's run to succeed",
+        )
+        until(lambda: load.statuses[2020] >= 12, "a dozen events accepted")
         cluster.stop(mode)
-        time.sleep(4)  # longer than the pools wait: requests, ticks and claims fail meanwhile
+        # Past the pools' wait: requests are refused (503), the scheduler's ticks and the
+        # workers' claims fail, and each process says so.
+        until(lambda: load.statuses[5030] + load.statuses[503] > 0, "a 503 from the API")
+        for p in procs[1:]:
+            until_logged(p, "database unavailable")
         assert all(p.proc.poll() is None for p in procs), [p.output()[-1000:] for p in procs]
         cluster.start()
-        time.sleep(5)
+        # Served again: a dozen more events accepted after the restart.
+        again = load.statuses[2020] + 12
+        until(lambda: load.statuses[2020] >= again, "a dozen more events accepted", 60)
         load.stop.set()
         load.join(timeout=60)
         accepted = load.statuses[2020]

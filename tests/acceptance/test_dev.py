@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
 from tests.acceptance.procs import Process, free_port, pao, wait_ready
-from tests.helpers import SEED_TASK, auth
+from tests.helpers import SEED_TASK, auth, until
 
 
 def _postmaster_running(pgdata: Path) -> bool:
@@ -41,13 +40,11 @@ def test_dev_runs_on_a_shared_embedded_database(tmp_path: Path) -> None:
         created = httpx.post(f"{base}/tasks", json=SEED_TASK, headers=auth(token), timeout=10)
         assert created.status_code == 201, created.text
         # The scheduler runs beside the API and reports in.
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            health = httpx.get(f"{base}/health", timeout=10).json()
-            if health["scheduler"]["status"] == "ok":
-                break
-            time.sleep(0.3)
-        assert health["scheduler"]["status"] == "ok", health
+        until(
+            lambda: httpx.get(f"{base}/health", timeout=10).json()["scheduler"]["status"] == "ok",
+            "the scheduler to report in",
+            every=0.3,
+        )
 
         # Another pao process on this machine joins the same embedded server.
         made = pao("agents", "create", "--name", "cli", "--scopes", "tasks:read", env=env)
@@ -58,10 +55,11 @@ def test_dev_runs_on_a_shared_embedded_database(tmp_path: Path) -> None:
 
         dev.proc.send_signal(signal.SIGINT)
         assert dev.proc.wait(timeout=30) == 0, dev.output()
-        deadline = time.monotonic() + 15
-        while _postmaster_running(data / "pgdata") and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not _postmaster_running(data / "pgdata"), "the embedded server outlived pao dev"
+        until(
+            lambda: not _postmaster_running(data / "pgdata"),
+            "the embedded server to stop with pao dev",
+            15,
+        )
 
         # Started again, the same token and data are there.
         dev = Process([sys.executable, "-m", "pao", "dev"], env, tmp_path / "dev2.log")

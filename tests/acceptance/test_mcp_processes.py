@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from pao.settings import Settings
-from tests.acceptance.procs import Process
+from tests.acceptance.procs import Process, until_running
 from tests.helpers import auth
 from tests.integration.test_mcp_api import BRIEFING, demo_tools_file
 
@@ -66,13 +65,12 @@ def test_a_worker_process_runs_the_briefing_and_stops_its_servers(
         run_id = client.post(
             f"/tasks/{task.json()['id']}/run_now", headers=auth(writer_token)
         ).json()["id"]
-        deadline = time.monotonic() + 30
-        run: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            run = client.get(f"/runs/{run_id}", headers=auth(writer_token)).json()
-            if run["status"] not in ("queued", "running"):
-                break
-            time.sleep(0.1)
+
+        def ended() -> dict[str, Any] | None:
+            run: dict[str, Any] = client.get(f"/runs/{run_id}", headers=auth(writer_token)).json()
+            return None if run["status"] in ("queued", "running") else run
+
+        run: dict[str, Any] = until_running([proc], ended, f"run {run_id} to end")
         assert run["status"] == "succeeded", (run, proc.output())
         assert run["steps"][0]["output"]["summary"] == "Chisinau: 3°C, light snow"
         [line] = sink.read_text().splitlines()

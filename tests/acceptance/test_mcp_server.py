@@ -21,7 +21,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from tests.acceptance.procs import Process, free_port
 from tests.acceptance.running import api_process, worker_process
-from tests.helpers import auth, snapshot, until
+from tests.helpers import auth, snapshot, until, until_async
 
 TOOLS = {
     "create_task",
@@ -106,12 +106,12 @@ async def refused(session: ClientSession, name: str, **args: Any) -> str:
 
 
 async def until_finished(session: ClientSession, run_id: str) -> dict[str, Any]:
-    with anyio.fail_after(30):
-        while True:
-            run = await call(session, "get_run", run_id=run_id)
-            if run["status"] not in ("queued", "running"):
-                return run
-            await anyio.sleep(0.1)
+    async def ended() -> dict[str, Any] | None:
+        run = await call(session, "get_run", run_id=run_id)
+        return None if run["status"] in ("queued", "running") else run
+
+    finished: dict[str, Any] = await until_async(ended, f"run {run_id} to end", 30, every=0.1)
+    return finished
 
 
 def _at(value: str) -> datetime:

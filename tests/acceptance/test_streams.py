@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 import httpx
 
 from tests.acceptance.procs import Process, free_port, wait_ready
-from tests.helpers import SEED_TASK, auth, metric
+from tests.helpers import SEED_TASK, auth, metric, until
 
 Frame = tuple[str, Any]
 
@@ -200,10 +199,11 @@ def test_a_run_streams_live_from_any_api_process(
         stack.callback(api_a.kill)
         wait_ready(a, api_a)
 
-        deadline = time.monotonic() + 20
-        while (streams_open(a), streams_open(b)) != (0, 0):
-            assert time.monotonic() < deadline, "streams stayed open after their clients left"
-            time.sleep(0.1)
+        until(
+            lambda: (streams_open(a), streams_open(b)) == (0, 0),
+            "the streams to close after their clients left",
+            20,
+        )
 
     # B logged JSON lines, one per request, each with its ids.
     lines = [json.loads(line) for line in api_b.output().splitlines() if line.strip()]

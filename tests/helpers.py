@@ -9,15 +9,19 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from fastapi.testclient import TestClient
 from psycopg import sql
+from pytest_postgresql.janitor import DatabaseJanitor
 
 from pao.agents import create_agent
 from pao.db import connect
 from pao.store.occurrences import QueueRequest, queue_many
+
+if TYPE_CHECKING:
+    from tests.conftest import Server
 
 # Counters that every request moves, whatever it asks: the rate limits count
 # refused requests too. Every other table a rejected request leaves as it was.
@@ -183,6 +187,23 @@ def queue_noop_runs(db_url: str, db: psycopg.Connection[Any], count: int) -> uui
 
     asyncio.run(queue_all())
     return task_id
+
+
+def database(
+    server: Server, name: str, template: str, *, as_template: bool = False
+) -> DatabaseJanitor:
+    """A database copied from `template` for the `with` block (then dropped). A test file
+    whose tests share a large setup builds it once in a template of its own (`as_template`)
+    and gives each test a copy: a file copy, statistics and all, rather than a new fill."""
+    return DatabaseJanitor(
+        user=server.user,
+        host=server.host,
+        port=server.port,
+        password=server.password,
+        dbname=name,
+        template_dbname=template,
+        as_template=as_template,
+    )
 
 
 def plan_nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:

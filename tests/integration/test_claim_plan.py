@@ -20,12 +20,11 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg.types.json import Jsonb
-from pytest_postgresql.janitor import DatabaseJanitor
 
 from pao.sql import QUERIES
 from pao.store.work import CLAIM_LOCK_SPACE
 from tests.conftest import Server
-from tests.helpers import new_agent, plan_nodes
+from tests.helpers import database, new_agent, plan_nodes
 
 ROWS = 100_000
 
@@ -52,23 +51,12 @@ def _indexes(scan: dict[str, Any]) -> set[str]:
     return found
 
 
-def _janitor(server: Server, dbname: str, **kwargs: Any) -> DatabaseJanitor:
-    return DatabaseJanitor(
-        user=server.user,
-        host=server.host,
-        port=server.port,
-        password=server.password,
-        dbname=dbname,
-        **kwargs,
-    )
-
-
 @pytest.fixture(scope="module")
 def large_template(pg_server: Server, template_db: str) -> Iterator[str]:
     """The large database, built and analysed once for this file's tests, each of which gets
     a copy of its own (statistics included, so each plans as over the one built)."""
     name = f"pao_large_due_work_{os.getpid()}"
-    with _janitor(pg_server, name, template_dbname=template_db, as_template=True):
+    with database(pg_server, name, template_db, as_template=True):
         url = pg_server.url_for(name)
         with psycopg.connect(url, autocommit=True) as db:
             _fill(url, db)
@@ -80,7 +68,7 @@ def large_due_work(pg_server: Server, large_template: str) -> Iterator[psycopg.C
     """ROWS occurrences over 100 tasks, each with its run, analysed: a fresh copy."""
     name = f"{large_template}_{next(_copies)}"
     with (
-        _janitor(pg_server, name, template_dbname=large_template),
+        database(pg_server, name, large_template),
         psycopg.connect(pg_server.url_for(name), autocommit=True) as db,
     ):
         yield db

@@ -9,8 +9,11 @@ it (91 ms over 400,000 runs). Written as one row comparison, it bounds the index
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import os
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -21,7 +24,8 @@ from pao.db import connect
 from pao.sql import QUERIES
 from pao.store.runs import list_runs
 from pao.store.tasks import list_tasks
-from tests.helpers import new_agent, plan_nodes, queue_runs
+from tests.conftest import Server
+from tests.helpers import database, new_agent, plan_nodes, queue_runs
 
 ROWS = 20_000
 
@@ -60,9 +64,37 @@ def _cursor_bounds_the_scan(plan: dict[str, Any], table: str) -> bool:
     return all("ROW(" in n.get("Index Cond", n.get("Recheck Cond", "")) for n in scans)
 
 
+@pytest.fixture(scope="module")
+def history_template(pg_server: Server, template_db: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The history, made and analysed once for this file, kept as a template; with it, what
+    `history` tells of it."""
+    name = f"pao_history_{os.getpid()}"
+    with database(pg_server, name, template_db, as_template=True):
+        url = pg_server.url_for(name)
+        with psycopg.connect(url, autocommit=True) as db:
+            made = _make_history(url, db)
+        yield name, made
+
+
+_copies = itertools.count()
+
+
 @pytest.fixture
-def history(db_url: str, db: psycopg.Connection[Any]) -> dict[str, Any]:
-    """Many tasks and runs, analysed; returns their owner and a cursor into each."""
+def db_url(pg_server: Server, history_template: tuple[str, dict[str, Any]]) -> Iterator[str]:
+    """Here every test's database is a copy of the one with the history in it."""
+    template, _ = history_template
+    name = f"{template}_{next(_copies)}"
+    with database(pg_server, name, template):
+        yield pg_server.url_for(name)
+
+
+@pytest.fixture
+def history(db_url: str, history_template: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+    """Many tasks and runs, analysed (in this test's copy); their owner and a cursor into each."""
+    return history_template[1]
+
+
+def _make_history(db_url: str, db: psycopg.Connection[Any]) -> dict[str, Any]:
     new_agent(db_url, ["admin"], name="owner")
     owner = db.execute("SELECT id FROM agents").fetchone()[0]  # type: ignore[index]
     db.execute(

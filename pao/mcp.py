@@ -69,6 +69,23 @@ class McpUnavailable(PaoError):
 class McpCallFailed(PaoError):
     """An MCP tool call failed."""
 
+    # True when the server itself went away, rather than its tool answering with an error.
+    transport = False
+
+
+def public_reason(exc: McpUnavailable | McpCallFailed, server: str) -> str:
+    """What a task's owner may read of an MCP failure: a tool's own error, or only that
+    its server failed. How a server is run (its command line, directory, stderr tail)
+    is for the operator's log and for admins, never in a run that any agent can read."""
+    if isinstance(exc, McpUnavailable):
+        return f"MCP server {server!r} is not available; the worker's log says why"
+    if exc.transport:
+        return (
+            f"MCP server {server!r} went away during the call; it is started again on the "
+            "next call, and the worker's log says why"
+        )
+    return exc.message
+
 
 class _Undelivered(Exception):
     """The server never received the request; a fresh session may send it again."""
@@ -461,11 +478,13 @@ class McpHub:
                     raise conn.unavailable() from None
             except _Lost:
                 said = conn.stderr_said()
-                raise McpCallFailed(
+                lost = McpCallFailed(
                     f"MCP server {server!r} went away during {what} (it may have crashed"
                     + (f"; its stderr: {said}" if said else "")
                     + "); it is started again on the next call"
-                ) from None
+                )
+                lost.transport = True
+                raise lost from None
         raise AssertionError("unreachable")
 
     async def list_tools(self, server: str) -> list[ToolSpec]:

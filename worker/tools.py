@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,8 @@ from pao.templates import JSONValue
 from pao.tools import BUILTIN_TOOLS
 from worker.http_tool import Allow, ToolFailed, http_request
 from worker.pipeline import StepCall, Tool
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # the MCP SDK is loaded only by a worker whose tools file names servers
     from pao.mcp import McpHub
@@ -103,7 +106,7 @@ class Toolbox:
         stays usable for other steps. The step's idempotency key goes along in
         the request's `_meta`, for servers that can use it.
         """
-        from pao.mcp import McpCallFailed, McpUnavailable  # loaded with the hub already
+        from pao.mcp import McpCallFailed, McpUnavailable, public_reason  # loaded with the hub
 
         assert self.mcp is not None
         try:
@@ -111,7 +114,10 @@ class Toolbox:
                 server, tool, args, idempotency_key=call.idempotency_key
             )
         except (McpCallFailed, McpUnavailable) as exc:
-            raise ToolFailed(exc.message) from None
+            reason = public_reason(exc, server)
+            if reason != exc.message:
+                log.warning("run %s step %s: %s", self.run_id, call.step_id, exc.message)
+            raise ToolFailed(reason) from None
 
     def unavailable(self, uses: str) -> Tool:
         async def fail(args: dict[str, Any], call: StepCall) -> JSONValue:

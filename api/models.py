@@ -163,6 +163,7 @@ class ToolServerPublic(BaseModel):
     name: str
     transport: str  # stdio or http
     reachable: bool | None  # null: not asked yet
+    # Why it failed, with its command line and stderr tail: for admins only, null for others.
     error: str | None
     checked_at: datetime | None
     tools: int

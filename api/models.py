@@ -7,9 +7,11 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from pao.models import Agent, Event, Run, RunLog, Task
+from pao.schemas import TaskFields
+from pao.vocabulary import TaskStatus
 
 T = TypeVar("T")
 
@@ -19,26 +21,18 @@ class Page(BaseModel, Generic[T]):
     next_cursor: str | None
 
 
-class TaskPublic(BaseModel):
+class TaskPublic(TaskFields):
+    """A task: the fields it is written with (pao.schemas.TaskFields), as stored, and those
+    only the server writes."""
+
+    # Every field is always sent, so the schema calls each one required.
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
     id: uuid.UUID
-    title: str
-    description: str
-    schedule_kind: str
-    schedule_expr: str
-    timezone: str
-    payload: dict[str, Any]
-    priority: int
-    dedupe_key: str | None
-    dedupe_window_seconds: int
-    max_retries: int
-    backoff_strategy: str
-    concurrency_key: str | None
-    concurrency_limit: int | None
-    created_by: uuid.UUID
-    status: str
+    timezone: str  # the server's default when none was given
+    created_by: uuid.UUID  # the creator when none was given
+    status: TaskStatus
     next_run_at: datetime | None
-    misfire_policy: str
-    misfire_grace_seconds: int
     version: int
     created_at: datetime
     updated_at: datetime

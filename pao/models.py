@@ -5,16 +5,46 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
-SCOPES = (
-    "tasks:read",
-    "tasks:write",
-    "runs:read",
-    "events:publish",
-    "events:broadcast",  # publish to other agents' tasks (an event's `audience`)
-    "admin",
+from pao.vocabulary import (
+    BackoffStrategy,
+    LogLevel,
+    MisfirePolicy,
+    RunStatus,
+    ScheduleKind,
+    Scope,
+    StepStatus,
+    TaskStatus,
 )
+
+# Every scope a token may hold, in the order they are listed; pao.vocabulary.Scope says each.
+SCOPES: tuple[str, ...] = tuple(Scope)
+
+
+def _set(row: object, name: str, value: object) -> None:
+    """Replace a field of a frozen row: psycopg gives text, the row holds the enum member."""
+    object.__setattr__(row, name, value)
+
+
+class StepRecord(TypedDict):
+    """One step of a run as `runs.steps` stores it and live streams send it (JSON object).
+
+    Written by the worker as the step goes: `id`, `uses`, `status` and `started_at` from the
+    start, `input` once rendered, then `output` and `duration_ms`, or `error`, or `detail`.
+    A TypedDict, not a class: records travel as JSON to the database and the streams as they
+    are, with no conversion on the worker's path.
+    """
+
+    id: str
+    uses: str
+    status: StepStatus
+    started_at: str  #: ISO 8601, with its offset
+    input: NotRequired[dict[str, Any]]  #: the rendered `with`
+    output: NotRequired[Any]  #: what the tool answered, made storable
+    error: NotRequired[str]  #: why it failed
+    detail: NotRequired[str]  #: why it was skipped
+    duration_ms: NotRequired[int]
 
 
 @dataclass(frozen=True)
@@ -22,15 +52,18 @@ class Agent:
     id: uuid.UUID
     name: str
     token_prefix: str
-    scopes: list[str]
+    scopes: list[Scope]
     expires_at: datetime | None
     disabled: bool
     created_at: datetime
     updated_at: datetime
 
+    def __post_init__(self) -> None:
+        _set(self, "scopes", [Scope(s) for s in self.scopes])
+
     @property
     def is_admin(self) -> bool:
-        return "admin" in self.scopes
+        return Scope.ADMIN in self.scopes
 
     def has_scope(self, scope: str) -> bool:
         """An admin holds every scope."""
@@ -43,7 +76,7 @@ class Task:
     created_by: uuid.UUID
     title: str
     description: str
-    schedule_kind: str
+    schedule_kind: ScheduleKind
     schedule_expr: str
     timezone: str
     payload: dict[str, Any]
@@ -51,14 +84,14 @@ class Task:
     dedupe_key: str | None
     dedupe_window_seconds: int
     max_retries: int
-    backoff_strategy: str
+    backoff_strategy: BackoffStrategy
     concurrency_key: str | None
-    status: str
+    status: TaskStatus
     next_run_at: datetime | None
     version: int
     created_at: datetime
     updated_at: datetime
-    misfire_policy: str
+    misfire_policy: MisfirePolicy
     misfire_grace_seconds: int
     paused_at: datetime | None
     condition_state: bool | None
@@ -67,6 +100,12 @@ class Task:
     claim_limit: int | None = None
     hourly_peak: int = 0
 
+    def __post_init__(self) -> None:
+        _set(self, "schedule_kind", ScheduleKind(self.schedule_kind))
+        _set(self, "backoff_strategy", BackoffStrategy(self.backoff_strategy))
+        _set(self, "status", TaskStatus(self.status))
+        _set(self, "misfire_policy", MisfirePolicy(self.misfire_policy))
+
 
 @dataclass(frozen=True)
 class Run:
@@ -74,14 +113,17 @@ class Run:
     due_work_id: int
     task_id: uuid.UUID
     attempt: int
-    status: str
+    status: RunStatus
     scheduled_for: datetime
     queued_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
     worker_id: str | None
-    steps: list[Any]
+    steps: list[Any]  # each a StepRecord; list[StepRecord] once api/ and worker/ take it
     error: str | None
+
+    def __post_init__(self) -> None:
+        _set(self, "status", RunStatus(self.status))
 
 
 @dataclass(frozen=True)
@@ -89,9 +131,12 @@ class RunLog:
     id: int
     run_id: uuid.UUID
     at: datetime
-    level: str
+    level: LogLevel
     step_id: str | None
     message: str
+
+    def __post_init__(self) -> None:
+        _set(self, "level", LogLevel(self.level))
 
 
 @dataclass(frozen=True)

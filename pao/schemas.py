@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, ClassVar, Literal
+from decimal import Decimal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AwareDatetime,
@@ -18,18 +19,27 @@ from pydantic import (
     Field,
     StrictBool,
     StrictInt,
+    WithJsonSchema,
+    create_model,
 )
 
 from pao.errors import FieldError, InvalidInput
+from pao.vocabulary import (
+    BackoffStrategy,
+    MisfirePolicy,
+    RunStatus,
+    ScheduleKind,
+    Scope,
+    TaskStatus,
+)
 
-ScheduleKindField = Literal["cron", "rrule", "once", "event", "condition"]
-BackoffField = Literal["fixed", "linear", "exponential", "exponential_jitter"]
-MisfireField = Literal["coalesce", "skip", "all"]
-TaskStatusField = Literal["active", "paused", "cancelled", "completed"]
-RunStatusField = Literal["queued", "running", "succeeded", "failed", "cancelled", "timed_out"]
-ScopeField = Literal[
-    "tasks:read", "tasks:write", "runs:read", "events:publish", "events:broadcast", "admin"
-]
+# The names the API's routes use for the words they take; each is its pao.vocabulary enum.
+ScheduleKindField = ScheduleKind
+BackoffField = BackoffStrategy
+MisfireField = MisfirePolicy
+TaskStatusField = TaskStatus
+RunStatusField = RunStatus
+ScopeField = Scope
 # Every agent's event tasks ("*"), or these agents' too; the publisher's own are always reached.
 Audience = Literal["*"] | Annotated[list[uuid.UUID], Field(max_length=1000)]
 
@@ -75,10 +85,16 @@ class _Patch(_Strict):
         return given
 
 
-class TaskCreate(_Strict):
+class TaskFields(_Strict):
+    """A task's writable fields, written once: their types, defaults and limits.
+
+    TaskCreate is these as they are; TaskUpdate is these all optional; the API's
+    TaskPublic is these with the fields only the server writes.
+    """
+
     title: str = Field(min_length=1, max_length=200)
     description: str = Field("", max_length=10_000)
-    schedule_kind: ScheduleKindField
+    schedule_kind: ScheduleKind
     schedule_expr: str = Field(min_length=1, max_length=1000)
     timezone: str | None = Field(
         None, min_length=1, max_length=64, description="IANA zone; default from server"
@@ -88,7 +104,7 @@ class TaskCreate(_Strict):
     dedupe_key: str | None = Field(None, min_length=1, max_length=500)
     dedupe_window_seconds: StrictInt = Field(0, ge=0, le=31 * 86_400)
     max_retries: StrictInt = Field(3, ge=0, le=100)
-    backoff_strategy: BackoffField = "exponential_jitter"
+    backoff_strategy: BackoffStrategy = BackoffStrategy.EXPONENTIAL_JITTER
     concurrency_key: str | None = Field(
         None,
         min_length=1,
@@ -105,37 +121,48 @@ class TaskCreate(_Strict):
     created_by: uuid.UUID | None = Field(
         None, description="the owner; only admins may name another agent"
     )
-    misfire_policy: MisfireField = Field(
-        "coalesce",
+    misfire_policy: MisfirePolicy = Field(
+        MisfirePolicy.COALESCE,
         description="after downtime: coalesce (missed ones become one run), skip, or all",
     )
     misfire_grace_seconds: StrictInt = Field(300, ge=0, le=31 * 86_400)
 
 
-class TaskUpdate(_Patch):
-    """Any subset of a task's fields; what is left out stays as it is."""
+class TaskCreate(TaskFields):
+    """A new task: its writable fields, with their defaults."""
 
-    title: str | None = Field(None, min_length=1, max_length=200)
-    description: str | None = Field(None, max_length=10_000)
-    schedule_kind: ScheduleKindField | None = None
-    schedule_expr: str | None = Field(None, min_length=1, max_length=1000)
-    timezone: str | None = Field(None, min_length=1, max_length=64)
-    payload: dict[str, Any] | None = None
-    priority: StrictInt | None = Field(None, ge=1, le=9)
-    dedupe_key: str | None = Field(None, min_length=1, max_length=500)
-    dedupe_window_seconds: StrictInt | None = Field(None, ge=0, le=31 * 86_400)
-    max_retries: StrictInt | None = Field(None, ge=0, le=100)
-    backoff_strategy: BackoffField | None = None
-    concurrency_key: str | None = Field(None, min_length=1, max_length=200)
-    concurrency_limit: StrictInt | None = Field(None, ge=1, le=1000)
-    created_by: uuid.UUID | None = None
-    misfire_policy: MisfireField | None = None
-    misfire_grace_seconds: StrictInt | None = Field(None, ge=0, le=31 * 86_400)
+
+class _TaskPatch(_Patch):
+    """Any subset of a task's fields; what is left out stays as it is."""
 
     # Fields that may be set to null explicitly; for the rest null is an error.
     NULLABLE: ClassVar[frozenset[str]] = frozenset(
         {"dedupe_key", "concurrency_key", "concurrency_limit"}
     )
+
+
+def _all_optional(name: str, fields: type[BaseModel], base: type[_Patch]) -> type[_Patch]:
+    """Model `name` on `base` with every field of `fields` optional (default None), keeping
+    its type, limits and description: a partial update written from the same declarations."""
+    optional: dict[str, Any] = {}
+    for field, info in fields.model_fields.items():
+        kept: Any = info.annotation
+        if info.metadata:
+            kept = Annotated[kept, *info.metadata]
+        optional[field] = (kept | None, Field(None, description=info.description))
+    return create_model(name, __base__=base, __doc__=base.__doc__, **optional)
+
+
+if TYPE_CHECKING:
+
+    class TaskUpdate(_TaskPatch):
+        """Built at run time from TaskFields, which mypy cannot follow: read `changes()`,
+        or a field (each TaskFields' type or None) as Any."""
+
+        def __getattr__(self, name: str) -> Any: ...
+
+else:
+    TaskUpdate = _all_optional("TaskUpdate", TaskFields, _TaskPatch)
 
 
 class SchedulePreview(_Strict):
@@ -168,9 +195,89 @@ class AgentCreate(_Strict):
 
 
 class AgentUpdate(_Patch):
-    NULLABLE: ClassVar[frozenset[str]] = frozenset({"expires_at"})
+    NULLABLE: ClassVar[frozenset[str]] = frozenset({"expires_at", "task_types"})
 
     name: str | None = Field(None, min_length=1, max_length=200)
     scopes: list[ScopeField] | None = Field(None, min_length=1)
     disabled: StrictBool | None = None
     expires_at: BodyTime | None = None
+    task_types: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
+        None,
+        max_length=1000,
+        description="the task types its token may claim (work:claim); null: any",
+    )
+
+
+# Task types and the claim protocol ------------------------------------------------------
+
+MAX_COST = 1_000_000_000
+"""The largest cost a task type or a completed step may state."""
+
+
+def _json_number(value: Any) -> Any:
+    """A number as JSON writes it: not a string, not a boolean."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a JSON number")
+    return value
+
+
+# A cost: a finite number from 0 to MAX_COST, kept exact (numeric in the database).
+Cost = Annotated[
+    Decimal,
+    BeforeValidator(_json_number),
+    Field(ge=0, le=MAX_COST, allow_inf_nan=False),
+    WithJsonSchema({"type": "number", "minimum": 0, "maximum": MAX_COST}),
+]
+# Seconds or a percentage given as a JSON number, never NaN or infinite.
+JsonFloat = Annotated[float, BeforeValidator(_json_number), Field(allow_inf_nan=False)]
+
+
+class TaskTypeDefinition(_Strict):
+    """What a task type says (PUT replaces all of it); `pao.task_types` checks the schemas."""
+
+    description: str = Field("", max_length=10_000)
+    parameters_schema: dict[str, Any] = Field(
+        description="JSON Schema (Draft 2020-12) of a step's 'with'; 'type' must be 'object'"
+    )
+    output_schema: dict[str, Any] | None = Field(
+        None, description="JSON Schema the output of a completed step must match; null: any"
+    )
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    lease_seconds: StrictInt = Field(
+        60, ge=1, le=3600, description="how long a claim holds a step without a heartbeat"
+    )
+    cost_per_call: Cost | None = None
+    is_active: StrictBool = True
+
+
+class TaskTypeCreate(TaskTypeDefinition):
+    name: str = Field(
+        min_length=1,
+        max_length=128,
+        description="lowercase letters, digits, '_', '-' and '.', e.g. media.transcode; "
+        "what a step writes in 'uses'",
+    )
+
+
+class ClaimRequest(_Strict):
+    limit: StrictInt = Field(1, ge=1, le=100, description="at most this many steps")
+    wait_seconds: JsonFloat = Field(
+        0, ge=0, le=30, description="wait this long for work when there is none now"
+    )
+
+
+class ClaimProgress(_Strict):
+    message: str = Field(min_length=1, max_length=2000)
+    percent: JsonFloat | None = Field(None, ge=0, le=100)
+
+
+class ClaimComplete(_Strict):
+    output: dict[str, Any]
+    cost: Cost | None = Field(None, description="what doing the step cost; 0 to 1e9")
+
+
+class ClaimFail(_Strict):
+    error: str = Field(min_length=1, max_length=10_000)
+    retryable: StrictBool = Field(
+        False, description="whether trying the step again could succeed (the task's retries)"
+    )

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pao import occurrences
+from pao import occurrences, task_types
 from pao.agents import check_step_scopes
 from pao.db import Conn
 from pao.errors import (
@@ -29,7 +29,7 @@ from pao.models import Agent, Run, Task
 from pao.netguard import private_target
 from pao.pipeline import Pipeline, load_pipeline, validate_payload
 from pao.schedule import Schedule, off_loop, parse_schedule
-from pao.schemas import TaskCreate, TaskUpdate
+from pao.schemas import TaskCreate, TaskFields, TaskUpdate
 from pao.store import agents, audit, runs, tasks
 from pao.store import occurrences as occurrence_store
 from pao.store.occurrences import Decision, QueueRequest
@@ -246,6 +246,7 @@ async def create_task(conn: Conn, ctx: Context, data: TaskCreate) -> Task:
     now = datetime.now(UTC)
     fields = data.model_dump()
     fields["timezone"] = fields["timezone"] or ctx.default_timezone
+    await task_types.refresh_registry(conn, ctx.registry, fields["payload"])
     # Schedule math and schema checks run off the event loop: a costly rule holds a thread
     # of the schedule pool, never every other request of this API process.
     next_run_at = await off_loop(functools.partial(_validate, ctx, fields, created_at=now, now=now))
@@ -288,24 +289,8 @@ def visible_task(actor: Agent, task: Task | None, task_id: uuid.UUID) -> Task:
     return task
 
 
-_EDITABLE = (
-    "title",
-    "description",
-    "schedule_kind",
-    "schedule_expr",
-    "timezone",
-    "payload",
-    "priority",
-    "dedupe_key",
-    "dedupe_window_seconds",
-    "max_retries",
-    "backoff_strategy",
-    "concurrency_key",
-    "concurrency_limit",
-    "created_by",
-    "misfire_policy",
-    "misfire_grace_seconds",
-)
+# What an update may change: the fields a task is created with.
+_EDITABLE = tuple(TaskFields.model_fields)
 
 
 async def update_task(
@@ -325,13 +310,14 @@ async def update_task(
     schedule_changed = any(
         fields[f] != getattr(task, f) for f in ("schedule_kind", "schedule_expr", "timezone")
     )
+    await task_types.refresh_registry(conn, ctx.registry, fields["payload"])
     next_run_at = await off_loop(
         functools.partial(
             _validate, ctx, fields, created_at=task.created_at, now=now, schedule=schedule_changed
         )
     )
     if "created_by" in given:
-        fields["created_by"] = await _check_owner(conn, ctx, data.created_by)
+        fields["created_by"] = await _check_owner(conn, ctx, given["created_by"])
     fields["hourly_peak"] = task.hourly_peak
     owner_changed = fields["created_by"] != task.created_by
     if owner_changed or "payload" in given:

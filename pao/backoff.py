@@ -5,11 +5,11 @@ from __future__ import annotations
 import random
 from datetime import timedelta
 
-STRATEGIES = ("fixed", "linear", "exponential", "exponential_jitter")
+from pao.vocabulary import BackoffStrategy
 
 
 def retry_delay(
-    strategy: str,
+    strategy: BackoffStrategy,
     failed_attempts: int,
     *,
     base_seconds: float = 5.0,
@@ -24,15 +24,15 @@ def retry_delay(
     """
     if failed_attempts < 1:
         raise ValueError("failed_attempts counts from 1")
-    if strategy == "fixed":
+    if strategy == BackoffStrategy.FIXED:
         seconds = base_seconds
-    elif strategy == "linear":
+    elif strategy == BackoffStrategy.LINEAR:
         seconds = base_seconds * failed_attempts
-    elif strategy in ("exponential", "exponential_jitter"):
+    elif strategy in (BackoffStrategy.EXPONENTIAL, BackoffStrategy.EXPONENTIAL_JITTER):
         seconds = base_seconds * 2.0 ** min(failed_attempts - 1, 62)
     else:
         raise ValueError(f"unknown backoff strategy {strategy!r}")
     seconds = min(seconds, cap_seconds)
-    if strategy == "exponential_jitter":
+    if strategy == BackoffStrategy.EXPONENTIAL_JITTER:
         seconds = (rng or random).uniform(0.0, seconds)
     return timedelta(seconds=seconds)

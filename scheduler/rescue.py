@@ -15,6 +15,7 @@ from pao.backoff import retry_delay
 from pao.db import Conn
 from pao.store import run_events, runs
 from pao.store import work as work_store
+from pao.vocabulary import RunStatus, WorkState
 from scheduler import metrics
 
 log = logging.getLogger(__name__)
@@ -28,21 +29,24 @@ async def rescue_batch(conn: Conn, *, limit: int, base_seconds: float, cap_secon
         owner = work.lease_owner or "unknown"
         if work.cancel_requested:
             run = await runs.end_lost_run(
-                conn, work, status="cancelled", error=f"cancelled; worker {owner} lost its lease"
+                conn,
+                work,
+                status=RunStatus.CANCELLED,
+                error=f"cancelled; worker {owner} lost its lease",
             )
-            await runs.finish_lost(conn, work, state="cancelled")
+            await runs.finish_lost(conn, work, state=WorkState.CANCELLED)
             outcome = "cancelled"
         elif work.attempt > work.max_retries:
             run = await runs.end_lost_run(
                 conn,
                 work,
-                status="failed",
+                status=RunStatus.FAILED,
                 error=(
                     f"worker {owner} lost its lease (it died or lost the database); "
                     f"no retries left (max_retries={work.max_retries})"
                 ),
             )
-            await runs.finish_lost(conn, work, state="failed")
+            await runs.finish_lost(conn, work, state=WorkState.FAILED)
             outcome = "failed"
         else:
             delay = retry_delay(
@@ -54,7 +58,7 @@ async def rescue_batch(conn: Conn, *, limit: int, base_seconds: float, cap_secon
             run = await runs.end_lost_run(
                 conn,
                 work,
-                status="failed",
+                status=RunStatus.FAILED,
                 error=(
                     f"worker {owner} lost its lease (it died or lost the database); "
                     f"retrying in {delay.total_seconds():.1f}s"

@@ -11,9 +11,10 @@ from typing import Any
 from pao.db import Conn, model_row
 from pao.models import Run, RunLog
 from pao.sql import QUERIES
+from pao.vocabulary import LIVE_RUN_STATUSES, BackoffStrategy, RunStatus, WorkState
 
 # Run states found from their occurrences rather than from the history of runs.
-LIVE = frozenset({"queued", "running"})
+LIVE = LIVE_RUN_STATUSES
 # How many of the newest runs (after the cursor) an owner's page is first looked for among:
 # about a millisecond's read, which holds a page of 50 whenever one run in 20 of them is theirs.
 OWNED_SCAN = 1000
@@ -65,7 +66,7 @@ async def take_back_scheduled(
 async def cancel_run(conn: Conn, run: Run, *, reason: str) -> Run:
     """Cancel a queued run at once; ask a running one's worker to stop it."""
     await conn.execute(QUERIES["due_work_cancel_one"], {"id": run.due_work_id})
-    if run.status != "queued":
+    if run.status is not RunStatus.QUEUED:
         return run
     async with conn.cursor(row_factory=model_row(Run)) as cur:
         await cur.execute(QUERIES["run_cancel_queued"], {"id": run.id, "reason": reason})
@@ -106,7 +107,7 @@ async def list_runs(
     limit: int,
     after: tuple[datetime, uuid.UUID] | None,
     task_id: uuid.UUID | None = None,
-    status: str | None = None,
+    status: RunStatus | None = None,
 ) -> list[Run]:
     """A page of runs, newest first; `owner` None lists every agent's runs.
 
@@ -154,7 +155,9 @@ async def _runs(
         return await cur.fetchall()
 
 
-def owned_way(*, found: int, window: int, tasks: int, limit: int, status: str | None) -> str | None:
+def owned_way(
+    *, found: int, window: int, tasks: int, limit: int, status: RunStatus | None
+) -> str | None:
     """How to go on after an owner's short page among the newest runs.
 
     None when that window held every run after the cursor: the short page is whole. Else
@@ -212,7 +215,10 @@ class LostWork:
     lease_owner: str | None
     cancel_requested: bool
     max_retries: int
-    backoff_strategy: str
+    backoff_strategy: BackoffStrategy
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "backoff_strategy", BackoffStrategy(self.backoff_strategy))
 
 
 async def lock_expired(conn: Conn, *, limit: int) -> list[LostWork]:
@@ -222,7 +228,7 @@ async def lock_expired(conn: Conn, *, limit: int) -> list[LostWork]:
 
 
 async def end_lost_run(
-    conn: Conn, work: LostWork, *, status: str, error: str
+    conn: Conn, work: LostWork, *, status: RunStatus, error: str
 ) -> dict[str, Any] | None:
     """End the lost attempt's run; returns its id, task_id, status and attempt if it changed."""
     cur = await conn.execute(
@@ -232,7 +238,7 @@ async def end_lost_run(
     return await cur.fetchone()
 
 
-async def finish_lost(conn: Conn, work: LostWork, *, state: str) -> None:
+async def finish_lost(conn: Conn, work: LostWork, *, state: WorkState) -> None:
     await conn.execute(
         QUERIES["due_work_finish_lost"], {"id": work.id, "attempt": work.attempt, "state": state}
     )

@@ -24,6 +24,7 @@ from pao.db import connect
 from pao.sql import QUERIES
 from pao.store.runs import list_runs
 from pao.store.tasks import list_tasks
+from pao.vocabulary import RunStatus
 from tests.conftest import Server
 from tests.helpers import database, new_agent, plan_nodes, queue_runs
 
@@ -172,7 +173,7 @@ def test_listings_are_planned_for_their_own_filters(db_url: str, history: dict[s
         conn = await connect(db_url, autocommit=True)
         try:
             for _ in range(12):
-                await list_runs(conn, owner=None, limit=51, after=None, status="failed")
+                await list_runs(conn, owner=None, limit=51, after=None, status=RunStatus.FAILED)
                 await list_runs(conn, owner=None, limit=51, after=None, task_id=history["task"])
                 await list_runs(conn, owner=history["owner"], limit=51, after=None)
                 await list_tasks(conn, owner=history["owner"], limit=51, after=None)

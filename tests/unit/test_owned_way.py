@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pao.store.runs import OWNED_SCAN, owned_way
+from pao.vocabulary import RunStatus
 
 
 def test_a_window_short_of_full_held_every_run_left() -> None:
     assert owned_way(found=3, window=OWNED_SCAN - 1, tasks=5, limit=51, status=None) is None
-    assert owned_way(found=0, window=0, tasks=5, limit=51, status="failed") is None
+    assert owned_way(found=0, window=0, tasks=5, limit=51, status=RunStatus.FAILED) is None
 
 
 def test_few_tasks_are_read_one_by_one() -> None:
@@ -33,4 +34,6 @@ def test_many_tasks_with_a_fair_share_of_runs_are_walked() -> None:
 
 
 def test_a_status_filter_is_walked() -> None:
-    assert owned_way(found=0, window=OWNED_SCAN, tasks=3, limit=51, status="failed") == ("run_list")
+    assert owned_way(found=0, window=OWNED_SCAN, tasks=3, limit=51, status=RunStatus.FAILED) == (
+        "run_list"
+    )

@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from pao.errors import PaoError
 from pao.models import Event, Task
@@ -68,8 +68,23 @@ class StepCall:
 
 
 Tool = Callable[[dict[str, Any], StepCall], Awaitable[JSONValue]]
-StepHook = Callable[[int, dict[str, Any], float | None], None]
-"""Told of each step's start (seconds None) and end (seconds it ran); must not block."""
+
+
+class RunHooks(Protocol):
+    """What a run tells its caller as it goes: one object per run, so a step costs no
+    callbacks of its own. `on_step` and `save` must not block."""
+
+    def on_step(self, index: int, record: dict[str, Any], seconds: float | None) -> None:
+        """A step started (seconds None) or ended (the seconds it ran)."""
+
+    def save(self, steps: list[dict[str, Any]]) -> None:
+        """The run's steps so far, to be stored."""
+
+    async def log(self, step_id: str | None, level: str, message: str) -> None:
+        """A tool's log line."""
+
+    async def on_condition(self, state: bool) -> None:
+        """The pipeline's condition was evaluated after the first step: remember it."""
 
 
 @dataclass
@@ -80,6 +95,8 @@ class Execution:
     event: Event | None
     due_work_id: int
     steps: list[dict[str, Any]] = field(default_factory=list)
+    condition_state: bool | None = None  # the condition's value at the last run
+    deadline: float | None = None  # `time.monotonic()` when the whole run must have ended
 
 
 def storable(value: Any) -> JSONValue:
@@ -127,27 +144,18 @@ def _context(ex: Execution, outputs: dict[str, JSONValue]) -> dict[str, JSONValu
 
 
 async def execute(
-    ex: Execution,
-    tools: Callable[[str], Tool],
-    *,
-    log: Callable[[str | None, str, str], Awaitable[None]],
-    save: Callable[[list[dict[str, Any]]], None],
-    condition_state: bool | None = None,
-    on_condition: Callable[[bool], Awaitable[None]] | None = None,
-    on_step: StepHook | None = None,
-    deadline: float | None = None,
-    limits: Limits,
+    ex: Execution, tools: Callable[[str], Tool], hooks: RunHooks, *, limits: Limits
 ) -> None:
     """Run every step; raise StepFailed on the first failure, ConditionNotMet to stop early.
 
-    `deadline` (a `time.monotonic()` value) bounds the whole run: each step's own timeout
-    is cut to what is left of it, and RunTimedOut is raised when that cut one runs out. One
-    limit per step serves both, which is cheaper than a second one around the run. The
-    `limits` are the worker's, shared by all its runs.
+    `ex.deadline` bounds the whole run: each step's own timeout is cut to what is left of
+    it, and RunTimedOut is raised when that cut one runs out. One limit per step serves
+    both, which is cheaper than a second one around the run. The `limits` are the
+    worker's, shared by all its runs.
     """
     outputs: dict[str, JSONValue] = {}
     context = _context(ex, outputs)  # sees each new output: `steps` is `outputs` itself
-    hook: StepHook = on_step or _no_hook
+    hook, save, log, deadline = hooks.on_step, hooks.save, hooks.log, ex.deadline
     held = 0  # bytes of the inputs and outputs this run keeps (and will store)
     for index, step in enumerate(ex.pipeline.steps):
         record: dict[str, Any] = {
@@ -233,21 +241,17 @@ async def execute(
             outputs[step.save_as] = output
         if index < len(ex.pipeline.steps) - 1:
             save(ex.steps)  # the last step's result is written with the run's end
-        if index == 0 and ex.pipeline.condition is not None and on_condition is not None:
+        if index == 0 and ex.pipeline.condition is not None:
             try:
                 now_true = parse_guard(ex.pipeline.condition).evaluate(context)
             except TemplateError as exc:
                 raise StepFailed(f"the condition failed: {exc}") from None
-            await on_condition(now_true)
-            if not (now_true and condition_state is not True):
+            await hooks.on_condition(now_true)
+            if not (now_true and ex.condition_state is not True):
                 raise ConditionNotMet(
-                    f"condition is {str(now_true).lower()} (was {condition_state}); "
+                    f"condition is {str(now_true).lower()} (was {ex.condition_state}); "
                     "the rest runs only when it turns from false to true"
                 )
-
-
-def _no_hook(index: int, record: dict[str, Any], seconds: float | None) -> None:
-    return None
 
 
 def _input_too_large(step_id: str, exc: TooLarge) -> str:
@@ -273,7 +277,7 @@ def _fail(
     ex: Execution,
     record: dict[str, Any],
     message: str,
-    hook: StepHook,
+    hook: Callable[[int, dict[str, Any], float | None], None],
     started: float | None = None,
     *,
     final: bool = False,

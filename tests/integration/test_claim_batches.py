@@ -12,7 +12,7 @@ import psycopg
 
 from tests.background import worker
 from tests.helpers import queue_noop_runs, until_runs_succeeded
-from worker.service import CLAIM_BATCH
+from worker.claims import CLAIM_BATCH
 
 RUNS = 300
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worker.service import MIN_IDLE_SECONDS, idle_wait
+from worker.claims import MIN_IDLE_SECONDS, idle_wait
 
 
 def test_it_sleeps_until_the_next_work_falls_due() -> None:

@@ -1,0 +1,241 @@
+"""One run: build its execution, run the pipeline, and hand its end to the writer.
+
+A run's end counts once the writer has stored it (`worker.outcomes`); until then
+the run keeps its lease. A failure with retries left ends this attempt and queues
+the next after the task's backoff; a stopped run is cancelled, given up (its lease
+was lost: nothing is written) or handed back unspent (the worker is stopping).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from psycopg_pool import AsyncConnectionPool
+
+from pao import db, logs
+from pao.backoff import retry_delay
+from pao.errors import InvalidInput
+from pao.models import Event, Task
+from pao.pipeline import Pipeline, load_pipeline
+from pao.settings import Settings
+from pao.store import work
+from pao.templates import JSONValue
+from worker import metrics
+from worker.http_tool import Allow
+from worker.leases import Leases, Running
+from worker.limits import Limits
+from worker.outcomes import End, Outcomes
+from worker.pipeline import (
+    ConditionNotMet,
+    Execution,
+    RunTimedOut,
+    StepFailed,
+    execute,
+    task_view,
+)
+from worker.run_events import RunEvents
+from worker.tools import Toolbox
+
+if TYPE_CHECKING:
+    from pao.mcp import McpHub
+
+log = logging.getLogger(__name__)
+
+PIPELINE_CACHE = 10_000
+LOG_LEVELS = frozenset(("debug", "info", "warning", "error"))
+
+
+class Runner:
+    """Runs what the worker claims, each as an asyncio task of its own."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        pool: AsyncConnectionPool[db.Conn],
+        *,
+        leases: Leases,
+        wake: asyncio.Event,
+        outcomes: Outcomes,
+        events: RunEvents,
+        mcp: McpHub | None,
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.leases = leases
+        self.wake = wake  # the claim loop's: set whenever a slot frees
+        self.outcomes = outcomes
+        self.events = events
+        self.mcp = mcp
+        self.allow = Allow.parse(settings.http_allow)
+        self.limits = Limits.of(settings)
+        # By task and version: the parsed pipeline, and the task row its view was made of.
+        self._pipelines: dict[
+            tuple[uuid.UUID, int], tuple[Pipeline, Task, dict[str, JSONValue]]
+        ] = {}
+
+    def start(self, held: Running, task: Task, event: Event | None) -> None:
+        """Start a held run; it is let go of once its task is done."""
+        held.task = asyncio.create_task(self._run(held, task, event))
+        held.task.add_done_callback(functools.partial(self._done, held.claimed.id))
+
+    def _done(self, due_work_id: int, _task: object) -> None:
+        self.leases.running.pop(due_work_id, None)
+        self.wake.set()
+
+    async def _run(self, held: Running, task: Task, event: Event | None) -> None:
+        c = held.claimed
+        steps = held.steps
+        # This task's own context: every line logged for the run carries its ids.
+        logs.task_id.set(c.task_id)
+        logs.run_id.set(c.run_id)
+        try:
+            pipeline, view = self._pipeline(task)
+            ex = Execution(
+                task=view,
+                pipeline=pipeline,
+                run={
+                    "id": str(c.run_id),
+                    "attempt": c.attempt,
+                    "scheduled_for": c.scheduled_for.isoformat(),
+                },
+                event=event,
+                due_work_id=c.id,
+                steps=steps,
+                condition_state=task.condition_state,
+                deadline=held.started + self.settings.run_timeout_seconds,
+            )
+            await execute(
+                ex,
+                Toolbox(self.pool, run_id=c.run_id, allow=self.allow, mcp=self.mcp),
+                Hooks(self, held, task),
+                limits=self.limits,
+            )
+            await self._end(held, task, "succeeded", None, steps)
+        except ConditionNotMet as exc:
+            await self._end(held, task, "succeeded", exc.message, steps)
+        except (StepFailed, InvalidInput) as exc:
+            await self._end(held, task, "failed", exc.message, steps, retry=not exc.final)
+        except RunTimedOut:
+            message = f"the run took longer than {self.settings.run_timeout_seconds}s"
+            await self._end(held, task, "timed_out", message, steps)
+        except asyncio.CancelledError:
+            await self._stopped(held, task, steps)
+        except Exception as exc:
+            log.exception("run %s failed inside the worker", c.run_id)
+            await self._end(held, task, "failed", f"internal error: {exc}", steps)
+
+    def _pipeline(self, task: Task) -> tuple[Pipeline, dict[str, JSONValue]]:
+        """The task's parsed pipeline, and its view for templates.
+
+        A payload changes only with the task's version; a title can change without one (a
+        write that bumps no version), and then the task is read again: the view is kept
+        only for the very task object it was made of.
+        """
+        key = (task.id, task.version)
+        held = self._pipelines.get(key)
+        if held is None:
+            if len(self._pipelines) >= PIPELINE_CACHE:
+                self._pipelines.clear()
+            held = self._pipelines[key] = (load_pipeline(task.payload), task, task_view(task))
+        elif held[1] is not task:
+            held = self._pipelines[key] = (held[0], task, task_view(task))
+        return held[0], held[2]
+
+    async def _end(
+        self,
+        held: Running,
+        task: Task,
+        status: str,
+        error: str | None,
+        steps: list[dict[str, Any]],
+        *,
+        retry: bool = True,
+    ) -> None:
+        """Hand the outcome to the writer and wait for it: retry a failure while retries last
+        (and `retry` says one could succeed)."""
+        c = held.claimed
+        end = End(held.lease, c.run_id, task, status, steps, error)
+        if retry and status in ("failed", "timed_out") and c.attempt <= task.max_retries:
+            delay = retry_delay(
+                task.backoff_strategy,
+                c.attempt,
+                base_seconds=self.settings.retry_base_seconds,
+                cap_seconds=self.settings.retry_cap_seconds,
+            ).total_seconds()
+            end.retry_delay = delay
+            end.error = f"{error}; retrying in {delay:.1f}s"
+        await self._write(held, end)
+
+    async def _stopped(self, held: Running, task: Task, steps: list[dict[str, Any]]) -> None:
+        c = held.claimed
+        if held.stop_reason == "lost":
+            metrics.run_ended("lost")
+            log.warning("run %s: lease lost; stopped without writing", c.run_id)
+        elif held.stop_reason == "cancel":
+            error = "cancelled while running"
+            await self._write(held, End(held.lease, c.run_id, task, "cancelled", steps, error))
+        else:
+            await self._write(held, End(held.lease, c.run_id, task, "queued", [], hand_back=True))
+
+    async def _write(self, held: Running, end: End) -> None:
+        held.ending = True
+        self.wake.set()  # its slot is free for the next claim
+        if not await self.outcomes.end(end):
+            metrics.run_ended("lost")
+            log.warning("run %s: its end was not recorded; its lease decides", end.run_id)
+            return
+        if end.hand_back:
+            metrics.run_ended("handed_back")
+            status = "queued"
+        elif end.retry_delay is not None:
+            metrics.run_ended("retrying")
+            status = "failed"
+        else:
+            metrics.run_ended(end.status)
+            status = end.status
+        self.events.state(held.claimed, status, final=not end.hand_back)
+
+
+class Hooks:
+    """A run's `RunHooks`: what its steps tell the worker, its writer and its watchers."""
+
+    __slots__ = ("held", "runner", "task")
+
+    def __init__(self, runner: Runner, held: Running, task: Task) -> None:
+        self.runner = runner
+        self.held = held
+        self.task = task
+
+    def on_step(self, index: int, record: dict[str, Any], seconds: float | None) -> None:
+        """A step started (seconds None) or ended: count it, and tell watchers if any."""
+        if seconds is not None:
+            metrics.step_ended(record["uses"], record["status"], seconds)
+        self.runner.events.step(self.held.claimed, index, record)
+
+    def save(self, steps: list[dict[str, Any]]) -> None:
+        """Note the run's steps so far; the writer stores them within about a second."""
+        self.runner.outcomes.progress(self.held.lease, self.held.claimed.run_id, steps)
+
+    async def log(self, step_id: str | None, level: str, message: str) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("step %s: %s", step_id, message[:1000])
+        held = self.held
+        async with db.connection(self.runner.pool) as conn:
+            log_id = await work.log(
+                conn,
+                held.lease,
+                run_id=held.claimed.run_id,
+                level=level if level in LOG_LEVELS else "info",
+                step_id=step_id,
+                message=message[:10_000],
+            )
+        if log_id is not None:
+            self.runner.events.log(held.claimed, log_id)
+
+    async def on_condition(self, state: bool) -> None:
+        async with db.connection(self.runner.pool) as conn:
+            await work.set_condition_state(conn, self.task.id, state)

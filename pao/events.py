@@ -22,9 +22,10 @@ from pao.settings import Settings
 from pao.store import audit, events, tasks, work
 from pao.store import occurrences as occurrence_store
 from pao.store.events import AudienceValue
-from pao.store.occurrences import Decision, QueueRequest
+from pao.store.occurrences import DecisionRecord, QueueRequest
+from pao.vocabulary import Decision, QueueReason, Scope
 
-BROADCAST = "events:broadcast"
+BROADCAST = Scope.EVENTS_BROADCAST
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ async def dispatch(conn: Conn, event: Event, limits: Limits) -> list[tuple[Task,
             f"event {event.type} {event.id} is {event.hop} hops down a chain of events, past "
             f"the limit (PAO_EVENT_MAX_HOPS={limits.max_hops}): it fires nothing"
         )
-        await _record(conn, found, event, occurrences.HOP_LIMIT, why)
+        await _record(conn, found, event, Decision.HOP_LIMIT, why)
         return []
     matching = [
         task
@@ -92,7 +93,9 @@ async def dispatch(conn: Conn, event: Event, limits: Limits) -> list[tuple[Task,
     first = await occurrence_store.queue_many(
         conn,
         [
-            QueueRequest.of(task, event.received_at, "event", event_id=event.id, detail=detail)
+            QueueRequest.of(
+                task, event.received_at, QueueReason.EVENT, event_id=event.id, detail=detail
+            )
             for task in matching
         ],
     )
@@ -105,9 +108,11 @@ async def dispatch(conn: Conn, event: Event, limits: Limits) -> list[tuple[Task,
     return queued
 
 
-async def _record(conn: Conn, found: list[Task], event: Event, decision: str, why: str) -> None:
+async def _record(
+    conn: Conn, found: list[Task], event: Event, decision: Decision, why: str
+) -> None:
     await occurrence_store.record_many(
-        conn, [Decision(task.id, event.received_at, decision, None, why) for task in found]
+        conn, [DecisionRecord(task.id, event.received_at, decision, None, why) for task in found]
     )
 
 
@@ -132,7 +137,7 @@ async def _within_quota(conn: Conn, found: list[Task], event: Event, limit: int)
             f"schedules' peaks and what its event tasks fired in the last hour reach its quota "
             f"(PAO_MAX_OCCURRENCES_PER_HOUR={limit})"
         )
-        await _record(conn, refused, event, occurrences.OVER_QUOTA, why)
+        await _record(conn, refused, event, Decision.OVER_QUOTA, why)
     return admitted
 
 
@@ -145,7 +150,7 @@ async def _nudged(conn: Conn, task: Task, event: Event, detail: str) -> Run | No
             return None  # this very event is queued already (or the slot is free after all)
         at += timedelta(microseconds=1)
         run = await occurrence_store.queue(
-            conn, QueueRequest.of(task, at, "event", event_id=event.id, detail=detail)
+            conn, QueueRequest.of(task, at, QueueReason.EVENT, event_id=event.id, detail=detail)
         )
         if run is not None:
             return run

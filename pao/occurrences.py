@@ -12,19 +12,9 @@ from datetime import datetime
 from pao.db import Conn
 from pao.models import Event, Task
 from pao.store import occurrences as store
-from pao.store.occurrences import Decision
+from pao.store.occurrences import DecisionRecord
 from pao.templates import JSONValue, TemplateError, parse_template
-
-# Decisions, as stored in occurrences.decision.
-QUEUED = "queued"
-COALESCED = "coalesced"
-SKIPPED_PAUSED = "skipped_paused"
-SNOOZED = "snoozed"
-MISSED = "missed"
-DEDUPLICATED = "deduplicated"
-CANCELLED = "cancelled"
-HOP_LIMIT = "hop_limit"  # an event too many hops down a chain of events fired nothing
-OVER_QUOTA = "over_quota"  # an event would have taken the owner past its hourly quota
+from pao.vocabulary import Decision
 
 
 def template_context(task: Task, nominal_at: datetime, event: Event | None) -> dict[str, JSONValue]:
@@ -77,5 +67,7 @@ async def suppressed(conn: Conn, task: Task, nominal_at: datetime, event: Event 
     why = await duplicate_reason(conn, task, nominal_at, event)
     if why is None:
         return False
-    await store.record_many(conn, [Decision(task.id, nominal_at, DEDUPLICATED, None, why)])
+    await store.record_many(
+        conn, [DecisionRecord(task.id, nominal_at, Decision.DEDUPLICATED, None, why)]
+    )
     return True

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pao import occurrences, task_types
+from pao import task_types
 from pao.agents import check_step_scopes
 from pao.db import Conn
 from pao.errors import (
@@ -32,11 +32,11 @@ from pao.schedule import Schedule, off_loop, parse_schedule
 from pao.schemas import TaskCreate, TaskFields, TaskUpdate
 from pao.store import agents, audit, runs, tasks
 from pao.store import occurrences as occurrence_store
-from pao.store.occurrences import Decision, QueueRequest
+from pao.store.occurrences import DecisionRecord, QueueRequest
 from pao.templates import parse_template
 from pao.tools import ToolRegistry
+from pao.vocabulary import SCHEDULED_KINDS, Decision, QueueReason, ScheduleKind, TaskStatus
 
-SCHEDULED_KINDS = frozenset({"cron", "rrule", "once", "condition"})
 # Fire times stay well inside what datetime can represent, whatever is added to them.
 LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 # Resuming records what fell due while paused, up to this many occurrences.
@@ -83,7 +83,7 @@ def check_schedule(
     if first is None:
         message = (
             "is in the past; give a future time"
-            if kind == "once"
+            if kind == ScheduleKind.ONCE
             else "never fires after now; check the expression"
         )
         raise InvalidInput.one(("schedule_expr",), message)
@@ -302,7 +302,7 @@ async def update_task(
         raise PreconditionFailed(
             f"the task is at version {task.version}, not {if_version}; fetch it again and retry"
         )
-    if task.status in ("cancelled", "completed"):
+    if task.status in (TaskStatus.CANCELLED, TaskStatus.COMPLETED):
         raise Conflict(f"the task is {task.status}; create a new task instead")
     fields = {name: getattr(task, name) for name in _EDITABLE}
     fields.update(given)
@@ -349,10 +349,10 @@ async def update_task(
         await occurrence_store.redecide(
             conn,
             [work_id for work_id, _ in taken],
-            decision=occurrences.CANCELLED,
+            decision=Decision.CANCELLED,
             detail="the schedule changed",
         )
-        if task.status == "paused":
+        if task.status is TaskStatus.PAUSED:
             next_run_at = None
     fields["next_run_at"] = next_run_at
     updated = await tasks.update_task(conn, task.id, fields)
@@ -380,7 +380,7 @@ async def _transition(
     task: Task,
     *,
     action: str,
-    status: str,
+    status: TaskStatus,
     next_run_at: datetime | None,
     detail: dict[str, Any] | None = None,
 ) -> Task:
@@ -400,19 +400,19 @@ async def _transition(
 async def pause_task(conn: Conn, ctx: Context, task_id: uuid.UUID) -> Task:
     """Stop firing; occurrences already queued but not started are taken back."""
     task = await get_task(conn, ctx, task_id, lock=True)
-    if task.status == "paused":
+    if task.status is TaskStatus.PAUSED:
         return task
-    if task.status != "active":
+    if task.status is not TaskStatus.ACTIVE:
         raise Conflict(f"the task is {task.status}; only an active task can be paused")
     taken = await runs.take_back_scheduled(conn, task.id, reason="the task was paused")
     await occurrence_store.redecide(
         conn,
         [work_id for work_id, _ in taken],
-        decision=occurrences.SKIPPED_PAUSED,
+        decision=Decision.SKIPPED_PAUSED,
         detail="the task was paused",
     )
     return await _transition(
-        conn, ctx, task, action="task.pause", status="paused", next_run_at=None
+        conn, ctx, task, action="task.pause", status=TaskStatus.PAUSED, next_run_at=None
     )
 
 
@@ -432,9 +432,9 @@ def _resumed_at(task: Task, now: datetime) -> tuple[datetime | None, list[dateti
 async def resume_task(conn: Conn, ctx: Context, task_id: uuid.UUID) -> Task:
     """Fire again from now: what fell due while paused is not replayed."""
     task = await get_task(conn, ctx, task_id, lock=True)
-    if task.status == "active":
+    if task.status is TaskStatus.ACTIVE:
         return task
-    if task.status != "paused":
+    if task.status is not TaskStatus.PAUSED:
         raise Conflict(f"the task is {task.status}; only a paused task can be resumed")
     now = datetime.now(UTC)
     next_run_at, skipped = await off_loop(functools.partial(_resumed_at, task, now))
@@ -442,23 +442,23 @@ async def resume_task(conn: Conn, ctx: Context, task_id: uuid.UUID) -> Task:
         await occurrence_store.record_many(
             conn,
             [
-                Decision(task.id, t, occurrences.SKIPPED_PAUSED, None, "the task was paused")
+                DecisionRecord(task.id, t, Decision.SKIPPED_PAUSED, None, "the task was paused")
                 for t in skipped[:MAX_PAUSE_RECORDS]
             ],
         )
     if next_run_at is None and task.schedule_kind in SCHEDULED_KINDS:
         return await _transition(
-            conn, ctx, task, action="task.resume", status="completed", next_run_at=None
+            conn, ctx, task, action="task.resume", status=TaskStatus.COMPLETED, next_run_at=None
         )
     return await _transition(
-        conn, ctx, task, action="task.resume", status="active", next_run_at=next_run_at
+        conn, ctx, task, action="task.resume", status=TaskStatus.ACTIVE, next_run_at=next_run_at
     )
 
 
 async def snooze_task(conn: Conn, ctx: Context, task_id: uuid.UUID, seconds: int) -> Task:
     """Delay the next execution by `seconds`."""
     task = await get_task(conn, ctx, task_id, lock=True)
-    if task.status != "active":
+    if task.status is not TaskStatus.ACTIVE:
         raise Conflict(f"the task is {task.status}; only an active task can be snoozed")
     taken = await runs.take_back_scheduled(conn, task.id, reason="snoozed")
     pending = [t[1] for t in taken] + ([task.next_run_at] if task.next_run_at else [])
@@ -468,17 +468,17 @@ async def snooze_task(conn: Conn, ctx: Context, task_id: uuid.UUID, seconds: int
     moved_to = nominal + timedelta(seconds=seconds)
     detail = f"snoozed by {seconds}s to {moved_to.isoformat()}"
     await occurrence_store.redecide(
-        conn, [work_id for work_id, _ in taken], decision=occurrences.SNOOZED, detail=detail
+        conn, [work_id for work_id, _ in taken], decision=Decision.SNOOZED, detail=detail
     )
     await occurrence_store.record_many(
-        conn, [Decision(task.id, nominal, occurrences.SNOOZED, None, detail)]
+        conn, [DecisionRecord(task.id, nominal, Decision.SNOOZED, None, detail)]
     )
     return await _transition(
         conn,
         ctx,
         task,
         action="task.snooze",
-        status="active",
+        status=TaskStatus.ACTIVE,
         next_run_at=moved_to,
         detail={"seconds": seconds, "was": nominal.isoformat()},
     )
@@ -487,20 +487,20 @@ async def snooze_task(conn: Conn, ctx: Context, task_id: uuid.UUID, seconds: int
 async def cancel_task(conn: Conn, ctx: Context, task_id: uuid.UUID) -> Task:
     """Permanent: queued work is dropped and running work is asked to stop."""
     task = await get_task(conn, ctx, task_id, lock=True)
-    if task.status == "cancelled":
+    if task.status is TaskStatus.CANCELLED:
         return task
-    if task.status == "completed":
+    if task.status is TaskStatus.COMPLETED:
         raise Conflict("the task is already completed")
     dropped, stopping = await runs.cancel_task_work(conn, task.id)
     await occurrence_store.redecide(
-        conn, dropped, decision=occurrences.CANCELLED, detail="the task was cancelled"
+        conn, dropped, decision=Decision.CANCELLED, detail="the task was cancelled"
     )
     return await _transition(
         conn,
         ctx,
         task,
         action="task.cancel",
-        status="cancelled",
+        status=TaskStatus.CANCELLED,
         next_run_at=None,
         detail={"dropped": len(dropped), "stopping": stopping},
     )
@@ -509,10 +509,10 @@ async def cancel_task(conn: Conn, ctx: Context, task_id: uuid.UUID) -> Task:
 async def run_now(conn: Conn, ctx: Context, task_id: uuid.UUID) -> Run:
     """Queue one run of the task now; the schedule is untouched."""
     task = await get_task(conn, ctx, task_id, lock=True)
-    if task.status == "cancelled":
+    if task.status is TaskStatus.CANCELLED:
         raise Conflict("the task is cancelled; create a new task instead")
     detail = f"run now by agent {ctx.actor.name}"
-    request = QueueRequest.of(task, datetime.now(UTC), "run_now", detail=detail)
+    request = QueueRequest.of(task, datetime.now(UTC), QueueReason.RUN_NOW, detail=detail)
     run = await occurrence_store.queue(conn, request)  # wakes the workers at commit
     if run is None:  # same microsecond as another run_now of this task
         raise Conflict("a run of this task was queued at this very instant; retry")

@@ -22,7 +22,8 @@ from pao.models import Task
 from pao.schedule import Schedule, parse_schedule
 from pao.store import occurrences as occurrence_store
 from pao.store import tasks as task_store
-from pao.store.occurrences import Decision, QueueRequest
+from pao.store.occurrences import DecisionRecord, QueueRequest
+from pao.vocabulary import Decision, QueueReason, TaskStatus
 from scheduler.plan import Plan, plan
 
 log = logging.getLogger(__name__)
@@ -73,37 +74,41 @@ async def materialise_batch(
     """Settle up to `limit` due tasks in the caller's transaction; returns (tasks, queued)."""
     tasks = await task_store.lock_due(conn, horizon=horizon, limit=limit)
     requests: list[QueueRequest] = []
-    decisions: list[Decision] = []
+    decisions: list[DecisionRecord] = []
     coalesced: list[tuple[Task, datetime, datetime, str]] = []
-    advances: list[tuple[uuid.UUID, datetime | None, str]] = []
+    advances: list[tuple[uuid.UUID, datetime | None, TaskStatus]] = []
     # Schedule math on a thread: the loop keeps serving the scheduler's other work (and
     # its metrics) while a batch's plans are worked out.
     plans = await asyncio.to_thread(_plans, tasks, now=now, horizon=horizon) if tasks else []
     for task, planned in zip(tasks, plans, strict=True):
         if planned is None:
-            advances.append((task.id, None, "active"))
+            advances.append((task.id, None, TaskStatus.ACTIVE))
             continue
         for nominal, detail in planned.queue:
             why = await occurrences.duplicate_reason(conn, task, nominal, None)
             if why is not None:
-                decisions.append(Decision(task.id, nominal, occurrences.DEDUPLICATED, None, why))
+                decisions.append(DecisionRecord(task.id, nominal, Decision.DEDUPLICATED, None, why))
                 continue
-            requests.append(QueueRequest.of(task, nominal, "schedule", detail=detail))
+            requests.append(QueueRequest.of(task, nominal, QueueReason.SCHEDULE, detail=detail))
         for verdict in planned.verdicts:
             if verdict.into is not None:
                 coalesced.append((task, verdict.nominal_at, verdict.into, verdict.detail))
             else:
                 decisions.append(
-                    Decision(task.id, verdict.nominal_at, verdict.decision, None, verdict.detail)
+                    DecisionRecord(
+                        task.id, verdict.nominal_at, verdict.decision, None, verdict.detail
+                    )
                 )
-        status = "completed" if planned.finished else "active"
+        status = TaskStatus.COMPLETED if planned.finished else TaskStatus.ACTIVE
         advances.append((task.id, planned.next_run_at, status))
 
     runs = await occurrence_store.queue_many(conn, requests)  # wakes workers at commit
     work_of = {(r.task_id, r.scheduled_for): r.due_work_id for r in runs}
     for task, nominal, into, detail in coalesced:
         decisions.append(
-            Decision(task.id, nominal, occurrences.COALESCED, work_of.get((task.id, into)), detail)
+            DecisionRecord(
+                task.id, nominal, Decision.COALESCED, work_of.get((task.id, into)), detail
+            )
         )
     await occurrence_store.record_many(conn, decisions)
     await task_store.advance_many(conn, advances)

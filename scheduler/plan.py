@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from pao.schedule import Budget, Schedule
+from pao.vocabulary import Decision, MisfirePolicy
 
 LATE_AFTER = timedelta(seconds=5)
 MAX_CATCH_UP = 100
@@ -31,7 +32,7 @@ class Verdict:
     """A nominal time that is not queued by itself, and why."""
 
     nominal_at: datetime
-    decision: str  # missed or coalesced
+    decision: Decision  # missed or coalesced
     detail: str
     into: datetime | None = None  # coalesced: the occurrence that runs for it
 
@@ -52,7 +53,7 @@ def plan(
     schedule: Schedule,
     *,
     next_run_at: datetime,
-    policy: str,
+    policy: MisfirePolicy,
     grace_seconds: int,
     now: datetime,
     horizon: datetime,
@@ -84,17 +85,24 @@ def plan(
     for x in late:
         if x < grace_before:
             result.verdicts.append(
-                Verdict(x, "missed", f"more than misfire_grace_seconds ({grace_seconds}) late")
+                Verdict(
+                    x, Decision.MISSED, f"more than misfire_grace_seconds ({grace_seconds}) late"
+                )
             )
-    if within and policy == "skip":
+    if within and policy == MisfirePolicy.SKIP:
         result.verdicts += [
-            Verdict(x, "missed", "late, and misfire_policy is skip") for x in within
+            Verdict(x, Decision.MISSED, "late, and misfire_policy is skip") for x in within
         ]
-    elif within and policy == "coalesce":
+    elif within and policy == MisfirePolicy.COALESCE:
         last = within[-1]
         for x in within[:-1]:
             result.verdicts.append(
-                Verdict(x, "coalesced", f"late; runs as the occurrence of {last.isoformat()}", last)
+                Verdict(
+                    x,
+                    Decision.COALESCED,
+                    f"late; runs as the occurrence of {last.isoformat()}",
+                    last,
+                )
             )
         note = f"late by {(now - last).total_seconds():.0f}s"
         if len(within) > 1:
@@ -103,7 +111,9 @@ def plan(
     elif within:  # all
         for x in within[:-MAX_CATCH_UP]:
             result.verdicts.append(
-                Verdict(x, "missed", f"more than {MAX_CATCH_UP} late occurrences to catch up")
+                Verdict(
+                    x, Decision.MISSED, f"more than {MAX_CATCH_UP} late occurrences to catch up"
+                )
             )
         result.queue += [
             (x, f"late by {(now - x).total_seconds():.0f}s") for x in within[-MAX_CATCH_UP:]

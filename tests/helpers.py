@@ -19,6 +19,7 @@ from pytest_postgresql.janitor import DatabaseJanitor
 from pao.agents import create_agent
 from pao.db import connect
 from pao.store.occurrences import QueueRequest, queue_many
+from pao.vocabulary import QueueReason
 
 if TYPE_CHECKING:
     from tests.conftest import Server
@@ -174,7 +175,9 @@ def queue_noop_runs(db_url: str, db: psycopg.Connection[Any], count: int) -> uui
     task_id: uuid.UUID = row[0]
     now = datetime.now(UTC)
     requests = [
-        QueueRequest(task_id=task_id, nominal_at=at, scheduled_for=at, priority=5, reason="run_now")
+        QueueRequest(
+            task_id=task_id, nominal_at=at, scheduled_for=at, priority=5, reason=QueueReason.RUN_NOW
+        )
         for at in (now - timedelta(milliseconds=i) for i in range(count))
     ]
 

@@ -13,6 +13,7 @@ from psycopg.types.json import Jsonb
 from pao.db import Conn, model_row
 from pao.models import Run, Task
 from pao.sql import QUERIES
+from pao.vocabulary import Decision, QueueReason
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,7 @@ class QueueRequest:
     nominal_at: datetime
     scheduled_for: datetime
     priority: int
-    reason: str
+    reason: QueueReason
     event_id: uuid.UUID | None = None
     detail: str | None = None
 
@@ -30,7 +31,7 @@ class QueueRequest:
         cls,
         task: Task,
         at: datetime,
-        reason: str,
+        reason: QueueReason,
         *,
         event_id: uuid.UUID | None = None,
         detail: str | None = None,
@@ -52,10 +53,12 @@ class QueueRequest:
 
 
 @dataclass(frozen=True)
-class Decision:
+class DecisionRecord:
+    """What became of one nominal fire time, for `occurrences`."""
+
     task_id: uuid.UUID
     nominal_at: datetime
-    decision: str
+    decision: Decision
     due_work_id: int | None = None
     detail: str | None = None
 
@@ -89,14 +92,14 @@ async def queue_many(conn: Conn, requests: Sequence[QueueRequest]) -> list[Run]:
         return await cur.fetchall()
 
 
-async def record_many(conn: Conn, decisions: Sequence[Decision]) -> None:
+async def record_many(conn: Conn, decisions: Sequence[DecisionRecord]) -> None:
     if decisions:
         await conn.execute(
             QUERIES["occurrence_record_many"], {"batch": Jsonb([d.document() for d in decisions])}
         )
 
 
-async def redecide(conn: Conn, due_work_ids: list[int], *, decision: str, detail: str) -> None:
+async def redecide(conn: Conn, due_work_ids: list[int], *, decision: Decision, detail: str) -> None:
     """Change the record of occurrences whose queued work was taken back or dropped."""
     if due_work_ids:
         await conn.execute(

@@ -11,6 +11,7 @@ from psycopg.types.json import Jsonb
 from pao.db import Conn, model_row
 from pao.models import Task
 from pao.sql import QUERIES
+from pao.vocabulary import TaskStatus
 
 
 def _params(fields: dict[str, Any]) -> dict[str, Any]:
@@ -43,7 +44,7 @@ async def list_tasks(
     owner: uuid.UUID | None,
     limit: int,
     after: tuple[datetime, uuid.UUID] | None,
-    status: str | None = None,
+    status: TaskStatus | None = None,
     created_by: uuid.UUID | None = None,
     schedule_kind: str | None = None,
 ) -> list[Task]:
@@ -73,7 +74,7 @@ async def update_task(conn: Conn, task_id: uuid.UUID, fields: dict[str, Any]) ->
 
 
 async def set_task_state(
-    conn: Conn, task_id: uuid.UUID, *, status: str, next_run_at: datetime | None
+    conn: Conn, task_id: uuid.UUID, *, status: TaskStatus, next_run_at: datetime | None
 ) -> Task:
     async with conn.cursor(row_factory=model_row(Task)) as cur:
         await cur.execute(
@@ -111,7 +112,9 @@ async def lock_due(conn: Conn, *, horizon: datetime, limit: int) -> list[Task]:
         return await cur.fetchall()
 
 
-async def advance_many(conn: Conn, advances: list[tuple[uuid.UUID, datetime | None, str]]) -> None:
+async def advance_many(
+    conn: Conn, advances: list[tuple[uuid.UUID, datetime | None, TaskStatus]]
+) -> None:
     """Set (task id, next_run_at, status) for each materialised task."""
     if advances:
         batch = [

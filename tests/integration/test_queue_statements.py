@@ -15,6 +15,7 @@ import psycopg
 
 from pao import db as pao_db
 from pao.store.occurrences import QueueRequest, queue, queue_many
+from pao.vocabulary import QueueReason
 from tests.helpers import new_agent
 
 AT = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
@@ -47,7 +48,7 @@ def _request(task_id: uuid.UUID, at: datetime) -> QueueRequest:
         nominal_at=at,
         scheduled_for=at + timedelta(seconds=5),
         priority=3,
-        reason="run_now",
+        reason=QueueReason.RUN_NOW,
         detail="by hand",
     )
 

@@ -13,6 +13,7 @@ import pytest
 
 from pao.errors import InvalidInput
 from pao.schedule import HORIZON_YEARS, SEARCH_BUDGET, Budget, off_loop, parse_schedule
+from pao.vocabulary import MisfirePolicy
 from pao.zones import UTC
 from scheduler.plan import plan
 
@@ -80,7 +81,7 @@ def test_walls_skipped_before_the_start_are_counted() -> None:
     planned = plan(
         schedule,
         next_run_at=start,
-        policy="all",
+        policy=MisfirePolicy.ALL,
         grace_seconds=86_400,
         now=start,
         horizon=start + timedelta(hours=12),
@@ -96,7 +97,7 @@ def test_plan_shares_one_budget_and_refuses_when_it_runs_out() -> None:
         plan(
             schedule,
             next_run_at=CREATED,
-            policy="all",
+            policy=MisfirePolicy.ALL,
             grace_seconds=60,
             now=CREATED,
             horizon=CREATED + timedelta(days=30),

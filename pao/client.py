@@ -12,7 +12,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, TypedDict, cast
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict, cast
 
 from pao.errors import PaoError
 
@@ -80,14 +80,15 @@ class RunLog(TypedDict):
     message: str
 
 
-class Occurrence(TypedDict, total=False):
+class Occurrence(TypedDict):
     at: str
     local: str
-    decision: str | None
-    detail: str | None
-    decided_at: str | None
-    run_id: str | None
-    run_status: str | None
+    # Past occurrences only (`past=true`): what became of it and the run it led to.
+    decision: NotRequired[str | None]
+    detail: NotRequired[str | None]
+    decided_at: NotRequired[str | None]
+    run_id: NotRequired[str | None]
+    run_status: NotRequired[str | None]
 
 
 class EventAccepted(TypedDict):

@@ -30,13 +30,14 @@ from pao.client import (
     Task,
     api_url_from_env,
 )
+from pao.vocabulary import BackoffStrategy, MisfirePolicy, RunStatus, ScheduleKind, TaskStatus
 
 Handler = Callable[[PaoClient, argparse.Namespace], Awaitable[tuple[Any, str]]]
 """A command: the API's JSON (printed with --json) and its rendering for people."""
 
-SCHEDULE_KINDS = ("cron", "rrule", "once", "event", "condition")
-TASK_STATUSES = ("active", "paused", "cancelled", "completed")
-RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "timed_out")
+SCHEDULE_KINDS: tuple[str, ...] = tuple(ScheduleKind)
+TASK_STATUSES: tuple[str, ...] = tuple(TaskStatus)
+RUN_STATUSES: tuple[str, ...] = tuple(RunStatus)
 MCP_HTTP_PORT = 8765
 """Where `pao mcp --http` listens unless told otherwise."""
 MAX_PAGES = 1000
@@ -494,12 +495,12 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument("--priority", type=int, help="1 (first) to 9, default 5")
     p.add_argument("--max-retries", type=int)
-    p.add_argument("--backoff", choices=("fixed", "linear", "exponential", "exponential_jitter"))
+    p.add_argument("--backoff", choices=tuple(BackoffStrategy))
     p.add_argument("--dedupe-key")
     p.add_argument("--dedupe-window", type=duration, metavar="DURATION")
     p.add_argument("--concurrency-key")
     p.add_argument("--concurrency-limit", type=int)
-    p.add_argument("--misfire-policy", choices=("coalesce", "skip", "all"))
+    p.add_argument("--misfire-policy", choices=tuple(MisfirePolicy))
     p.add_argument("--misfire-grace", type=duration, metavar="DURATION")
     p.add_argument("--created-by", metavar="AGENT_ID", help="the owner (admins only)")
     p.add_argument("--idempotency-key", help="retrying with the same key creates one task")

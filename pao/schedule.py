@@ -67,7 +67,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from itertools import islice
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, TypeVar, cast
 from zoneinfo import ZoneInfo
 
 from dateutil.rrule import (
@@ -82,6 +82,7 @@ from dateutil.rrule import (
 )
 
 from pao.errors import InvalidInput
+from pao.vocabulary import ScheduleKind
 from pao.zones import UTC, get_zone, offset_bounds
 
 __all__ = [
@@ -96,8 +97,7 @@ __all__ = [
     "parse_schedule",
 ]
 
-ScheduleKind = Literal["cron", "rrule", "once", "event", "condition"]
-KINDS: tuple[str, ...] = ("cron", "rrule", "once", "event", "condition")
+KINDS: tuple[str, ...] = tuple(ScheduleKind)
 
 MAX_EXPR_LEN = 1000
 MAX_EVENT_LEN = 200
@@ -273,9 +273,9 @@ def parse_schedule(
         raise _bad("expression contains a NUL character; remove it")
     zone = get_zone(timezone)
     created = _as_utc(created_at)
-    skind = cast(ScheduleKind, kind)
+    skind = ScheduleKind(kind)
     budget = budget or Budget()
-    if kind in ("cron", "condition"):
+    if skind in (ScheduleKind.CRON, ScheduleKind.CONDITION):
         cron = _parse_cron(expr)
         schedule = Schedule(skind, expr, zone, _cron=cron)
         if schedule.next_after(created, budget=budget) is None:
@@ -284,7 +284,7 @@ def parse_schedule(
                 "in a daylight-saving gap; pick a time outside the gap"
             )
         return schedule
-    if kind == "rrule":
+    if skind is ScheduleKind.RRULE:
         try:
             spec = _parse_rrule(expr, zone, created, budget)
         except _OutOfBudget:
@@ -294,7 +294,7 @@ def parse_schedule(
                 "its BY parts against each other and against INTERVAL, or use a coarser FREQ"
             ) from None
         return Schedule(skind, expr, zone, _rrule=spec)
-    if kind == "once":
+    if skind is ScheduleKind.ONCE:
         return Schedule(skind, expr, zone, _once=_parse_once(expr, zone))
     _check_event_pattern(expr)
     return Schedule(skind, expr, zone)

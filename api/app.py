@@ -18,7 +18,8 @@ from api.deps import AppState
 from api.discovery import ToolDiscovery
 from api.middleware import RequestMiddleware
 from api.openapi import document, install_docs
-from api.routes import agents, events, health, metrics, runs, tasks, tools, ui
+from api.remote import RemoteWork
+from api.routes import agents, claims, events, health, metrics, runs, task_types, tasks, tools, ui
 from api.streams import StreamHub
 from pao import db
 from pao.agents import ensure_admin_token
@@ -87,6 +88,8 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
             streams=stream_hub,
         )
         app.state.pao = state
+        # Before the listener starts: its channels are LISTENed when it connects.
+        app.state.remote_work = RemoteWork(stream_hub, registry)
         discovering: asyncio.Task[None] | None = None
         try:
             await _start(state)
@@ -126,6 +129,8 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
         health.router,
         ui.router,
         metrics.router,
+        task_types.router,
+        claims.router,
     ):
         app.include_router(router)
     if settings.cors_origins:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, Generic, TypeVar
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from pao.models import Agent, Event, Run, RunLog, Task
 from pao.schemas import TaskFields
+from pao.store.task_types import TaskType
 from pao.vocabulary import TaskStatus
 
 T = TypeVar("T")
@@ -149,6 +151,11 @@ class ToolPublic(BaseModel):
     description: str
     input_schema: dict[str, Any]
     server: str | None
+    kind: str = Field(
+        "builtin",
+        description="builtin, mcp (a tool of an MCP server) or remote (a task type, done by "
+        "an agent that claims it)",
+    )
 
 
 class ToolServerPublic(BaseModel):
@@ -177,6 +184,9 @@ class AgentPublic(BaseModel):
     disabled: bool
     created_at: datetime
     updated_at: datetime
+    task_types: list[str] | None = Field(
+        None, description="the task types its token may claim (work:claim); null: any"
+    )
 
     @classmethod
     def of(cls, agent: Agent) -> AgentPublic:
@@ -202,3 +212,51 @@ class Problem(BaseModel):
     detail: str
     request_id: str | None
     errors: list[ProblemFieldError] | None = None
+
+
+class TaskTypePublic(BaseModel):
+    name: str
+    description: str
+    parameters_schema: dict[str, Any]
+    output_schema: dict[str, Any] | None
+    metadata: dict[str, Any]
+    lease_seconds: int
+    cost_per_call: Decimal | None
+    is_active: bool
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, task_type: TaskType) -> TaskTypePublic:
+        return cls.model_validate(task_type, from_attributes=True)
+
+
+class TaskTypePage(BaseModel):
+    items: list[TaskTypePublic]
+    next_cursor: str | None = None
+
+
+class ClaimItem(BaseModel):
+    claim_id: str = Field(description="the claim's token: send it back, keep it secret")
+    run_id: uuid.UUID
+    task_id: uuid.UUID
+    step_id: str
+    attempt: int
+    parameters: dict[str, Any]
+    idempotency_key: str = Field(description="the same for every delivery of this step")
+    lease_expires_at: datetime
+
+
+class ClaimList(BaseModel):
+    items: list[ClaimItem]
+
+
+class ClaimLease(BaseModel):
+    claim_id: str
+    lease_expires_at: datetime
+
+
+class ClaimEnded(BaseModel):
+    claim_id: str
+    state: str

@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pao.db import advice, is_transient, is_unavailable
 from pao.errors import (
+    ClaimLost,
     Conflict,
     DatabaseUnavailable,
     FieldError,
@@ -26,6 +27,7 @@ from pao.errors import (
     PreconditionFailed,
     QuotaExceeded,
     RateLimited,
+    TaskTypeUnavailable,
     Unauthenticated,
 )
 from pao.mcp import McpUnavailable
@@ -54,6 +56,8 @@ _STATUS: list[tuple[type[PaoError], int, str]] = [
     (IdempotencyMismatch, 422, "idempotency-mismatch"),
     (IdempotencyInFlight, 409, "idempotency-in-flight"),
     (NotFound, 404, "not-found"),
+    (ClaimLost, 409, "claim-lost"),
+    (TaskTypeUnavailable, 422, "task-type-unavailable"),
     (Conflict, 409, "conflict"),
     (PreconditionFailed, 412, "precondition-failed"),
     (Forbidden, 403, "forbidden"),

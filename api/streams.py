@@ -36,7 +36,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,6 +117,17 @@ class StreamHub:
         self._releases: set[asyncio.Task[None]] = set()
         self._down = False
         self.stopping = False
+        # Other channels this listener serves (api/remote.py): channel -> callback, called
+        # with each payload, and with None whenever listening (re)starts.
+        self._hooks: dict[str, Callable[[str | None], None]] = {}
+
+    def hook(self, channel: str, callback: Callable[[str | None], None]) -> None:
+        """Also LISTEN on `channel` (before the listener starts); see `_hooks`."""
+        self._hooks[channel] = callback
+
+    def start(self) -> None:
+        """Start listening now (streams start it at their first subscriber)."""
+        self._start()
 
     def _start(self) -> None:
         if not self._tasks:
@@ -248,13 +259,20 @@ class StreamHub:
                 async with conn:
                     await conn.execute(f"LISTEN {streams.EVENTS_CHANNEL}")
                     await conn.execute(f"LISTEN {streams.WATCH_CHANNEL}")
+                    for channel in self._hooks:
+                        await conn.execute(f"LISTEN {channel}")
                     self._listening.set()
                     if self._down:
                         log.info("stream listener is back")
                         self._down = False
                     self._resync_all()  # whatever happened while not listening
                     self._asked.set()  # and workers may have forgotten what we watch
+                    for callback in self._hooks.values():
+                        callback(None)
                     async for note in conn.notifies():
+                        if note.channel in self._hooks:
+                            self._hooks[note.channel](note.payload)
+                            continue
                         if note.channel == streams.WATCH_CHANNEL:
                             if note.payload == streams.ASK:
                                 self._asked.set()

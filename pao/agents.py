@@ -62,6 +62,17 @@ async def create_agent(
     return new
 
 
+def _task_types(value: object) -> list[str] | None:
+    """The task types an agent may claim, each a well-formed name, sorted; None: any."""
+    if not isinstance(value, list):
+        return None
+    from pao.task_types import check_name
+
+    for index, name in enumerate(value):
+        check_name(str(name), ("task_types", index))
+    return sorted({str(name) for name in value})
+
+
 async def ensure_admin_token(conn: Conn, token: str) -> bool:
     """Make sure an admin agent holds `token` (Kubernetes bootstrap); True if one was created."""
     if not tokens.is_well_formed(token):
@@ -113,6 +124,8 @@ async def update_agent(
         disabled=fields.get("disabled"),  # type: ignore[arg-type]
         set_expires="expires_at" in fields,
         expires_at=fields.get("expires_at"),  # type: ignore[arg-type]
+        set_task_types="task_types" in fields,
+        task_types=_task_types(fields.get("task_types")),
     )
     if updated is None:
         raise NotFound(f"no agent {agent_id}")

@@ -53,6 +53,17 @@ class Conflict(PaoError):
     """The object is not in a state that allows this change."""
 
 
+class ClaimLost(Conflict):
+    """This claim no longer holds its step (its lease ran out, the step was claimed again,
+    it already ended, or its run was cancelled): stop working on it."""
+
+
+class TaskTypeUnavailable(PaoError):
+    """The step's task type does not exist or is inactive; the step cannot be offered."""
+
+    final = True
+
+
 class IdempotencyInFlight(PaoError):
     """A request with this Idempotency-Key is still being processed; retry shortly."""
 

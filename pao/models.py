@@ -57,6 +57,9 @@ class Agent:
     disabled: bool
     created_at: datetime
     updated_at: datetime
+    # The task types its token may claim (work:claim); None: any. Read by the admin
+    # statements and the claim check, not by sign-in.
+    task_types: list[str] | None = None
 
     def __post_init__(self) -> None:
         _set(self, "scopes", [Scope(s) for s in self.scopes])

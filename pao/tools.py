@@ -51,6 +51,9 @@ class ToolSpec:
     # again when the step runs (scopes can be taken away). An admin holds every scope.
     required_scope: str | None = None
     argument_scopes: tuple[tuple[str, str], ...] = ()
+    # builtin, mcp (a tool of an MCP server of the tools file) or remote (a task type: done
+    # by an agent outside pao that claims it over HTTP; see pao.task_types).
+    kind: str = "builtin"
 
     def scopes_needed(self, args: Mapping[str, object]) -> list[tuple[str, str | None]]:
         """What the owner of a step calling this tool with `args` must hold: each scope with
@@ -328,6 +331,10 @@ class ToolRegistry:
         self._builtins: dict[str, ToolSpec] = {t.name: t for t in builtins}
         self._servers: dict[str, McpServerConfig] = dict(servers or {})
         self._discovered: dict[str, dict[str, ToolSpec]] = {}
+        # Active task types, as last loaded from the database (pao.task_types keeps them
+        # fresh), and when: time.monotonic(), or None when they must be loaded again.
+        self._remote: dict[str, ToolSpec] = {}
+        self.remote_loaded_at: float | None = None
 
     @classmethod
     def builtin(cls) -> ToolRegistry:
@@ -356,8 +363,43 @@ class ToolRegistry:
         prefix = server + "."
         for spec in tools:
             name = spec.name if spec.name.startswith(prefix) else prefix + spec.name
-            found[name] = dataclasses.replace(spec, name=name, server=server)
+            found[name] = dataclasses.replace(spec, name=name, server=server, kind="mcp")
         self._discovered[server] = found
+
+    def set_remote(self, specs: Iterable[ToolSpec], *, loaded_at: float) -> list[str]:
+        """Replace the task types a step may name; returns the names left out because a
+        built-in or a declared MCP server owns them (refused when a type is created, but an
+        operator may declare a server later)."""
+        remote: dict[str, ToolSpec] = {}
+        shadowed: list[str] = []
+        for spec in specs:
+            if self.owner_of(spec.name) is not None:
+                shadowed.append(spec.name)
+            else:
+                remote[spec.name] = dataclasses.replace(spec, kind="remote", server=None)
+        self._remote = remote  # one assignment: readers on other threads see old or new
+        self.remote_loaded_at = loaded_at
+        return shadowed
+
+    def forget_remote(self) -> None:
+        """The task types changed somewhere: load them again before the next check."""
+        self.remote_loaded_at = None
+
+    def remote_names(self) -> frozenset[str]:
+        return frozenset(self._remote)
+
+    def owner_of(self, name: str) -> str | None:
+        """What besides task types owns `name`: "builtin" for a built-in tool or a name in a
+        built-in's namespace, "mcp" for a name on a declared MCP server, else None."""
+        if name in self._builtins:
+            return "builtin"
+        server, dot, _ = name.partition(".")
+        builtin_spaces = RESERVED_NAMESPACES | {n.split(".")[0] for n in self._builtins}
+        if server in builtin_spaces:
+            return "builtin"
+        if dot and server in self._servers:
+            return "mcp"
+        return None
 
     def mcp_uses(self, payload: object) -> dict[str, list[str]]:
         """The declared MCP servers a payload's steps name, each with the `uses` naming it.
@@ -378,14 +420,15 @@ class ToolRegistry:
         return found
 
     def knows(self, uses: str) -> bool:
-        """True if `uses` is a built-in or a tool its (discovered) MCP server listed."""
-        if uses in self._builtins:
+        """True if `uses` is a built-in, an active task type or a tool its (discovered) MCP
+        server listed."""
+        if uses in self._builtins or uses in self._remote:
             return True
         return uses in self._discovered.get(uses.partition(".")[0], {})
 
     def list_tools(self) -> list[ToolSpec]:
-        """Built-ins and discovered MCP tools, sorted by name."""
-        tools = list(self._builtins.values())
+        """Built-ins, discovered MCP tools and active task types, sorted by name."""
+        tools = list(self._builtins.values()) + list(self._remote.values())
         for found in self._discovered.values():
             tools.extend(found.values())
         return sorted(tools, key=lambda t: t.name)
@@ -403,10 +446,13 @@ class ToolRegistry:
             return self._builtins[uses]
         builtin_names = ", ".join(sorted(self._builtins))
         server, dot, tool = uses.partition(".")
+        if uses in self._remote and (not dot or server not in self._servers):
+            return self._remote[uses]
         if not dot or not server or not tool:
             raise UnknownTool(
-                f"unknown tool {uses!r}; use a built-in tool ({builtin_names}) or "
-                "'<server>.<tool>' for an MCP server declared in PAO_TOOLS_FILE"
+                f"unknown tool {uses!r}: no built-in tool, and an unknown or inactive task "
+                f"type; use a built-in tool ({builtin_names}), '<server>.<tool>' for an MCP "
+                "server declared in PAO_TOOLS_FILE, or an active task type (GET /task-types)"
             )
         if server in RESERVED_NAMESPACES or server in {n.split(".")[0] for n in self._builtins}:
             raise UnknownTool(
@@ -414,8 +460,10 @@ class ToolRegistry:
             )
         if server not in self._servers:
             raise UnknownTool(
-                f"MCP server {server!r} is not declared in PAO_TOOLS_FILE; declare it there "
-                f"or use one of the built-in tools: {builtin_names}"
+                f"MCP server {server!r} is not declared in PAO_TOOLS_FILE, and {uses!r} is an "
+                "unknown or inactive task type (GET /task-types lists the active ones); "
+                "declare the server there, create the task type, or use one of the built-in "
+                f"tools: {builtin_names}"
             )
         found = self._discovered.get(server)
         if found is None:
@@ -424,6 +472,7 @@ class ToolRegistry:
                 description=f"Tool {tool!r} on MCP server {server!r} (not yet discovered).",
                 input_schema={},
                 server=server,
+                kind="mcp",
             )
         if uses not in found:
             names = ", ".join(sorted(found)) or "none"

@@ -115,6 +115,21 @@ class Scope(StrEnum):
     ADMIN = "admin"  #: Everything, over every agent.
 
 
+class RemoteStepState(StrEnum):
+    """`remote_steps.state`: a step offered to the agents that claim its task type."""
+
+    QUEUED = "queued"  #: Offered; the next claim of its type takes it.
+    CLAIMED = "claimed"  #: An agent holds it under a lease (taken again once the lease ends).
+    SUCCEEDED = "succeeded"  #: Its holder completed it with an output.
+    FAILED = "failed"  #: Its holder reported a failure.
+    CANCELLED = "cancelled"  #: Its run ended or was cancelled before the step was done.
+
+
+LIVE_REMOTE_STEP_STATES: frozenset[RemoteStepState] = frozenset(
+    {RemoteStepState.QUEUED, RemoteStepState.CLAIMED}
+)
+
+
 class LogLevel(StrEnum):
     """`run_logs.level`: how much a run's log line matters."""
 

@@ -2,7 +2,7 @@
 -- Create an agent; the token itself is never stored, only its hash.
 INSERT INTO agents (name, token_hash, token_prefix, scopes, expires_at)
 VALUES (%(name)s, %(token_hash)s, %(token_prefix)s, %(scopes)s, %(expires_at)s)
-RETURNING id, name, token_prefix, scopes, expires_at, disabled, created_at, updated_at
+RETURNING id, name, token_prefix, scopes, expires_at, disabled, created_at, updated_at, task_types
 
 -- name: agent_exists_by_token_hash
 -- Whether any agent (even disabled) holds this token hash; used by the bootstrap.
@@ -10,13 +10,13 @@ SELECT id FROM agents WHERE token_hash = %(token_hash)s
 
 -- name: agent_get
 -- One agent that has not been deleted.
-SELECT id, name, token_prefix, scopes, expires_at, disabled, created_at, updated_at
+SELECT id, name, token_prefix, scopes, expires_at, disabled, created_at, updated_at, task_types
 FROM agents
 WHERE id = %(id)s AND deleted_at IS NULL
 
 -- name: agent_list
 -- A page of agents, newest first, after the cursor position.
-SELECT id, name, token_prefix, scopes, expires_at, disabled, created_at, updated_at
+SELECT id, name, token_prefix, scopes, expires_at, disabled, created_at, updated_at, task_types
 FROM agents
 WHERE deleted_at IS NULL
   AND (%(after_created)s::timestamptz IS NULL
@@ -31,9 +31,10 @@ SET name = COALESCE(%(name)s, name),
     scopes = COALESCE(%(scopes)s, scopes),
     expires_at = CASE WHEN %(set_expires)s THEN %(expires_at)s ELSE expires_at END,
     disabled = COALESCE(%(disabled)s, disabled),
+    task_types = CASE WHEN %(set_task_types)s THEN %(task_types)s::text[] ELSE task_types END,
     updated_at = now()
 WHERE id = %(id)s AND deleted_at IS NULL
-RETURNING id, name, token_prefix, scopes, expires_at, disabled, created_at, updated_at
+RETURNING id, name, token_prefix, scopes, expires_at, disabled, created_at, updated_at, task_types
 
 -- name: agent_delete
 -- Revoke an agent for good; its row stays so its tasks and audit rows keep their owner.
@@ -49,3 +50,7 @@ WHERE 'admin' = ANY(scopes)
   AND NOT disabled
   AND deleted_at IS NULL
   AND (expires_at IS NULL OR expires_at > now())
+
+-- name: agent_task_types
+-- The task types an agent's token may claim (NULL: any), for the claim check.
+SELECT task_types FROM agents WHERE id = %(id)s

@@ -80,6 +80,8 @@ async def update_agent(
     disabled: bool | None = None,
     set_expires: bool = False,
     expires_at: datetime | None = None,
+    set_task_types: bool = False,
+    task_types: list[str] | None = None,
 ) -> Agent | None:
     async with conn.cursor(row_factory=model_row(Agent)) as cur:
         await cur.execute(
@@ -91,6 +93,8 @@ async def update_agent(
                 "disabled": disabled,
                 "set_expires": set_expires,
                 "expires_at": expires_at,
+                "set_task_types": set_task_types,
+                "task_types": task_types,
             },
         )
         return await cur.fetchone()
@@ -106,3 +110,10 @@ async def count_usable_admins(conn: Conn) -> int:
 async def delete_agent(conn: Conn, agent_id: uuid.UUID) -> bool:
     cur = await conn.execute(QUERIES["agent_delete"], {"id": agent_id})
     return await cur.fetchone() is not None
+
+
+async def task_types_of(conn: Conn, agent_id: uuid.UUID) -> list[str] | None:
+    """The task types the agent may claim; None: any."""
+    cur = await conn.execute(QUERIES["agent_task_types"], {"id": agent_id})
+    row = await cur.fetchone()
+    return None if row is None else row["task_types"]

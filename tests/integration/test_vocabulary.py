@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from pao.vocabulary import (
+    LIVE_REMOTE_STEP_STATES,
     LIVE_RUN_STATUSES,
     LIVE_TASK_STATUSES,
     BackoffStrategy,
@@ -24,6 +25,7 @@ from pao.vocabulary import (
     MisfirePolicy,
     ProcessKind,
     QueueReason,
+    RemoteStepState,
     RunStatus,
     ScheduleKind,
     Scope,
@@ -57,6 +59,11 @@ EXPECTED: dict[str, set[str]] = {
     "idempotency_keys_done_has_response": {IdempotencyState.DONE},
     "process_heartbeats_kind_known": _words(ProcessKind),
     "occurrences_decision_known": _words(Decision),
+    "remote_steps_state_known": _words(RemoteStepState),
+    "remote_steps_claimed_has_lease": {RemoteStepState.CLAIMED},
+    "remote_steps_finished_when_final": _words(LIVE_REMOTE_STEP_STATES),
+    "remote_steps_succeeded_has_output": {RemoteStepState.SUCCEEDED},
+    "remote_steps_failed_has_error": {RemoteStepState.FAILED},
 }
 # Quoted words PostgreSQL writes back that are types or JSON kinds, not states.
 _NOT_STATES = {"object", "array", "hex"}

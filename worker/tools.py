@@ -17,6 +17,7 @@ from pao.store import events, work
 from pao.store.events import AudienceValue
 from pao.templates import JSONValue
 from pao.tools import BUILTIN_TOOLS
+from pao.vocabulary import LogLevel
 from worker.http_tool import Allow, ToolFailed, http_request
 from worker.pipeline import StepCall, Tool
 
@@ -53,7 +54,7 @@ class Toolbox:
         return self.unavailable(uses)
 
     async def log(self, args: dict[str, Any], call: StepCall) -> JSONValue:
-        await call.log(str(args.get("level", "info")), str(args["message"]))
+        await call.log(str(args.get("level", LogLevel.INFO)), str(args["message"]))
         return {"logged": True}
 
     async def sleep(self, args: dict[str, Any], call: StepCall) -> JSONValue:

@@ -8,12 +8,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from psycopg_pool import AsyncConnectionPool
 
 from api.discovery import ToolDiscovery
 from api.streams import StreamHub
-from pao import db
+from pao import db, pagination
 from pao.errors import Forbidden, RateLimited, Unauthenticated
 from pao.mcp import McpHub
 from pao.models import Agent, Task
@@ -178,6 +178,7 @@ def request_id(request: Request) -> str | None:
 
 
 def task_context(request: Request, state: AppState, agent: Agent) -> Context:
+    """What the task logic needs to know of a request: who acts, its id, the limits."""
     return Context(
         actor=agent,
         request_id=request_id(request),
@@ -189,3 +190,26 @@ def task_context(request: Request, state: AppState, agent: Agent) -> Context:
         ),
         http_allow=state.settings.http_allow,
     )
+
+
+# One per scope a task route may need; async, so that none is run on a thread.
+async def _tasks_read_context(request: Request, state: State, agent: TasksRead) -> Context:
+    return task_context(request, state, agent)
+
+
+async def _tasks_write_context(request: Request, state: State, agent: TasksWrite) -> Context:
+    return task_context(request, state, agent)
+
+
+async def _runs_read_context(request: Request, state: State, agent: RunsRead) -> Context:
+    return task_context(request, state, agent)
+
+
+# The task logic's Context for the signed-in agent, which holds the scope named.
+TasksReadCtx = Annotated[Context, Depends(_tasks_read_context)]
+TasksWriteCtx = Annotated[Context, Depends(_tasks_write_context)]
+RunsReadCtx = Annotated[Context, Depends(_runs_read_context)]
+
+# A list's page: how many items at most, and where the last page ended.
+Limit = Annotated[int, Query(ge=1, le=pagination.MAX_LIMIT)]
+Cursor = Annotated[str | None, Query(max_length=200)]

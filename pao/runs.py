@@ -4,22 +4,51 @@ from __future__ import annotations
 
 import uuid
 
-from pao import streams
+from pao import pagination, streams
 from pao.db import Conn
 from pao.errors import Conflict, NotFound
-from pao.models import Agent, Run
+from pao.models import Agent, Run, RunLog
 from pao.store import audit, run_events, runs
-
-
-def _owner(actor: Agent) -> uuid.UUID | None:
-    return None if actor.is_admin else actor.id
+from pao.visibility import owner_filter
+from pao.vocabulary import RunStatus
 
 
 async def get_run(conn: Conn, actor: Agent, run_id: uuid.UUID, *, lock: bool = False) -> Run:
-    run = await runs.get_run(conn, run_id, owner=_owner(actor), for_update=lock)
+    run = await runs.get_run(conn, run_id, owner=owner_filter(actor), for_update=lock)
     if run is None:
         raise NotFound(f"no run {run_id}")
     return run
+
+
+async def list_runs(
+    conn: Conn,
+    actor: Agent,
+    *,
+    limit: int,
+    cursor: str | None,
+    task_id: uuid.UUID | None = None,
+    status: RunStatus | None = None,
+) -> tuple[list[Run], str | None]:
+    """A page of the runs `actor` may see, newest first, and the cursor of the next page."""
+    rows = await runs.list_runs(
+        conn,
+        owner=owner_filter(actor),
+        limit=limit + 1,
+        after=pagination.decode_cursor(cursor),
+        task_id=task_id,
+        status=status,
+    )
+    return pagination.page(rows, limit, lambda r: pagination.encode_cursor(r.queued_at, r.id))
+
+
+async def list_logs(
+    conn: Conn, actor: Agent, run_id: uuid.UUID, *, limit: int, cursor: str | None
+) -> tuple[list[RunLog], str | None]:
+    """A page of a run's log lines, oldest first, if `actor` may see the run."""
+    after_id = pagination.decode_position(cursor)
+    await get_run(conn, actor, run_id)
+    lines = await runs.list_run_logs(conn, run_id, after_id=after_id, limit=limit + 1)
+    return pagination.page(lines, limit, lambda line: pagination.encode_position(line.id))
 
 
 async def cancel_run(conn: Conn, actor: Agent, run_id: uuid.UUID, *, request_id: str | None) -> Run:

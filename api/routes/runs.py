@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from api.deps import RunsRead, State, TasksWrite, request_id
+from api.deps import Cursor, Limit, RunsRead, State, TasksWrite, request_id
 from api.models import Page, RunLogPublic, RunLogs, RunPublic
 from api.openapi import conflicts
 from api.streams import run_stream, sse_response
 from pao import pagination
 from pao import runs as logic
 from pao.schemas import RunStatusField
-from pao.store import runs as store
+from pao.visibility import owner_filter
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 
@@ -26,23 +26,14 @@ async def list_runs(
     agent: RunsRead,
     task_id: uuid.UUID | None = None,
     status: RunStatusField | None = None,
-    limit: Annotated[int, Query(ge=1, le=pagination.MAX_LIMIT)] = pagination.DEFAULT_LIMIT,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Limit = pagination.DEFAULT_LIMIT,
+    cursor: Cursor = None,
 ) -> Page[RunPublic]:
     """Runs, newest first. Non-admin agents see only runs of their own tasks."""
-    after = pagination.decode_cursor(cursor)
     async with state.tx() as conn:
-        rows = await store.list_runs(
-            conn,
-            owner=None if agent.is_admin else agent.id,
-            limit=limit + 1,
-            after=after,
-            task_id=task_id,
-            status=status,
+        items, next_cursor = await logic.list_runs(
+            conn, agent, limit=limit, cursor=cursor, task_id=task_id, status=status
         )
-    items, next_cursor = pagination.page(
-        rows, limit, lambda r: pagination.encode_cursor(r.queued_at, r.id)
-    )
     return Page(items=[RunPublic.of(r) for r in items], next_cursor=next_cursor)
 
 
@@ -58,17 +49,12 @@ async def run_logs(
     state: State,
     agent: RunsRead,
     run_id: uuid.UUID,
-    limit: Annotated[int, Query(ge=1, le=pagination.MAX_LIMIT)] = pagination.DEFAULT_LIMIT,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Limit = pagination.DEFAULT_LIMIT,
+    cursor: Cursor = None,
 ) -> RunLogs:
     """The run's log lines, oldest first; pass `next_cursor` back for more."""
-    after_id = pagination.decode_position(cursor)
     async with state.tx() as conn:
-        await logic.get_run(conn, agent, run_id)
-        lines = await store.list_run_logs(conn, run_id, after_id=after_id, limit=limit + 1)
-    items, next_cursor = pagination.page(
-        lines, limit, lambda line: pagination.encode_position(line.id)
-    )
+        items, next_cursor = await logic.list_logs(conn, agent, run_id, limit=limit, cursor=cursor)
     return RunLogs(items=[RunLogPublic.of(line) for line in items], next_cursor=next_cursor)
 
 
@@ -102,7 +88,7 @@ async def stream_run(
         run_stream(
             state.streams,
             state.pool,
-            owner=None if agent.is_admin else agent.id,
+            owner=owner_filter(agent),
             task_id=run.task_id,
             run_id=run.id,
             heartbeat=state.settings.stream_heartbeat_seconds,

@@ -4,20 +4,33 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from api.deps import RunsRead, State, TaskRead, TasksRead, TasksWrite, task_context
+from api.deps import (
+    AppState,
+    Cursor,
+    Limit,
+    RunsReadCtx,
+    State,
+    TaskRead,
+    TasksRead,
+    TasksReadCtx,
+    TasksWriteCtx,
+)
 from api.idempotency import idempotent
 from api.models import Occurrence, Occurrences, Page, RunPublic, TaskPublic
 from api.openapi import conflicts
 from api.streams import sse_response, task_stream
 from pao import pagination
 from pao import tasks as logic
+from pao.db import Conn
 from pao.errors import InvalidInput
+from pao.models import Task
 from pao.schedule import Budget, off_loop, parse_schedule
 from pao.schemas import (
     ScheduleKindField,
@@ -29,13 +42,14 @@ from pao.schemas import (
 )
 from pao.store import occurrences as occurrence_store
 from pao.store import tasks as store
+from pao.tasks import Context
+from pao.visibility import owner_filter
 from pao.zones import get_zone
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
 
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 
-Limit = Annotated[int, Query(ge=1, le=pagination.MAX_LIMIT)]
 # How many fire times pao.tasks.hourly_peak samples (the first is next_run_at).
 _PEAK_SAMPLE = 121
 
@@ -69,15 +83,14 @@ async def get_task(signed: TaskRead, task_id: uuid.UUID) -> Response:
 
 @router.post("", status_code=201, response_model=TaskPublic, responses=conflicts(409))
 async def create_task(
-    request: Request, state: State, agent: TasksWrite, body: TaskCreate
+    request: Request, state: State, ctx: TasksWriteCtx, body: TaskCreate
 ) -> Response:
     """Create a task. Answers 201 with the task and its first `next_run_at`.
 
     Send `Idempotency-Key` to make retries safe: the same key and body get the
     first response again.
     """
-    ctx = task_context(request, state, agent)
-    async with idempotent(request, state, agent) as guard:
+    async with idempotent(request, state, ctx.actor) as guard:
         if guard.replay is not None:
             return guard.replay
         await _check_schedule_off_loop(
@@ -155,14 +168,14 @@ async def list_tasks(
     created_by: uuid.UUID | None = None,
     schedule_kind: ScheduleKindField | None = None,
     limit: Limit = pagination.DEFAULT_LIMIT,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Cursor = None,
 ) -> Page[TaskPublic]:
     """Tasks, newest first. Non-admin agents see only their own."""
     after = pagination.decode_cursor(cursor)
     async with state.tx() as conn:
         rows = await store.list_tasks(
             conn,
-            owner=None if agent.is_admin else agent.id,
+            owner=owner_filter(agent),
             limit=limit + 1,
             after=after,
             status=status,
@@ -181,7 +194,7 @@ async def list_tasks(
     responses={200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}},
 )
 async def stream_task(
-    request: Request, state: State, agent: RunsRead, task_id: uuid.UUID
+    request: Request, state: State, ctx: RunsReadCtx, task_id: uuid.UUID
 ) -> StreamingResponse:
     """The task's runs live, as Server-Sent Events, until the client leaves.
 
@@ -195,16 +208,16 @@ async def stream_task(
     is a 429.
     """
     async with state.tx() as conn:
-        task = await logic.get_task(conn, task_context(request, state, agent), task_id)
+        task = await logic.get_task(conn, ctx, task_id)
     await state.streams.ready()  # a 503 now rather than a stream that breaks
     guard = await state.streams.admit(
-        agent, request.headers.get("authorization"), task.id, state.settings
+        ctx.actor, request.headers.get("authorization"), task.id, state.settings
     )
     return sse_response(
         task_stream(
             state.streams,
             state.pool,
-            owner=None if agent.is_admin else agent.id,
+            owner=ctx.owner,
             task_id=task.id,
             heartbeat=state.settings.stream_heartbeat_seconds,
             guard=guard,
@@ -214,9 +227,8 @@ async def stream_task(
 
 @router.get("/{task_id}/occurrences", response_model=Occurrences)
 async def occurrences(
-    request: Request,
     state: State,
-    agent: TasksRead,
+    ctx: TasksReadCtx,
     task_id: uuid.UUID,
     count: Annotated[int, Query(ge=1, le=100)] = 10,
     from_: Annotated[datetime | None, Query(alias="from")] = None,
@@ -235,7 +247,7 @@ async def occurrences(
             ("query", "from"), f"must lie between 1970 and {logic.LATEST.year - 1}"
         )
     async with state.tx() as conn:
-        task = await logic.get_task(conn, task_context(request, state, agent), task_id)
+        task = await logic.get_task(conn, ctx, task_id)
         if past:
             rows = await occurrence_store.list_for_task(conn, task.id, before=from_, limit=count)
     zone = get_zone(task.timezone)
@@ -262,10 +274,9 @@ async def occurrences(
 
 @router.put("/{task_id}", response_model=TaskPublic, responses=conflicts(409, 412))
 async def update_task(
-    request: Request,
     response: Response,
     state: State,
-    agent: TasksWrite,
+    ctx: TasksWriteCtx,
     task_id: uuid.UUID,
     body: TaskUpdate,
     if_match: Annotated[str | None, Header()] = None,
@@ -279,7 +290,7 @@ async def update_task(
     changes = body.changes()
     if {"schedule_kind", "schedule_expr", "timezone"} & changes.keys():
         async with state.tx() as conn:
-            task = await logic.get_task(conn, task_context(request, state, agent), task_id)
+            task = await logic.get_task(conn, ctx, task_id)
         fields = {
             "schedule_kind": task.schedule_kind,
             "schedule_expr": task.schedule_expr,
@@ -295,61 +306,50 @@ async def update_task(
     if body.payload is not None:
         await state.discovery.ensure(state.registry.mcp_uses(body.payload))
     async with state.tx() as conn:
-        task = await logic.update_task(
-            conn, task_context(request, state, agent), task_id, body, if_version=version
-        )
+        task = await logic.update_task(conn, ctx, task_id, body, if_version=version)
     return _etag(TaskPublic.of(task), response)
 
 
 @router.post(
     "/{task_id}/run_now", status_code=202, response_model=RunPublic, responses=conflicts(409)
 )
-async def run_now(
-    request: Request, state: State, agent: TasksWrite, task_id: uuid.UUID
-) -> RunPublic:
+async def run_now(state: State, ctx: TasksWriteCtx, task_id: uuid.UUID) -> RunPublic:
     """Queue one run now; the schedule is untouched. Answers 202 with the queued run."""
     async with state.tx() as conn:
-        run = await logic.run_now(conn, task_context(request, state, agent), task_id)
-    return RunPublic.of(run)
+        return RunPublic.of(await logic.run_now(conn, ctx, task_id))
 
 
 @router.post("/{task_id}/snooze", response_model=TaskPublic, responses=conflicts(409))
-async def snooze(
-    request: Request, state: State, agent: TasksWrite, task_id: uuid.UUID, body: Snooze
-) -> TaskPublic:
+async def snooze(state: State, ctx: TasksWriteCtx, task_id: uuid.UUID, body: Snooze) -> TaskPublic:
     """Delay the next execution by `seconds`."""
     async with state.tx() as conn:
-        task = await logic.snooze_task(
-            conn, task_context(request, state, agent), task_id, body.seconds
-        )
-    return TaskPublic.of(task)
+        return TaskPublic.of(await logic.snooze_task(conn, ctx, task_id, body.seconds))
 
 
 @router.post("/{task_id}/pause", response_model=TaskPublic, responses=conflicts(409))
-async def pause(
-    request: Request, state: State, agent: TasksWrite, task_id: uuid.UUID
-) -> TaskPublic:
+async def pause(state: State, ctx: TasksWriteCtx, task_id: uuid.UUID) -> TaskPublic:
     """Stop firing until resumed."""
-    async with state.tx() as conn:
-        task = await logic.pause_task(conn, task_context(request, state, agent), task_id)
-    return TaskPublic.of(task)
+    return await _steer(state, logic.pause_task, ctx, task_id)
 
 
 @router.post("/{task_id}/resume", response_model=TaskPublic, responses=conflicts(409))
-async def resume(
-    request: Request, state: State, agent: TasksWrite, task_id: uuid.UUID
-) -> TaskPublic:
+async def resume(state: State, ctx: TasksWriteCtx, task_id: uuid.UUID) -> TaskPublic:
     """Fire again from now; what fell due while paused is not replayed."""
-    async with state.tx() as conn:
-        task = await logic.resume_task(conn, task_context(request, state, agent), task_id)
-    return TaskPublic.of(task)
+    return await _steer(state, logic.resume_task, ctx, task_id)
 
 
 @router.post("/{task_id}/cancel", response_model=TaskPublic, responses=conflicts(409))
-async def cancel(
-    request: Request, state: State, agent: TasksWrite, task_id: uuid.UUID
-) -> TaskPublic:
+async def cancel(state: State, ctx: TasksWriteCtx, task_id: uuid.UUID) -> TaskPublic:
     """Cancel for good: queued work is dropped and a running run is stopped."""
+    return await _steer(state, logic.cancel_task, ctx, task_id)
+
+
+async def _steer(
+    state: AppState,
+    change: Callable[[Conn, Context, uuid.UUID], Awaitable[Task]],
+    ctx: Context,
+    task_id: uuid.UUID,
+) -> TaskPublic:
+    """Pause, resume or cancel: one change in one transaction, answered with the task."""
     async with state.tx() as conn:
-        task = await logic.cancel_task(conn, task_context(request, state, agent), task_id)
-    return TaskPublic.of(task)
+        return TaskPublic.of(await change(conn, ctx, task_id))

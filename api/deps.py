@@ -21,6 +21,7 @@ from pao.settings import Settings
 from pao.store import rate_counters
 from pao.tasks import Context, Quotas
 from pao.tools import ToolRegistry
+from pao.vocabulary import Scope
 
 
 @dataclass
@@ -122,7 +123,7 @@ async def _sign_in(
 class RequireScope:
     """A dependency that names the scope a route needs; tests read `.scope` off each route."""
 
-    def __init__(self, scope: str) -> None:
+    def __init__(self, scope: Scope) -> None:
         self.scope = scope
 
     def check(self, agent: Agent) -> Agent:
@@ -160,16 +161,16 @@ class TaskWithSignIn(RequireScope):
         return SignedTask(self.check(agent), task)
 
 
-def scope(name: str) -> RequireScope:
+def scope(name: Scope) -> RequireScope:
     return RequireScope(name)
 
 
-TasksRead = Annotated[Agent, Depends(scope("tasks:read"))]
-TaskRead = Annotated[SignedTask, Depends(TaskWithSignIn("tasks:read"))]
-TasksWrite = Annotated[Agent, Depends(scope("tasks:write"))]
-RunsRead = Annotated[Agent, Depends(scope("runs:read"))]
-EventsPublish = Annotated[Agent, Depends(scope("events:publish"))]
-Admin = Annotated[Agent, Depends(scope("admin"))]
+TasksRead = Annotated[Agent, Depends(scope(Scope.TASKS_READ))]
+TaskRead = Annotated[SignedTask, Depends(TaskWithSignIn(Scope.TASKS_READ))]
+TasksWrite = Annotated[Agent, Depends(scope(Scope.TASKS_WRITE))]
+RunsRead = Annotated[Agent, Depends(scope(Scope.RUNS_READ))]
+EventsPublish = Annotated[Agent, Depends(scope(Scope.EVENTS_PUBLISH))]
+Admin = Annotated[Agent, Depends(scope(Scope.ADMIN))]
 
 
 def request_id(request: Request) -> str | None:

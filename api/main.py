@@ -14,6 +14,7 @@ from pao import collector, db
 from pao.embedded import database_url
 from pao.migrate import check_database
 from pao.settings import Settings
+from pao.vocabulary import ProcessKind
 
 
 class _Server(uvicorn.Server):
@@ -42,7 +43,7 @@ class _Server(uvicorn.Server):
 def run(settings: Settings) -> int:
     url = database_url(settings.database_url, settings.data_dir)
     asyncio.run(check_database(url))
-    db.warn_if_polling(settings, "api")
+    db.warn_if_polling(settings, ProcessKind.API)
     app = create_app(settings, database_url=url)
     json_logs = settings.log_format == "json"
     config = uvicorn.Config(

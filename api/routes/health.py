@@ -11,6 +11,7 @@ from api.deps import State
 from pao.errors import PaoError
 from pao.migrate import ensure_migrated
 from pao.store import heartbeats, runs
+from pao.vocabulary import ProcessKind
 
 router = APIRouter(prefix="/health", tags=["health"])
 
@@ -87,8 +88,8 @@ async def health(state: State) -> JSONResponse:
     except PaoError as exc:
         body = {"status": "unavailable", "database": {"status": "down", "detail": exc.message}}
         return JSONResponse(body, status_code=503)
-    scheduler = _component(beats, "scheduler")
-    worker = _component(beats, "worker")
+    scheduler = _component(beats, ProcessKind.SCHEDULER)
+    worker = _component(beats, ProcessKind.WORKER)
     healthy = scheduler["status"] == "ok" and worker["status"] == "ok"
     body = {
         "status": "ok" if healthy else "degraded",

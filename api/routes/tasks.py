@@ -44,6 +44,7 @@ from pao.store import occurrences as occurrence_store
 from pao.store import tasks as store
 from pao.tasks import Context
 from pao.visibility import owner_filter
+from pao.vocabulary import ScheduleKind, TaskStatus
 from pao.zones import get_zone
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
@@ -148,7 +149,7 @@ async def preview(state: State, agent: TasksRead, body: SchedulePreview) -> Occu
             body.schedule_kind, body.schedule_expr, zone_name, created_at=now, budget=budget
         )
         times = schedule.preview(now, body.count, budget=budget)
-        if body.schedule_kind != "event" and (not times or times[0] >= logic.LATEST):
+        if body.schedule_kind != ScheduleKind.EVENT and (not times or times[0] >= logic.LATEST):
             # The task logic's own words for a schedule that cannot be stored.
             logic.check_schedule(
                 body.schedule_kind, body.schedule_expr, zone_name, created_at=now, now=now
@@ -253,7 +254,9 @@ async def occurrences(
     zone = get_zone(task.timezone)
     if past:
         return Occurrences(items=[Occurrence.record(row, zone) for row in rows])
-    if task.status in ("cancelled", "completed") or task.schedule_kind == "event":
+    if task.status in (TaskStatus.CANCELLED, TaskStatus.COMPLETED) or (
+        task.schedule_kind == ScheduleKind.EVENT
+    ):
         return Occurrences(items=[])
     start = from_ or datetime.now(UTC)
 

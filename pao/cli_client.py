@@ -423,6 +423,69 @@ async def events_publish(client: PaoClient, args: argparse.Namespace) -> tuple[A
     )
 
 
+async def task_types_list(client: PaoClient, args: argparse.Namespace) -> tuple[Any, str]:
+    async def fetch(cursor: str | None) -> Any:
+        return await client.list_task_types(
+            include_inactive=args.inactive, limit=args.limit, cursor=cursor
+        )
+
+    items, cursor = await _pages(fetch, args)
+    rows = [
+        [
+            t["name"],
+            "active" if t["is_active"] else "inactive",
+            f"{t['lease_seconds']} s",
+            t["cost_per_call"] or "-",
+            short(t["description"], 50),
+        ]
+        for t in items
+    ]
+    headers = ("NAME", "STATE", "LEASE", "COST", "DESCRIPTION")
+    text = table(headers, rows, empty="(no task types)") + _more(cursor)
+    return {"items": items, "next_cursor": cursor}, text
+
+
+async def task_types_get(client: PaoClient, args: argparse.Namespace) -> tuple[Any, str]:
+    found = await client.get_task_type(args.name)
+    pairs = [
+        ("name", found["name"]),
+        ("state", "active" if found["is_active"] else "inactive"),
+        ("description", short(found["description"] or "-", 80)),
+        ("lease", f"{found['lease_seconds']} s"),
+        ("cost per call", found["cost_per_call"] or "-"),
+        ("parameters", short(found["parameters_schema"], 80)),
+        ("output", short(found["output_schema"], 80) if found["output_schema"] else "any"),
+        ("version", str(found["version"])),
+        ("updated", when(found["updated_at"])),
+    ]
+    return found, fields(pairs)
+
+
+async def task_types_create(client: PaoClient, args: argparse.Namespace) -> tuple[Any, str]:
+    body = json_arg(args.file, flag="--file") if args.file is not None else {}
+    if not isinstance(body, dict):
+        raise UsageError("--file must hold a JSON object: the task type")
+    if args.name is not None:
+        body["name"] = args.name
+    if args.description is not None:
+        body["description"] = args.description
+    if args.parameters_schema is not None:
+        body["parameters_schema"] = json_arg(args.parameters_schema, flag="--parameters-schema")
+    if args.output_schema is not None:
+        body["output_schema"] = json_arg(args.output_schema, flag="--output-schema")
+    if args.lease_seconds is not None:
+        body["lease_seconds"] = args.lease_seconds
+    if "name" not in body or "parameters_schema" not in body:
+        raise UsageError("give the type's name and --parameters-schema (or --file with both)")
+    created = await client.create_task_type(body)
+    return created, f"created task type {created['name']}"
+
+
+async def task_types_delete(client: PaoClient, args: argparse.Namespace) -> tuple[Any, str]:
+    await client.delete_task_type(args.name)
+    return {"name": args.name, "is_active": False}, f"task type {args.name}: inactive"
+
+
 # The parser
 
 
@@ -470,7 +533,7 @@ def _leaf(
 
 
 def add_commands(sub: Any) -> None:
-    """Add `tasks`, `runs` and `events` to the `pao` parser's subcommands."""
+    """Add `tasks`, `runs`, `task-types` and `events` to the `pao` parser's subcommands."""
     common = _connection_options()
 
     tasks = sub.add_parser("tasks", help="list, create and steer tasks on a running API")
@@ -543,6 +606,27 @@ def add_commands(sub: Any) -> None:
     _page_options(p)
     p = _leaf(rs, "cancel", runs_cancel, "stop a run", common)
     p.add_argument("id", metavar="RUN_ID")
+
+    types = sub.add_parser(
+        "task-types", help="task types: steps done by agents that claim them (admins declare)"
+    )
+    tt = types.add_subparsers(dest="task_types_command", required=True, metavar="ACTION")
+    p = _leaf(tt, "list", task_types_list, "task types by name", common)
+    p.add_argument("--inactive", action="store_true", help="deleted (inactive) ones too")
+    _page_options(p)
+    p = _leaf(tt, "get", task_types_get, "one task type", common)
+    p.add_argument("name", metavar="NAME")
+    p = _leaf(tt, "create", task_types_create, "declare a task type (admin)", common)
+    p.add_argument("name", metavar="NAME", nargs="?", help="e.g. media.transcode")
+    p.add_argument(
+        "--parameters-schema", metavar="JSON", help="JSON Schema of its input, inline or @file"
+    )
+    p.add_argument("--output-schema", metavar="JSON", help="JSON Schema of its output")
+    p.add_argument("--description")
+    p.add_argument("--lease-seconds", type=int, help="1-3600, default 60")
+    p.add_argument("--file", metavar="PATH", help="the whole type as JSON (@path or -)")
+    p = _leaf(tt, "delete", task_types_delete, "make a task type inactive (admin)", common)
+    p.add_argument("name", metavar="NAME")
 
     events = sub.add_parser("events", help="publish events to a running API")
     es = events.add_subparsers(dest="events_command", required=True, metavar="ACTION")

@@ -9,6 +9,7 @@ API answered with a problem, `ApiUnreachable` when it could not be asked.
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -115,6 +116,40 @@ class LogPage(TypedDict):
 
 class Occurrences(TypedDict):
     items: list[Occurrence]
+
+
+class TaskType(TypedDict):
+    name: str
+    description: str
+    parameters_schema: dict[str, Any]
+    output_schema: dict[str, Any] | None
+    metadata: dict[str, Any]
+    lease_seconds: int
+    cost_per_call: str | None
+    is_active: bool
+    version: int
+    created_at: str
+    updated_at: str
+
+
+class TaskTypePage(TypedDict):
+    items: list[TaskType]
+    next_cursor: str | None
+
+
+class ClaimItem(TypedDict):
+    claim_id: str
+    run_id: str
+    task_id: str
+    step_id: str
+    attempt: int
+    parameters: dict[str, Any]
+    idempotency_key: str
+    lease_expires_at: str
+
+
+class ClaimList(TypedDict):
+    items: list[ClaimItem]
 
 
 class ApiProblem(PaoError):
@@ -349,6 +384,78 @@ class PaoClient:
             EventAccepted,
             await self._call("POST", "/events", json=body, idempotency_key=idempotency_key),
         )
+
+    # Task types and claims
+
+    async def list_task_types(
+        self, *, include_inactive: bool = False, limit: int | None = None, cursor: str | None = None
+    ) -> TaskTypePage:
+        params = {
+            "include_inactive": str(include_inactive).lower(),
+            "limit": limit,
+            "cursor": cursor,
+        }
+        return cast(TaskTypePage, await self._call("GET", "/task-types", params=params))
+
+    async def get_task_type(self, name: str) -> TaskType:
+        return cast(TaskType, await self._call("GET", f"/task-types/{_type_name(name)}"))
+
+    async def create_task_type(self, body: Mapping[str, Any]) -> TaskType:
+        """Admin: declare a task type ({name, parameters_schema, ...})."""
+        return cast(TaskType, await self._call("POST", "/task-types", json=dict(body)))
+
+    async def update_task_type(self, name: str, body: Mapping[str, Any]) -> TaskType:
+        """Admin: replace a task type's definition (everything but its name)."""
+        path = f"/task-types/{_type_name(name)}"
+        return cast(TaskType, await self._call("PUT", path, json=dict(body)))
+
+    async def delete_task_type(self, name: str) -> None:
+        """Admin: make a task type inactive."""
+        await self._call("DELETE", f"/task-types/{_type_name(name)}")
+
+    async def claim(self, task_type: str, *, limit: int = 1, wait_seconds: float = 0) -> ClaimList:
+        """work:claim: up to `limit` steps, waiting up to `wait_seconds` (at most 30) for one.
+        The HTTP client's read timeout must be longer than the wait."""
+        body = {"limit": limit, "wait_seconds": wait_seconds}
+        path = f"/task-types/{_type_name(task_type)}/claim"
+        return cast(ClaimList, await self._call("POST", path, json=body))
+
+    async def heartbeat(self, claim_id: str) -> dict[str, Any]:
+        """Extend the claim's lease; ApiProblem with status 409: stop working on the step."""
+        return cast(
+            dict[str, Any], await self._call("POST", f"/claims/{_claim(claim_id)}/heartbeat")
+        )
+
+    async def progress(self, claim_id: str, message: str, percent: float | None = None) -> None:
+        body = {"message": message, "percent": percent}
+        await self._call("POST", f"/claims/{_claim(claim_id)}/progress", json=body)
+
+    async def complete(
+        self, claim_id: str, output: Mapping[str, Any], cost: float | None = None
+    ) -> None:
+        body = {"output": dict(output), "cost": cost}
+        await self._call("POST", f"/claims/{_claim(claim_id)}/complete", json=body)
+
+    async def fail(self, claim_id: str, error: str, *, retryable: bool = False) -> None:
+        body = {"error": error, "retryable": retryable}
+        await self._call("POST", f"/claims/{_claim(claim_id)}/fail", json=body)
+
+
+_TYPE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,127}(?:\.[a-z0-9_-]{1,127}){0,16}$")
+_CLAIM_ID = re.compile(r"^rc_[0-9]{1,19}_[0-9]{1,10}_[0-9a-f]{32}$")
+
+
+def _type_name(value: str) -> str:
+    """A task type's name for a path segment, checked here like `_id`."""
+    if not _TYPE_NAME.match(value) or len(value) > 128:
+        raise InvalidId(f"{value!r} is not a task type name, such as media.transcode")
+    return value
+
+
+def _claim(value: str) -> str:
+    if not _CLAIM_ID.match(value):
+        raise InvalidId(f"{value!r} is not a claim id; claim ids come from claim()")
+    return value
 
 
 def _id(value: str) -> str:

@@ -127,7 +127,7 @@ class RequireScope:
         self.scope = scope
 
     def check(self, agent: Agent) -> Agent:
-        if self.scope not in agent.scopes and not agent.is_admin:
+        if not agent.has_scope(self.scope):
             raise Forbidden(f"this endpoint needs the '{self.scope}' scope")
         return agent
 
@@ -211,6 +211,21 @@ TasksReadCtx = Annotated[Context, Depends(_tasks_read_context)]
 TasksWriteCtx = Annotated[Context, Depends(_tasks_write_context)]
 RunsReadCtx = Annotated[Context, Depends(_runs_read_context)]
 
-# A list's page: how many items at most, and where the last page ended.
-Limit = Annotated[int, Query(ge=1, le=pagination.MAX_LIMIT)]
-Cursor = Annotated[str | None, Query(max_length=200)]
+
+@dataclass(frozen=True)
+class PageAsked:
+    """A list's page as asked for: how many items at most, and where the last page ended."""
+
+    limit: int
+    cursor: str | None
+
+
+async def _page_asked(
+    limit: Annotated[int, Query(ge=1, le=pagination.MAX_LIMIT)] = pagination.DEFAULT_LIMIT,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> PageAsked:
+    return PageAsked(limit, cursor)
+
+
+# The `limit` and `cursor` query parameters of every list.
+PageQuery = Annotated[PageAsked, Depends(_page_asked)]

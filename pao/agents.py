@@ -6,13 +6,21 @@ import uuid
 from collections.abc import Mapping
 from datetime import datetime
 
-from pao import tokens
+from pao import pagination, tokens
 from pao.db import Conn
 from pao.errors import Conflict, InvalidInput, MissingScope, NotFound
 from pao.models import SCOPES, Agent
 from pao.store import agents, audit
 from pao.store.agents import NewAgent
 from pao.tools import ToolSpec
+
+
+async def list_agents(
+    conn: Conn, *, limit: int, cursor: str | None
+) -> tuple[list[Agent], str | None]:
+    """A page of agents, newest first, and the cursor of the next page; for admins."""
+    rows = await agents.list_agents(conn, limit=limit + 1, after=pagination.decode_cursor(cursor))
+    return pagination.page(rows, limit, lambda a: pagination.encode_cursor(a.created_at, a.id))
 
 
 def check_scopes(scopes: list[str], loc: tuple[str | int, ...] = ("scopes",)) -> list[str]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pao import task_types
+from pao import pagination, task_types
 from pao.agents import check_step_scopes
 from pao.db import Conn
 from pao.errors import (
@@ -35,6 +35,7 @@ from pao.store import occurrences as occurrence_store
 from pao.store.occurrences import DecisionRecord, QueueRequest
 from pao.templates import parse_template
 from pao.tools import ToolRegistry
+from pao.visibility import may_see, owner_filter
 from pao.vocabulary import SCHEDULED_KINDS, Decision, QueueReason, ScheduleKind, TaskStatus
 
 # Fire times stay well inside what datetime can represent, whatever is added to them.
@@ -65,7 +66,7 @@ class Context:
 
     @property
     def owner(self) -> uuid.UUID | None:
-        return None if self.actor.is_admin else self.actor.id
+        return owner_filter(self.actor)
 
 
 def _merge(errors: list[FieldError], exc: InvalidInput) -> None:
@@ -284,9 +285,40 @@ async def get_task(conn: Conn, ctx: Context, task_id: uuid.UUID, *, lock: bool =
 
 def visible_task(actor: Agent, task: Task | None, task_id: uuid.UUID) -> Task:
     """`task`, read without an owner filter (along with the sign-in), if `actor` may see it."""
-    if task is None or (not actor.is_admin and task.created_by != actor.id):
+    if task is None or not may_see(actor, task.created_by):
         raise NotFound(f"no task {task_id}")
     return task
+
+
+async def list_tasks(
+    conn: Conn,
+    actor: Agent,
+    *,
+    limit: int,
+    cursor: str | None,
+    status: TaskStatus | None = None,
+    created_by: uuid.UUID | None = None,
+    schedule_kind: ScheduleKind | None = None,
+) -> tuple[list[Task], str | None]:
+    """A page of the tasks `actor` may see, newest first, and the cursor of the next page."""
+    rows = await tasks.list_tasks(
+        conn,
+        owner=owner_filter(actor),
+        limit=limit + 1,
+        after=pagination.decode_cursor(cursor),
+        status=status,
+        created_by=created_by,
+        schedule_kind=schedule_kind,
+    )
+    return pagination.page(rows, limit, lambda t: pagination.encode_cursor(t.created_at, t.id))
+
+
+async def past_occurrences(
+    conn: Conn, task: Task, *, before: datetime | None, limit: int
+) -> list[dict[str, Any]]:
+    """A task's decided occurrences before `before` (None: all), newest first, each with its
+    decision and the run it led to; `task` as `get_task` gave it, so seen by the caller."""
+    return await occurrence_store.list_for_task(conn, task.id, before=before, limit=limit)
 
 
 # What an update may change: the fields a task is created with.

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 
-from api.deps import Admin, State, request_id
+from api.deps import Admin, PageQuery, State, request_id
 from api.models import AgentCreated, AgentPublic, Page
 from api.openapi import conflicts
 from pao import agents as logic
-from pao import pagination
 from pao.schemas import AgentCreate, AgentUpdate
-from pao.store import agents as store
 
 router = APIRouter(prefix="/agents", tags=["agents"])
 
@@ -39,16 +36,11 @@ async def create_agent(
 async def list_agents(
     state: State,
     admin: Admin,
-    limit: Annotated[int, Query(ge=1, le=pagination.MAX_LIMIT)] = pagination.DEFAULT_LIMIT,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    page: PageQuery,
 ) -> Page[AgentPublic]:
     """Agents, newest first."""
-    after = pagination.decode_cursor(cursor)
     async with state.tx() as conn:
-        rows = await store.list_agents(conn, limit=limit + 1, after=after)
-    items, next_cursor = pagination.page(
-        rows, limit, lambda a: pagination.encode_cursor(a.created_at, a.id)
-    )
+        items, next_cursor = await logic.list_agents(conn, limit=page.limit, cursor=page.cursor)
     return Page(items=[AgentPublic.of(a) for a in items], next_cursor=next_cursor)
 
 

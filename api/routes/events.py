@@ -11,6 +11,7 @@ from api.models import EventAccepted
 from api.openapi import conflicts
 from pao import events as logic
 from pao.schemas import EventPublish
+from pao.visibility import owner_filter
 
 router = APIRouter(prefix="/events", tags=["events"])
 
@@ -39,7 +40,8 @@ async def publish(
                 limits=logic.Limits.of(state.settings),
                 audience=body.audience,
             )
-            visible = None if agent.is_admin else published.own_task_ids
+            # The runs it queued that the publisher may see: all for an admin.
+            visible = None if owner_filter(agent) is None else published.own_task_ids
             accepted = EventAccepted.of(
                 published.event, published.runs, visible=visible
             ).model_dump(mode="json")

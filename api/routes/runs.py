@@ -8,11 +8,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from api.deps import Cursor, Limit, RunsRead, State, TasksWrite, request_id
+from api.deps import PageQuery, RunsRead, State, TasksWrite, request_id
 from api.models import Page, RunLogPublic, RunLogs, RunPublic
 from api.openapi import conflicts
 from api.streams import run_stream, sse_response
-from pao import pagination
 from pao import runs as logic
 from pao.schemas import RunStatusField
 from pao.visibility import owner_filter
@@ -24,15 +23,14 @@ router = APIRouter(prefix="/runs", tags=["runs"])
 async def list_runs(
     state: State,
     agent: RunsRead,
+    page: PageQuery,
     task_id: uuid.UUID | None = None,
     status: RunStatusField | None = None,
-    limit: Limit = pagination.DEFAULT_LIMIT,
-    cursor: Cursor = None,
 ) -> Page[RunPublic]:
     """Runs, newest first. Non-admin agents see only runs of their own tasks."""
     async with state.tx() as conn:
         items, next_cursor = await logic.list_runs(
-            conn, agent, limit=limit, cursor=cursor, task_id=task_id, status=status
+            conn, agent, limit=page.limit, cursor=page.cursor, task_id=task_id, status=status
         )
     return Page(items=[RunPublic.of(r) for r in items], next_cursor=next_cursor)
 
@@ -49,12 +47,13 @@ async def run_logs(
     state: State,
     agent: RunsRead,
     run_id: uuid.UUID,
-    limit: Limit = pagination.DEFAULT_LIMIT,
-    cursor: Cursor = None,
+    page: PageQuery,
 ) -> RunLogs:
     """The run's log lines, oldest first; pass `next_cursor` back for more."""
     async with state.tx() as conn:
-        items, next_cursor = await logic.list_logs(conn, agent, run_id, limit=limit, cursor=cursor)
+        items, next_cursor = await logic.list_logs(
+            conn, agent, run_id, limit=page.limit, cursor=page.cursor
+        )
     return RunLogs(items=[RunLogPublic.of(line) for line in items], next_cursor=next_cursor)
 
 

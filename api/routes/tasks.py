@@ -13,8 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from api.deps import (
     AppState,
-    Cursor,
-    Limit,
+    PageQuery,
     RunsReadCtx,
     State,
     TaskRead,
@@ -26,7 +25,6 @@ from api.idempotency import idempotent
 from api.models import Occurrence, Occurrences, Page, RunPublic, TaskPublic
 from api.openapi import conflicts
 from api.streams import sse_response, task_stream
-from pao import pagination
 from pao import tasks as logic
 from pao.db import Conn
 from pao.errors import InvalidInput
@@ -40,10 +38,7 @@ from pao.schemas import (
     TaskStatusField,
     TaskUpdate,
 )
-from pao.store import occurrences as occurrence_store
-from pao.store import tasks as store
 from pao.tasks import Context
-from pao.visibility import owner_filter
 from pao.vocabulary import ScheduleKind, TaskStatus
 from pao.zones import get_zone
 
@@ -165,27 +160,22 @@ async def preview(state: State, agent: TasksRead, body: SchedulePreview) -> Occu
 async def list_tasks(
     state: State,
     agent: TasksRead,
+    page: PageQuery,
     status: TaskStatusField | None = None,
     created_by: uuid.UUID | None = None,
     schedule_kind: ScheduleKindField | None = None,
-    limit: Limit = pagination.DEFAULT_LIMIT,
-    cursor: Cursor = None,
 ) -> Page[TaskPublic]:
     """Tasks, newest first. Non-admin agents see only their own."""
-    after = pagination.decode_cursor(cursor)
     async with state.tx() as conn:
-        rows = await store.list_tasks(
+        items, next_cursor = await logic.list_tasks(
             conn,
-            owner=owner_filter(agent),
-            limit=limit + 1,
-            after=after,
+            agent,
+            limit=page.limit,
+            cursor=page.cursor,
             status=status,
             created_by=created_by,
             schedule_kind=schedule_kind,
         )
-    items, next_cursor = pagination.page(
-        rows, limit, lambda t: pagination.encode_cursor(t.created_at, t.id)
-    )
     return Page(items=[TaskPublic.of(t) for t in items], next_cursor=next_cursor)
 
 
@@ -250,7 +240,7 @@ async def occurrences(
     async with state.tx() as conn:
         task = await logic.get_task(conn, ctx, task_id)
         if past:
-            rows = await occurrence_store.list_for_task(conn, task.id, before=from_, limit=count)
+            rows = await logic.past_occurrences(conn, task, before=from_, limit=count)
     zone = get_zone(task.timezone)
     if past:
         return Occurrences(items=[Occurrence.record(row, zone) for row in rows])

@@ -6,8 +6,8 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -54,64 +54,32 @@ def telemetry_config(environ: Mapping[str, str]) -> TelemetryConfig:
     return {"tracing": False, "metrics": False, "logs": False}
 
 
+# In the order their routes are tried.
+ROUTERS = (
+    tasks.router,
+    runs.router,
+    events.router,
+    tools.router,
+    agents.router,
+    health.router,
+    ui.router,
+    metrics.router,
+    task_types.router,
+    claims.router,
+)
+
+
 def create_app(settings: Settings, *, database_url: str | None = None) -> FastAPI:
     """The API over `database_url` (default: the settings' URL)."""
     url = database_url or settings.database_url
     if not url:
         raise ValueError("create_app needs a database URL; the CLI resolves the embedded one")
     registry = ToolRegistry.from_tools_file(settings.tools_file)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Connections used within the last second skip the ping: a request's sign-in and its
-        # route then cost one round trip less each; after a restart the check is back.
-        pool = db.make_pool(
-            url,
-            min_size=settings.pool_min_size,
-            max_size=settings.pool_max_size,
-            trust_recent=1.0,
-            prepare=not db.pooled(settings),
-        )
-        await pool.open(wait=False)
-        # Half the pool at most, so transactions and streams always find connections too.
-        statements = db.StatementLane(pool, size=max(1, settings.pool_max_size // 2))
-        hub = McpHub(registry.servers)
-        discovery = ToolDiscovery(hub, registry)
-        stream_hub = StreamHub(db.listen_url(settings, url), pool)
-        state = AppState(
-            settings=settings,
-            pool=pool,
-            statements=statements,
-            registry=registry,
-            mcp=hub,
-            discovery=discovery,
-            streams=stream_hub,
-        )
-        app.state.pao = state
-        # Before the listener starts: its channels are LISTENed when it connects.
-        app.state.remote_work = RemoteWork(stream_hub, registry)
-        discovering: asyncio.Task[None] | None = None
-        try:
-            await _start(state)
-            if registry.servers:
-                # In the background: readiness does not wait for MCP servers.
-                discovering = asyncio.create_task(discovery.run(), name="mcp-discovery")
-            yield
-        finally:
-            if discovering is not None:
-                discovering.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await discovering
-            await stream_hub.close()
-            await hub.close()
-            await statements.close()
-            await pool.close()
-
     app = FastAPI(
         title="Personal Agent Orchestrator",
         version="0.1.0",
         summary="A Postgres-native scheduler for software agents.",
-        lifespan=lifespan,
+        lifespan=_lifespan(settings, url, registry),
         telemetry=telemetry_config(os.environ),
         # FastAPI's pages load scripts from a CDN; ours serve the same from this server.
         docs_url=None,
@@ -120,19 +88,75 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
     problems.install(app)
     document(app)
     install_docs(app)
-    for router in (
-        tasks.router,
-        runs.router,
-        events.router,
-        tools.router,
-        agents.router,
-        health.router,
-        ui.router,
-        metrics.router,
-        task_types.router,
-        claims.router,
-    ):
+    for router in ROUTERS:
         app.include_router(router)
+    _add_middleware(app, settings)
+    return app
+
+
+def _lifespan(
+    settings: Settings, url: str, registry: ToolRegistry
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """What the app opens when it starts and closes when it stops."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = await _open(settings, url, registry)
+        app.state.pao = state
+        # Before the listener starts: its channels are LISTENed when it connects.
+        app.state.remote_work = RemoteWork(state.streams, registry)
+        discovering: asyncio.Task[None] | None = None
+        try:
+            await _start(state)
+            if registry.servers:
+                # In the background: readiness does not wait for MCP servers.
+                discovering = asyncio.create_task(state.discovery.run(), name="mcp-discovery")
+            yield
+        finally:
+            if discovering is not None:
+                discovering.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await discovering
+            await _close(state)
+
+    return lifespan
+
+
+async def _open(settings: Settings, url: str, registry: ToolRegistry) -> AppState:
+    """The pool (opening in the background), the statement lane, MCP and streams."""
+    # Connections used within the last second skip the ping: a request's sign-in and its
+    # route then cost one round trip less each; after a restart the check is back.
+    pool = db.make_pool(
+        url,
+        min_size=settings.pool_min_size,
+        max_size=settings.pool_max_size,
+        trust_recent=1.0,
+        prepare=not db.pooled(settings),
+    )
+    await pool.open(wait=False)
+    hub = McpHub(registry.servers)
+    return AppState(
+        settings=settings,
+        pool=pool,
+        # Half the pool at most, so transactions and streams always find connections too.
+        statements=db.StatementLane(pool, size=max(1, settings.pool_max_size // 2)),
+        registry=registry,
+        mcp=hub,
+        discovery=ToolDiscovery(hub, registry),
+        streams=StreamHub(db.listen_url(settings, url), pool),
+    )
+
+
+async def _close(state: AppState) -> None:
+    """Close what `_open` opened, the pool last."""
+    await state.streams.close()
+    await state.mcp.close()
+    await state.statements.close()
+    await state.pool.close()
+
+
+def _add_middleware(app: FastAPI, settings: Settings) -> None:
+    """CORS where origins are set; the request middleware (ids, access log) outermost."""
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -156,4 +180,3 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
             ],
         )
     app.add_middleware(RequestMiddleware, access_log=settings.log_format == "json")
-    return app

@@ -11,6 +11,7 @@ from api.deps import State, scope
 from api.models import ClaimEnded, ClaimItem, ClaimLease, ClaimList
 from api.openapi import conflicts
 from api.remote import POLL_SECONDS, RemoteWork
+from pao import claim_release
 from pao import claims as logic
 from pao.models import Agent
 from pao.schemas import ClaimComplete, ClaimFail, ClaimProgress, ClaimRequest
@@ -106,3 +107,13 @@ async def fail(state: State, agent: WorkClaim, claim_id: ClaimId, body: ClaimFai
     async with state.tx() as conn:
         await logic.fail(conn, agent, claim_id, error=body.error, retryable=body.retryable)
     return ClaimEnded(claim_id=claim_id, state="failed")
+
+
+@router.post("/claims/{claim_id}/release", response_model=ClaimEnded, responses=conflicts(409))
+async def release(state: State, agent: WorkClaim, claim_id: ClaimId) -> ClaimEnded:
+    """Hand the step back unfinished (the claimer is stopping): it is queued again at once
+    for the next claimer, with a new claim id, and no attempt is spent. This claim id
+    answers 409 afterwards. 409 if the claim was lost already."""
+    async with state.tx() as conn:
+        await claim_release.release(conn, agent, claim_id)
+    return ClaimEnded(claim_id=claim_id, state="queued")

@@ -133,3 +133,11 @@ UPDATE remote_steps
 SET state = 'cancelled', finished_at = now(), lease_expires_at = NULL
 WHERE run_id = %(run_id)s AND state IN ('queued', 'claimed')
 RETURNING id
+
+-- name: remote_step_release
+-- The holder hands a claimed step back unfinished (it is shutting down): queued again at once for the next claimer, no attempt spent. Deliveries stay as they are; the next claim counts one more, so this claim id is fenced out (409) from then on, and until then its lease is gone (409 too).
+UPDATE remote_steps
+SET state = 'queued', lease_expires_at = NULL
+WHERE id = %(id)s AND state = 'claimed' AND claim_token_hash = %(token_hash)s
+  AND lease_expires_at > now()
+RETURNING id, task_type

@@ -187,6 +187,20 @@ async def fail(conn: Conn, step_id: int, token_hash: bytes, *, error: str, retry
     return True
 
 
+async def release(conn: Conn, step_id: int, token_hash: bytes) -> bool:
+    """Hand a claimed step back, queued for the next claimer (no attempt is spent); waiting
+    claimers of its type hear of it when the caller's transaction commits. False if the
+    claim no longer holds the step."""
+    cur = await conn.execute(
+        QUERIES["remote_step_release"], {"id": step_id, "token_hash": token_hash}
+    )
+    row = await cur.fetchone()
+    if row is None:
+        return False
+    await conn.execute(QUERIES["remote_step_notify_offered"], {"task_type": row["task_type"]})
+    return True
+
+
 async def _notify_ended(conn: Conn, row: dict[str, Any]) -> None:
     payload = json.dumps(
         {

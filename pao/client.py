@@ -8,11 +8,18 @@ API answered with a problem, `ApiUnreachable` when it could not be asked.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import logging
 import os
 import re
+import signal
+import threading
 import uuid
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NotRequired, TypedDict, cast
 
 from pao.errors import PaoError
@@ -439,6 +446,362 @@ class PaoClient:
     async def fail(self, claim_id: str, error: str, *, retryable: bool = False) -> None:
         body = {"error": error, "retryable": retryable}
         await self._call("POST", f"/claims/{_claim(claim_id)}/fail", json=body)
+
+    async def release(self, claim_id: str) -> None:
+        """Hand the step back unfinished (no attempt spent): the next claimer gets it at
+        once with a new claim id, and this one answers 409 from then on."""
+        await self._call("POST", f"/claims/{_claim(claim_id)}/release")
+
+
+# Remote workers ------------------------------------------------------------------------
+
+
+class PermanentError(Exception):
+    """Raise it from a `RemoteWorker` handler when trying the step again cannot help (its
+    input is wrong, a file it names does not exist): the step fails with retryable false.
+    Any other exception fails the step with retryable true; the task's retries decide."""
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """A handler's answer with what the step cost; a handler may return just the output."""
+
+    output: Mapping[str, Any]
+    cost: float | None = None
+
+
+HandlerResult = Mapping[str, Any] | StepResult
+Handler = (
+    Callable[["StepContext"], Awaitable[HandlerResult]] | Callable[["StepContext"], HandlerResult]
+)
+
+_remote_log = logging.getLogger("pao.remote_worker")
+
+
+class StepContext:
+    """What a handler gets for one claimed step: its fields, `progress()` and `lost`."""
+
+    def __init__(self, item: ClaimItem, loop: asyncio.AbstractEventLoop) -> None:
+        self.claim_id = item["claim_id"]
+        self.run_id = item["run_id"]
+        self.task_id = item["task_id"]
+        self.step_id = item["step_id"]
+        self.attempt = item["attempt"]
+        self.parameters: dict[str, Any] = item["parameters"]
+        self.idempotency_key = item["idempotency_key"]
+        """The same for every delivery of the step: use it to make the work idempotent."""
+        self.lease_expires_at = item["lease_expires_at"]
+        self._loop = loop
+        self._lost = threading.Event()  # read by a sync handler's thread
+        self.claim_lost = False
+        """Whether the server took the claim away (as opposed to the worker stopping)."""
+        self.abandon = asyncio.Event()
+        self.reports: asyncio.Queue[tuple[str, float | None]] = asyncio.Queue()
+
+    @property
+    def lost(self) -> bool:
+        """True once the handler should stop and return: the claim was lost (the lease ran
+        out, the run was cancelled) or the worker is stopping and hands the step back.
+        Whatever the handler returns after that is dropped. Async handlers are cancelled
+        instead; sync ones cannot be, so they should look at this between pieces of work."""
+        return self._lost.is_set()
+
+    def progress(self, message: str, percent: float | None = None) -> None:
+        """Report progress: a line in the run's log and an event on its live streams. It is
+        sent in the background, in order, so it never blocks the handler; call it from an
+        async handler or from a sync handler's thread."""
+        report = (message[:2000] or "working", percent)
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if here is self._loop:
+            self.reports.put_nowait(report)
+        else:
+            self._loop.call_soon_threadsafe(self.reports.put_nowait, report)
+
+    def _stop(self, *, claim_lost: bool) -> None:
+        self.claim_lost = self.claim_lost or claim_lost
+        self._lost.set()
+        self.abandon.set()
+
+
+@dataclass
+class WorkerStats:
+    """What a `RemoteWorker` did with the steps it claimed."""
+
+    claimed: int = 0
+    completed: int = 0
+    failed: int = 0
+    released: int = 0
+    lost: int = 0
+
+
+class RemoteWorker:
+    """Claim steps of one task type and do them with `handler`, until `stop()` or SIGTERM.
+
+    ``handler(ctx)`` (async, or sync: run in a thread) gets a `StepContext` and returns the
+    step's output (a mapping, checked by the server against the type's output_schema) or a
+    `StepResult` with a cost. Raising fails the step: `PermanentError` with retryable
+    false, anything else with retryable true. Meanwhile the worker heartbeats each claim at
+    a third of the type's lease, so a handler may take longer than the lease, and sends the
+    handler's `ctx.progress` reports. A heartbeat or report answered 409 means the claim
+    is lost: an async handler is cancelled, a sync one sees `ctx.lost`, and nothing is sent
+    for the step afterwards.
+
+    Up to `concurrency` steps run at once, claimed `batch` at a time (default: as many as
+    there are free slots) with long polls of `wait_seconds`; the client's request timeout
+    must be longer than that. `stop()` (and SIGTERM or SIGINT when `run(handle_signals=True)`)
+    stops claiming, gives running handlers `grace_seconds` to finish, then interrupts the
+    rest and hands their steps back (POST /claims/{id}/release): the next claimer gets them
+    at once and no attempt is spent. `lease_seconds` is read from GET /task-types/{name}
+    when the token may read it (tasks:read), else from each claim's lease_expires_at.
+
+    A 4xx answer to a claim (unknown type, missing work:claim scope) ends `run()` with that
+    ApiProblem: retrying cannot help. Unreachable APIs and 5xx answers are retried with
+    backoff.
+    """
+
+    def __init__(
+        self,
+        client: PaoClient,
+        task_type: str,
+        handler: Handler,
+        *,
+        concurrency: int = 1,
+        batch: int | None = None,
+        wait_seconds: float = 20.0,
+        lease_seconds: float | None = None,
+        grace_seconds: float = 0.0,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if not 0 <= wait_seconds <= 30:
+            raise ValueError("wait_seconds must be between 0 and 30 (the API's longest poll)")
+        self.client = client
+        self.task_type = _type_name(task_type)
+        self.handler = handler
+        self.concurrency = concurrency
+        self.batch = min(100, max(1, batch or concurrency))
+        self.wait_seconds = wait_seconds
+        self.lease_seconds = lease_seconds
+        self.grace_seconds = grace_seconds
+        self.stats = WorkerStats()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._hand_back: asyncio.Event | None = None
+
+    def stop(self) -> None:
+        """Stop claiming and hand back what is held (see the class); `run()` then returns.
+        Safe to call from any thread, and before `run()` has started."""
+        loop, stopping = self._loop, self._stopping
+        if loop is None or stopping is None:
+            self._stop_early = True
+            return
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if here is loop:
+            stopping.set()
+        else:
+            loop.call_soon_threadsafe(stopping.set)
+
+    _stop_early = False
+
+    async def run(self, *, handle_signals: bool = False) -> None:
+        """Work until `stop()` (or SIGTERM/SIGINT with `handle_signals`, main thread only)."""
+        loop = self._loop = asyncio.get_running_loop()
+        stopping = self._stopping = asyncio.Event()
+        self._hand_back = asyncio.Event()
+        if self._stop_early:
+            stopping.set()
+        signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
+        for sig in signals:
+            loop.add_signal_handler(sig, stopping.set)
+        active: set[asyncio.Task[None]] = set()
+        try:
+            lease = self.lease_seconds or await self._type_lease()
+            await self._claim_loop(stopping, active, lease)
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+            stopping.set()
+            if active and self.grace_seconds > 0:
+                await asyncio.wait(active, timeout=self.grace_seconds)
+            self._hand_back.set()
+            if active:
+                await asyncio.gather(*active, return_exceptions=True)
+
+    async def _type_lease(self) -> float | None:
+        try:
+            return float((await self.client.get_task_type(self.task_type))["lease_seconds"])
+        except ApiProblem as problem:
+            if problem.status in (401, 403):
+                return None  # a work:claim-only token: each claim's lease_expires_at says
+            raise
+
+    async def _claim_loop(
+        self, stopping: asyncio.Event, active: set[asyncio.Task[None]], lease: float | None
+    ) -> None:
+        backoff = 0.5
+        while not stopping.is_set():
+            free = self.concurrency - len(active)
+            stop_wait = asyncio.create_task(stopping.wait())
+            try:
+                if free <= 0:
+                    await asyncio.wait({*active, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                limit = min(self.batch, free)
+                claim = asyncio.create_task(
+                    self.client.claim(self.task_type, limit=limit, wait_seconds=self.wait_seconds)
+                )
+                await asyncio.wait({claim, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                if not claim.done():
+                    # Stopping during a long poll. Should the server have claimed for this
+                    # poll meanwhile, those steps go to the next claimer when their lease ends.
+                    claim.cancel()
+                    with suppress(asyncio.CancelledError, PaoError):
+                        await claim
+                    return
+                try:
+                    items = claim.result()["items"]
+                except (ApiUnreachable, ApiProblem) as exc:
+                    if isinstance(exc, ApiProblem) and exc.status < 500 and exc.status != 429:
+                        raise
+                    _remote_log.warning("claiming %s failed, retrying: %s", self.task_type, exc)
+                    with suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(stop_wait), backoff)
+                    backoff = min(backoff * 2, 10.0)
+                    continue
+                backoff = 0.5
+                for item in items:
+                    self.stats.claimed += 1
+                    task = asyncio.create_task(self._work(item, lease))
+                    active.add(task)
+                    task.add_done_callback(active.discard)
+            finally:
+                stop_wait.cancel()
+
+    async def _work(self, item: ClaimItem, lease: float | None) -> None:
+        assert self._loop is not None
+        assert self._hand_back is not None
+        ctx = StepContext(item, self._loop)
+        keeper = asyncio.create_task(self._keep(ctx, lease or _lease_left(item)))
+        if inspect.iscoroutinefunction(self.handler):
+            job: asyncio.Future[HandlerResult] = asyncio.ensure_future(
+                cast(Callable[[StepContext], Awaitable[HandlerResult]], self.handler)(ctx)
+            )
+        else:
+            sync = cast(Callable[[StepContext], HandlerResult], self.handler)
+            job = asyncio.ensure_future(asyncio.to_thread(sync, ctx))
+        hand_back = asyncio.create_task(self._hand_back.wait())
+        abandon = asyncio.create_task(ctx.abandon.wait())
+        try:
+            waits: set[asyncio.Future[Any]] = {job, hand_back, abandon}
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if not job.done():
+                ctx._stop(claim_lost=False)  # a sync handler sees ctx.lost
+                job.cancel()  # an async one is interrupted; a thread cannot be
+                await asyncio.gather(job, return_exceptions=True)
+                if ctx.claim_lost:
+                    self.stats.lost += 1
+                    _remote_log.warning("lost the claim on step %s; stopped it", ctx.step_id)
+                else:
+                    await self._release(ctx)
+                return
+            await self._finish(ctx, job)
+        finally:
+            for task in (keeper, hand_back, abandon):
+                task.cancel()
+
+    async def _finish(self, ctx: StepContext, job: asyncio.Future[HandlerResult]) -> None:
+        exc = job.exception()
+        try:
+            if exc is None:
+                result = job.result()
+                output, cost = (
+                    (result.output, result.cost)
+                    if isinstance(result, StepResult)
+                    else (result, None)
+                )
+                try:
+                    await self.client.complete(ctx.claim_id, output, cost)
+                except ApiProblem as problem:
+                    if problem.status != 422:
+                        raise
+                    # The output breaks the type's output_schema: doing it again will too.
+                    await self.client.fail(
+                        ctx.claim_id, f"the handler's output was refused: {problem}"[:10_000]
+                    )
+                    self.stats.failed += 1
+                    return
+                self.stats.completed += 1
+                return
+            retryable = not isinstance(exc, PermanentError)
+            error = f"{exc.__class__.__name__}: {exc}"[:10_000]
+            await self.client.fail(ctx.claim_id, error, retryable=retryable)
+            self.stats.failed += 1
+        except ApiProblem as problem:
+            if problem.status == 409:
+                self.stats.lost += 1
+                _remote_log.warning("step %s ended elsewhere: %s", ctx.step_id, problem)
+            else:
+                _remote_log.error("could not end step %s: %s", ctx.step_id, problem)
+        except ApiUnreachable as exc:
+            _remote_log.error(
+                "could not end step %s (%s); it is offered again when its lease runs out",
+                ctx.step_id,
+                exc,
+            )
+
+    async def _release(self, ctx: StepContext) -> None:
+        try:
+            await self.client.release(ctx.claim_id)
+            self.stats.released += 1
+        except (ApiProblem, ApiUnreachable) as exc:
+            _remote_log.warning(
+                "could not hand back step %s (%s); it is offered again when its lease runs out",
+                ctx.step_id,
+                exc,
+            )
+
+    async def _keep(self, ctx: StepContext, lease: float) -> None:
+        """Heartbeat at a third of the lease and send progress reports, until cancelled or
+        the claim is lost."""
+        loop = asyncio.get_running_loop()
+        interval = max(lease / 3, 0.05)
+        while True:
+            due = loop.time() + interval
+            while (left := due - loop.time()) > 0:
+                try:
+                    message, percent = await asyncio.wait_for(ctx.reports.get(), left)
+                except TimeoutError:
+                    break
+                if not await self._send(ctx, self.client.progress(ctx.claim_id, message, percent)):
+                    return
+            if not await self._send(ctx, self.client.heartbeat(ctx.claim_id)):
+                return
+
+    async def _send(self, ctx: StepContext, call: Awaitable[Any]) -> bool:
+        """Whether the claim still holds: False (and the handler is stopped) on 404/403/409."""
+        try:
+            await call
+        except ApiProblem as problem:
+            if problem.status in (403, 404, 409):
+                ctx._stop(claim_lost=True)
+                return False
+            _remote_log.warning("heartbeat of step %s failed: %s", ctx.step_id, problem)
+        except ApiUnreachable as exc:
+            _remote_log.warning("heartbeat of step %s failed: %s", ctx.step_id, exc)
+        return True
+
+
+def _lease_left(item: ClaimItem) -> float:
+    """The lease a claim was given, by this machine's clock (the type's lease_seconds is
+    better: clocks differ)."""
+    until = datetime.fromisoformat(item["lease_expires_at"])
+    return max(1.0, (until - datetime.now(UTC)).total_seconds())
 
 
 _TYPE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,127}(?:\.[a-z0-9_-]{1,127}){0,16}$")

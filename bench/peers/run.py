@@ -66,7 +66,7 @@ BATCH = 1000
 HARNESS = "bench-harness"
 WORKER_APP = "bench-worker"
 # Pipelines per pao worker: no-op jobs, so more in flight means fewer round trips per job. A
-# worker claims 128 at a time (worker.service.CLAIM_BATCH): with 256 slots one claim's runs
+# worker claims 128 at a time (worker.claims.CLAIM_BATCH): with 256 slots one claim's runs
 # run while the next is claimed. PAO_BENCH_CONCURRENCY overrides it.
 PAO_WORKER_CONCURRENCY = os.environ.get("PAO_BENCH_CONCURRENCY", "256")
 

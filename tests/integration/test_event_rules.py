@@ -426,7 +426,7 @@ def test_the_migration_keeps_existing_events_at_hop_zero_for_their_publishers(
         )
 
     applied = asyncio.run(migrate(db_url))
-    assert [m.version for m in applied] == [13]
+    assert [m.version for m in applied] == [m.version for m in available() if m.version >= 13]
     with psycopg.connect(db_url, autocommit=True) as conn:
         rows = conn.execute(
             "SELECT type, hop, audience_all, audience, published_by FROM events ORDER BY type"

@@ -15,7 +15,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -481,6 +481,50 @@ async def task_types_create(client: PaoClient, args: argparse.Namespace) -> tupl
     return created, f"created task type {created['name']}"
 
 
+DEFINITION_FIELDS = (
+    "description",
+    "parameters_schema",
+    "output_schema",
+    "metadata",
+    "lease_seconds",
+    "cost_per_call",
+    "is_active",
+)
+"""What PUT /task-types/{name} replaces: all of it, so `update` starts from the current."""
+
+
+def task_type_update_body(current: Mapping[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """The type's whole definition for PUT: the current one (or --file), with the options
+    given on top; what is not mentioned stays as it is."""
+    if args.file is not None:
+        given = json_arg(args.file, flag="--file")
+        if not isinstance(given, dict):
+            raise UsageError("--file must hold a JSON object: the task type's definition")
+        body = {k: v for k, v in given.items() if k != "name"}
+    else:
+        body = {k: current[k] for k in DEFINITION_FIELDS if k in current}
+    if args.description is not None:
+        body["description"] = args.description
+    if args.parameters_schema is not None:
+        body["parameters_schema"] = json_arg(args.parameters_schema, flag="--parameters-schema")
+    if args.output_schema is not None:
+        body["output_schema"] = json_arg(args.output_schema, flag="--output-schema")
+    if args.lease_seconds is not None:
+        body["lease_seconds"] = args.lease_seconds
+    if args.active is not None:
+        body["is_active"] = args.active
+    return body
+
+
+async def task_types_update(client: PaoClient, args: argparse.Namespace) -> tuple[Any, str]:
+    current: Mapping[str, Any] = (
+        {} if args.file is not None else await client.get_task_type(args.name)
+    )
+    updated = await client.update_task_type(args.name, task_type_update_body(current, args))
+    state = "active" if updated["is_active"] else "inactive"
+    return updated, f"updated task type {updated['name']} (version {updated['version']}, {state})"
+
+
 async def task_types_delete(client: PaoClient, args: argparse.Namespace) -> tuple[Any, str]:
     await client.delete_task_type(args.name)
     return {"name": args.name, "is_active": False}, f"task type {args.name}: inactive"
@@ -625,6 +669,21 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--description")
     p.add_argument("--lease-seconds", type=int, help="1-3600, default 60")
     p.add_argument("--file", metavar="PATH", help="the whole type as JSON (@path or -)")
+    p = _leaf(tt, "update", task_types_update, "change a task type (admin)", common)
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--parameters-schema", metavar="JSON", help="new JSON Schema of its input")
+    p.add_argument("--output-schema", metavar="JSON", help="new JSON Schema of its output")
+    p.add_argument("--description")
+    p.add_argument("--lease-seconds", type=int, help="1-3600")
+    p.add_argument(
+        "--active",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="make it active again (--active) or inactive (--no-active)",
+    )
+    p.add_argument(
+        "--file", metavar="PATH", help="the whole definition as JSON (@path or -), replacing it"
+    )
     p = _leaf(tt, "delete", task_types_delete, "make a task type inactive (admin)", common)
     p.add_argument("name", metavar="NAME")
 

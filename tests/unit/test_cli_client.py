@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import httpx
 import jsonschema
 import pytest
 
-from pao.cli_client import duration, table, when
+from pao.cli_client import UsageError, add_commands, duration, table, task_type_update_body, when
 from pao.client import ApiProblem
 from pao.mcp_server import TOOLS, explain
 from tests.helpers import SEED_TASK
@@ -94,3 +95,51 @@ def test_the_create_task_schema_is_the_api_s() -> None:
     assert not list(validator.iter_errors({**SEED_TASK, "idempotency_key": "k1"}))
     assert list(validator.iter_errors({**SEED_TASK, "owner": "x"}))
     assert list(validator.iter_errors({**SEED_TASK, "priority": 10}))
+
+
+def _update_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    add_commands(sub)
+    return parser.parse_args(["task-types", "update", "media.transcode", *argv])
+
+
+def test_task_types_update_changes_only_what_is_given() -> None:
+    current = {
+        "name": "media.transcode",
+        "description": "old",
+        "parameters_schema": {"type": "object"},
+        "output_schema": None,
+        "metadata": {"team": "video"},
+        "lease_seconds": 60,
+        "cost_per_call": "0.5",
+        "is_active": False,
+        "version": 3,
+        "created_at": "2026-01-01T00:00:00Z",
+        "updated_at": "2026-01-01T00:00:00Z",
+    }
+    args = _update_args(
+        "--lease-seconds", "90", "--active", "--output-schema", '{"type": "object"}'
+    )
+    assert task_type_update_body(current, args) == {
+        "description": "old",
+        "parameters_schema": {"type": "object"},
+        "output_schema": {"type": "object"},
+        "metadata": {"team": "video"},
+        "lease_seconds": 90,
+        "cost_per_call": "0.5",
+        "is_active": True,
+    }
+    body = task_type_update_body(current, _update_args("--no-active"))
+    assert body["is_active"] is False
+    assert body["lease_seconds"] == 60
+
+
+def test_task_types_update_from_a_file_replaces_all(tmp_path: Path) -> None:
+    path = tmp_path / "type.json"
+    path.write_text('{"name": "ignored", "parameters_schema": {"type": "object"}}')
+    body = task_type_update_body({}, _update_args("--file", f"@{path}", "--description", "new"))
+    assert body == {"parameters_schema": {"type": "object"}, "description": "new"}
+    path.write_text("[1]")
+    with pytest.raises(UsageError, match="JSON object"):
+        task_type_update_body({}, _update_args("--file", f"@{path}"))

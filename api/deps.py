@@ -19,6 +19,7 @@ from pao.mcp import McpHub
 from pao.models import Agent, Task
 from pao.settings import Settings
 from pao.store import rate_counters
+from pao.task_types import Editor
 from pao.tasks import Context, Quotas
 from pao.tools import ToolRegistry
 from pao.vocabulary import Scope
@@ -229,3 +230,11 @@ async def _page_asked(
 
 # The `limit` and `cursor` query parameters of every list.
 PageQuery = Annotated[PageAsked, Depends(_page_asked)]
+
+
+async def _type_editor(request: Request, state: State, admin: Admin) -> Editor:
+    return Editor(actor=admin, registry=state.registry, request_id=request_id(request))
+
+
+# An admin changing task types, with the registry the change is checked against.
+TypeEditor = Annotated[Editor, Depends(_type_editor)]

@@ -19,8 +19,10 @@ import logging
 import re
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from pao import pagination
 from pao.db import Conn
 from pao.errors import Conflict, FieldError, InvalidInput, NotFound
 from pao.jsonschemas import instance_errors, schema_errors
@@ -129,14 +131,28 @@ def _unknown_uses(registry: ToolRegistry, payload: object) -> bool:
     return False
 
 
-async def create_type(
-    conn: Conn,
-    *,
-    actor: Agent,
-    registry: ToolRegistry,
-    body: TaskTypeCreate,
-    request_id: str | None,
-) -> TaskType:
+@dataclass(frozen=True)
+class Editor:
+    """Who changes task types (an admin), the registry the change is checked against and
+    told of, and the request it belongs to (for the audit log)."""
+
+    actor: Agent
+    registry: ToolRegistry
+    request_id: str | None
+
+
+async def list_types(
+    conn: Conn, *, limit: int, cursor: str | None, include_inactive: bool
+) -> tuple[list[TaskType], str | None]:
+    """A page of task types by name, and the cursor of the next page."""
+    rows = await store.list_page(
+        conn, limit=limit + 1, after=cursor, include_inactive=include_inactive
+    )
+    return pagination.page(rows, limit, lambda t: t.name)
+
+
+async def create_type(conn: Conn, editor: Editor, body: TaskTypeCreate) -> TaskType:
+    registry, actor, request_id = editor.registry, editor.actor, editor.request_id
     check_name(body.name)
     check_collision(registry, body.name)
     check_definition(body)
@@ -162,15 +178,8 @@ async def get_type(conn: Conn, name: str) -> TaskType:
     return found
 
 
-async def update_type(
-    conn: Conn,
-    *,
-    actor: Agent,
-    registry: ToolRegistry,
-    name: str,
-    body: TaskTypeDefinition,
-    request_id: str | None,
-) -> TaskType:
+async def update_type(conn: Conn, editor: Editor, name: str, body: TaskTypeDefinition) -> TaskType:
+    registry, actor, request_id = editor.registry, editor.actor, editor.request_id
     await get_type(conn, name)
     if body.is_active:
         check_collision(registry, name)
@@ -182,15 +191,15 @@ async def update_type(
     return updated
 
 
-async def deactivate_type(
-    conn: Conn, *, actor: Agent, registry: ToolRegistry, name: str, request_id: str | None
-) -> None:
+async def deactivate_type(conn: Conn, editor: Editor, name: str) -> None:
     """Soft delete: no new task may use the type; the worker fails runs of stored ones."""
     changed = await store.deactivate(conn, name)
     if changed is None:
         await get_type(conn, name)  # NotFound if there is no such type; inactive is fine
         return
-    await _changed(conn, registry, actor, changed, "task_type.delete", request_id)
+    await _changed(
+        conn, editor.registry, editor.actor, changed, "task_type.delete", editor.request_id
+    )
 
 
 async def _changed(

@@ -9,6 +9,7 @@ API answered with a problem, `ApiUnreachable` when it could not be asked.
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
 import logging
 import os
@@ -476,6 +477,8 @@ Handler = (
 )
 
 _remote_log = logging.getLogger("pao.remote_worker")
+STOP_POLL_SECONDS = 1.0
+"""How long a stopping RemoteWorker waits for the answer to a long poll in flight."""
 
 
 class StepContext:
@@ -496,7 +499,9 @@ class StepContext:
         self.claim_lost = False
         """Whether the server took the claim away (as opposed to the worker stopping)."""
         self.abandon = asyncio.Event()
-        self.reports: asyncio.Queue[tuple[str, float | None]] = asyncio.Queue()
+        self.reports: collections.deque[tuple[str, float | None]] = collections.deque()
+        self.reported = asyncio.Event()  # set when reports has one
+        self.sending = asyncio.Lock()  # held while a report is sent: ending waits for it
 
     @property
     def lost(self) -> bool:
@@ -516,9 +521,13 @@ class StepContext:
         except RuntimeError:
             here = None
         if here is self._loop:
-            self.reports.put_nowait(report)
+            self._report(report)
         else:
-            self._loop.call_soon_threadsafe(self.reports.put_nowait, report)
+            self._loop.call_soon_threadsafe(self._report, report)
+
+    def _report(self, report: tuple[str, float | None]) -> None:
+        self.reports.append(report)
+        self.reported.set()
 
     def _stop(self, *, claim_lost: bool) -> None:
         self.claim_lost = self.claim_lost or claim_lost
@@ -658,11 +667,7 @@ class RemoteWorker:
                 )
                 await asyncio.wait({claim, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
                 if not claim.done():
-                    # Stopping during a long poll. Should the server have claimed for this
-                    # poll meanwhile, those steps go to the next claimer when their lease ends.
-                    claim.cancel()
-                    with suppress(asyncio.CancelledError, PaoError):
-                        await claim
+                    await self._abandon_poll(claim)
                     return
                 try:
                     items = claim.result()["items"]
@@ -682,6 +687,21 @@ class RemoteWorker:
                     task.add_done_callback(active.discard)
             finally:
                 stop_wait.cancel()
+
+    async def _abandon_poll(self, claim: asyncio.Task[ClaimList]) -> None:
+        """Stopping during a long poll: an answer already on its way is waited for (briefly)
+        and its steps handed back; then the poll is dropped. Should the server claim for a
+        dropped poll after all, those steps go to the next claimer when their lease ends."""
+        await asyncio.wait({claim}, timeout=STOP_POLL_SECONDS)
+        if not claim.done():
+            claim.cancel()
+        try:
+            items = (await claim)["items"]
+        except (asyncio.CancelledError, PaoError):
+            return
+        for item in items:
+            self.stats.claimed += 1
+            await self._release(StepContext(item, asyncio.get_running_loop()))
 
     async def _work(self, item: ClaimItem, lease: float | None) -> None:
         assert self._loop is not None
@@ -710,6 +730,11 @@ class RemoteWorker:
                 else:
                     await self._release(ctx)
                 return
+            # Reports made before the handler returned go first, in order.
+            async with ctx.sending:
+                keeper.cancel()
+                while ctx.reports and await self._send_report(ctx):
+                    pass
             await self._finish(ctx, job)
         finally:
             for task in (keeper, hand_back, abandon):
@@ -775,13 +800,23 @@ class RemoteWorker:
             due = loop.time() + interval
             while (left := due - loop.time()) > 0:
                 try:
-                    message, percent = await asyncio.wait_for(ctx.reports.get(), left)
+                    await asyncio.wait_for(ctx.reported.wait(), left)
                 except TimeoutError:
                     break
-                if not await self._send(ctx, self.client.progress(ctx.claim_id, message, percent)):
-                    return
+                ctx.reported.clear()
+                while ctx.reports:
+                    async with ctx.sending:
+                        if ctx.reports and not await self._send_report(ctx):
+                            return
             if not await self._send(ctx, self.client.heartbeat(ctx.claim_id)):
                 return
+
+    async def _send_report(self, ctx: StepContext) -> bool:
+        """Send the oldest report (removed once sent); whether the claim still holds."""
+        message, percent = ctx.reports[0]
+        held = await self._send(ctx, self.client.progress(ctx.claim_id, message, percent))
+        ctx.reports.popleft()
+        return held
 
     async def _send(self, ctx: StepContext, call: Awaitable[Any]) -> bool:
         """Whether the claim still holds: False (and the handler is stopped) on 404/403/409."""

@@ -34,7 +34,12 @@ Remote = Annotated[RemoteWork, Depends(get_remote)]
 
 @router.post("/task-types/{name}/claim", response_model=ClaimList)
 async def claim(
-    state: State, remote: Remote, agent: WorkClaim, name: Name, body: ClaimRequest
+    request: Request,
+    state: State,
+    remote: Remote,
+    agent: WorkClaim,
+    name: Name,
+    body: ClaimRequest,
 ) -> ClaimList:
     """Claim up to `limit` steps of the task type, waiting up to `wait_seconds` for one.
 
@@ -65,6 +70,10 @@ async def claim(
             if not remote.notified:
                 left = min(left, POLL_SECONDS)
             await remote.wait(offered, left)
+        if await request.is_disconnected():
+            # The claimer gave up (stopped, timed out): steps claimed now would reach no one
+            # and wait out their lease. Leave them to the claimers still listening.
+            return ClaimList(items=[])
 
 
 @router.post("/claims/{claim_id}/heartbeat", response_model=ClaimLease, responses=conflicts(409))

@@ -38,7 +38,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from pao.client import ApiProblem, ApiUnreachable, InvalidId, PaoClient, api_url_from_env
-from pao.schemas import EventPublish, SchedulePreview, TaskCreate
+from pao.schemas import EventPublish, SchedulePreview, TaskCreate, TaskTypeCreate
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +254,71 @@ async def _publish_event(client: PaoClient, args: dict[str, Any]) -> dict[str, A
     return dict(accepted)
 
 
+async def _list_task_types(client: PaoClient, args: dict[str, Any]) -> dict[str, Any]:
+    return dict(
+        await client.list_task_types(
+            include_inactive=bool(args.get("include_inactive")),
+            limit=args.get("limit"),
+            cursor=args.get("cursor"),
+        )
+    )
+
+
+async def _create_task_type(client: PaoClient, args: dict[str, Any]) -> dict[str, Any]:
+    return dict(await client.create_task_type(args))
+
+
+async def _claim_work(client: PaoClient, args: dict[str, Any]) -> dict[str, Any]:
+    return dict(
+        await client.claim(
+            args["task_type"],
+            limit=args.get("limit", 1),
+            wait_seconds=args.get("wait_seconds", CLAIM_WAIT_SECONDS),
+        )
+    )
+
+
+async def _heartbeat_claim(client: PaoClient, args: dict[str, Any]) -> dict[str, Any]:
+    return await client.heartbeat(args["claim_id"])
+
+
+async def _complete_claim(client: PaoClient, args: dict[str, Any]) -> dict[str, Any]:
+    await client.complete(args["claim_id"], args["output"], args.get("cost"))
+    return {"claim_id": args["claim_id"], "state": "succeeded"}
+
+
+async def _fail_claim(client: PaoClient, args: dict[str, Any]) -> dict[str, Any]:
+    await client.fail(args["claim_id"], args["error"], retryable=args.get("retryable", False))
+    return {"claim_id": args["claim_id"], "state": "failed"}
+
+
+CLAIM_WAIT_SECONDS = 5
+"""How long claim_work waits for a step by default: short, an agent's turn is waiting."""
+_TASK_TYPE_NAME = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 128,
+    "description": "the task type's name, e.g. 'media.transcode' (list_task_types shows them)",
+}
+_CLAIM_ID = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 200,
+    "description": "the claim_id claim_work returned for the step, exactly as given",
+}
+_TASK_TYPE_HELP = {
+    "name": "lowercase letters, digits, '_' and '-', in parts joined by dots, e.g. "
+    "'media.transcode'; steps name it in 'uses'",
+    "description": "what the type does, for people and agents choosing a tool",
+    "parameters_schema": "JSON Schema (Draft 2020-12) of a step's 'with'; its type must be "
+    "'object'",
+    "output_schema": "JSON Schema a completed step's output must match; omit for any object",
+    "metadata": "any JSON object kept with the type",
+    "lease_seconds": "how long a claim holds a step without a heartbeat (1-3600, default 60)",
+    "cost_per_call": "what one step of this type costs, for accounting",
+    "is_active": "inactive types cannot be used by new tasks",
+}
+
 _TASK_STATUS = {
     "type": "string",
     "enum": ["active", "paused", "cancelled", "completed"],
@@ -434,6 +499,125 @@ TOOLS: tuple[ToolDef, ...] = (
         _described(EventPublish.model_json_schema(), _EVENT_HELP, idempotency_key=_IDEMPOTENCY_KEY),
         _publish_event,
     ),
+    ToolDef(
+        "list_task_types",
+        "tasks:read",
+        "List the task types: steps done outside pao by agents that claim them. Each has a "
+        "`name` (what a step writes in `uses`), `parameters_schema` (what its `with` must "
+        "be), `output_schema`, `lease_seconds` and `is_active`. Returns `items` and "
+        "`next_cursor`.",
+        _object(
+            {
+                "include_inactive": {
+                    "type": "boolean",
+                    "default": False,
+                    "description": "also list deleted (inactive) types",
+                },
+                "limit": _LIMIT,
+                "cursor": _CURSOR,
+            }
+        ),
+        _list_task_types,
+        read_only=True,
+    ),
+    ToolDef(
+        "create_task_type",
+        "admin",
+        "Declare a task type: a kind of step that agents outside pao do. Tasks may then use "
+        "it in a pipeline step's `uses`, and agents with work:claim take its steps with "
+        "claim_work. Refused (and nothing stored) if the name is taken or is a built-in "
+        'tool\'s, or a schema is not acceptable. Example: {"name": "demo.uppercase", '
+        '"parameters_schema": {"type": "object", "properties": {"text": {"type": '
+        '"string"}}, "required": ["text"]}}.',
+        _described(TaskTypeCreate.model_json_schema(), _TASK_TYPE_HELP),
+        _create_task_type,
+    ),
+    ToolDef(
+        "claim_work",
+        "work:claim",
+        "Take steps of a task type to do yourself, waiting up to `wait_seconds` for one. "
+        "Returns `items`: each with a `claim_id`, the step's `parameters` (its input) and "
+        "`lease_expires_at`; an empty list if there was no work. Do the step, then call "
+        "complete_claim with its output or fail_claim; call heartbeat_claim before the "
+        "lease ends if the work takes longer, or the step is given to someone else.",
+        _object(
+            {
+                "task_type": _TASK_TYPE_NAME,
+                "limit": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": 10,
+                    "default": 1,
+                    "description": "at most this many steps",
+                },
+                "wait_seconds": {
+                    "type": "number",
+                    "minimum": 0,
+                    "maximum": 20,
+                    "default": CLAIM_WAIT_SECONDS,
+                    "description": "how long to wait for a step when there is none now",
+                },
+            },
+            "task_type",
+        ),
+        _claim_work,
+    ),
+    ToolDef(
+        "heartbeat_claim",
+        "work:claim",
+        "Keep a claimed step: extends its lease by the type's lease_seconds and returns the "
+        "new `lease_expires_at`. A 409 means the claim was lost (the lease ran out, the run "
+        "was cancelled): stop working on the step.",
+        _object({"claim_id": _CLAIM_ID}, "claim_id"),
+        _heartbeat_claim,
+    ),
+    ToolDef(
+        "complete_claim",
+        "work:claim",
+        "Finish a claimed step with its `output` (checked against the type's output_schema; "
+        "refused with the fields named, and nothing changed, if it breaks it); the run "
+        "continues with it as the step's output. A 409 means the claim was lost.",
+        _object(
+            {
+                "claim_id": _CLAIM_ID,
+                "output": {"type": "object", "description": "the step's result, a JSON object"},
+                "cost": {
+                    "type": "number",
+                    "minimum": 0,
+                    "maximum": 1e9,
+                    "description": "optional: what doing the step cost",
+                },
+            },
+            "claim_id",
+            "output",
+        ),
+        _complete_claim,
+    ),
+    ToolDef(
+        "fail_claim",
+        "work:claim",
+        "Give up on a claimed step: it fails with `error`; `retryable` says whether trying "
+        "it again could succeed (the task's retries decide). A 409 means the claim was lost.",
+        _object(
+            {
+                "claim_id": _CLAIM_ID,
+                "error": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 10_000,
+                    "description": "what went wrong, for the people reading the run",
+                },
+                "retryable": {
+                    "type": "boolean",
+                    "default": False,
+                    "description": "whether trying the step again could succeed",
+                },
+            },
+            "claim_id",
+            "error",
+        ),
+        _fail_claim,
+    ),
 )
 
 TOOLS_BY_NAME = {t.name: t for t in TOOLS}
@@ -467,7 +651,10 @@ def build_server(client: PaoClient, token_for_call: Callable[[], str]) -> Server
             "pao schedules work for you: create a task (a schedule and a pipeline of tool "
             "steps), and pao runs it at every occurrence, retries failures and records each "
             "run. Check schedules with preview_task, start one at once with run_now, and read "
-            "results with list_runs and get_run."
+            "results with list_runs and get_run. Steps can also be done by agents: an admin "
+            "declares a task type (create_task_type), a step names it in `uses`, and an agent "
+            "with work:claim takes such steps with claim_work and ends them with "
+            "complete_claim or fail_claim."
         ),
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -19,6 +20,8 @@ from mcp import ClientSession, StdioServerParameters, types
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
+from pao import claims
+from pao.db import connect
 from tests.acceptance.procs import Process, free_port
 from tests.acceptance.running import api_process, worker_process
 from tests.helpers import auth, snapshot, until, until_async
@@ -37,6 +40,12 @@ TOOLS = {
     "get_run",
     "cancel_run",
     "publish_event",
+    "list_task_types",
+    "create_task_type",
+    "claim_work",
+    "heartbeat_claim",
+    "complete_claim",
+    "fail_claim",
 }
 TASK = {
     "title": "MCP hello",
@@ -84,7 +93,7 @@ async def http_session(url: str, token: str) -> AsyncIterator[ClientSession]:
         yield session
 
 
-async def call(session: ClientSession, name: str, **args: Any) -> dict[str, Any]:
+async def call(session: ClientSession, name: str, /, **args: Any) -> dict[str, Any]:
     """A tool call that must succeed; its structured result."""
     result = await session.call_tool(name, args)
     assert not result.isError, result.content
@@ -96,7 +105,7 @@ async def call(session: ClientSession, name: str, **args: Any) -> dict[str, Any]
     return result.structuredContent
 
 
-async def refused(session: ClientSession, name: str, **args: Any) -> str:
+async def refused(session: ClientSession, name: str, /, **args: Any) -> str:
     """A tool call that must fail; its error text."""
     result = await session.call_tool(name, args)
     assert result.isError, result
@@ -259,3 +268,99 @@ def test_streamable_http_uses_each_request_s_own_token(
             anyio.run(go)
     finally:
         server.kill()
+
+
+def test_an_agent_defines_and_does_remote_work(
+    api: str,
+    writer_token: str,
+    make_token: Callable[..., str],
+    db_url: str,
+    db: psycopg.Connection[Any],
+    tmp_path: Path,
+) -> None:
+    """Over MCP an admin declares a task type, and an agent with work:claim claims its
+    steps and completes or fails them."""
+    admin_token = make_token("admin", name="root")
+    claimer_token = make_token("work:claim", name="claimer")
+    schema = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
+    step = {"id": "shout", "uses": "demo.shout", "with": {"text": "hi"}}
+
+    async def go() -> None:
+        async with stdio_session(api, admin_token, tmp_path / "mcp.log") as session:
+            made = await call(
+                session,
+                "create_task_type",
+                name="demo.shout",
+                parameters_schema=schema,
+                output_schema={"type": "object", "required": ["text"]},
+            )
+            assert (made["name"], made["is_active"]) == ("demo.shout", True)
+            again = await refused(
+                session, "create_task_type", name="demo.shout", parameters_schema={}
+            )
+            assert "(409)" in again or "(422)" in again
+            listed = await call(session, "list_task_types")
+            assert [t["name"] for t in listed["items"]] == ["demo.shout"]
+            task = await call(session, "create_task", **{**TASK, "payload": {"pipeline": [step]}})
+            run = await call(session, "run_now", task_id=task["id"])
+        await _offer(db_url, run["id"], "shout", {"text": "hi"})
+        await _offer(db_url, run["id"], "shout-2", {"text": "no"})
+
+        async with stdio_session(api, claimer_token, tmp_path / "mcp.log") as session:
+            first = (await call(session, "claim_work", task_type="demo.shout"))["items"]
+            second = (await call(session, "claim_work", task_type="demo.shout"))["items"]
+            assert [i["parameters"] for i in first + second] == [{"text": "hi"}, {"text": "no"}]
+            beat = await call(session, "heartbeat_claim", claim_id=first[0]["claim_id"])
+            assert beat["lease_expires_at"] >= first[0]["lease_expires_at"]
+            bad = await refused(
+                session, "complete_claim", claim_id=first[0]["claim_id"], output={"x": 1}
+            )
+            assert "(422)" in bad
+            done = await call(
+                session, "complete_claim", claim_id=first[0]["claim_id"], output={"text": "HI"}
+            )
+            assert done == {"claim_id": first[0]["claim_id"], "state": "succeeded"}
+            failed = await call(
+                session,
+                "fail_claim",
+                claim_id=second[0]["claim_id"],
+                error="refuse",
+                retryable=True,
+            )
+            assert failed["state"] == "failed"
+            lost = await refused(
+                session, "complete_claim", claim_id=first[0]["claim_id"], output={}
+            )
+            assert "(409)" in lost
+            empty = await call(session, "claim_work", task_type="demo.shout", wait_seconds=0)
+            assert empty == {"items": []}
+            denied = await refused(
+                session, "create_task_type", name="x.y", parameters_schema=schema
+            )
+            assert denied.startswith("Forbidden (403)"), denied
+
+    anyio.run(go)
+    rows = db.execute(
+        "SELECT step_id, state, output, retryable FROM remote_steps ORDER BY id"
+    ).fetchall()
+    assert [tuple(r) for r in rows] == [
+        ("shout", "succeeded", {"text": "HI"}, None),
+        ("shout-2", "failed", None, True),
+    ]
+
+
+async def _offer(db_url: str, run_id: str, step_id: str, params: dict[str, Any]) -> None:
+    """Offer a step of the run as the worker will, committed."""
+    conn = await connect(db_url)
+    try:
+        async with conn.transaction():
+            await claims.offer_step(
+                conn,
+                run_id=uuid.UUID(run_id),
+                step_index=0,
+                step_id=step_id,
+                task_type="demo.shout",
+                parameters=params,
+            )
+    finally:
+        await conn.close()

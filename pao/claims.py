@@ -24,16 +24,21 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from pao import streams
+from pao.backoff import retry_delay
 from pao.db import Conn
 from pao.errors import ClaimLost, Forbidden, NotFound, TaskTypeUnavailable
 from pao.models import Agent
 from pao.store import agents as agent_store
 from pao.store import remote_steps as store
-from pao.store import run_events
+from pao.store import run_events, runs
 from pao.store import task_types as type_store
+from pao.store import work as work_store
+from pao.store.runs import WaitingWork
 from pao.store.task_types import TaskType
 from pao.streams import log as log_event
 from pao.task_types import check_output, check_parameters
+from pao.vocabulary import RunStatus, ScheduleKind, StepStatus
 
 _CLAIM_ID = re.compile(r"^rc_([1-9][0-9]{0,18})_([1-9][0-9]{0,9})_([0-9a-f]{32})$")
 _MAX_BIGINT = 2**63 - 1
@@ -222,17 +227,110 @@ async def complete(
     conn: Conn, agent: Agent, claim_id: str, *, output: dict[str, Any], cost: Decimal | None
 ) -> None:
     """The step succeeded with `output` (checked against the type's output_schema first:
-    InvalidInput, and nothing changes, if it breaks it)."""
+    InvalidInput, and nothing changes, if it breaks it).
+
+    If its run waits for it, the same transaction writes the output into the run's step
+    record (the run's checkpoint: the source the pipeline resumes from) and queues the run
+    again, same attempt, for any worker to continue; idle workers are woken at commit.
+    """
     held, parsed = await _held(conn, agent, claim_id)
     task_type = await type_store.get(conn, held.task_type)
     if task_type is not None:
         check_output(task_type, output)
+    waiting = await runs.lock_waiting(conn, held.run_id)
     if not await store.complete(conn, held.id, parsed.token_hash, output=output, cost=cost):
         raise ClaimLost("this claim no longer holds its step; stop working on it")
+    if waiting is None:
+        return
+    patch = {
+        "id": held.step_id,
+        "uses": held.task_type,
+        "status": StepStatus.SUCCEEDED,
+        "output": output,
+        "remote_step": held.id,
+    }
+    if not await runs.continue_waiting(conn, waiting, step_id=held.step_id, patch=patch):
+        raise ClaimLost("the step's run was cancelled or has ended; stop working on it")
+    await work_store.notify_workers(conn)
 
 
-async def fail(conn: Conn, agent: Agent, claim_id: str, *, error: str, retryable: bool) -> None:
-    """The step failed; the task's retry policy decides what follows (the worker)."""
+async def fail(
+    conn: Conn,
+    agent: Agent,
+    claim_id: str,
+    *,
+    error: str,
+    retryable: bool,
+    retry_base_seconds: float = 5.0,
+    retry_cap_seconds: float = 3600.0,
+) -> None:
+    """The step failed. If its run waits for it, the task's retry policy decides in the
+    same transaction: a next attempt after the backoff (`retryable`, retries left), which
+    resumes after the last step that succeeded and offers this one again; else the run
+    fails with the error."""
     held, parsed = await _held(conn, agent, claim_id)
+    waiting = await runs.lock_waiting(conn, held.run_id)
     if not await store.fail(conn, held.id, parsed.token_hash, error=error, retryable=retryable):
         raise ClaimLost("this claim no longer holds its step; stop working on it")
+    if waiting is None:
+        return
+    await end_waiting(
+        conn,
+        waiting,
+        status=RunStatus.FAILED,
+        error=f"step {held.step_id}: {error}",
+        retryable=retryable,
+        retry_base_seconds=retry_base_seconds,
+        retry_cap_seconds=retry_cap_seconds,
+    )
+
+
+async def end_waiting(
+    conn: Conn,
+    waiting: WaitingWork,
+    *,
+    status: RunStatus,
+    error: str,
+    retryable: bool,
+    retry_base_seconds: float,
+    retry_cap_seconds: float,
+) -> dict[str, Any] | None:
+    """End a waiting attempt whose remote step failed (`status` failed) or ran out of time
+    (timed_out): retried after the task's backoff if `retryable` and retries are left (the
+    attempt ends failed, a new run is queued), else ended in `status`. The run's live
+    remote steps are cancelled (their holders' next call is a 409). Returns the ended run
+    (id, task_id, status, attempt) or None if it had moved on."""
+    delay: float | None = None
+    message = error
+    if retryable and waiting.attempt <= waiting.max_retries:
+        delay = retry_delay(
+            waiting.backoff_strategy,
+            waiting.attempt,
+            base_seconds=retry_base_seconds,
+            cap_seconds=retry_cap_seconds,
+        ).total_seconds()
+        message = f"{error}; retrying in {delay:.1f}s"
+    step_id = waiting.step_id or ""
+    patch: dict[str, Any] = {"id": step_id, "status": StepStatus.FAILED, "error": error}
+    if waiting.uses is not None:
+        patch["uses"] = waiting.uses
+    run = await runs.end_waiting(
+        conn,
+        waiting,
+        status=RunStatus.FAILED if delay is not None else status,
+        error=message,
+        step_id=step_id,
+        patch=patch,
+        retry_delay=delay,
+    )
+    if run is None:
+        return None
+    await store.cancel_for_run(conn, waiting.run_id)
+    if delay is not None:
+        await work_store.notify_workers(conn)
+    elif waiting.schedule_kind != ScheduleKind.EVENT and waiting.next_run_at is None:
+        await work_store.complete_tasks_if_done(conn, [waiting.task_id])
+    await run_events.publish(
+        conn, [streams.state(run["id"], run["task_id"], run["status"], run["attempt"])]
+    )
+    return run

@@ -45,6 +45,10 @@ class StepRecord(TypedDict):
     error: NotRequired[str]  #: why it failed
     detail: NotRequired[str]  #: why it was skipped
     duration_ms: NotRequired[int]
+    #: the attempt whose saved output a resumed attempt reused instead of running the step
+    resumed_from: NotRequired[int]
+    #: a remote step's offer (`remote_steps.id`) while it is out
+    remote_step: NotRequired[int]
 
 
 @dataclass(frozen=True)

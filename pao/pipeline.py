@@ -31,6 +31,10 @@ MAX_PAYLOAD_DEPTH = 64
 MAX_PAYLOAD_BYTES = 64 * 1024
 NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
 STEP_FIELDS = ("id", "uses", "with", "save_as", "if", "timeout_seconds")
+# `payload.resume`: where a new attempt of a run starts (a retry, a lost lease, a restart).
+RESUME_FROM_LAST_SUCCESS = "from_last_success"  # after the last step that succeeded
+RESUME_FROM_START = "from_start"  # every step again
+RESUME_MODES = (RESUME_FROM_LAST_SUCCESS, RESUME_FROM_START)
 
 _NAME_RULE = "start with a letter or '_' and use at most 64 letters, digits, '_' or '-'"
 _BAD_TEXT = re.compile(r"[\x00\ud800-\udfff]")
@@ -62,6 +66,7 @@ class Pipeline(BaseModel):
 
     steps: list[Step] = Field(default_factory=list)
     condition: str | None = None
+    resume: str = RESUME_FROM_LAST_SUCCESS
 
 
 def load_pipeline(payload: Mapping[str, Any]) -> Pipeline:
@@ -76,7 +81,16 @@ def load_pipeline(payload: Mapping[str, Any]) -> Pipeline:
         message = f"stored pipeline is unreadable: {exc}"
         raise InvalidInput([FieldError(("payload", "pipeline"), message)], message) from None
     condition = payload.get("condition")
-    return Pipeline(steps=steps, condition=condition if isinstance(condition, str) else None)
+    return Pipeline(
+        steps=steps,
+        condition=condition if isinstance(condition, str) else None,
+        resume=_resume(payload),
+    )
+
+
+def _resume(payload: Mapping[str, Any]) -> str:
+    resume = payload.get("resume", RESUME_FROM_LAST_SUCCESS)
+    return RESUME_FROM_START if resume == RESUME_FROM_START else RESUME_FROM_LAST_SUCCESS
 
 
 def validate_payload(
@@ -139,9 +153,24 @@ def validate_payload(
             )
         )
 
+    resume = payload.get("resume", RESUME_FROM_LAST_SUCCESS)
+    if resume not in RESUME_MODES:
+        errors.append(
+            FieldError(
+                (*root, "resume"),
+                f"resume must be {RESUME_FROM_LAST_SUCCESS!r} (the default: a new attempt of a "
+                f"run starts after its last step that succeeded) or {RESUME_FROM_START!r} "
+                f"(every step again), not {_shortened(resume)}",
+            )
+        )
+
     if errors:
         raise InvalidInput(errors)
-    return Pipeline(steps=steps, condition=condition if isinstance(condition, str) else None)
+    return Pipeline(
+        steps=steps,
+        condition=condition if isinstance(condition, str) else None,
+        resume=_resume(payload),
+    )
 
 
 def _check_steps(

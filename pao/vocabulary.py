@@ -37,6 +37,8 @@ class WorkState(StrEnum):
 
     QUEUED = "queued"  #: Waiting until `run_after` and a free worker.
     RUNNING = "running"  #: Leased by a worker (`lease_owner`, `lease_expires_at`).
+    #: Its run waits for a remote step (no lease, no worker slot) until `wait_until`.
+    WAITING = "waiting"
     SUCCEEDED = "succeeded"  #: Its last attempt succeeded.
     FAILED = "failed"  #: Its last attempt failed with no retry left.
     CANCELLED = "cancelled"  #: Cancelled; no attempt will follow.
@@ -50,6 +52,8 @@ class StepStatus(StrEnum):
     SUCCEEDED = "succeeded"  #: Its tool answered; the record holds the output.
     FAILED = "failed"  #: Its tool failed or timed out, or its input or output broke a limit.
     SKIPPED = "skipped"  #: Its `if` was false; it never started.
+    #: Offered to the agents of its task type; the run waits, holding no worker, until it ends.
+    WAITING = "waiting"
     CANCELLED = "cancelled"  #: Stopped with its run (sent to live streams only, never stored).
 
 
@@ -160,6 +164,10 @@ FINAL_RUN_STATUSES: frozenset[RunStatus] = frozenset(
 )
 #: Statuses of a run not yet ended.
 LIVE_RUN_STATUSES: frozenset[RunStatus] = frozenset({RunStatus.QUEUED, RunStatus.RUNNING})
+#: States of an occurrence not yet ended.
+LIVE_WORK_STATES: frozenset[WorkState] = frozenset(
+    {WorkState.QUEUED, WorkState.RUNNING, WorkState.WAITING}
+)
 #: Statuses of a task that may still fire.
 LIVE_TASK_STATUSES: frozenset[TaskStatus] = frozenset({TaskStatus.ACTIVE, TaskStatus.PAUSED})
 #: Kinds with a next fire time (`next_run_at`); event tasks fire only on events.

@@ -1,4 +1,5 @@
-"""Work whose worker died: back to the queue with its attempt counted, or ended.
+"""Work whose worker died: back to the queue with its attempt counted, or ended. And work
+waiting for a remote step past its deadline: ended as timed out, or retried by its policy.
 
 A lease runs out only when its worker stopped renewing it (died, or lost the
 database), never while a long step is still heartbeating. The requeue bumps
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from pao import streams
+from pao import claims, streams
 from pao.backoff import retry_delay
 from pao.db import Conn
 from pao.store import run_events, runs
@@ -74,4 +75,34 @@ async def rescue_batch(conn: Conn, *, limit: int, base_seconds: float, cap_secon
     await run_events.publish(conn, ended)
     if lost:
         await work_store.notify_workers(conn)  # concurrency keys they held are free again
-    return len(lost)
+    swept = await sweep_waiting(
+        conn, limit=limit, base_seconds=base_seconds, cap_seconds=cap_seconds
+    )
+    return len(lost) + swept
+
+
+async def sweep_waiting(conn: Conn, *, limit: int, base_seconds: float, cap_seconds: float) -> int:
+    """End up to `limit` occurrences waiting past their remote step's deadline (its
+    `timeout_seconds`, cut to the run's deadline) in the caller's transaction: timed out, or
+    a next attempt after the task's backoff while retries are left. Their remote steps are
+    cancelled: a holder's next call is a 409."""
+    expired = await runs.lock_waiting_expired(conn, limit=limit)
+    for waiting in expired:
+        run = await claims.end_waiting(
+            conn,
+            waiting,
+            status=RunStatus.TIMED_OUT,
+            error=(
+                f"step {waiting.step_id}: the remote step did not end in time (its "
+                "timeout_seconds, or the run's deadline PAO_RUN_TIMEOUT)"
+            ),
+            retryable=True,
+            retry_base_seconds=base_seconds,
+            retry_cap_seconds=cap_seconds,
+        )
+        outcome = (
+            "requeued" if run is not None and run["status"] == RunStatus.FAILED else "timed_out"
+        )
+        metrics.RESCUES.labels(f"waiting_{outcome}").inc()
+        log.warning("due_work %s: its remote step's wait ran out (%s)", waiting.id, outcome)
+    return len(expired)

@@ -83,6 +83,10 @@ class Outcomes:
         """Note a run's steps so far; written within about a second, batched with others."""
         self._progress[lease.due_work_id] = (lease, run_id, steps)
 
+    def forget(self, due_work_id: int) -> None:
+        """Drop a run's unwritten progress: it is no longer this worker's to write."""
+        self._progress.pop(due_work_id, None)
+
     async def run(self) -> None:
         """Write until closed and nothing is left; runs as one task beside the claim loop."""
         failures = 0
@@ -229,7 +233,9 @@ class Outcomes:
                         )
                         notify = True
                     elif i.hand_back:
-                        held[i.run_id] = await work.hand_back(conn, i.lease, run_id=i.run_id)
+                        held[i.run_id] = await work.hand_back(
+                            conn, i.lease, run_id=i.run_id, steps=i.steps
+                        )
                         notify = True
                 if notify:
                     await work.notify_workers(conn)  # retried or handed back

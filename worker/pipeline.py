@@ -3,6 +3,13 @@
 A step's output is stored on the run as it ends, so `GET /runs/{id}` shows
 progress. A failed step fails the run; the caller decides about retries.
 
+Those stored records are the run's checkpoints: an attempt given `Execution.resume` (the
+steps an earlier attempt, or this run before it was handed back, saved) reuses the outputs
+of the steps that succeeded, in pipeline order, and runs from the first one that did not.
+A step skipped by its `if` is not a checkpoint: its `if` is evaluated again, and if it is
+still false the resume goes on past it. A remote step (a task type's) is not run here: it
+raises `Waiting`, and the caller offers it and lets the run wait without a worker.
+
 Sizes are capped (`Limits`): a step's input is counted while it is rendered and the
 render stops past PAO_STEP_INPUT_MAX_BYTES; an output past PAO_STEP_OUTPUT_MAX_BYTES is
 not kept; and a run holds at most `Limits.run_max_bytes` of both. Over a cap the step
@@ -19,7 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from pao.errors import PaoError
 from pao.models import Event, StepRecord, Task
@@ -61,6 +68,30 @@ class ConditionNotMet(PaoError):
     """The condition guard did not turn from false to true: the rest does not run."""
 
 
+class RemoteStep(Exception):
+    """Raised by the tool of a step done outside pao (a task type): offer it instead."""
+
+    def __init__(self, task_type: str) -> None:
+        super().__init__(task_type)
+        self.task_type = task_type
+
+
+class Waiting(Exception):
+    """The pipeline reached a remote step: offer it, and let the run wait for it.
+
+    `ex.steps` ends with the step's record, status `waiting`, its input rendered (and
+    within the size caps); `seconds` is how long the step may take (its timeout, cut to
+    what is left of the run's deadline).
+    """
+
+    def __init__(self, index: int, record: StepRecord, task_type: str, seconds: float) -> None:
+        super().__init__(task_type)
+        self.index = index
+        self.record = record
+        self.task_type = task_type
+        self.seconds = seconds
+
+
 @dataclass
 class StepCall:
     """What a tool learns about the step calling it."""
@@ -100,6 +131,8 @@ class Execution:
     steps: list[StepRecord] = field(default_factory=list)
     condition_state: bool | None = None  # the condition's value at the last run
     deadline: float | None = None  # `time.monotonic()` when the whole run must have ended
+    # Checkpoints to resume after: (the attempt that saved them, its step records).
+    resume: tuple[int, list[Any]] | None = None
 
 
 def storable(value: Any) -> JSONValue:
@@ -128,6 +161,26 @@ def task_view(task: Task) -> dict[str, JSONValue]:
         "payload": task.payload,
         "created_by": str(task.created_by),
     }
+
+
+def checkpoints(ex: Execution) -> tuple[int, dict[str, StepRecord]] | None:
+    """The saved records a resumed attempt may reuse, by step id: those that succeeded.
+
+    A condition task's check is reused only if the condition passed (a later step has a
+    record): the rest was decided on for this occurrence, and checking again would find
+    the condition already true (remembered) and stop. A check that failed runs again.
+    """
+    if ex.resume is None:
+        return None
+    attempt, records = ex.resume
+    done: dict[str, StepRecord] = {}
+    for r in records:
+        if isinstance(r, dict) and r.get("status") == _SUCCEEDED and "output" in r:
+            done[r["id"]] = cast(StepRecord, r)
+    steps = ex.pipeline.steps
+    if ex.pipeline.condition is not None and steps and len(records) < 2:
+        done.pop(steps[0].id, None)
+    return (attempt, done) if done else None
 
 
 def _context(ex: Execution, outputs: dict[str, JSONValue]) -> dict[str, JSONValue]:
@@ -160,7 +213,20 @@ async def execute(
     context = _context(ex, outputs)  # sees each new output: `steps` is `outputs` itself
     hook, save, log, deadline = hooks.on_step, hooks.save, hooks.log, ex.deadline
     held = 0  # bytes of the inputs and outputs this run keeps (and will store)
+    saved = checkpoints(ex)  # None for a first attempt: the loop below pays nothing
     for index, step in enumerate(ex.pipeline.steps):
+        if saved is not None:
+            done = saved[1].get(step.id)
+            if done is not None and done.get("uses") == step.uses:
+                reused: StepRecord = {**done, "resumed_from": done.get("resumed_from", saved[0])}
+                ex.steps.append(reused)
+                hook(len(ex.steps) - 1, reused, None)
+                output = reused.get("output")
+                held += json_size(output, limits.run_max_bytes)
+                outputs[step.id] = output
+                if step.save_as:
+                    outputs[step.save_as] = output
+                continue
         record: StepRecord = {
             "id": step.id,
             "uses": step.uses,
@@ -178,7 +244,8 @@ async def execute(
                 ex.steps.append(record)
                 hook(len(ex.steps) - 1, record, 0.0)
                 save(ex.steps)
-                continue
+                continue  # still resuming: the next step may have a checkpoint
+        saved = None  # this step runs: the steps after it run too
         budget = Budget(limits.step_input_max_bytes)
         try:
             args = render(step.with_, context, budget=budget)
@@ -218,6 +285,10 @@ async def execute(
         except PaoError as exc:
             message = f"step {step.id}: {exc.message}"
             raise _fail(ex, record, message, hook, started, final=exc.final) from None
+        except RemoteStep as remote:
+            record["status"] = StepStatus.WAITING
+            hook(len(ex.steps) - 1, record, None)
+            raise Waiting(index, record, remote.task_type, timeout) from None
         except asyncio.CancelledError:
             # The stored record keeps its state; only the watchers learn the step was stopped.
             stopped: StepRecord = {**record, "status": StepStatus.CANCELLED}

@@ -16,15 +16,15 @@ from typing import TYPE_CHECKING
 
 from psycopg_pool import AsyncConnectionPool
 
-from pao import db, logs
+from pao import claims, db, logs
 from pao.backoff import retry_delay
-from pao.errors import InvalidInput
+from pao.errors import InvalidInput, TaskTypeUnavailable
 from pao.models import Event, StepRecord, Task
-from pao.pipeline import Pipeline, load_pipeline
+from pao.pipeline import RESUME_FROM_START, Pipeline, load_pipeline
 from pao.settings import Settings
-from pao.store import work
+from pao.store import task_types, work
 from pao.templates import JSONValue
-from pao.vocabulary import LogLevel, RunStatus
+from pao.vocabulary import LogLevel, RunStatus, StepStatus
 from worker import metrics
 from worker.http_tool import Allow
 from worker.leases import Leases, Running
@@ -35,6 +35,7 @@ from worker.pipeline import (
     Execution,
     RunTimedOut,
     StepFailed,
+    Waiting,
     execute,
     task_view,
 )
@@ -99,6 +100,10 @@ class Runner:
         logs.run_id.set(c.run_id)
         try:
             pipeline, view = self._pipeline(task)
+            # Only a later attempt or a run claimed again looks for checkpoints.
+            resume = None
+            if c.attempt > 1 or c.saved_steps:
+                resume = await self._checkpoints(c, pipeline)
             ex = Execution(
                 task=view,
                 pipeline=pipeline,
@@ -112,6 +117,7 @@ class Runner:
                 steps=steps,
                 condition_state=task.condition_state,
                 deadline=held.started + self.settings.run_timeout_seconds,
+                resume=resume,
             )
             await execute(
                 ex,
@@ -120,6 +126,8 @@ class Runner:
                 limits=self.limits,
             )
             await self._end(held, task, _SUCCEEDED, None, steps)
+        except Waiting as waiting:
+            await self._wait(held, task, waiting, steps)
         except ConditionNotMet as exc:
             await self._end(held, task, _SUCCEEDED, exc.message, steps)
         except (StepFailed, InvalidInput) as exc:
@@ -132,6 +140,79 @@ class Runner:
         except Exception as exc:
             log.exception("run %s failed inside the worker", c.run_id)
             await self._end(held, task, _FAILED, f"internal error: {exc}", steps)
+
+    async def _checkpoints(
+        self, c: work.Claimed, pipeline: Pipeline
+    ) -> tuple[int, list[StepRecord]] | None:
+        """What a later attempt, or a run claimed again, resumes after: the run's own saved
+        steps (claimed again), else those of the latest earlier attempt that saved any.
+
+        With `payload.resume` "from_start" every attempt starts over, but a run continued
+        after its remote step ended is the same attempt going on: it always resumes.
+        """
+        saved = c.saved_steps
+        if saved:
+            if pipeline.resume == RESUME_FROM_START and not _continued(saved):
+                return None
+            return c.attempt, saved
+        if pipeline.resume == RESUME_FROM_START:
+            return None
+        async with db.connection(self.pool) as conn:
+            return await work.previous_steps(conn, due_work_id=c.id, attempt=c.attempt)
+
+    async def _wait(
+        self, held: Running, task: Task, waiting: Waiting, steps: list[StepRecord]
+    ) -> None:
+        """Offer the remote step and let the run wait for it without this worker: in one
+        transaction, fenced by the lease. The step's end continues the run (`pao.claims`)."""
+        c = held.claimed
+        record = waiting.record
+        self.outcomes.forget(c.id)  # progress written later could not apply anyway
+        try:
+            async with db.connection(self.pool) as conn:
+                if await task_types.get(conn, waiting.task_type) is None:
+                    raise StepFailed(
+                        f"step {record['id']}: tool {waiting.task_type!r} cannot run here: it "
+                        "is not a built-in tool, no MCP server of this worker's PAO_TOOLS_FILE "
+                        "by that name, and no task type (GET /task-types lists them)"
+                    )
+                state = await work.wait(conn, held.lease, seconds=max(waiting.seconds, 1.0))
+                if state is True:
+                    offered = await claims.offer_step(
+                        conn,
+                        run_id=c.run_id,
+                        step_index=waiting.index,
+                        step_id=record["id"],
+                        task_type=waiting.task_type,
+                        parameters=record.get("input", {}),
+                    )
+                    if offered is not None:
+                        record["remote_step"] = offered
+                    await work.save_waiting_steps(conn, run_id=c.run_id, steps=steps)
+        except (StepFailed, TaskTypeUnavailable, InvalidInput) as exc:
+            message = exc.message
+            if not message.startswith(f"step {record['id']}"):
+                message = f"step {record['id']}: {message}"
+            record["status"] = StepStatus.FAILED
+            record["error"] = message
+            await self._end(held, task, _FAILED, message, steps, retry=not exc.final)
+            return
+        if state is None:
+            metrics.run_ended("lost")
+            log.warning("run %s: lease lost before its remote step was offered", c.run_id)
+        elif state is False:  # a cancel was asked for: the step is not offered
+            steps.remove(record)
+            end = End(held.lease, c.run_id, task, RunStatus.CANCELLED, steps, "cancelled")
+            await self._write(held, end)
+        else:
+            held.ending = True  # no longer this worker's: nothing to renew or stop
+            metrics.run_ended("waiting")
+            log.info(
+                "run %s: waiting for remote step %s (%s)",
+                c.run_id,
+                record["id"],
+                waiting.task_type,
+            )
 
     def _pipeline(self, task: Task) -> tuple[Pipeline, dict[str, JSONValue]]:
         """The task's parsed pipeline, and its view for templates.
@@ -185,7 +266,9 @@ class Runner:
             end = End(held.lease, c.run_id, task, RunStatus.CANCELLED, steps, error)
             await self._write(held, end)
         else:
-            end = End(held.lease, c.run_id, task, RunStatus.QUEUED, [], hand_back=True)
+            # Handed back with its checkpoints: the next claim resumes after them.
+            done = [s for s in steps if s.get("status") == StepStatus.SUCCEEDED]
+            end = End(held.lease, c.run_id, task, RunStatus.QUEUED, done, hand_back=True)
             await self._write(held, end)
 
     async def _write(self, held: Running, end: End) -> None:
@@ -205,6 +288,13 @@ class Runner:
             metrics.run_ended(end.status)
             status = end.status
         self.events.state(held.claimed, status, final=not end.hand_back)
+
+
+def _continued(saved: list[StepRecord]) -> bool:
+    """Whether a run's saved steps end with a remote step that succeeded: the run is being
+    continued after it, not started again."""
+    last = saved[-1] if saved else None
+    return isinstance(last, dict) and "remote_step" in last and last.get("status") == "succeeded"
 
 
 class Hooks:

@@ -19,7 +19,7 @@ from pao.templates import JSONValue
 from pao.tools import BUILTIN_TOOLS
 from pao.vocabulary import LogLevel
 from worker.http_tool import Allow, ToolFailed, http_request
-from worker.pipeline import StepCall, Tool
+from worker.pipeline import RemoteStep, StepCall, Tool
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,16 @@ class Toolbox:
         server, dot, tool = uses.partition(".")
         if dot and self.mcp is not None and server in self.mcp:
             return functools.partial(self.call_mcp, server, tool)
-        return self.unavailable(uses)
+        return self.remote(uses)
+
+    def remote(self, uses: str) -> Tool:
+        """Neither built in nor one of this worker's MCP servers: a task type's, maybe. The
+        run offers the step (`worker.run`), which fails if no such task type is active."""
+
+        async def offer(args: dict[str, Any], call: StepCall) -> JSONValue:
+            raise RemoteStep(uses)
+
+        return offer
 
     async def log(self, args: dict[str, Any], call: StepCall) -> JSONValue:
         await call.log(str(args.get("level", LogLevel.INFO)), str(args["message"]))

@@ -114,7 +114,15 @@ async def fail(state: State, agent: WorkClaim, claim_id: ClaimId, body: ClaimFai
     """The step failed; `retryable` says whether trying again could help (the task's
     retries decide). 409 if the claim was lost."""
     async with state.tx() as conn:
-        await logic.fail(conn, agent, claim_id, error=body.error, retryable=body.retryable)
+        await logic.fail(
+            conn,
+            agent,
+            claim_id,
+            error=body.error,
+            retryable=body.retryable,
+            retry_base_seconds=state.settings.retry_base_seconds,
+            retry_cap_seconds=state.settings.retry_cap_seconds,
+        )
     return ClaimEnded(claim_id=claim_id, state="failed")
 
 

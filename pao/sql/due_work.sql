@@ -1,8 +1,8 @@
 -- name: due_work_cancel_queued_for_task
--- Drop a cancelled task's queued work; return what was dropped.
+-- Drop a cancelled task's queued work and work waiting for remote steps; return what was dropped.
 UPDATE due_work
-SET state = 'cancelled', finished_at = now()
-WHERE task_id = %(task_id)s AND state = 'queued'
+SET state = 'cancelled', finished_at = now(), wait_until = NULL
+WHERE task_id = %(task_id)s AND state IN ('queued', 'waiting')
 RETURNING id
 
 -- name: due_work_request_cancel_running_for_task
@@ -13,12 +13,13 @@ WHERE task_id = %(task_id)s AND state = 'running'
 RETURNING id
 
 -- name: due_work_cancel_one
--- Cancel one occurrence: at once when queued, by request when running.
+-- Cancel one occurrence: at once when queued or waiting for a remote step, by request when running.
 UPDATE due_work
-SET state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END,
-    finished_at = CASE WHEN state = 'queued' THEN now() ELSE finished_at END,
+SET state = CASE WHEN state IN ('queued', 'waiting') THEN 'cancelled' ELSE state END,
+    finished_at = CASE WHEN state IN ('queued', 'waiting') THEN now() ELSE finished_at END,
+    wait_until = NULL,
     cancel_requested = (state = 'running')
-WHERE id = %(id)s AND state IN ('queued', 'running')
+WHERE id = %(id)s AND state IN ('queued', 'running', 'waiting')
 RETURNING id, state
 
 -- name: due_work_refresh_queued
@@ -108,14 +109,17 @@ WITH candidate AS (
     FROM claimed c
     WHERE r.due_work_id = c.id AND r.attempt = c.attempt AND r.status = 'queued'
     RETURNING c.id, c.task_id, c.scheduled_for, c.attempt, c.event_id, c.reason,
-              r.id AS run_id, r.started_at
+              r.id AS run_id, r.started_at,
+              -- A run claimed again (handed back, or continued after a remote step) carries
+              -- its checkpoints; a fresh run has none, and costs one comparison.
+              CASE WHEN r.steps <> '[]'::jsonb THEN r.steps END AS saved_steps
 )
 SELECT 'started' AS kind, s.id, s.task_id, s.scheduled_for, s.attempt, s.event_id, s.reason,
-       s.run_id, s.started_at, t.xmin::text AS task_version
+       s.run_id, s.started_at, s.saved_steps, t.xmin::text AS task_version
 FROM started s
 JOIN tasks t ON t.id = s.task_id
 UNION ALL
-SELECT 'keyed', c.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+SELECT 'keyed', c.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
 FROM candidate c
 WHERE c.claim_key IS NOT NULL
 
@@ -165,7 +169,10 @@ WITH candidate AS (
     FROM claimed c
     WHERE r.due_work_id = c.id AND r.attempt = c.attempt AND r.status = 'queued'
     RETURNING c.id, c.task_id, c.scheduled_for, c.attempt, c.event_id, c.reason,
-              r.id AS run_id, r.started_at
+              r.id AS run_id, r.started_at,
+              -- A run claimed again (handed back, or continued after a remote step) carries
+              -- its checkpoints; a fresh run has none, and costs one comparison.
+              CASE WHEN r.steps <> '[]'::jsonb THEN r.steps END AS saved_steps
 )
 SELECT * FROM started
 
@@ -285,3 +292,66 @@ WHERE c.oid = 'due_work'::regclass
 -- name: due_work_event_at
 -- Which event, if any, already holds this task's occurrence at this instant.
 SELECT event_id FROM due_work WHERE task_id = %(task_id)s AND scheduled_for = %(at)s
+
+-- name: due_work_wait
+-- A held run reached a remote step: running → waiting until `wait_until`, its lease given up so no worker holds it (fenced like finish); left running when a cancel was asked for.
+WITH held AS (
+    SELECT id, cancel_requested FROM due_work
+    WHERE id = %(id)s AND attempt = %(attempt)s AND lease_owner = %(worker_id)s
+      AND state = 'running'
+    FOR UPDATE
+), waiting AS (
+    UPDATE due_work d
+    SET state = 'waiting', lease_owner = NULL, lease_expires_at = NULL,
+        wait_until = now() + make_interval(secs => %(seconds)s)
+    FROM held h
+    WHERE d.id = h.id AND NOT h.cancel_requested
+    RETURNING d.id
+)
+SELECT h.cancel_requested, EXISTS (SELECT 1 FROM waiting) AS waiting FROM held h
+
+-- name: due_work_lock_waiting
+-- The waiting occurrence of a run, locked, with its task's retry policy (a remote step of it ended, or its wait ran out).
+SELECT d.id, d.task_id, d.scheduled_for, d.attempt, r.id AS run_id,
+       t.max_retries, t.backoff_strategy, t.schedule_kind, t.next_run_at,
+       r.steps -> -1 ->> 'id' AS step_id, r.steps -> -1 ->> 'uses' AS uses
+FROM runs r
+JOIN due_work d ON d.id = r.due_work_id AND d.attempt = r.attempt
+JOIN tasks t ON t.id = d.task_id
+WHERE r.id = %(run_id)s AND d.state = 'waiting'
+FOR UPDATE OF d
+
+-- name: due_work_lock_waiting_expired
+-- Waiting occurrences whose remote step's deadline passed, for one rescuer, with their runs and retry policies.
+SELECT d.id, d.task_id, d.scheduled_for, d.attempt, r.id AS run_id,
+       t.max_retries, t.backoff_strategy, t.schedule_kind, t.next_run_at,
+       r.steps -> -1 ->> 'id' AS step_id, r.steps -> -1 ->> 'uses' AS uses
+FROM due_work d
+JOIN runs r ON r.due_work_id = d.id AND r.attempt = d.attempt
+JOIN tasks t ON t.id = d.task_id
+WHERE d.state = 'waiting' AND d.wait_until < now()
+ORDER BY d.wait_until
+LIMIT %(limit)s
+FOR UPDATE OF d SKIP LOCKED
+
+-- name: due_work_continue
+-- Its remote step succeeded: waiting → queued now, same attempt (a continuation: the next claim resumes its run).
+UPDATE due_work
+SET state = 'queued', run_after = now(), wait_until = NULL
+WHERE id = %(id)s AND attempt = %(attempt)s AND state = 'waiting'
+RETURNING id
+
+-- name: due_work_retry_waiting
+-- Its remote step failed (retryable) or its wait ran out, with retries left: waiting → queued, next attempt after the backoff.
+UPDATE due_work
+SET state = 'queued', attempt = attempt + 1, wait_until = NULL,
+    run_after = now() + make_interval(secs => %(delay_seconds)s)
+WHERE id = %(id)s AND attempt = %(attempt)s AND state = 'waiting'
+RETURNING id, task_id, scheduled_for, attempt
+
+-- name: due_work_end_waiting
+-- Its remote step failed for good or its wait ran out with no retry left: waiting → failed | timed_out.
+UPDATE due_work
+SET state = %(state)s, finished_at = now(), wait_until = NULL
+WHERE id = %(id)s AND attempt = %(attempt)s AND state = 'waiting'
+RETURNING id

@@ -132,10 +132,11 @@ ORDER BY id
 LIMIT %(limit)s
 
 -- name: run_cancel_queued_for_work
--- Cancel the queued runs of occurrences that were taken back.
+-- Cancel the live runs of occurrences that were taken back (queued, or waiting for a remote step: no worker holds either).
 UPDATE runs
 SET status = 'cancelled', finished_at = now(), error = %(reason)s
-WHERE due_work_id = ANY(%(due_work_ids)s) AND status = 'queued'
+WHERE due_work_id = ANY(%(due_work_ids)s) AND status IN ('queued', 'running')
+RETURNING id
 
 -- name: run_insert_retry
 -- The queued next attempt of an occurrence that is tried again.
@@ -156,10 +157,17 @@ SET status = %(status)s, finished_at = now(), steps = %(steps)s, error = %(error
 WHERE id = %(id)s AND status = 'running'
 
 -- name: run_reset
--- An attempt handed back at shutdown was not spent: its run is queued again.
+-- An attempt handed back at shutdown was not spent: its run is queued again, keeping the steps that succeeded (its checkpoints).
 UPDATE runs
-SET status = 'queued', started_at = NULL, worker_id = NULL, steps = '[]'::jsonb, error = NULL
+SET status = 'queued', started_at = NULL, worker_id = NULL, steps = %(steps)s, error = NULL
 WHERE id = %(id)s AND status = 'running'
+
+-- name: run_previous_steps
+-- A later attempt resuming: the steps of the latest earlier attempt of the same occurrence that saved any.
+SELECT attempt, steps FROM runs
+WHERE due_work_id = %(due_work_id)s AND attempt < %(attempt)s AND steps <> '[]'::jsonb
+ORDER BY attempt DESC
+LIMIT 1
 
 -- name: run_save_steps_many
 -- Progress of a batch of runs: the steps so far, written only where this worker holds the attempt.
@@ -178,3 +186,38 @@ FROM due_work d
 WHERE d.id = %(due_work_id)s AND d.attempt = %(attempt)s
   AND d.lease_owner = %(worker_id)s AND d.state = 'running'
 RETURNING id
+
+-- name: run_cancel_waiting
+-- Cancel one run whose occurrence was waiting for a remote step (no worker holds it).
+UPDATE runs
+SET status = 'cancelled', finished_at = now(), error = %(reason)s
+WHERE id = %(id)s AND status = 'running'
+RETURNING *
+
+-- name: run_wait
+-- A run reaching a remote step stays running; its steps so far end with the waiting one.
+UPDATE runs SET steps = %(steps)s WHERE id = %(id)s AND status = 'running'
+
+-- name: run_continue
+-- Its remote step succeeded: the step's record gets the outcome, and the run is queued for any worker to continue (same attempt).
+UPDATE runs
+SET status = 'queued', worker_id = NULL, steps = CASE
+    WHEN EXISTS (SELECT 1 FROM jsonb_array_elements(steps) e WHERE e->>'id' = %(step_id)s)
+    THEN (SELECT jsonb_agg(CASE WHEN e->>'id' = %(step_id)s THEN e || %(patch)s ELSE e END
+                           ORDER BY i)
+          FROM jsonb_array_elements(steps) WITH ORDINALITY AS x(e, i))
+    ELSE steps || jsonb_build_array(%(patch)s) END
+WHERE id = %(id)s AND status = 'running'
+RETURNING id
+
+-- name: run_end_waiting
+-- A waiting run ends (its remote step failed, or its wait ran out): running → failed | timed_out, the step's record patched.
+UPDATE runs
+SET status = %(status)s, finished_at = now(), error = %(error)s, steps = CASE
+    WHEN EXISTS (SELECT 1 FROM jsonb_array_elements(steps) e WHERE e->>'id' = %(step_id)s)
+    THEN (SELECT jsonb_agg(CASE WHEN e->>'id' = %(step_id)s THEN e || %(patch)s ELSE e END
+                           ORDER BY i)
+          FROM jsonb_array_elements(steps) WITH ORDINALITY AS x(e, i))
+    ELSE steps || jsonb_build_array(%(patch)s) END
+WHERE id = %(id)s AND status = 'running'
+RETURNING id, task_id, status, attempt

@@ -124,13 +124,14 @@ WHERE t.id = a.id
 SELECT *, xmin::text AS row_version FROM tasks WHERE id = ANY(%(ids)s)
 
 -- name: task_complete_if_done
--- Tasks with nothing more to fire and nothing queued or running are completed.
+-- Tasks with nothing more to fire and nothing queued, running or waiting are completed.
 UPDATE tasks t
 SET status = 'completed', updated_at = now()
 WHERE t.id = ANY(%(ids)s) AND t.status = 'active' AND t.next_run_at IS NULL
   AND t.schedule_kind IN ('once', 'cron', 'rrule', 'condition')
   AND NOT EXISTS (
-      SELECT 1 FROM due_work d WHERE d.task_id = t.id AND d.state IN ('queued', 'running')
+      SELECT 1 FROM due_work d WHERE d.task_id = t.id
+        AND d.state IN ('queued', 'running', 'waiting')
   )
 
 -- name: task_set_condition_state

@@ -8,9 +8,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from psycopg.types.json import Jsonb
+
 from pao.db import Conn, model_row
 from pao.models import Run, RunLog
 from pao.sql import QUERIES
+from pao.store import remote_steps
 from pao.vocabulary import LIVE_RUN_STATUSES, BackoffStrategy, RunStatus, WorkState
 
 # Run states found from their occurrences rather than from the history of runs.
@@ -24,15 +27,19 @@ OWNED_TASKS_COUNTED = 10_000
 
 
 async def cancel_task_work(conn: Conn, task_id: uuid.UUID) -> tuple[list[int], int]:
-    """Drop queued work and ask running work to stop; returns (dropped ids, number stopping)."""
+    """Drop queued and waiting work and ask running work to stop; returns (dropped ids,
+    number stopping). The remote steps of waiting runs are cancelled: their holders' next
+    call is a 409."""
     cur = await conn.execute(QUERIES["due_work_cancel_queued_for_task"], {"task_id": task_id})
     dropped = [row["id"] for row in await cur.fetchall()]
     if dropped:
         # Their runs by occurrence: by task, the statement read every run the task ever had.
-        await conn.execute(
+        cur = await conn.execute(
             QUERIES["run_cancel_queued_for_work"],
             {"due_work_ids": dropped, "reason": "task cancelled"},
         )
+        for row in await cur.fetchall():
+            await remote_steps.cancel_for_run(conn, row["id"])
     cur = await conn.execute(
         QUERIES["due_work_request_cancel_running_for_task"], {"task_id": task_id}
     )
@@ -64,12 +71,23 @@ async def take_back_scheduled(
 
 
 async def cancel_run(conn: Conn, run: Run, *, reason: str) -> Run:
-    """Cancel a queued run at once; ask a running one's worker to stop it."""
-    await conn.execute(QUERIES["due_work_cancel_one"], {"id": run.due_work_id})
-    if run.status is not RunStatus.QUEUED:
+    """Cancel a queued run, or one waiting for a remote step (and that step), at once; ask
+    a running one's worker to stop it. `run` is locked with its occurrence."""
+    cur = await conn.execute(QUERIES["due_work_cancel_one"], {"id": run.due_work_id})
+    work = await cur.fetchone()
+    if run.status is RunStatus.QUEUED:
+        statement = "run_cancel_queued"
+    elif (
+        run.status is RunStatus.RUNNING
+        and work is not None
+        and work["state"] == WorkState.CANCELLED
+    ):
+        statement = "run_cancel_waiting"  # no worker held it: it was waiting
+        await remote_steps.cancel_for_run(conn, run.id)
+    else:
         return run
     async with conn.cursor(row_factory=model_row(Run)) as cur:
-        await cur.execute(QUERIES["run_cancel_queued"], {"id": run.id, "reason": reason})
+        await cur.execute(QUERIES[statement], {"id": run.id, "reason": reason})
         cancelled = await cur.fetchone()
     return cancelled or run
 
@@ -273,3 +291,92 @@ async def insert_next_attempt(conn: Conn, work: dict[str, Any]) -> None:
 async def prune_finished(conn: Conn, *, before: datetime, limit: int) -> int:
     cur = await conn.execute(QUERIES["due_work_prune"], {"before": before, "limit": limit})
     return cur.rowcount
+
+
+@dataclass(frozen=True)
+class WaitingWork:
+    """An occurrence waiting for a remote step, locked, with its run and retry policy."""
+
+    id: int
+    task_id: uuid.UUID
+    scheduled_for: datetime
+    attempt: int
+    run_id: uuid.UUID
+    max_retries: int
+    backoff_strategy: BackoffStrategy
+    schedule_kind: str
+    next_run_at: datetime | None
+    step_id: str | None  # the waiting step's (the last record of the run's steps)
+    uses: str | None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "backoff_strategy", BackoffStrategy(self.backoff_strategy))
+
+
+async def lock_waiting(conn: Conn, run_id: uuid.UUID) -> WaitingWork | None:
+    """The run's occurrence if it is waiting at the run's attempt, locked."""
+    async with conn.cursor(row_factory=model_row(WaitingWork)) as cur:
+        await cur.execute(QUERIES["due_work_lock_waiting"], {"run_id": run_id})
+        return await cur.fetchone()
+
+
+async def lock_waiting_expired(conn: Conn, *, limit: int) -> list[WaitingWork]:
+    """Waiting occurrences past their deadline, locked (SKIP LOCKED), earliest first."""
+    async with conn.cursor(row_factory=model_row(WaitingWork)) as cur:
+        await cur.execute(QUERIES["due_work_lock_waiting_expired"], {"limit": limit})
+        return await cur.fetchall()
+
+
+async def continue_waiting(
+    conn: Conn, work: WaitingWork, *, step_id: str, patch: dict[str, Any]
+) -> bool:
+    """The remote step succeeded: patch its record and queue the run again (same attempt)."""
+    cur = await conn.execute(
+        QUERIES["run_continue"], {"id": work.run_id, "step_id": step_id, "patch": Jsonb(patch)}
+    )
+    if await cur.fetchone() is None:
+        return False
+    cur = await conn.execute(QUERIES["due_work_continue"], {"id": work.id, "attempt": work.attempt})
+    return await cur.fetchone() is not None
+
+
+async def end_waiting(
+    conn: Conn,
+    work: WaitingWork,
+    *,
+    status: RunStatus,
+    error: str,
+    step_id: str,
+    patch: dict[str, Any],
+    retry_delay: float | None,
+) -> dict[str, Any] | None:
+    """End the waiting attempt's run (`status`, the step's record patched) and either queue
+    the next attempt after `retry_delay` or end the occurrence in `status`. Returns the
+    run's id, task_id, status and attempt, or None if it had moved on."""
+    cur = await conn.execute(
+        QUERIES["run_end_waiting"],
+        {
+            "id": work.run_id,
+            "status": status,
+            "error": error,
+            "step_id": step_id,
+            "patch": Jsonb(patch),
+        },
+    )
+    run: dict[str, Any] | None = await cur.fetchone()
+    if run is None:
+        return None
+    if retry_delay is None:
+        await conn.execute(
+            QUERIES["due_work_end_waiting"],
+            {"id": work.id, "attempt": work.attempt, "state": status},
+        )
+    else:
+        cur = await conn.execute(
+            QUERIES["due_work_retry_waiting"],
+            {"id": work.id, "attempt": work.attempt, "delay_seconds": retry_delay},
+        )
+        row = await cur.fetchone()
+        if row is not None:
+            await insert_next_attempt(conn, row)
+    return run

@@ -33,6 +33,9 @@ class Claimed:
     reason: str
     run_id: uuid.UUID
     started_at: datetime | None = None
+    # The run's own saved steps when it is claimed again (handed back, or continued after a
+    # remote step ended); None for a run that never ran a step.
+    saved_steps: list[Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -258,13 +261,43 @@ async def retry(
     return True
 
 
-async def hand_back(conn: Conn, lease: Lease, *, run_id: uuid.UUID) -> bool:
-    """Give the work back unspent (shutdown); False if the lease was lost."""
+async def hand_back(
+    conn: Conn, lease: Lease, *, run_id: uuid.UUID, steps: list[Any] | None = None
+) -> bool:
+    """Give the work back unspent (shutdown), keeping `steps` (those that succeeded: the
+    checkpoints its next claim resumes after); False if the lease was lost."""
     cur = await conn.execute(QUERIES["due_work_hand_back"], lease.params())
     if await cur.fetchone() is None:
         return False
-    await conn.execute(QUERIES["run_reset"], {"id": run_id})
+    await conn.execute(QUERIES["run_reset"], {"id": run_id, "steps": Jsonb(steps or [])})
     return True
+
+
+async def wait(conn: Conn, lease: Lease, *, seconds: float) -> bool | None:
+    """Move a held occurrence to `waiting` for `seconds` at most, giving up its lease (the
+    caller's transaction offers its remote step). True: waiting; False: a cancel was asked
+    for (it stays running, held); None: the lease was lost."""
+    cur = await conn.execute(QUERIES["due_work_wait"], {**lease.params(), "seconds": seconds})
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    return bool(row["waiting"])
+
+
+async def save_waiting_steps(conn: Conn, *, run_id: uuid.UUID, steps: list[Any]) -> None:
+    """The steps of a run that now waits for a remote step (the last one, `waiting`)."""
+    await conn.execute(QUERIES["run_wait"], {"id": run_id, "steps": Jsonb(steps)})
+
+
+async def previous_steps(
+    conn: Conn, *, due_work_id: int, attempt: int
+) -> tuple[int, list[Any]] | None:
+    """The latest earlier attempt of an occurrence that saved steps: (attempt, steps)."""
+    cur = await conn.execute(
+        QUERIES["run_previous_steps"], {"due_work_id": due_work_id, "attempt": attempt}
+    )
+    row = await cur.fetchone()
+    return None if row is None else (int(row["attempt"]), list(row["steps"]))
 
 
 async def save_progress(

@@ -126,7 +126,9 @@ def assert_work_consistent(
       before the last ended `failed` or `timed_out` (and was retried), and an ended
       occurrence's last run ended in the same state as the occurrence;
     - nothing is left `running` past its lease, and no run is `running` unless its
-      occurrence is running that very attempt;
+      occurrence is running (or `waiting` for a remote step) at that very attempt;
+    - an occurrence `waiting` has a live remote step of its run's (queued or claimed) and
+      is not long past its deadline (the scheduler's sweep ends it);
     - every run is of its occurrence's task (no foreign key checks it: runs copy it);
     - with `all_final`, every occurrence has ended.
     """
@@ -169,6 +171,8 @@ def assert_work_consistent(
                 AND NOT bool_or(r.attempt = d.attempt AND r.status = d.state))
             OR (d.state IN ('queued', 'running')
                 AND NOT bool_or(r.attempt = d.attempt AND r.status = d.state))
+            OR (d.state = 'waiting'
+                AND NOT bool_or(r.attempt = d.attempt AND r.status = 'running'))
         """,
     )
     assert bad_attempts == [], bad_attempts
@@ -183,9 +187,19 @@ def assert_work_consistent(
         db,
         "SELECT r.id, r.attempt, d.state, d.attempt AS current FROM runs r"
         " JOIN due_work d ON d.id = r.due_work_id"
-        " WHERE r.status = 'running' AND NOT (d.state = 'running' AND d.attempt = r.attempt)",
+        " WHERE r.status = 'running'"
+        " AND NOT (d.state IN ('running', 'waiting') AND d.attempt = r.attempt)",
     )
     assert orphans == [], orphans
+    stuck = _rows(
+        db,
+        "SELECT d.id, d.attempt, d.wait_until FROM due_work d"
+        " JOIN runs r ON r.due_work_id = d.id AND r.attempt = d.attempt"
+        " WHERE d.state = 'waiting' AND (d.wait_until < now() - interval '60 seconds'"
+        "  OR NOT EXISTS (SELECT 1 FROM remote_steps s WHERE s.run_id = r.id"
+        "                 AND s.state IN ('queued', 'claimed')))",
+    )
+    assert stuck == [], stuck
     strays = _rows(
         db,
         "SELECT r.id, r.task_id, d.task_id AS occurrence_task FROM runs r"
@@ -195,6 +209,8 @@ def assert_work_consistent(
 
     if all_final:
         unfinished = _rows(
-            db, "SELECT id, state, attempt FROM due_work WHERE state IN ('queued', 'running')"
+            db,
+            "SELECT id, state, attempt FROM due_work"
+            " WHERE state IN ('queued', 'running', 'waiting')",
         )
         assert unfinished == [], unfinished

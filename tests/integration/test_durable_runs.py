@@ -1,0 +1,476 @@
+"""Durable pipelines against a real database: checkpoints and resume, remote steps that
+wait without a worker, their continuation, retries, cancel and deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+
+from pao.db import connect
+from pao.settings import Settings
+from pao.store import work
+from tests.acceptance.faults import assert_work_consistent
+from tests.background import scheduler
+from tests.background import worker as background_worker
+from tests.helpers import SEED_TASK, auth, until
+from tests.integration.test_task_types import create_type
+
+
+@pytest.fixture
+def settings() -> Settings:
+    """The API here accepts loopback targets: the steps call a counting server."""
+    return Settings(pool_min_size=1, pool_max_size=4, http_allow=("127.0.0.1",))
+
+
+class Counting:
+    """A loopback HTTP server counting hits per path; `/slow-once` sleeps on its first hit."""
+
+    def __init__(self) -> None:
+        self.hits: Counter[str] = Counter()
+        self.lock = threading.Lock()
+        counting = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                with counting.lock:
+                    counting.hits[self.path] += 1
+                    first = counting.hits[self.path] == 1
+                if self.path == "/slow-once" and first:
+                    time.sleep(3)
+                body = b'{"ok": true}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def step(self, step_id: str, path: str, **extra: Any) -> dict[str, Any]:
+        return {"id": step_id, "uses": "http.request", "with": {"url": self.base + path}, **extra}
+
+
+@pytest.fixture
+def counting() -> Iterator[Counting]:
+    server = Counting()
+    thread = threading.Thread(target=server.server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.server.shutdown()
+        server.server.server_close()
+
+
+def _create(client: TestClient, token: str, **fields: Any) -> dict[str, Any]:
+    resp = client.post("/tasks", json={**SEED_TASK, **fields}, headers=auth(token))
+    assert resp.status_code == 201, resp.text
+    body: dict[str, Any] = resp.json()
+    return body
+
+
+def _run_now(client: TestClient, token: str, task: dict[str, Any]) -> str:
+    resp = client.post(f"/tasks/{task['id']}/run_now", headers=auth(token))
+    assert resp.status_code == 202, resp.text
+    return str(resp.json()["id"])
+
+
+def _runs(client: TestClient, token: str, task: dict[str, Any]) -> list[dict[str, Any]]:
+    items = client.get("/runs", params={"task_id": task["id"]}, headers=auth(token)).json()
+    return sorted(items["items"], key=lambda r: r["attempt"])
+
+
+def _state(db: psycopg.Connection[Any]) -> tuple[Any, ...]:
+    row = db.execute("SELECT state, attempt FROM due_work").fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+def _until_state(db: psycopg.Connection[Any], *state: Any, timeout: float = 20) -> None:
+    until(lambda: _state(db) == state, f"the occurrence to be {state}", timeout)
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The attempts for which the worker read an earlier attempt's checkpoints."""
+    seen: list[int] = []
+    real = work.previous_steps
+
+    async def spy(conn: Any, *, due_work_id: int, attempt: int) -> Any:
+        seen.append(attempt)
+        return await real(conn, due_work_id=due_work_id, attempt=attempt)
+
+    monkeypatch.setattr(work, "previous_steps", spy)
+    return seen
+
+
+def _slow_pipeline(counting: Counting, **extra: Any) -> dict[str, Any]:
+    """a, a skipped step, b, then c (times out on its first try), then d."""
+    return {
+        "pipeline": [
+            counting.step("a", "/a", save_as="first"),
+            {
+                "id": "never",
+                "uses": "log",
+                "with": {"message": "skipped"},
+                "if": "${steps.first.status} == 999",
+            },
+            counting.step("b", "/b"),
+            counting.step("c", "/slow-once", timeout_seconds=1),
+            {"id": "d", "uses": "log", "with": {"message": "a said ${steps.first.status}"}},
+        ],
+        **extra,
+    }
+
+
+def test_a_retry_resumes_after_the_last_step_that_succeeded(
+    client: TestClient,
+    writer_token: str,
+    db_url: str,
+    db: psycopg.Connection[Any],
+    counting: Counting,
+    reads: list[int],
+) -> None:
+    task = _create(
+        client,
+        writer_token,
+        max_retries=1,
+        backoff_strategy="fixed",
+        payload=_slow_pipeline(counting),
+    )
+    with background_worker(db_url, retry_base_seconds=0, http_allow=("127.0.0.1",)):
+        _run_now(client, writer_token, task)
+        _until_state(db, "succeeded", 2)
+    assert counting.hits == {"/a": 1, "/b": 1, "/slow-once": 2}
+    first, second = _runs(client, writer_token, task)
+    assert first["status"] == "failed"
+    assert "timed out" in first["error"]
+    assert second["status"] == "succeeded"
+    steps = {s["id"]: s for s in second["steps"]}
+    assert steps["a"]["status"] == "succeeded"
+    assert steps["a"]["resumed_from"] == 1
+    assert steps["a"]["output"] == first["steps"][0]["output"]
+    assert steps["never"]["status"] == "skipped"  # evaluated again, still false
+    assert steps["b"]["resumed_from"] == 1
+    assert "resumed_from" not in steps["c"]
+    assert "resumed_from" not in steps["d"]
+    logs = client.get(f"/runs/{second['id']}/logs", headers=auth(writer_token)).json()
+    assert [line["message"] for line in logs["items"]] == ["a said 200"]  # save_as restored
+    assert reads == [2]  # the first attempt read nothing
+    assert_work_consistent(db)
+
+
+def test_from_start_runs_every_step_again(
+    client: TestClient,
+    writer_token: str,
+    db_url: str,
+    db: psycopg.Connection[Any],
+    counting: Counting,
+    reads: list[int],
+) -> None:
+    task = _create(
+        client,
+        writer_token,
+        max_retries=1,
+        backoff_strategy="fixed",
+        payload=_slow_pipeline(counting, resume="from_start"),
+    )
+    with background_worker(db_url, retry_base_seconds=0, http_allow=("127.0.0.1",)):
+        _run_now(client, writer_token, task)
+        _until_state(db, "succeeded", 2)
+    assert counting.hits == {"/a": 2, "/b": 2, "/slow-once": 2}
+    second = _runs(client, writer_token, task)[1]
+    assert all("resumed_from" not in s for s in second["steps"])
+    assert reads == []
+
+
+def test_resume_is_validated(client: TestClient, writer_token: str) -> None:
+    bad = {**SEED_TASK, "payload": {**SEED_TASK["payload"], "resume": "sometimes"}}
+    resp = client.post("/tasks", json=bad, headers=auth(writer_token))
+    assert resp.status_code == 422
+    [error] = resp.json()["errors"]
+    assert error["loc"] == ["body", "payload", "resume"]
+    assert "from_start" in error["message"]
+
+
+# Remote steps ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def claimer(make_token: Callable[..., str]) -> str:
+    return make_token("work:claim", name="encoder")
+
+
+def _remote_task(**fields: Any) -> dict[str, Any]:
+    encode: dict[str, Any] = {
+        "id": "encode",
+        "uses": "media.transcode",
+        "with": {"url": "https://example.com/a.mp4", "width": 640},
+    }
+    encode.update(fields.pop("encode", {}))
+    return {
+        **SEED_TASK,
+        "payload": {
+            "pipeline": [
+                {"id": "hello", "uses": "log", "with": {"message": "before"}},
+                encode,
+                {"id": "bye", "uses": "log", "with": {"message": "got ${steps.encode.url}"}},
+            ]
+        },
+        **fields,
+    }
+
+
+def _claim(client: TestClient, token: str) -> dict[str, Any]:
+    def found() -> dict[str, Any] | None:
+        resp = client.post(
+            "/task-types/media.transcode/claim",
+            json={"limit": 1, "wait_seconds": 0},
+            headers=auth(token),
+        )
+        assert resp.status_code == 200, resp.text
+        items: list[dict[str, Any]] = resp.json()["items"]
+        return items[0] if items else None
+
+    item: dict[str, Any] = until(found, "a remote step to claim", 20)
+    return item
+
+
+def _logs(client: TestClient, token: str, run_id: str) -> list[str]:
+    items = client.get(f"/runs/{run_id}/logs", headers=auth(token)).json()["items"]
+    return [line["message"] for line in items]
+
+
+def _no_worker_claims(db_url: str) -> None:
+    async def go() -> None:
+        conn = await connect(db_url)
+        try:
+            await conn.set_autocommit(True)
+            started = await work.claim_unkeyed(conn, worker_id="w", limit=10, lease_seconds=5)
+            assert started.claimed == []
+            assert not started.keyed
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
+
+
+def test_a_remote_step_waits_without_a_worker_and_the_run_continues(
+    client: TestClient,
+    admin_token: str,
+    writer_token: str,
+    claimer: str,
+    db_url: str,
+    db: psycopg.Connection[Any],
+) -> None:
+    create_type(client, admin_token, lease_seconds=5)
+    task = _create(client, writer_token, **_remote_task())
+    with background_worker(db_url):
+        run_id = _run_now(client, writer_token, task)
+        _until_state(db, "waiting", 1)
+        lease = db.execute("SELECT lease_owner, wait_until IS NOT NULL FROM due_work").fetchone()
+        assert lease == (None, True)
+        run = client.get(f"/runs/{run_id}", headers=auth(writer_token)).json()
+        assert run["status"] == "running"
+        assert [s["status"] for s in run["steps"]] == ["succeeded", "waiting"]
+        _no_worker_claims(db_url)  # a waiting occurrence is never a worker's
+        assert_work_consistent(db, all_final=False)
+
+        item = _claim(client, claimer)
+        assert item["run_id"] == run_id
+        assert item["step_id"] == "encode"
+        done = client.post(
+            f"/claims/{item['claim_id']}/complete",
+            json={"output": {"url": "https://cdn.example.com/a-640.mp4"}},
+            headers=auth(claimer),
+        )
+        assert done.status_code == 200, done.text
+        _until_state(db, "succeeded", 1)
+    run = client.get(f"/runs/{run_id}", headers=auth(writer_token)).json()
+    assert run["status"] == "succeeded"
+    assert run["attempt"] == 1
+    assert [s["status"] for s in run["steps"]] == ["succeeded", "succeeded", "succeeded"]
+    assert run["steps"][1]["output"] == {"url": "https://cdn.example.com/a-640.mp4"}
+    assert _logs(client, writer_token, run_id) == [
+        "before",  # once: the continuation reused it
+        "got https://cdn.example.com/a-640.mp4",
+    ]
+    assert len(_runs(client, writer_token, task)) == 1  # no new run, no new attempt
+    assert_work_consistent(db)
+
+
+def _fail(client: TestClient, token: str, item: dict[str, Any], *, retryable: bool) -> None:
+    resp = client.post(
+        f"/claims/{item['claim_id']}/fail",
+        json={"error": "the encoder crashed", "retryable": retryable},
+        headers=auth(token),
+    )
+    assert resp.status_code == 200, resp.text
+
+
+def test_a_retryable_failure_is_retried_and_offered_again(
+    client: TestClient,
+    admin_token: str,
+    writer_token: str,
+    claimer: str,
+    db_url: str,
+    db: psycopg.Connection[Any],
+) -> None:
+    create_type(client, admin_token, lease_seconds=5)
+    task = _create(client, writer_token, max_retries=1, backoff_strategy="fixed", **_remote_task())
+    with background_worker(db_url, retry_base_seconds=0):
+        _run_now(client, writer_token, task)
+        _fail(client, claimer, _claim(client, claimer), retryable=True)
+        again = _claim(client, claimer)
+        assert again["attempt"] == 2
+        done = client.post(
+            f"/claims/{again['claim_id']}/complete",
+            json={"output": {"url": "https://x.example/b"}},
+            headers=auth(claimer),
+        )
+        assert done.status_code == 200, done.text
+        _until_state(db, "succeeded", 2)
+    first, second = _runs(client, writer_token, task)
+    assert first["status"] == "failed"
+    assert "the encoder crashed; retrying" in first["error"]
+    assert first["steps"][1]["status"] == "failed"
+    assert second["status"] == "succeeded"
+    assert second["steps"][0]["resumed_from"] == 1
+    assert _logs(client, writer_token, first["id"]) == ["before"]
+    assert _logs(client, writer_token, second["id"]) == ["got https://x.example/b"]
+    assert_work_consistent(db)
+
+
+def test_a_failure_that_cannot_be_retried_fails_the_run(
+    client: TestClient,
+    admin_token: str,
+    writer_token: str,
+    claimer: str,
+    db_url: str,
+    db: psycopg.Connection[Any],
+) -> None:
+    create_type(client, admin_token, lease_seconds=5)
+    task = _create(client, writer_token, max_retries=3, **_remote_task())
+    with background_worker(db_url):
+        run_id = _run_now(client, writer_token, task)
+        _fail(client, claimer, _claim(client, claimer), retryable=False)
+        _until_state(db, "failed", 1)
+    run = client.get(f"/runs/{run_id}", headers=auth(writer_token)).json()
+    assert run["status"] == "failed"
+    assert run["error"] == "step encode: the encoder crashed"
+    assert len(_runs(client, writer_token, task)) == 1
+    assert_work_consistent(db)
+
+
+def test_an_inactive_task_type_fails_the_run_without_retries(
+    client: TestClient,
+    admin_token: str,
+    writer_token: str,
+    db_url: str,
+    db: psycopg.Connection[Any],
+) -> None:
+    create_type(client, admin_token)
+    task = _create(client, writer_token, max_retries=3, **_remote_task())
+    gone = client.delete("/task-types/media.transcode", headers=auth(admin_token))
+    assert gone.status_code in (200, 204), gone.text
+    with background_worker(db_url):
+        run_id = _run_now(client, writer_token, task)
+        _until_state(db, "failed", 1)
+    run = client.get(f"/runs/{run_id}", headers=auth(writer_token)).json()
+    assert "inactive" in run["error"]
+    assert run["steps"][1]["status"] == "failed"
+    assert db.execute("SELECT count(*) FROM remote_steps").fetchone() == (0,)
+    assert len(_runs(client, writer_token, task)) == 1
+
+
+def test_a_wait_past_its_deadline_is_ended_by_the_scheduler(
+    client: TestClient,
+    admin_token: str,
+    writer_token: str,
+    claimer: str,
+    db_url: str,
+    db: psycopg.Connection[Any],
+) -> None:
+    create_type(client, admin_token, lease_seconds=5)
+    task = _create(
+        client, writer_token, **_remote_task(encode={"timeout_seconds": 1}, max_retries=0)
+    )
+    with background_worker(db_url), scheduler(db_url, scheduler_tick_ms=100):
+        run_id = _run_now(client, writer_token, task)
+        item = _claim(client, claimer)
+        _until_state(db, "timed_out", 1)
+    run = client.get(f"/runs/{run_id}", headers=auth(writer_token)).json()
+    assert run["status"] == "timed_out"
+    assert "did not end in time" in run["error"]
+    assert run["steps"][1]["status"] == "failed"
+    beat = client.post(f"/claims/{item['claim_id']}/heartbeat", headers=auth(claimer))
+    assert beat.status_code == 409
+    assert db.execute("SELECT state FROM remote_steps").fetchone() == ("cancelled",)
+    assert_work_consistent(db)
+
+
+def test_cancel_stops_a_waiting_run_and_its_remote_step(
+    client: TestClient,
+    admin_token: str,
+    writer_token: str,
+    claimer: str,
+    db_url: str,
+    db: psycopg.Connection[Any],
+) -> None:
+    create_type(client, admin_token, lease_seconds=5)
+    task = _create(client, writer_token, **_remote_task())
+    with background_worker(db_url):
+        run_id = _run_now(client, writer_token, task)
+        item = _claim(client, claimer)
+        _until_state(db, "waiting", 1)
+        resp = client.post(f"/runs/{run_id}/cancel", headers=auth(writer_token))
+        assert resp.status_code == 202, resp.text
+        assert _state(db) == ("cancelled", 1)  # at once: no worker holds it
+    run = client.get(f"/runs/{run_id}", headers=auth(writer_token)).json()
+    assert run["status"] == "cancelled"
+    beat = client.post(f"/claims/{item['claim_id']}/heartbeat", headers=auth(claimer))
+    assert beat.status_code == 409
+    done = client.post(
+        f"/claims/{item['claim_id']}/complete",
+        json={"output": {"url": "https://late.example/"}},
+        headers=auth(claimer),
+    )
+    assert done.status_code == 409
+    assert client.get(f"/runs/{run_id}", headers=auth(writer_token)).json() == run
+    assert_work_consistent(db)
+
+
+def test_task_cancel_drops_its_waiting_work(
+    client: TestClient,
+    admin_token: str,
+    writer_token: str,
+    claimer: str,
+    db_url: str,
+    db: psycopg.Connection[Any],
+) -> None:
+    create_type(client, admin_token, lease_seconds=5)
+    task = _create(client, writer_token, **_remote_task())
+    with background_worker(db_url):
+        run_id = _run_now(client, writer_token, task)
+        _until_state(db, "waiting", 1)
+        resp = client.post(f"/tasks/{task['id']}/cancel", headers=auth(writer_token))
+        assert resp.status_code in (200, 202), resp.text
+        assert _state(db) == ("cancelled", 1)
+    assert client.get(f"/runs/{run_id}", headers=auth(writer_token)).json()["status"] == (
+        "cancelled"
+    )
+    assert db.execute("SELECT state FROM remote_steps").fetchone() == ("cancelled",)
+    assert_work_consistent(db)

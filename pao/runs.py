@@ -2,21 +2,40 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
+from typing import Any
 
 from pao import pagination, streams
 from pao.db import Conn
 from pao.errors import Conflict, NotFound
 from pao.models import Agent, Run, RunLog
-from pao.store import audit, run_events, runs
+from pao.store import audit, remote_steps, run_events, runs
 from pao.visibility import owner_filter
-from pao.vocabulary import RunStatus
+from pao.vocabulary import RunStatus, StepStatus
 
 
 async def get_run(conn: Conn, actor: Agent, run_id: uuid.UUID, *, lock: bool = False) -> Run:
     run = await runs.get_run(conn, run_id, owner=owner_filter(actor), for_update=lock)
     if run is None:
         raise NotFound(f"no run {run_id}")
+    return run
+
+
+async def get_run_view(conn: Conn, actor: Agent, run_id: uuid.UUID) -> Run:
+    """One run as GET /runs/{id} shows it: a step waiting for a remote worker carries
+    `remote`: its offer's state, its holder (`holder_agent_id`, `holder_name`, while
+    claimed, with `lease_expires_at`) and its last progress report (`progress`)."""
+    run = await get_run(conn, actor, run_id)
+    if run.status is not RunStatus.RUNNING:
+        return run
+    steps: list[Any] = list(run.steps)
+    for i, step in enumerate(steps):
+        if isinstance(step, dict) and step.get("status") == StepStatus.WAITING:
+            found = await remote_steps.view(conn, run_id=run.id, step_id=str(step.get("id")))
+            if found is not None:
+                steps[i] = {**step, "remote": found}
+                return dataclasses.replace(run, steps=steps)
     return run
 
 

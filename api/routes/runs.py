@@ -37,9 +37,10 @@ async def list_runs(
 
 @router.get("/{run_id}", response_model=RunPublic)
 async def get_run(state: State, agent: RunsRead, run_id: uuid.UUID) -> RunPublic:
-    """One run with its steps and their outputs."""
+    """One run with its steps and their outputs; a step waiting for a remote worker
+    (`status: "waiting"`) shows its holder and last progress under `remote`."""
     async with state.tx() as conn:
-        return RunPublic.of(await logic.get_run(conn, agent, run_id))
+        return RunPublic.of(await logic.get_run_view(conn, agent, run_id))
 
 
 @router.get("/{run_id}/logs", response_model=RunLogs)

@@ -141,3 +141,17 @@ SET state = 'queued', lease_expires_at = NULL
 WHERE id = %(id)s AND state = 'claimed' AND claim_token_hash = %(token_hash)s
   AND lease_expires_at > now()
 RETURNING id, task_type
+
+-- name: remote_step_view
+-- A run's waiting step as GET /runs/{id} shows it: its state, holder (if claimed) and last progress line.
+SELECT s.state, s.holder_agent_id, a.name AS holder_name, s.claimed_at, s.lease_expires_at,
+       s.deliveries, p.message AS progress, p.at AS progress_at
+FROM remote_steps s
+LEFT JOIN agents a ON a.id = s.holder_agent_id AND s.state = 'claimed'
+LEFT JOIN LATERAL (
+    SELECT l.message, l.at FROM run_logs l
+    WHERE l.run_id = s.run_id AND l.step_id = s.step_id
+    ORDER BY l.id DESC
+    LIMIT 1
+) p ON true
+WHERE s.run_id = %(run_id)s AND s.step_id = %(step_id)s

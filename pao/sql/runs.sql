@@ -102,12 +102,13 @@ LIMIT %(limit)s
 -- name: run_list_live
 -- run_list of runs queued or running, found from their occurrences on the partial claim or
 -- lease index (a run is queued or running exactly when it is its occurrence's current attempt
--- and the occurrence is in that state): a page costs the work now queued or running, not a
+-- and the occurrence is in that state; a running run's occurrence may also be `waiting` for a
+-- remote step, listed by a second call): a page costs the work now queued or running, not a
 -- walk through the history for the few runs not yet ended.
 SELECT r.* FROM due_work d
 JOIN runs r ON r.due_work_id = d.id AND r.attempt = d.attempt
 JOIN tasks t ON t.id = r.task_id
-WHERE d.state = %(status)s::text
+WHERE d.state = %(work_state)s::text
   AND r.status = %(status)s::text
   AND (%(owner)s::uuid IS NULL OR t.created_by = %(owner)s::uuid)
   AND (%(task_id)s::uuid IS NULL OR d.task_id = %(task_id)s::uuid)

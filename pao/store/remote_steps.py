@@ -235,3 +235,10 @@ async def cancel_for_run(conn: Conn, run_id: uuid.UUID) -> int:
     """Cancel a run's remote steps not yet done; how many. Their holders' next call is a 409."""
     cur = await conn.execute(QUERIES["remote_step_cancel_for_run"], {"run_id": run_id})
     return len(await cur.fetchall())
+
+
+async def view(conn: Conn, *, run_id: uuid.UUID, step_id: str) -> dict[str, Any] | None:
+    """A waiting step's state, holder (id and name, while claimed) and last progress line."""
+    cur = await conn.execute(QUERIES["remote_step_view"], {"run_id": run_id, "step_id": step_id})
+    row: dict[str, Any] | None = await cur.fetchone()
+    return row

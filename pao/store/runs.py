@@ -145,7 +145,13 @@ async def list_runs(
         "tasks_cap": OWNED_TASKS_COUNTED,
     }
     if status in LIVE:
-        return await _runs(conn, "run_list_live", params)
+        page = await _runs(conn, "run_list_live", {**params, "work_state": status})
+        if status is RunStatus.RUNNING:
+            # Runs waiting for a remote step are running too; their occurrences wait.
+            page += await _runs(conn, "run_list_live", {**params, "work_state": "waiting"})
+            page.sort(key=lambda r: (r.queued_at, r.id), reverse=True)
+            del page[limit:]
+        return page
     if owner is None or task_id is not None:
         return await _runs(conn, "run_list", params, prepare=False)
     page = await _runs(conn, "run_list_owned_recent", params)

@@ -292,6 +292,17 @@ def test_a_remote_step_waits_without_a_worker_and_the_run_continues(
         item = _claim(client, claimer)
         assert item["run_id"] == run_id
         assert item["step_id"] == "encode"
+        prog = client.post(
+            f"/claims/{item['claim_id']}/progress",
+            json={"message": "encoding", "percent": 40},
+            headers=auth(claimer),
+        )
+        assert prog.status_code == 200, prog.text
+        shown = client.get(f"/runs/{run_id}", headers=auth(writer_token)).json()["steps"][1]
+        assert shown["status"] == "waiting"
+        assert shown["remote"]["state"] == "claimed"
+        assert shown["remote"]["holder_name"] == "encoder"
+        assert shown["remote"]["progress"] == "40% encoding"
         done = client.post(
             f"/claims/{item['claim_id']}/complete",
             json={"output": {"url": "https://cdn.example.com/a-640.mp4"}},
@@ -306,6 +317,7 @@ def test_a_remote_step_waits_without_a_worker_and_the_run_continues(
     assert run["steps"][1]["output"] == {"url": "https://cdn.example.com/a-640.mp4"}
     assert _logs(client, writer_token, run_id) == [
         "before",  # once: the continuation reused it
+        "40% encoding",  # the remote worker's progress
         "got https://cdn.example.com/a-640.mp4",
     ]
     assert len(_runs(client, writer_token, task)) == 1  # no new run, no new attempt

@@ -39,6 +39,7 @@ def _runs_read(
         "owner": owner,
         "task_id": None,
         "status": status,
+        "work_state": status,
         "after_queued": None,
         "after_id": None,
         "limit": limit,

@@ -16,6 +16,7 @@ import psycopg
 from pao import claims
 from pao.db import connect
 from tests.acceptance.procs import ROOT, Process, until_logged, until_running, wait_ready
+from tests.acceptance.running import api_process, finished_run, worker_process
 from tests.acceptance.test_streams import _api
 from tests.helpers import SEED_TASK, auth, new_agent
 
@@ -105,3 +106,46 @@ def test_demo_registers_completes_and_hands_back(
         for proc in demos:
             proc.kill()
         api.kill()
+
+
+def test_a_pipeline_runs_through_the_demo(db_url: str, tmp_path: Path) -> None:
+    """With pao api, pao worker and the demo: a built-in step, the remote step, and a
+    built-in step whose input is templated from the remote step's output, in one run."""
+    admin = new_agent(db_url, ["admin"], name="root")
+    claimer = new_agent(db_url, ["work:claim"], name="uppercaser")
+    with api_process(db_url, tmp_path) as base, worker_process(db_url, tmp_path):
+        env = {**os.environ, "PAO_API_URL": base, "PAO_TOKEN": claimer, "PAO_ADMIN_TOKEN": admin}
+        demo = Process([sys.executable, str(DEMO), "--delay", "0"], env, tmp_path / "demo.log")
+        try:
+            until_logged(demo, "claiming steps of demo.uppercase")
+            pipeline = [
+                {"id": "greet", "uses": "log", "with": {"message": "good morning"}},
+                {
+                    "id": "shout",
+                    "uses": "demo.uppercase",
+                    "with": {"text": "good morning"},
+                },
+                {"id": "say", "uses": "log", "with": {"message": "${steps.shout.text}!"}},
+            ]
+            with httpx.Client(base_url=base, headers=auth(admin), timeout=10) as http:
+                task = http.post("/tasks", json={**SEED_TASK, "payload": {"pipeline": pipeline}})
+                assert task.status_code == 201, task.text
+                run_id = http.post(f"/tasks/{task.json()['id']}/run_now").json()["id"]
+            run = until_running(
+                [demo],
+                lambda: _ended(finished_run(base, admin, run_id)),
+                "the run to end",
+            )
+            assert run["status"] == "succeeded", (run["error"], run["steps"])
+            steps = {s["id"]: s for s in run["steps"]}
+            assert steps["shout"]["output"] == {"text": "GOOD MORNING"}
+            assert steps["say"]["status"] == "succeeded"
+            logs = httpx.get(f"{base}/runs/{run_id}/logs", headers=auth(admin), timeout=10)
+            messages = [line["message"] for line in logs.json()["items"]]
+            assert "GOOD MORNING!" in messages, messages
+        finally:
+            demo.kill()
+
+
+def _ended(run: dict[str, Any]) -> dict[str, Any] | None:
+    return None if run["status"] in ("queued", "running", "waiting") else run

@@ -26,7 +26,10 @@ from pao.client import (
     InvalidId,
     Occurrence,
     PaoClient,
+    PermanentError,
+    RemoteWorker,
     Run,
+    StepContext,
     Task,
     api_url_from_env,
 )
@@ -530,6 +533,93 @@ async def task_types_delete(client: PaoClient, args: argparse.Namespace) -> tupl
     return {"name": args.name, "is_active": False}, f"task type {args.name}: inactive"
 
 
+EX_DATAERR = 65
+"""A `pao claims work` command exiting with this failed for good (retrying cannot help)."""
+_SECRET_ENV = ("PAO_TOKEN", "PAO_ADMIN_TOKEN")
+
+
+class CommandFailed(Exception):
+    """A `pao claims work` command exited non-zero: the step fails, retryable."""
+
+
+def command_handler(argv: Sequence[str]) -> Callable[[StepContext], Awaitable[dict[str, Any]]]:
+    """A RemoteWorker handler that runs `argv` for each step: the step's parameters as JSON
+    on stdin; PAO_CLAIM_ID, PAO_RUN_ID, PAO_STEP_ID, PAO_ATTEMPT and PAO_IDEMPOTENCY_KEY in
+    its environment (pao tokens are not passed on). Exit 0 with a JSON object on stdout:
+    the step's output. Exit 65 (EX_DATAERR): failed for good; any other status: failed,
+    retryable. A lost claim or a stop terminates the command."""
+
+    async def handle(ctx: StepContext) -> dict[str, Any]:
+        env = {k: v for k, v in os.environ.items() if k not in _SECRET_ENV}
+        env.update(
+            PAO_CLAIM_ID=ctx.claim_id,
+            PAO_RUN_ID=ctx.run_id,
+            PAO_STEP_ID=ctx.step_id,
+            PAO_ATTEMPT=str(ctx.attempt),
+            PAO_IDEMPOTENCY_KEY=ctx.idempotency_key,
+        )
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        try:
+            out, err = await proc.communicate(json.dumps(ctx.parameters).encode())
+        except asyncio.CancelledError:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 5)
+            except TimeoutError:
+                proc.kill()
+            raise
+        if proc.returncode != 0:
+            tail = err.decode(errors="replace").strip()[-2000:]
+            message = f"{argv[0]} exited with status {proc.returncode}: {tail or '(no stderr)'}"
+            if proc.returncode == EX_DATAERR:
+                raise PermanentError(message)
+            raise CommandFailed(message)
+        try:
+            output = json.loads(out or b"{}")
+        except ValueError:
+            output = None
+        if not isinstance(output, dict):
+            raise PermanentError(
+                f"{argv[0]} exited 0 but did not print a JSON object on stdout: "
+                f"{out.decode(errors='replace')[:200]!r}"
+            )
+        return output
+
+    return handle
+
+
+async def claims_work(client: PaoClient, args: argparse.Namespace) -> tuple[Any, str]:
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        raise UsageError("give the command to run for each step after --, e.g. -- ./encode.sh")
+    if args.concurrency < 1:
+        raise UsageError("--concurrency must be at least 1")
+    worker = RemoteWorker(
+        client,
+        args.type,
+        command_handler(command),
+        concurrency=args.concurrency,
+        wait_seconds=20,
+        grace_seconds=args.grace,
+    )
+    print(f"pao: claiming steps of {args.type}; SIGTERM or Ctrl-C stops", file=sys.stderr)
+    await worker.run(handle_signals=True)
+    s = worker.stats
+    text = (
+        f"stopped: {s.completed} completed, {s.failed} failed, {s.released} handed back, "
+        f"{s.lost} lost"
+    )
+    return vars(s), text
+
+
 # The parser
 
 
@@ -686,6 +776,26 @@ def add_commands(sub: Any) -> None:
     )
     p = _leaf(tt, "delete", task_types_delete, "make a task type inactive (admin)", common)
     p.add_argument("name", metavar="NAME")
+
+    claims = sub.add_parser("claims", help="do the steps of a task type (work:claim)")
+    cs = claims.add_subparsers(dest="claims_command", required=True, metavar="ACTION")
+    p = _leaf(
+        cs,
+        "work",
+        claims_work,
+        "claim steps of a task type and run a command for each: its parameters as JSON on "
+        "stdin, its output a JSON object on stdout (exit 65: failed for good; other "
+        "non-zero: failed, retryable)",
+        common,
+    )
+    p.add_argument(
+        "--type", required=True, metavar="NAME", help="the task type, e.g. media.transcode"
+    )
+    p.add_argument("--concurrency", type=int, default=1, help="steps at once (1)")
+    p.add_argument(
+        "--grace", type=float, default=10.0, help="seconds to finish steps on SIGTERM (10)"
+    )
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG ...]")
 
     events = sub.add_parser("events", help="publish events to a running API")
     es = events.add_subparsers(dest="events_command", required=True, metavar="ACTION")

@@ -160,7 +160,7 @@ class Claims:
             c = held.claimed
             if held.stop_reason is not None:
                 continue  # its lease ran out before it could start
-            if c.attempt == 1 and c.started_at is not None:
+            if c.attempt == 1 and c.started_at is not None and not c.saved_steps:
                 metrics.started_late((c.started_at - c.scheduled_for).total_seconds())
             self.events.state(c, _RUNNING)
             event = events.get(c.event_id) if c.event_id else None

@@ -127,7 +127,12 @@ class Runner:
             )
             await self._end(held, task, _SUCCEEDED, None, steps)
         except Waiting as waiting:
-            await self._wait(held, task, waiting, steps)
+            try:
+                await self._wait(held, task, waiting, steps)
+            except asyncio.CancelledError:
+                # Stopped before the wait was written: handed back or cancelled as any run
+                # (once written, the fenced end matches no row and changes nothing).
+                await self._stopped(held, task, steps)
         except ConditionNotMet as exc:
             await self._end(held, task, _SUCCEEDED, exc.message, steps)
         except (StepFailed, InvalidInput) as exc:

@@ -131,10 +131,22 @@ export function runView(root, ctx, runId) {
         h("strong", {}, step.id), " ", h("code", {}, step.uses), " ", badge(step.status),
         h("span", { class: "muted small" }, ` ${duration(step.duration_ms)}`)),
       step.detail ? h("p", { class: "muted" }, step.detail) : null,
+      step.resumed_from ? h("p", { class: "muted small" }, `Reused from attempt ${step.resumed_from}`) : null,
+      step.status === "waiting" ? remoteLine(step.remote) : null,
       step.error ? h("pre", { class: "step-error" }, step.error) : null,
       step.output !== undefined ? [h("h3", {}, "Output"), json(step.output)] : null,
       step.output_truncated ? h("p", { class: "muted small" }, "Output too large to stream; shown when the run ends.") : null,
       input);
+  }
+
+  // A remote step's offer: who holds it and what it last reported.
+  function remoteLine(remote) {
+    if (!remote) return h("p", { class: "muted step-remote" }, "Waiting for a remote worker.");
+    const holder = remote.state === "claimed"
+      ? `Held by ${remote.holder_name || remote.holder_agent_id}`
+      : "Waiting for a remote worker to claim it";
+    const progress = remote.progress ? ` · ${remote.progress}` : "";
+    return h("p", { class: "muted step-remote" }, holder + progress);
   }
 
   function onEvent(name, data) {

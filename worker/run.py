@@ -12,6 +12,7 @@ import asyncio
 import functools
 import logging
 import uuid
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from psycopg_pool import AsyncConnectionPool
@@ -116,7 +117,7 @@ class Runner:
                 due_work_id=c.id,
                 steps=steps,
                 condition_state=task.condition_state,
-                deadline=held.started + self.settings.run_timeout_seconds,
+                deadline=held.started + self.settings.run_timeout_seconds - _spent(c),
                 resume=resume,
             )
             await execute(
@@ -293,6 +294,14 @@ class Runner:
             metrics.run_ended(end.status)
             status = end.status
         self.events.state(held.claimed, status, final=not end.hand_back)
+
+
+def _spent(c: work.Claimed) -> float:
+    """Seconds of the run's deadline already spent: a run continued after its remote step
+    keeps its first start (a fresh or handed-back run starts now, and has spent none)."""
+    if not c.saved_steps or c.started_at is None:
+        return 0.0
+    return max(0.0, (datetime.now(UTC) - c.started_at).total_seconds())
 
 
 def _continued(saved: list[StepRecord]) -> bool:

@@ -105,7 +105,8 @@ WITH candidate AS (
     -- Returning the claimed columns here spares a join of two CTEs, which the planner,
     -- blind to their sizes, would do as a nested loop (a batch of 128: 16,384 comparisons).
     UPDATE runs r
-    SET status = 'running', started_at = now(), worker_id = %(worker_id)s
+    -- A continuation keeps its first start: the run's deadline counts from there.
+    SET status = 'running', started_at = COALESCE(r.started_at, now()), worker_id = %(worker_id)s
     FROM claimed c
     WHERE r.due_work_id = c.id AND r.attempt = c.attempt AND r.status = 'queued'
     RETURNING c.id, c.task_id, c.scheduled_for, c.attempt, c.event_id, c.reason,
@@ -165,7 +166,8 @@ WITH candidate AS (
     RETURNING d.id, d.task_id, d.scheduled_for, d.attempt, d.event_id, d.reason
 ), started AS (
     UPDATE runs r
-    SET status = 'running', started_at = now(), worker_id = %(worker_id)s
+    -- A continuation keeps its first start: the run's deadline counts from there.
+    SET status = 'running', started_at = COALESCE(r.started_at, now()), worker_id = %(worker_id)s
     FROM claimed c
     WHERE r.due_work_id = c.id AND r.attempt = c.attempt AND r.status = 'queued'
     RETURNING c.id, c.task_id, c.scheduled_for, c.attempt, c.event_id, c.reason,

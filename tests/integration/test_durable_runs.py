@@ -486,3 +486,40 @@ def test_task_cancel_drops_its_waiting_work(
     )
     assert db.execute("SELECT state FROM remote_steps").fetchone() == ("cancelled",)
     assert_work_consistent(db)
+
+
+def test_a_run_handed_back_at_shutdown_keeps_its_checkpoints(
+    client: TestClient,
+    writer_token: str,
+    db_url: str,
+    db: psycopg.Connection[Any],
+    counting: Counting,
+    reads: list[int],
+) -> None:
+    task = _create(
+        client,
+        writer_token,
+        payload={
+            "pipeline": [
+                counting.step("a", "/a"),
+                counting.step("slow", "/slow-once"),
+                counting.step("d", "/d"),
+            ]
+        },
+    )
+    allow = ("127.0.0.1",)
+    with background_worker(db_url, shutdown_grace_seconds=0, http_allow=allow):
+        run_id = _run_now(client, writer_token, task)
+        until(lambda: counting.hits["/slow-once"] == 1, "the worker in the slow step")
+    # Handed back unspent, with the step that succeeded.
+    assert _state(db) == ("queued", 1)
+    queued = client.get(f"/runs/{run_id}", headers=auth(writer_token)).json()
+    assert queued["status"] == "queued"
+    assert [(s["id"], s["status"]) for s in queued["steps"]] == [("a", "succeeded")]
+    with background_worker(db_url, http_allow=allow):
+        _until_state(db, "succeeded", 1)
+    assert counting.hits == {"/a": 1, "/slow-once": 2, "/d": 1}
+    done = client.get(f"/runs/{run_id}", headers=auth(writer_token)).json()
+    assert done["steps"][0]["resumed_from"] == 1
+    assert reads == []  # the run's own checkpoints came with its claim
+    assert_work_consistent(db)

@@ -254,6 +254,20 @@ async def complete(
     await work_store.notify_workers(conn)
 
 
+async def release(conn: Conn, agent: Agent, claim_id: str) -> None:
+    """Hand the claim's step back unfinished (its claimer is stopping), without spending an
+    attempt: it is queued again at once for the next claimer, who gets a new claim id.
+
+    The step's `deliveries` count is left as it is; the next claim counts one more, as
+    every claim does, so the released claim id answers 409 (claim lost) from then on, and
+    before then too (its lease is gone). The same checks as every claim call refuse a
+    stale, foreign or forged id (409, 403, 404) and nothing changes. ClaimLost if the claim
+    no longer holds the step (nothing to hand back)."""
+    held, parsed = await _held(conn, agent, claim_id)
+    if not await store.release(conn, held.id, parsed.token_hash):
+        raise ClaimLost("this claim no longer holds its step; nothing to hand back")
+
+
 async def fail(
     conn: Conn,
     agent: Agent,

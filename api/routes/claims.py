@@ -11,7 +11,6 @@ from api.deps import State, scope
 from api.models import ClaimEnded, ClaimItem, ClaimLease, ClaimList
 from api.openapi import conflicts
 from api.remote import POLL_SECONDS, RemoteWork
-from pao import claim_release
 from pao import claims as logic
 from pao.models import Agent
 from pao.schemas import ClaimComplete, ClaimFail, ClaimProgress, ClaimRequest
@@ -132,5 +131,5 @@ async def release(state: State, agent: WorkClaim, claim_id: ClaimId) -> ClaimEnd
     for the next claimer, with a new claim id, and no attempt is spent. This claim id
     answers 409 afterwards. 409 if the claim was lost already."""
     async with state.tx() as conn:
-        await claim_release.release(conn, agent, claim_id)
+        await logic.release(conn, agent, claim_id)
     return ClaimEnded(claim_id=claim_id, state="queued")

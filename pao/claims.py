@@ -173,6 +173,19 @@ async def next_lease_end(conn: Conn, task_type: str) -> float | None:
 async def _held(conn: Conn, agent: Agent, claim_id: str) -> tuple[store.Held, ParsedClaim]:
     """The step this claim holds, locked; raises unless the claim may act on it now."""
     parsed = parse_claim_id(claim_id)
+    return await _check(conn, agent, parsed), parsed
+
+
+async def _lock_waiting(conn: Conn, step: int) -> WaitingWork | None:
+    """The occurrence waiting for this step, locked with its run: a complete or fail takes
+    these before the step (`_check`), the order a cancel takes them in, so the two never
+    deadlock."""
+    found = (await store.lock_waiting_work(conn, [step])).get(step)
+    return None if found is None else WaitingWork(**found)
+
+
+async def _check(conn: Conn, agent: Agent, parsed: ParsedClaim) -> store.Held:
+    """The step the parsed claim holds, locked; raises unless the claim may act on it now."""
     held = await store.lock(conn, parsed.step)
     if held is None or parsed.delivery > held.deliveries:
         raise NotFound(_UNKNOWN)
@@ -198,7 +211,7 @@ async def _held(conn: Conn, agent: Agent, claim_id: str) -> tuple[store.Held, Pa
             "this claim's lease ran out (heartbeat sooner than lease_seconds); the step is "
             "offered again, so stop working on it"
         )
-    return held, parsed
+    return held
 
 
 async def heartbeat(conn: Conn, agent: Agent, claim_id: str) -> datetime:
@@ -233,11 +246,12 @@ async def complete(
     record (the run's checkpoint: the source the pipeline resumes from) and queues the run
     again, same attempt, for any worker to continue; idle workers are woken at commit.
     """
-    held, parsed = await _held(conn, agent, claim_id)
+    parsed = parse_claim_id(claim_id)
+    waiting = await _lock_waiting(conn, parsed.step)
+    held = await _check(conn, agent, parsed)
     task_type = await type_store.get(conn, held.task_type)
     if task_type is not None:
         check_output(task_type, output)
-    waiting = await runs.lock_waiting(conn, held.run_id)
     if not await store.complete(conn, held.id, parsed.token_hash, output=output, cost=cost):
         raise ClaimLost("this claim no longer holds its step; stop working on it")
     if waiting is None:
@@ -282,8 +296,9 @@ async def fail(
     same transaction: a next attempt after the backoff (`retryable`, retries left), which
     resumes after the last step that succeeded and offers this one again; else the run
     fails with the error."""
-    held, parsed = await _held(conn, agent, claim_id)
-    waiting = await runs.lock_waiting(conn, held.run_id)
+    parsed = parse_claim_id(claim_id)
+    waiting = await _lock_waiting(conn, parsed.step)
+    held = await _check(conn, agent, parsed)
     if not await store.fail(conn, held.id, parsed.token_hash, error=error, retryable=retryable):
         raise ClaimLost("this claim no longer holds its step; stop working on it")
     if waiting is None:

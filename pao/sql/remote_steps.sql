@@ -72,6 +72,23 @@ SELECT EXTRACT(EPOCH FROM min(lease_expires_at) - now())::float8 AS seconds
 FROM remote_steps
 WHERE task_type = %(task_type)s AND state = 'claimed'
 
+-- name: remote_step_lock_waiting_work
+-- Before a complete or fail locks its remote steps: the occurrences waiting for them, locked
+-- with their runs, in occurrence order. The lock order is occurrence, run, remote step, as a
+-- run cancel (run_get_for_update), a task cancel and the rescue of expired waits take them,
+-- so a complete racing a cancel waits for it instead of deadlocking. The steps are only read
+-- here (their run never changes); a step whose run is not waiting at its attempt gives no row.
+SELECT s.id AS remote_step, d.id, d.task_id, d.scheduled_for, d.attempt, r.id AS run_id,
+       t.max_retries, t.backoff_strategy, t.schedule_kind, t.next_run_at,
+       r.steps -> -1 ->> 'id' AS step_id, r.steps -> -1 ->> 'uses' AS uses
+FROM remote_steps s
+JOIN runs r ON r.id = s.run_id
+JOIN due_work d ON d.id = r.due_work_id AND d.attempt = r.attempt
+JOIN tasks t ON t.id = d.task_id
+WHERE s.id = ANY(%(ids)s::bigint[]) AND d.state = 'waiting'
+ORDER BY d.id
+FOR UPDATE OF d, r
+
 -- name: remote_step_lock
 -- One step, locked, with its type's lease and output schema and whether its run is still live, for a claim's holder to act on.
 SELECT s.id, s.run_id, r.task_id, r.attempt, s.step_id, s.task_type, s.state, s.deliveries,

@@ -18,12 +18,15 @@ ORDER BY id
 LIMIT %(limit)s
 
 -- name: run_get_for_update
--- One run, locked with its occurrence, for a state change (cancel).
+-- One run, locked with its occurrence, for a state change (cancel). The occurrence is locked
+-- first (rows are locked in the order the OF list names them), then the run, and only then
+-- the run's remote steps (by the cancel): the order a remote step's complete or fail takes
+-- too (remote_step_lock_waiting_work), so the two never deadlock.
 SELECT r.* FROM runs r
 JOIN tasks t ON t.id = r.task_id
 JOIN due_work d ON d.id = r.due_work_id
 WHERE r.id = %(id)s AND (%(owner)s::uuid IS NULL OR t.created_by = %(owner)s::uuid)
-FOR UPDATE OF r, d
+FOR UPDATE OF d, r
 
 -- name: run_list
 -- A page of runs, newest first, filtered; `owner` NULL lists every agent's runs. Planned for

@@ -146,6 +146,15 @@ class Held:
     run_live: bool
 
 
+async def lock_waiting_work(conn: Conn, step_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """The occurrences waiting for these steps, locked with their runs (take them before
+    `lock`: occurrence, run, remote step is the one lock order), by remote step id; each
+    value has the fields of `pao.store.runs.WaitingWork`. A step whose run is not waiting
+    at its attempt is left out."""
+    cur = await conn.execute(QUERIES["remote_step_lock_waiting_work"], {"ids": step_ids})
+    return {row.pop("remote_step"): row for row in await cur.fetchall()}
+
+
 async def lock(conn: Conn, step_id: int) -> Held | None:
     async with conn.cursor(row_factory=model_row(Held)) as cur:
         await cur.execute(QUERIES["remote_step_lock"], {"id": step_id})

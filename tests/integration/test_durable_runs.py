@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -522,4 +523,134 @@ def test_a_run_handed_back_at_shutdown_keeps_its_checkpoints(
     done = client.get(f"/runs/{run_id}", headers=auth(writer_token)).json()
     assert done["steps"][0]["resumed_from"] == 1
     assert reads == []  # the run's own checkpoints came with its claim
+    assert_work_consistent(db)
+
+
+# A cancel racing a complete -------------------------------------------------------------
+
+
+async def _wait_for_a_lock_wait(db_url: str) -> None:
+    """Until another backend of this database waits for a row lock."""
+    conn = await connect(db_url)
+    try:
+        await conn.set_autocommit(True)
+        for _ in range(500):
+            cur = await conn.execute(
+                "SELECT count(*) AS n FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            row = await cur.fetchone()
+            if row is not None and row["n"] > 0:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("the second transaction never waited for a lock")
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("first", ["complete", "cancel"])
+def test_a_cancel_racing_a_complete_does_not_deadlock(
+    client: TestClient,
+    admin_token: str,
+    writer_token: str,
+    claimer: str,
+    db_url: str,
+    db: psycopg.Connection[Any],
+    monkeypatch: pytest.MonkeyPatch,
+    first: str,
+) -> None:
+    """Two real transactions: the `first` one stops between its locks, the other starts and
+    waits for it, then the first goes on. Both take the occurrence, then the run, then the
+    remote step, so neither deadlocks (PostgreSQL would abort one: a 503). Whichever
+    commits first decides: a step completed first is a checkpoint and the cancel then ends
+    the continued run; a cancel first leaves the holder a 409 and the step cancelled."""
+    from pao import claims
+    from pao import runs as run_logic
+    from pao.errors import ClaimLost
+    from pao.store import agents as agent_store
+    from pao.store import remote_steps as remote_store
+    from pao.store import runs as run_store
+
+    create_type(client, admin_token, lease_seconds=30)
+    task = _create(client, writer_token, **_remote_task())
+    with background_worker(db_url):
+        run_id = _run_now(client, writer_token, task)
+        item = _claim(client, claimer)
+        _until_state(db, "waiting", 1)
+
+    go_on = asyncio.Event()
+
+    async def paused(real: Any, side: str, *args: Any, **kwargs: Any) -> Any:
+        found = await real(*args, **kwargs)
+        if side == first:
+            await go_on.wait()  # hold this transaction's first locks
+        return found
+
+    real_lock, real_get_run = remote_store.lock, run_store.get_run
+
+    async def lock(*args: Any, **kwargs: Any) -> Any:
+        return await paused(real_lock, "complete", *args, **kwargs)
+
+    async def get_run(*args: Any, **kwargs: Any) -> Any:
+        return await paused(real_get_run, "cancel", *args, **kwargs)
+
+    monkeypatch.setattr(remote_store, "lock", lock)
+    monkeypatch.setattr(run_store, "get_run", get_run)
+
+    async def agent(conn: Any, sql: str) -> Any:
+        cur = await conn.execute(sql, {"run": run_id})
+        row = await cur.fetchone()
+        return await agent_store.get_agent(conn, row["id"])
+
+    async def race() -> tuple[Any, Any]:
+        a, b = await connect(db_url), await connect(db_url)
+        try:
+            holder = await agent(a, "SELECT holder_agent_id AS id FROM remote_steps")
+            owner = await agent(
+                b,
+                "SELECT t.created_by AS id FROM runs r JOIN tasks t ON t.id = r.task_id "
+                "WHERE r.id = %(run)s",
+            )
+            await a.commit()
+            await b.commit()
+
+            async def complete() -> None:
+                async with a.transaction():
+                    await claims.complete(
+                        a, holder, item["claim_id"], output={"url": "https://x.example/"}, cost=None
+                    )
+
+            async def cancel() -> Any:
+                async with b.transaction():
+                    return await run_logic.cancel_run(b, owner, uuid.UUID(run_id), request_id=None)
+
+            one, two = (complete, cancel) if first == "complete" else (cancel, complete)
+            started = asyncio.create_task(one())
+            await asyncio.sleep(0.2)  # `one` holds its first locks and stops there
+            assert not started.done()
+            other = asyncio.create_task(two())
+            await _wait_for_a_lock_wait(db_url)  # `two` waits for `one`
+            go_on.set()
+            done = await asyncio.gather(started, other, return_exceptions=True)
+            by_side = dict(zip((one.__name__, two.__name__), done, strict=True))
+            return by_side["complete"], by_side["cancel"]
+        finally:
+            await a.close()
+            await b.close()
+
+    completed, cancelled = asyncio.run(race())
+    for outcome in (completed, cancelled):
+        assert not isinstance(outcome, psycopg.errors.DeadlockDetected), outcome
+    assert not isinstance(cancelled, BaseException), cancelled
+    assert cancelled.status == "cancelled"
+    step = db.execute("SELECT state, output FROM remote_steps").fetchone()
+    run = db.execute("SELECT status FROM runs").fetchone()
+    assert run == ("cancelled",)
+    if first == "complete":
+        assert completed is None  # the step succeeded: its output is the run's checkpoint
+        assert step == ("succeeded", {"url": "https://x.example/"})
+    else:
+        assert isinstance(completed, ClaimLost), completed  # the holder's 409
+        assert step == ("cancelled", None)
+    assert _state(db) == ("cancelled", 1)
     assert_work_consistent(db)

@@ -260,3 +260,18 @@ class ClaimLease(BaseModel):
 class ClaimEnded(BaseModel):
     claim_id: str
     state: str
+
+
+class ClaimOutcome(BaseModel):
+    claim_id: str
+    status: int = Field(
+        description="200: the step succeeded; 404 (unknown claim) or 409 (claim lost): this "
+        "item changed nothing and the claimer should stop working on it"
+    )
+    state: str | None = Field(None, description="`succeeded` when status is 200")
+    type: str | None = Field(None, description="the problem type when status is not 200")
+    detail: str | None = None
+
+
+class ClaimOutcomes(BaseModel):
+    items: list[ClaimOutcome] = Field(description="one per item sent, in the same order")

@@ -70,6 +70,15 @@ _STATUS: list[tuple[type[PaoError], int, str]] = [
 ]
 
 
+def problem_type(exc: PaoError) -> tuple[int, str]:
+    """The status and problem type an error is answered with (e.g. 409,
+    `urn:pao:problem:claim-lost`), for a batch's per-item outcomes."""
+    for cls, status, slug in _STATUS:
+        if isinstance(exc, cls):
+            return status, f"urn:pao:problem:{slug}"
+    return 500, "urn:pao:problem:internal-error"
+
+
 def request_id_of(request: Request) -> str | None:
     return getattr(request.state, "request_id", None)
 

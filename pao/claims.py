@@ -19,6 +19,7 @@ import hashlib
 import re
 import secrets
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -27,7 +28,14 @@ from typing import Any
 from pao import streams
 from pao.backoff import retry_delay
 from pao.db import Conn
-from pao.errors import ClaimLost, Forbidden, NotFound, TaskTypeUnavailable
+from pao.errors import (
+    ClaimLost,
+    FieldError,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    TaskTypeUnavailable,
+)
 from pao.models import Agent
 from pao.store import agents as agent_store
 from pao.store import remote_steps as store
@@ -173,20 +181,20 @@ async def next_lease_end(conn: Conn, task_type: str) -> float | None:
 async def _held(conn: Conn, agent: Agent, claim_id: str) -> tuple[store.Held, ParsedClaim]:
     """The step this claim holds, locked; raises unless the claim may act on it now."""
     parsed = parse_claim_id(claim_id)
-    return await _check(conn, agent, parsed), parsed
+    held = (await store.lock(conn, [parsed.step])).get(parsed.step)
+    return _verdict(agent, parsed, held), parsed
 
 
-async def _lock_waiting(conn: Conn, step: int) -> WaitingWork | None:
-    """The occurrence waiting for this step, locked with its run: a complete or fail takes
-    these before the step (`_check`), the order a cancel takes them in, so the two never
-    deadlock."""
-    found = (await store.lock_waiting_work(conn, [step])).get(step)
-    return None if found is None else WaitingWork(**found)
+async def _lock_waiting(conn: Conn, steps: list[int]) -> dict[int, WaitingWork]:
+    """The occurrences waiting for these steps, locked with their runs, by step: a complete
+    or fail takes these before the steps, the order a cancel takes them in, so the two
+    never deadlock."""
+    found = await store.lock_waiting_work(conn, steps)
+    return {step: WaitingWork(**fields) for step, fields in found.items()}
 
 
-async def _check(conn: Conn, agent: Agent, parsed: ParsedClaim) -> store.Held:
-    """The step the parsed claim holds, locked; raises unless the claim may act on it now."""
-    held = await store.lock(conn, parsed.step)
+def _verdict(agent: Agent, parsed: ParsedClaim, held: store.Held | None) -> store.Held:
+    """The locked step `held` if the parsed claim may act on it now; else raises why not."""
     if held is None or parsed.delivery > held.deliveries:
         raise NotFound(_UNKNOWN)
     if parsed.delivery < held.deliveries:
@@ -236,6 +244,15 @@ async def progress(
     return held.lease_expires_at
 
 
+@dataclass(frozen=True)
+class Completion:
+    """One claim's step completed with `output` and `cost`."""
+
+    claim_id: str
+    output: dict[str, Any]
+    cost: Decimal | None = None
+
+
 async def complete(
     conn: Conn, agent: Agent, claim_id: str, *, output: dict[str, Any], cost: Decimal | None
 ) -> None:
@@ -246,26 +263,99 @@ async def complete(
     record (the run's checkpoint: the source the pipeline resumes from) and queues the run
     again, same attempt, for any worker to continue; idle workers are woken at commit.
     """
-    parsed = parse_claim_id(claim_id)
-    waiting = await _lock_waiting(conn, parsed.step)
-    held = await _check(conn, agent, parsed)
-    task_type = await type_store.get(conn, held.task_type)
-    if task_type is not None:
-        check_output(task_type, output)
-    if not await store.complete(conn, held.id, parsed.token_hash, output=output, cost=cost):
-        raise ClaimLost("this claim no longer holds its step; stop working on it")
-    if waiting is None:
-        return
-    patch = {
-        "id": held.step_id,
-        "uses": held.task_type,
-        "status": StepStatus.SUCCEEDED,
-        "output": output,
-        "remote_step": held.id,
-    }
-    if not await runs.continue_waiting(conn, waiting, step_id=held.step_id, patch=patch):
-        raise ClaimLost("the step's run was cancelled or has ended; stop working on it")
-    await work_store.notify_workers(conn)
+    try:
+        [refused] = await complete_many(conn, agent, [Completion(claim_id, output, cost)])
+    except InvalidInput as exc:  # named from the body's `output`, not `items[0].output`
+        raise InvalidInput([FieldError(e.loc[2:], e.message) for e in exc.errors]) from None
+    if refused is not None:
+        raise refused
+
+
+async def complete_many(
+    conn: Conn, agent: Agent, items: Sequence[Completion]
+) -> list[NotFound | ClaimLost | None]:
+    """Complete several claims' steps at once, as `complete` does each, with set-based
+    statements: for each item in order, None (its step succeeded) or why its claim could
+    not act (NotFound, ClaimLost), as `complete` would have raised it; those items change
+    nothing and the others go on. Raises for the whole batch, and nothing changes, when a
+    claim is another agent's (Forbidden) or an output of a held step breaks its type's
+    output_schema (InvalidInput naming `items[i].output...`).
+
+    Locks, as one complete and a run cancel take them: the waiting occurrences and their
+    runs (in occurrence order), then the steps (in id order); two batches, or a batch and a
+    cancel, wait for each other instead of deadlocking.
+    """
+    outcome: list[NotFound | ClaimLost | None] = [None] * len(items)
+    parsed: dict[int, ParsedClaim] = {}
+    for i, item in enumerate(items):
+        try:
+            parsed[i] = parse_claim_id(item.claim_id)
+        except NotFound as exc:
+            outcome[i] = exc
+    steps = sorted({p.step for p in parsed.values()})
+    waiting = await _lock_waiting(conn, steps) if steps else {}
+    locked = await store.lock(conn, steps) if steps else {}
+    held: dict[int, store.Held] = {}
+    for i, p in parsed.items():
+        try:
+            held[i] = _verdict(agent, p, locked.get(p.step))
+        except (NotFound, ClaimLost) as exc:
+            outcome[i] = exc
+    errors: list[FieldError] = []
+    types: dict[str, TaskType | None] = {}
+    for i, h in held.items():
+        if h.task_type not in types:
+            types[h.task_type] = await type_store.get(conn, h.task_type)
+        task_type = types[h.task_type]
+        if task_type is None:
+            continue
+        try:
+            check_output(task_type, items[i].output)
+        except InvalidInput as exc:
+            errors.extend(FieldError(("items", i, *e.loc), e.message) for e in exc.errors)
+    if errors:
+        raise InvalidInput(errors)
+    if not held:
+        return outcome
+    done = set(
+        await store.complete(
+            conn,
+            [
+                store.Completion(h.id, parsed[i].token_hash, items[i].output, items[i].cost)
+                for i, h in held.items()
+            ],
+        )
+    )
+    continuing: list[dict[str, Any]] = []
+    for i, h in held.items():
+        if h.id not in done:  # cannot happen under the row lock
+            outcome[i] = ClaimLost("this claim no longer holds its step; stop working on it")
+            continue
+        work = waiting.get(h.id)
+        if work is None:
+            continue
+        patch = {
+            "id": h.step_id,
+            "uses": h.task_type,
+            "status": StepStatus.SUCCEEDED,
+            "output": items[i].output,
+            "remote_step": h.id,
+        }
+        continuing.append(
+            {
+                "run_id": str(work.run_id),
+                "work_id": work.id,
+                "attempt": work.attempt,
+                "step_id": h.step_id,
+                "patch": patch,
+            }
+        )
+    if continuing:
+        if await store.continue_runs(conn, continuing) != len(continuing):
+            # Cannot happen with the occurrences and runs locked; never half-continue.
+            raise ClaimLost("a step's run was cancelled or has ended; stop working on it")
+        await work_store.notify_workers(conn)
+    return outcome
 
 
 async def release(conn: Conn, agent: Agent, claim_id: str) -> None:
@@ -297,8 +387,8 @@ async def fail(
     resumes after the last step that succeeded and offers this one again; else the run
     fails with the error."""
     parsed = parse_claim_id(claim_id)
-    waiting = await _lock_waiting(conn, parsed.step)
-    held = await _check(conn, agent, parsed)
+    waiting = (await _lock_waiting(conn, [parsed.step])).get(parsed.step)
+    held = _verdict(agent, parsed, (await store.lock(conn, [parsed.step])).get(parsed.step))
     if not await store.fail(conn, held.id, parsed.token_hash, error=error, retryable=retryable):
         raise ClaimLost("this claim no longer holds its step; stop working on it")
     if waiting is None:

@@ -12,6 +12,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     BeforeValidator,
@@ -274,6 +275,32 @@ class ClaimProgress(_Strict):
 class ClaimComplete(_Strict):
     output: dict[str, Any]
     cost: Cost | None = Field(None, description="what doing the step cost; 0 to 1e9")
+
+
+MAX_BATCH_COMPLETIONS = 100
+
+
+class ClaimCompletion(_Strict):
+    claim_id: str = Field(min_length=1, max_length=200)
+    output: dict[str, Any]
+    cost: Cost | None = Field(None, description="what doing the step cost; 0 to 1e9")
+
+
+def _distinct_claims(items: list[ClaimCompletion]) -> list[ClaimCompletion]:
+    seen: set[str] = set()
+    for item in items:
+        if item.claim_id in seen:
+            raise ValueError(f"claim {item.claim_id[:40]!r} is completed twice; send it once")
+        seen.add(item.claim_id)
+    return items
+
+
+class ClaimCompleteMany(_Strict):
+    items: Annotated[
+        list[ClaimCompletion],
+        Field(min_length=1, max_length=MAX_BATCH_COMPLETIONS),
+        AfterValidator(_distinct_claims),
+    ]
 
 
 class ClaimFail(_Strict):

@@ -8,12 +8,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Request
 
 from api.deps import State, scope
-from api.models import ClaimEnded, ClaimItem, ClaimLease, ClaimList
+from api.models import ClaimEnded, ClaimItem, ClaimLease, ClaimList, ClaimOutcome, ClaimOutcomes
 from api.openapi import conflicts
+from api.problems import problem_type
 from api.remote import POLL_SECONDS, RemoteWork
 from pao import claims as logic
 from pao.models import Agent
-from pao.schemas import ClaimComplete, ClaimFail, ClaimProgress, ClaimRequest
+from pao.schemas import ClaimComplete, ClaimCompleteMany, ClaimFail, ClaimProgress, ClaimRequest
 
 router = APIRouter(tags=["claims"])
 
@@ -73,6 +74,40 @@ async def claim(
             # The claimer gave up (stopped, timed out): steps claimed now would reach no one
             # and wait out their lease. Leave them to the claimers still listening.
             return ClaimList(items=[])
+
+
+@router.post(
+    "/claims/complete",
+    response_model=ClaimOutcomes,
+    response_model_exclude_none=True,
+    responses=conflicts(403),
+)
+async def complete_many(state: State, agent: WorkClaim, body: ClaimCompleteMany) -> ClaimOutcomes:
+    """Complete up to 100 claims' steps in one transaction, each as
+    POST /claims/{claim_id}/complete would.
+
+    Each item gets its own outcome, in the order sent: `status` 200 (`state` succeeded), or
+    404 / 409 with the problem `type` (`urn:pao:problem:claim-lost`: stop working on that
+    step) for an item that changed nothing; the others succeed regardless. The whole request
+    is refused and nothing changes on 422 (a malformed item, more than 100, a claim sent
+    twice, or an output that breaks its type's `output_schema`, named `items[i].output...`)
+    and on 403 (a claim that belongs to another agent).
+    """
+    items = [logic.Completion(i.claim_id, i.output, i.cost) for i in body.items]
+    async with state.tx() as conn:
+        refused = await logic.complete_many(conn, agent, items)
+    outcomes = []
+    for item, error in zip(items, refused, strict=True):
+        if error is None:
+            outcomes.append(ClaimOutcome(claim_id=item.claim_id, status=200, state="succeeded"))
+        else:
+            status, type_ = problem_type(error)
+            outcomes.append(
+                ClaimOutcome(
+                    claim_id=item.claim_id, status=status, type=type_, detail=error.message
+                )
+            )
+    return ClaimOutcomes(items=outcomes)
 
 
 @router.post("/claims/{claim_id}/heartbeat", response_model=ClaimLease, responses=conflicts(409))

@@ -90,7 +90,7 @@ ORDER BY d.id
 FOR UPDATE OF d, r
 
 -- name: remote_step_lock
--- One step, locked, with its type's lease and output schema and whether its run is still live, for a claim's holder to act on.
+-- Steps, locked in id order, with whether each one's lease and run are still live, for their claims' holders to act on.
 SELECT s.id, s.run_id, r.task_id, r.attempt, s.step_id, s.task_type, s.state, s.deliveries,
        s.claim_token_hash, s.holder_agent_id, s.lease_expires_at,
        (s.lease_expires_at IS NOT NULL AND s.lease_expires_at > now()) AS lease_live,
@@ -100,7 +100,8 @@ SELECT s.id, s.run_id, r.task_id, r.attempt, s.step_id, s.task_type, s.state, s.
 FROM remote_steps s
 JOIN runs r ON r.id = s.run_id
 JOIN due_work d ON d.id = r.due_work_id
-WHERE s.id = %(id)s
+WHERE s.id = ANY(%(ids)s::bigint[])
+ORDER BY s.id
 FOR UPDATE OF s
 
 -- name: remote_step_heartbeat
@@ -113,13 +114,41 @@ WHERE s.id = %(id)s AND s.state = 'claimed' AND s.claim_token_hash = %(token_has
 RETURNING s.lease_expires_at
 
 -- name: remote_step_complete
--- The holder completed the step: its output and cost are recorded and its claim ends.
-UPDATE remote_steps
-SET state = 'succeeded', output = %(output)s, cost = %(cost)s, finished_at = now(),
+-- Their holders completed steps (the n-th id with the n-th token hash, output and cost): each output and cost is recorded and its claim ends; a step is changed only while that claim holds it.
+UPDATE remote_steps s
+SET state = 'succeeded', output = v.output, cost = v.cost, finished_at = now(),
     lease_expires_at = NULL
-WHERE id = %(id)s AND state = 'claimed' AND claim_token_hash = %(token_hash)s
-  AND lease_expires_at > now()
-RETURNING id, run_id, step_id, state
+FROM unnest(%(ids)s::bigint[], %(token_hashes)s::bytea[], %(outputs)s::jsonb[],
+            %(costs)s::numeric[]) AS v(id, token_hash, output, cost)
+WHERE s.id = v.id AND s.state = 'claimed' AND s.claim_token_hash = v.token_hash
+  AND s.lease_expires_at > now()
+RETURNING s.id, s.run_id, s.step_id, s.state
+
+-- name: remote_step_continue_runs
+-- The runs waiting for steps just completed (their occurrences locked by remote_step_lock_waiting_work): each step's record gets its outcome (`patch`) and the run is queued again, same attempt, for any worker to continue. One row per run, with whether its occurrence was queued.
+WITH v AS (
+    SELECT * FROM jsonb_to_recordset(%(runs)s::jsonb)
+        AS v(run_id uuid, work_id bigint, attempt int, step_id text, patch jsonb)
+), continued AS (
+    UPDATE runs r
+    SET status = 'queued', worker_id = NULL, steps = CASE
+        WHEN EXISTS (SELECT 1 FROM jsonb_array_elements(r.steps) e WHERE e->>'id' = v.step_id)
+        THEN (SELECT jsonb_agg(CASE WHEN e->>'id' = v.step_id THEN e || v.patch ELSE e END
+                               ORDER BY i)
+              FROM jsonb_array_elements(r.steps) WITH ORDINALITY AS x(e, i))
+        ELSE r.steps || jsonb_build_array(v.patch) END
+    FROM v
+    WHERE r.id = v.run_id AND r.status = 'running'
+    RETURNING r.id, v.work_id, v.attempt
+), queued AS (
+    UPDATE due_work d
+    SET state = 'queued', run_after = now(), wait_until = NULL
+    FROM continued c
+    WHERE d.id = c.work_id AND d.attempt = c.attempt AND d.state = 'waiting'
+    RETURNING d.id
+)
+SELECT c.id AS run_id, EXISTS (SELECT 1 FROM queued q WHERE q.id = c.work_id) AS queued
+FROM continued c
 
 -- name: remote_step_fail
 -- The holder failed the step: the error and whether a retry could help are recorded.
@@ -131,8 +160,8 @@ WHERE id = %(id)s AND state = 'claimed' AND claim_token_hash = %(token_hash)s
 RETURNING id, run_id, step_id, state
 
 -- name: remote_step_notify_ended
--- Tell the workers a remote step ended (sent when this commits): JSON {step, run, step_id, state}.
-SELECT pg_notify('pao_remote_steps', %(payload)s)
+-- Tell the workers remote steps ended (sent when this commits), one notification each: JSON {step, run, step_id, state}.
+SELECT pg_notify('pao_remote_steps', p) FROM unnest(%(payloads)s::text[]) AS p
 
 -- name: remote_step_progress_log
 -- A claimed step's progress, as a log line of its run.

@@ -155,10 +155,11 @@ async def lock_waiting_work(conn: Conn, step_ids: list[int]) -> dict[int, dict[s
     return {row.pop("remote_step"): row for row in await cur.fetchall()}
 
 
-async def lock(conn: Conn, step_id: int) -> Held | None:
+async def lock(conn: Conn, step_ids: list[int]) -> dict[int, Held]:
+    """These steps, locked in id order, by id (one that does not exist is left out)."""
     async with conn.cursor(row_factory=model_row(Held)) as cur:
-        await cur.execute(QUERIES["remote_step_lock"], {"id": step_id})
-        return await cur.fetchone()
+        await cur.execute(QUERIES["remote_step_lock"], {"ids": step_ids})
+        return {held.id: held for held in await cur.fetchall()}
 
 
 async def heartbeat(conn: Conn, step_id: int, token_hash: bytes) -> datetime | None:
@@ -170,18 +171,39 @@ async def heartbeat(conn: Conn, step_id: int, token_hash: bytes) -> datetime | N
     return row["lease_expires_at"] if row else None
 
 
-async def complete(
-    conn: Conn, step_id: int, token_hash: bytes, *, output: dict[str, Any], cost: Decimal | None
-) -> bool:
+@dataclass(frozen=True)
+class Completion:
+    """A held step's completion: its id, its claim's token hash, output and cost."""
+
+    id: int
+    token_hash: bytes
+    output: dict[str, Any]
+    cost: Decimal | None
+
+
+async def complete(conn: Conn, done: list[Completion]) -> list[int]:
+    """Complete steps in one statement, each only while its claim holds it; the ids of
+    those completed (the workers hear of them at commit)."""
     cur = await conn.execute(
         QUERIES["remote_step_complete"],
-        {"id": step_id, "token_hash": token_hash, "output": Jsonb(output), "cost": cost},
+        {
+            "ids": [c.id for c in done],
+            "token_hashes": [c.token_hash for c in done],
+            "outputs": [Jsonb(c.output) for c in done],
+            "costs": [c.cost for c in done],
+        },
     )
-    row = await cur.fetchone()
-    if row is None:
-        return False
-    await _notify_ended(conn, row)
-    return True
+    rows = await cur.fetchall()
+    await _notify_ended(conn, rows)
+    return [int(row["id"]) for row in rows]
+
+
+async def continue_runs(conn: Conn, runs: list[dict[str, Any]]) -> int:
+    """Queue again the runs waiting for steps just completed (their occurrences locked by
+    `lock_waiting_work`); each item has run_id, work_id, attempt, step_id and patch (the
+    step record's outcome). How many were continued."""
+    cur = await conn.execute(QUERIES["remote_step_continue_runs"], {"runs": Jsonb(runs)})
+    return sum(1 for row in await cur.fetchall() if row["queued"])
 
 
 async def fail(conn: Conn, step_id: int, token_hash: bytes, *, error: str, retryable: bool) -> bool:
@@ -192,7 +214,7 @@ async def fail(conn: Conn, step_id: int, token_hash: bytes, *, error: str, retry
     row = await cur.fetchone()
     if row is None:
         return False
-    await _notify_ended(conn, row)
+    await _notify_ended(conn, [row])
     return True
 
 
@@ -210,17 +232,22 @@ async def release(conn: Conn, step_id: int, token_hash: bytes) -> bool:
     return True
 
 
-async def _notify_ended(conn: Conn, row: dict[str, Any]) -> None:
-    payload = json.dumps(
-        {
-            "step": row["id"],
-            "run": str(row["run_id"]),
-            "step_id": row["step_id"],
-            "state": row["state"],
-        },
-        separators=(",", ":"),
-    )
-    await conn.execute(QUERIES["remote_step_notify_ended"], {"payload": payload})
+async def _notify_ended(conn: Conn, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    payloads = [
+        json.dumps(
+            {
+                "step": row["id"],
+                "run": str(row["run_id"]),
+                "step_id": row["step_id"],
+                "state": row["state"],
+            },
+            separators=(",", ":"),
+        )
+        for row in rows
+    ]
+    await conn.execute(QUERIES["remote_step_notify_ended"], {"payloads": payloads})
 
 
 async def progress_log(conn: Conn, *, run_id: uuid.UUID, step_id: str, message: str) -> int:

@@ -459,3 +459,198 @@ def test_offer_checks_rendered_parameters_and_the_type(
         offer(db_url, run_id)
     assert db.execute("SELECT count(*) FROM remote_steps").fetchone() == (0,)
     assert TRANSCODE["name"] == "media.transcode"
+
+
+# Completing many claims at once ---------------------------------------------------------
+
+
+@pytest.fixture
+def held_run_id(client: TestClient, admin_token: str, writer_token: str) -> str:
+    """A queued run of a task whose step uses media.transcode (a lease no test outlives)."""
+    create_type(client, admin_token, lease_seconds=300)
+    task = client.post("/tasks", json=transcode_task(), headers=auth(writer_token))
+    assert task.status_code == 201, task.text
+    run = client.post(f"/tasks/{task.json()['id']}/run_now", headers=auth(writer_token))
+    assert run.status_code == 202, run.text
+    return str(run.json()["id"])
+
+
+def complete_many(client: TestClient, token: str, body: Any) -> Any:
+    return client.post("/claims/complete", json=body, headers=auth(token))
+
+
+def steps(db: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+    return [
+        tuple(row)
+        for row in db.execute(
+            "SELECT step_id, state, output, cost FROM remote_steps ORDER BY step_id"
+        ).fetchall()
+    ]
+
+
+def test_complete_many(
+    client: TestClient,
+    db_url: str,
+    db: psycopg.Connection[Any],
+    held_run_id: str,
+    worker_token: str,
+) -> None:
+    offer(db_url, held_run_id, "a", "b", "c")
+    items = claim(client, worker_token, limit=3)
+    body = {
+        "items": [
+            {"claim_id": it["claim_id"], "output": {"url": f"u-{it['step_id']}"}, "cost": n}
+            for n, it in enumerate(items)
+        ]
+    }
+    resp = complete_many(client, worker_token, body)
+    assert resp.status_code == 200, resp.text
+    assert resp.json() == {
+        "items": [{"claim_id": it["claim_id"], "status": 200, "state": "succeeded"} for it in items]
+    }
+    assert steps(db) == [
+        (it["step_id"], "succeeded", {"url": f"u-{it['step_id']}"}, Decimal(n))
+        for n, it in enumerate(items)
+    ]
+    # Sent again: each claim is lost now (409 per item), and nothing changes.
+    before = snapshot(db)
+    again = complete_many(client, worker_token, body)
+    assert again.status_code == 200, again.text
+    assert [(i["status"], i["type"]) for i in again.json()["items"]] == [
+        (409, "urn:pao:problem:claim-lost")
+    ] * 3
+    assert snapshot(db) == before
+
+
+def test_complete_many_reports_lost_claims_per_item(
+    client: TestClient,
+    db_url: str,
+    db: psycopg.Connection[Any],
+    held_run_id: str,
+    worker_token: str,
+) -> None:
+    offer(db_url, held_run_id, "a", "b", "c")
+    a, b, c = claim(client, worker_token, limit=3)
+    failed = client.post(
+        f"/claims/{b['claim_id']}/fail", json={"error": "x"}, headers=auth(worker_token)
+    )
+    assert failed.status_code == 200, failed.text
+    unknown = a["claim_id"][:-1] + ("0" if a["claim_id"][-1] != "0" else "1")
+    resp = complete_many(
+        client,
+        worker_token,
+        {
+            "items": [
+                {"claim_id": it, "output": {"url": "done"}}
+                for it in (a["claim_id"], b["claim_id"], "rc_nonsense", unknown, c["claim_id"])
+            ]
+        },
+    )
+    assert resp.status_code == 200, resp.text
+    got = resp.json()["items"]
+    assert [i["status"] for i in got] == [200, 409, 404, 404, 200]
+    assert got[1]["type"] == "urn:pao:problem:claim-lost"
+    assert "failed already" in got[1]["detail"]
+    assert got[2]["type"] == "urn:pao:problem:not-found"
+    assert [s[:2] for s in steps(db)] == [("a", "succeeded"), ("b", "failed"), ("c", "succeeded")]
+
+
+def _item(claim_id: str, **extra: Any) -> dict[str, Any]:
+    return {"claim_id": claim_id, "output": {"url": "ok"}, **extra}
+
+
+_BAD_BODIES: list[Callable[[str, str], Any]] = [
+    lambda a, b: {"items": []},
+    lambda a, b: {"items": [_item(a), _item(b), _item(a)]},  # the same claim twice
+    lambda a, b: {"items": [_item(a)] + [_item(f"rc_{n}_1_" + "0" * 32) for n in range(1, 101)]},
+    lambda a, b: {"items": [_item(a), _item(b, cost=-1)]},
+    lambda a, b: {"items": [_item(a), _item(b, cost="5")]},
+    lambda a, b: {"items": [_item(a), _item(b, cost=1e12)]},
+    lambda a, b: {"items": [_item(a), _item(b, extra=1)]},
+    lambda a, b: {"items": [_item(a), {"claim_id": b}]},
+    lambda a, b: {"items": [_item(a), _item("")]},
+    lambda a, b: {"items": [_item(a), {"claim_id": b, "output": []}]},
+    lambda a, b: {"items": _item(a)},
+    lambda a, b: [_item(a)],
+    lambda a, b: {},
+]
+
+
+@pytest.mark.parametrize("make_body", _BAD_BODIES)
+def test_complete_many_refuses_bad_bodies_whole(
+    client: TestClient,
+    db_url: str,
+    db: psycopg.Connection[Any],
+    held_run_id: str,
+    worker_token: str,
+    make_body: Callable[[str, str], Any],
+) -> None:
+    offer(db_url, held_run_id, "a", "b")
+    a, b = claim(client, worker_token, limit=2)
+    before = snapshot(db)
+    resp = complete_many(client, worker_token, make_body(a["claim_id"], b["claim_id"]))
+    assert resp.status_code == 422, resp.text
+    assert snapshot(db) == before
+
+
+def test_complete_many_output_schema_breaks_refuse_the_whole_batch(
+    client: TestClient,
+    db_url: str,
+    db: psycopg.Connection[Any],
+    held_run_id: str,
+    worker_token: str,
+) -> None:
+    offer(db_url, held_run_id, "a", "b", "c")
+    a, b, c = claim(client, worker_token, limit=3)
+    before = snapshot(db)
+    resp = complete_many(
+        client,
+        worker_token,
+        {
+            "items": [
+                {"claim_id": a["claim_id"], "output": {"url": "fine"}},
+                {"claim_id": b["claim_id"], "output": {"url": 5}},
+                {"claim_id": c["claim_id"], "output": {}},
+            ]
+        },
+    )
+    assert resp.status_code == 422, resp.text
+    fields = [e["field"] for e in resp.json()["errors"]]
+    assert "items[1].output.url" in fields
+    assert any(f.startswith("items[2].output") for f in fields)
+    assert not any(f.startswith("items[0]") for f in fields)
+    assert snapshot(db) == before
+
+
+def test_complete_many_with_another_agents_claim_is_refused_whole(
+    client: TestClient,
+    db_url: str,
+    db: psycopg.Connection[Any],
+    held_run_id: str,
+    worker_token: str,
+    make_token: Callable[..., str],
+) -> None:
+    offer(db_url, held_run_id, "a", "b")
+    other = make_token("work:claim", name="other")
+    [mine] = claim(client, worker_token)
+    [theirs] = claim(client, other)
+    before = snapshot(db)
+    resp = complete_many(
+        client,
+        worker_token,
+        {
+            "items": [
+                {"claim_id": mine["claim_id"], "output": {"url": "u"}},
+                {"claim_id": theirs["claim_id"], "output": {"url": "u"}},
+            ]
+        },
+    )
+    assert resp.status_code == 403, resp.text
+    assert "another agent" in resp.json()["detail"]
+    assert snapshot(db) == before
+    # No work:claim scope at all.
+    reader = make_token("tasks:read", name="reader")
+    before = snapshot(db)
+    body = {"items": [{"claim_id": mine["claim_id"], "output": {"url": "u"}}]}
+    assert complete_many(client, reader, body).status_code == 403
+    assert snapshot(db) == before

@@ -654,3 +654,59 @@ def test_a_cancel_racing_a_complete_does_not_deadlock(
         assert step == ("cancelled", None)
     assert _state(db) == ("cancelled", 1)
     assert_work_consistent(db)
+
+
+def test_completing_many_waiting_steps_continues_each_run(
+    client: TestClient,
+    admin_token: str,
+    writer_token: str,
+    claimer: str,
+    db_url: str,
+    db: psycopg.Connection[Any],
+) -> None:
+    create_type(client, admin_token, lease_seconds=30)
+    tasks = [_create(client, writer_token, **_remote_task(title=f"remote {n}")) for n in range(3)]
+    with background_worker(db_url):
+        run_ids = [_run_now(client, writer_token, task) for task in tasks]
+        until(
+            lambda: (
+                db.execute("SELECT count(*) FROM due_work WHERE state = 'waiting'").fetchone()
+                == (3,)
+            ),
+            "three runs waiting",
+            20,
+        )
+        resp = client.post(
+            "/task-types/media.transcode/claim",
+            json={"limit": 3, "wait_seconds": 5},
+            headers=auth(claimer),
+        )
+        items = resp.json()["items"]
+        assert len(items) == 3
+        done = client.post(
+            "/claims/complete",
+            json={
+                "items": [
+                    {"claim_id": it["claim_id"], "output": {"url": f"https://cdn/{it['run_id']}"}}
+                    for it in items
+                ]
+            },
+            headers=auth(claimer),
+        )
+        assert done.status_code == 200, done.text
+        assert [i["status"] for i in done.json()["items"]] == [200, 200, 200]
+        until(
+            lambda: (
+                db.execute("SELECT count(*) FROM due_work WHERE state = 'succeeded'").fetchone()
+                == (3,)
+            ),
+            "three runs continued and done",
+            20,
+        )
+    for run_id in run_ids:
+        run = client.get(f"/runs/{run_id}", headers=auth(writer_token)).json()
+        assert run["status"] == "succeeded"
+        assert run["attempt"] == 1
+        assert run["steps"][1]["output"] == {"url": f"https://cdn/{run_id}"}
+        assert _logs(client, writer_token, run_id)[-1] == f"got https://cdn/{run_id}"
+    assert_work_consistent(db)

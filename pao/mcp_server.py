@@ -39,6 +39,8 @@ from starlette.types import Receive, Scope, Send
 
 from pao.client import ApiProblem, ApiUnreachable, InvalidId, PaoClient, api_url_from_env
 from pao.schemas import EventPublish, SchedulePreview, TaskCreate, TaskTypeCreate
+from pao.vocabulary import RemoteStepState, RunStatus, ScheduleKind, TaskStatus
+from pao.vocabulary import Scope as TokenScope
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +152,7 @@ Call = Callable[[PaoClient, dict[str, Any]], Awaitable[dict[str, Any]]]
 @dataclass(frozen=True)
 class ToolDef:
     name: str
-    scope: str
+    scope: TokenScope
     description: str
     input_schema: dict[str, Any]
     call: Call
@@ -284,12 +286,12 @@ async def _heartbeat_claim(client: PaoClient, args: dict[str, Any]) -> dict[str,
 
 async def _complete_claim(client: PaoClient, args: dict[str, Any]) -> dict[str, Any]:
     await client.complete(args["claim_id"], args["output"], args.get("cost"))
-    return {"claim_id": args["claim_id"], "state": "succeeded"}
+    return {"claim_id": args["claim_id"], "state": RemoteStepState.SUCCEEDED}
 
 
 async def _fail_claim(client: PaoClient, args: dict[str, Any]) -> dict[str, Any]:
     await client.fail(args["claim_id"], args["error"], retryable=args.get("retryable", False))
-    return {"claim_id": args["claim_id"], "state": "failed"}
+    return {"claim_id": args["claim_id"], "state": RemoteStepState.FAILED}
 
 
 CLAIM_WAIT_SECONDS = 5
@@ -321,19 +323,19 @@ _TASK_TYPE_HELP = {
 
 _TASK_STATUS = {
     "type": "string",
-    "enum": ["active", "paused", "cancelled", "completed"],
+    "enum": [s.value for s in TaskStatus],
     "description": "only tasks in this state",
 }
 _RUN_STATUS = {
     "type": "string",
-    "enum": ["queued", "running", "succeeded", "failed", "cancelled", "timed_out"],
+    "enum": [s.value for s in RunStatus],
     "description": "only runs in this state",
 }
 
 TOOLS: tuple[ToolDef, ...] = (
     ToolDef(
         "create_task",
-        "tasks:write",
+        TokenScope.TASKS_WRITE,
         "Create a task: a schedule plus a pipeline of tool steps that pao runs for you, "
         "unattended, at every occurrence. Returns the stored task; keep its `id` for the other "
         "tools and check `next_run_at`. Try the schedule with preview_task first. Invalid input "
@@ -347,7 +349,7 @@ TOOLS: tuple[ToolDef, ...] = (
     ),
     ToolDef(
         "preview_task",
-        "tasks:read",
+        TokenScope.TASKS_READ,
         "Compute the next fire times of a schedule without storing anything: use it to check "
         "a cron, rrule or once expression (and its time zone) before create_task. Returns "
         "`items`, each with `at` (UTC) and `local` (wall time in the zone, with its offset).",
@@ -357,7 +359,7 @@ TOOLS: tuple[ToolDef, ...] = (
     ),
     ToolDef(
         "list_tasks",
-        "tasks:read",
+        TokenScope.TASKS_READ,
         "List your tasks, newest first (admins see every agent's). Returns `items` (tasks with "
         "`id`, `title`, `status`, `schedule_kind`, `schedule_expr`, `next_run_at`, …) and "
         "`next_cursor`; pass it back as `cursor` for the next page while it is not null.",
@@ -366,7 +368,7 @@ TOOLS: tuple[ToolDef, ...] = (
                 "status": _TASK_STATUS,
                 "schedule_kind": {
                     "type": "string",
-                    "enum": ["cron", "rrule", "once", "event", "condition"],
+                    "enum": [s.value for s in ScheduleKind],
                     "description": "only tasks with this kind of schedule",
                 },
                 "limit": _LIMIT,
@@ -378,7 +380,7 @@ TOOLS: tuple[ToolDef, ...] = (
     ),
     ToolDef(
         "get_task",
-        "tasks:read",
+        TokenScope.TASKS_READ,
         "Read one task: its schedule, pipeline (`payload`), `status` and `next_run_at`.",
         _object({"task_id": _TASK_ID}, "task_id"),
         _get_task,
@@ -386,7 +388,7 @@ TOOLS: tuple[ToolDef, ...] = (
     ),
     ToolDef(
         "run_now",
-        "tasks:write",
+        TokenScope.TASKS_WRITE,
         "Queue one run of a task right now, whatever its schedule; the schedule is untouched. "
         "Returns the queued run: poll get_run with its `id` until `status` is succeeded, "
         "failed, cancelled or timed_out.",
@@ -395,7 +397,7 @@ TOOLS: tuple[ToolDef, ...] = (
     ),
     ToolDef(
         "pause",
-        "tasks:write",
+        TokenScope.TASKS_WRITE,
         "Pause a task: it stops firing until resume. Occurrences that fall due meanwhile are "
         "skipped. Returns the task.",
         _object({"task_id": _TASK_ID}, "task_id"),
@@ -404,7 +406,7 @@ TOOLS: tuple[ToolDef, ...] = (
     ),
     ToolDef(
         "resume",
-        "tasks:write",
+        TokenScope.TASKS_WRITE,
         "Resume a paused task: it fires again from now on; what fell due while it was paused "
         "is not replayed. Returns the task with its new `next_run_at`.",
         _object({"task_id": _TASK_ID}, "task_id"),
@@ -413,7 +415,7 @@ TOOLS: tuple[ToolDef, ...] = (
     ),
     ToolDef(
         "snooze",
-        "tasks:write",
+        TokenScope.TASKS_WRITE,
         "Delay a task's next execution by `seconds`; later occurrences keep their times. "
         "Returns the task with its new `next_run_at`.",
         _object(
@@ -433,7 +435,7 @@ TOOLS: tuple[ToolDef, ...] = (
     ),
     ToolDef(
         "cancel",
-        "tasks:write",
+        TokenScope.TASKS_WRITE,
         "Cancel a task for good (it cannot be resumed): its queued work is dropped and a "
         "running run is stopped. To stop a single run instead, use cancel_run. Returns the task.",
         _object({"task_id": _TASK_ID}, "task_id"),
@@ -443,7 +445,7 @@ TOOLS: tuple[ToolDef, ...] = (
     ),
     ToolDef(
         "list_runs",
-        "runs:read",
+        TokenScope.RUNS_READ,
         "List runs (one per attempt at an occurrence), newest first, of your tasks. Returns "
         "`items` (each with `id`, `task_id`, `status`, `attempt`, `scheduled_for`, "
         "`duration_ms`, `error`) and `next_cursor` for the next page.",
@@ -460,7 +462,7 @@ TOOLS: tuple[ToolDef, ...] = (
     ),
     ToolDef(
         "get_run",
-        "runs:read",
+        TokenScope.RUNS_READ,
         "Read one run: `status` (queued, running, succeeded, failed, cancelled, timed_out), "
         "timings, `error`, `steps` (each with its input, output or error), and its first "
         f"{LOG_LINES} log lines in `logs` (`more_logs` says whether there are more).",
@@ -480,7 +482,7 @@ TOOLS: tuple[ToolDef, ...] = (
     ),
     ToolDef(
         "cancel_run",
-        "tasks:write",
+        TokenScope.TASKS_WRITE,
         "Stop one run: a queued run is cancelled at once, a running one by its worker. The "
         "task keeps its schedule. Returns the run.",
         _object({"run_id": _RUN_ID}, "run_id"),
@@ -490,7 +492,7 @@ TOOLS: tuple[ToolDef, ...] = (
     ),
     ToolDef(
         "publish_event",
-        "events:publish",
+        TokenScope.EVENTS_PUBLISH,
         "Publish an event: every active event task of yours whose pattern matches `type` "
         "(exactly, or by a prefix pattern such as 'github.*') fires once, with the event "
         "available to its steps as ${event.type} and ${event.payload...}; other agents' tasks "
@@ -501,7 +503,7 @@ TOOLS: tuple[ToolDef, ...] = (
     ),
     ToolDef(
         "list_task_types",
-        "tasks:read",
+        TokenScope.TASKS_READ,
         "List the task types: steps done outside pao by agents that claim them. Each has a "
         "`name` (what a step writes in `uses`), `parameters_schema` (what its `with` must "
         "be), `output_schema`, `lease_seconds` and `is_active`. Returns `items` and "
@@ -522,7 +524,7 @@ TOOLS: tuple[ToolDef, ...] = (
     ),
     ToolDef(
         "create_task_type",
-        "admin",
+        TokenScope.ADMIN,
         "Declare a task type: a kind of step that agents outside pao do. Tasks may then use "
         "it in a pipeline step's `uses`, and agents with work:claim take its steps with "
         "claim_work. Refused (and nothing stored) if the name is taken or is a built-in "
@@ -534,7 +536,7 @@ TOOLS: tuple[ToolDef, ...] = (
     ),
     ToolDef(
         "claim_work",
-        "work:claim",
+        TokenScope.WORK_CLAIM,
         "Take steps of a task type to do yourself, waiting up to `wait_seconds` for one. "
         "Returns `items`: each with a `claim_id`, the step's `parameters` (its input) and "
         "`lease_expires_at`; an empty list if there was no work. Do the step, then call "
@@ -564,7 +566,7 @@ TOOLS: tuple[ToolDef, ...] = (
     ),
     ToolDef(
         "heartbeat_claim",
-        "work:claim",
+        TokenScope.WORK_CLAIM,
         "Keep a claimed step: extends its lease by the type's lease_seconds and returns the "
         "new `lease_expires_at`. A 409 means the claim was lost (the lease ran out, the run "
         "was cancelled): stop working on the step.",
@@ -573,7 +575,7 @@ TOOLS: tuple[ToolDef, ...] = (
     ),
     ToolDef(
         "complete_claim",
-        "work:claim",
+        TokenScope.WORK_CLAIM,
         "Finish a claimed step with its `output` (checked against the type's output_schema; "
         "refused with the fields named, and nothing changed, if it breaks it); the run "
         "continues with it as the step's output. A 409 means the claim was lost.",
@@ -595,7 +597,7 @@ TOOLS: tuple[ToolDef, ...] = (
     ),
     ToolDef(
         "fail_claim",
-        "work:claim",
+        TokenScope.WORK_CLAIM,
         "Give up on a claimed step: it fails with `error`; `retryable` says whether trying "
         "it again could succeed (the task's retries decide). A 409 means the claim was lost.",
         _object(

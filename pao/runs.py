@@ -12,7 +12,7 @@ from pao.errors import Conflict, NotFound
 from pao.models import Agent, Run, RunLog
 from pao.store import audit, remote_steps, run_events, runs
 from pao.visibility import owner_filter
-from pao.vocabulary import RunStatus, StepStatus
+from pao.vocabulary import LIVE_RUN_STATUSES, RunStatus, StepStatus
 
 
 async def get_run(conn: Conn, actor: Agent, run_id: uuid.UUID, *, lock: bool = False) -> Run:
@@ -73,12 +73,14 @@ async def list_logs(
 async def cancel_run(conn: Conn, actor: Agent, run_id: uuid.UUID, *, request_id: str | None) -> Run:
     """Stop this run: at once when queued; a running one is stopped by its worker."""
     run = await get_run(conn, actor, run_id, lock=True)
-    if run.status not in ("queued", "running"):
+    if run.status not in LIVE_RUN_STATUSES:
         raise Conflict(f"the run already ended as {run.status}")
     cancelled = await runs.cancel_run(conn, run, reason=f"cancelled by agent {actor.name}")
-    if cancelled.status == "cancelled":  # a queued run; a running one ends through its worker
+    if (
+        cancelled.status is RunStatus.CANCELLED
+    ):  # a queued run; a running one ends through its worker
         await run_events.publish(
-            conn, [streams.state(run.id, run.task_id, "cancelled", run.attempt)]
+            conn, [streams.state(run.id, run.task_id, RunStatus.CANCELLED, run.attempt)]
         )
     await audit.record(
         conn,

@@ -18,6 +18,8 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+from pao.vocabulary import FINAL_RUN_STATUSES
+
 EVENTS_CHANNEL = "pao_run_events"
 WATCH_CHANNEL = "pao_streams"
 ASK = "?"
@@ -27,7 +29,7 @@ WATCH_TTL_SECONDS = 3 * ANNOUNCE_SECONDS
 MAX_PAYLOAD = 7000  # one event; PostgreSQL refuses notifications of 8000 bytes or more
 PACK_LIMIT = 7900
 MAX_OUTPUT = 2000
-FINAL = frozenset({"succeeded", "failed", "cancelled", "timed_out"})
+FINAL: frozenset[str] = frozenset(FINAL_RUN_STATUSES)  # a member hashes as its text
 _STEP_FIELDS = ("id", "uses", "status", "started_at", "duration_ms", "detail")
 
 

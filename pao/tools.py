@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pao.errors import PaoError
+from pao.vocabulary import Scope
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 EVENT_TYPE_PATTERN = r"^[A-Za-z0-9_.:/-]{1,200}$"
@@ -143,8 +144,8 @@ _EVENTS_PUBLISH = ToolSpec(
         "needs the events:broadcast scope) reaches other agents' too. Needs the "
         "events:publish scope. Returns {event_id}."
     ),
-    required_scope="events:publish",
-    argument_scopes=(("audience", "events:broadcast"),),
+    required_scope=Scope.EVENTS_PUBLISH,
+    argument_scopes=(("audience", Scope.EVENTS_BROADCAST),),
     input_schema=_object_schema(
         {
             "type": {

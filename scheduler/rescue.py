@@ -28,6 +28,7 @@ async def rescue_batch(conn: Conn, *, limit: int, base_seconds: float, cap_secon
     ended: list[str] = []
     for work in lost:
         owner = work.lease_owner or "unknown"
+        outcome: str
         if work.cancel_requested:
             run = await runs.end_lost_run(
                 conn,
@@ -36,7 +37,7 @@ async def rescue_batch(conn: Conn, *, limit: int, base_seconds: float, cap_secon
                 error=f"cancelled; worker {owner} lost its lease",
             )
             await runs.finish_lost(conn, work, state=WorkState.CANCELLED)
-            outcome = "cancelled"
+            outcome = RunStatus.CANCELLED
         elif work.attempt > work.max_retries:
             run = await runs.end_lost_run(
                 conn,
@@ -48,7 +49,7 @@ async def rescue_batch(conn: Conn, *, limit: int, base_seconds: float, cap_secon
                 ),
             )
             await runs.finish_lost(conn, work, state=WorkState.FAILED)
-            outcome = "failed"
+            outcome = RunStatus.FAILED
         else:
             delay = retry_delay(
                 work.backoff_strategy,
@@ -101,7 +102,9 @@ async def sweep_waiting(conn: Conn, *, limit: int, base_seconds: float, cap_seco
             retry_cap_seconds=cap_seconds,
         )
         outcome = (
-            "requeued" if run is not None and run["status"] == RunStatus.FAILED else "timed_out"
+            "requeued"
+            if run is not None and run["status"] == RunStatus.FAILED
+            else RunStatus.TIMED_OUT
         )
         metrics.RESCUES.labels(f"waiting_{outcome}").inc()
         log.warning("due_work %s: its remote step's wait ran out (%s)", waiting.id, outcome)

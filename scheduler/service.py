@@ -26,6 +26,7 @@ from pao import events as event_logic
 from pao.errors import DatabaseUnavailable
 from pao.settings import Settings
 from pao.store import events, heartbeats, runs
+from pao.vocabulary import ProcessKind, WorkState
 from scheduler import metrics
 from scheduler.housekeeping import prune_step
 from scheduler.materialise import materialise_batch
@@ -44,6 +45,13 @@ GAUGE_SECONDS = 10.0
 # One tick's jobs stop taking new batches after this long, so ticks stay short.
 TICK_BUDGET_SECONDS = 10.0
 GOODBYE_SECONDS = 2.0
+#: Finished due-work states, estimated from the planner's statistics rather than counted.
+_ESTIMATED_STATES = (
+    WorkState.SUCCEEDED,
+    WorkState.FAILED,
+    WorkState.CANCELLED,
+    WorkState.TIMED_OUT,
+)
 
 
 def utc_now() -> datetime:
@@ -135,10 +143,10 @@ class Scheduler:
             queued, ready = await runs.queue_depth(conn)
             running = await runs.running_count(conn)
             estimates = await runs.state_estimates(conn)
-        metrics.DUE_WORK.labels("queued").set(queued)
-        metrics.DUE_WORK.labels("running").set(running)
+        metrics.DUE_WORK.labels(WorkState.QUEUED).set(queued)
+        metrics.DUE_WORK.labels(WorkState.RUNNING).set(running)
         metrics.DUE_WORK_READY.set(ready)
-        for state in ("succeeded", "failed", "cancelled", "timed_out"):
+        for state in _ESTIMATED_STATES:
             metrics.DUE_WORK_ESTIMATED.labels(state).set(estimates.get(state, 0.0))
 
     async def heartbeat(self) -> None:
@@ -146,7 +154,7 @@ class Scheduler:
             await heartbeats.beat(
                 conn,
                 process_id=self.process_id,
-                kind="scheduler",
+                kind=ProcessKind.SCHEDULER,
                 hostname=socket.gethostname(),
                 pid=os.getpid(),
             )

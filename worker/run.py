@@ -25,7 +25,7 @@ from pao.pipeline import RESUME_FROM_START, Pipeline, load_pipeline
 from pao.settings import Settings
 from pao.store import task_types, work
 from pao.templates import JSONValue
-from pao.vocabulary import LogLevel, RunStatus, StepStatus
+from pao.vocabulary import LogLevel, RunStatus, StepStatus, WorkState
 from worker import metrics
 from worker.http_tool import Allow
 from worker.leases import Leases, Running
@@ -212,7 +212,7 @@ class Runner:
             await self._write(held, end)
         else:
             held.ending = True  # no longer this worker's: nothing to renew or stop
-            metrics.run_ended("waiting")
+            metrics.run_ended(WorkState.WAITING)
             log.info(
                 "run %s: waiting for remote step %s (%s)",
                 c.run_id,
@@ -308,7 +308,11 @@ def _continued(saved: list[StepRecord]) -> bool:
     """Whether a run's saved steps end with a remote step that succeeded: the run is being
     continued after it, not started again."""
     last = saved[-1] if saved else None
-    return isinstance(last, dict) and "remote_step" in last and last.get("status") == "succeeded"
+    return (
+        isinstance(last, dict)
+        and "remote_step" in last
+        and last.get("status") == StepStatus.SUCCEEDED
+    )
 
 
 class Hooks:

@@ -18,6 +18,7 @@ from psycopg.types.json import Jsonb
 
 from pao.db import Conn
 from pao.sql import QUERIES
+from pao.vocabulary import IdempotencyState
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ async def claim(
         return Claim("new") if await cur.fetchone() is not None else Claim("in_flight")
     if bytes(row["request_hash"]) != request_hash:
         return Claim("mismatch")
-    if row["state"] == "done":
+    if row["state"] == IdempotencyState.DONE:
         return Claim(
             "replay", row["response_status"], row["response_body"], row["response_headers"] or {}
         )

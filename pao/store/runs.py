@@ -148,7 +148,7 @@ async def list_runs(
         page = await _runs(conn, "run_list_live", {**params, "work_state": status})
         if status is RunStatus.RUNNING:
             # Runs waiting for a remote step are running too; their occurrences wait.
-            page += await _runs(conn, "run_list_live", {**params, "work_state": "waiting"})
+            page += await _runs(conn, "run_list_live", {**params, "work_state": WorkState.WAITING})
             page.sort(key=lambda r: (r.queued_at, r.id), reverse=True)
             del page[limit:]
         return page

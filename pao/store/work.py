@@ -21,6 +21,11 @@ from pao.models import Event, Task
 from pao.sql import QUERIES
 from pao.store import runs
 from pao.store.events import AudienceValue, audience_columns
+from pao.vocabulary import QueueReason, RunStatus
+
+# Text to member by a dict lookup, not `QueueReason(text)`: a claimed row is built on the
+# worker's hot path.
+_QUEUE_REASONS: dict[str, QueueReason] = {r.value: r for r in QueueReason}
 
 
 @dataclass(frozen=True)
@@ -30,12 +35,16 @@ class Claimed:
     scheduled_for: datetime
     attempt: int
     event_id: uuid.UUID | None
-    reason: str
+    reason: QueueReason
     run_id: uuid.UUID
     started_at: datetime | None = None
     # The run's own saved steps when it is claimed again (handed back, or continued after a
     # remote step ended); None for a run that never ran a step.
     saved_steps: list[Any] | None = None
+
+    def __post_init__(self) -> None:
+        """psycopg gives `reason` as text; the row holds the member."""
+        object.__setattr__(self, "reason", _QUEUE_REASONS[self.reason])
 
 
 @dataclass(frozen=True)
@@ -199,7 +208,7 @@ class Ending:
     """How one held attempt ended, for `finish_many` (its run is found by the attempt)."""
 
     lease: Lease
-    status: str
+    status: RunStatus
     steps: list[Any]
     error: str | None
 
@@ -255,7 +264,7 @@ async def retry(
         return False
     await conn.execute(
         QUERIES["run_finish"],
-        {"id": run_id, "status": "failed", "steps": Jsonb(steps), "error": error},
+        {"id": run_id, "status": RunStatus.FAILED, "steps": Jsonb(steps), "error": error},
     )
     await runs.insert_next_attempt(conn, row)
     return True

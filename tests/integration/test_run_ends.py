@@ -13,6 +13,7 @@ import psycopg
 
 from pao import db as pao_db
 from pao.store import work
+from pao.vocabulary import RunStatus
 from tests.helpers import queue_noop_runs
 from worker.outcomes import End, Outcomes
 
@@ -36,7 +37,7 @@ async def _end_three_cancelling_one_wait(db_url: str) -> list[bool | None]:
                         work.Lease(c.id, c.attempt, WORKER),
                         c.run_id,
                         tasks[c.task_id][1],
-                        "succeeded",
+                        RunStatus.SUCCEEDED,
                         [],
                     )
                 )

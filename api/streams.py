@@ -36,7 +36,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -486,7 +486,7 @@ class Relay:
         return [frame("state", {"run_id": str(run_id), "status": status, "attempt": attempt})]
 
     def _step(
-        self, run_id: uuid.UUID, seen: _Seen, index: int, record: dict[str, Any]
+        self, run_id: uuid.UUID, seen: _Seen, index: int, record: Mapping[str, Any]
     ) -> list[str]:
         rank = _step_rank(record)
         if seen.steps.get(index, -1) >= rank:
@@ -712,7 +712,7 @@ def _ended(relay: Relay, run_id: uuid.UUID) -> bool:
     return seen is not None and seen.ended
 
 
-def _step_rank(record: dict[str, Any]) -> int:
+def _step_rank(record: Mapping[str, Any]) -> int:
     return 0 if record.get("status") == _STEP_RUNNING else 1
 
 

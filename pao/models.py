@@ -22,6 +22,11 @@ from pao.vocabulary import (
 SCOPES: tuple[str, ...] = tuple(Scope)
 
 
+#: Text to member by a dict lookup (`StepStatus(text)` only for a word not in the set, to
+#: refuse it): a page of runs holds many steps.
+_STEP_STATUSES: dict[str, StepStatus] = {s.value: s for s in StepStatus}
+
+
 def _set(row: object, name: str, value: object) -> None:
     """Replace a field of a frozen row: psycopg gives text, the row holds the enum member."""
     object.__setattr__(row, name, value)
@@ -126,11 +131,16 @@ class Run:
     started_at: datetime | None
     finished_at: datetime | None
     worker_id: str | None
-    steps: list[Any]  # each a StepRecord; list[StepRecord] once api/ and worker/ take it
+    #: Read back from JSON with text statuses; each becomes its StepStatus member here, once
+    #: per read (the worker never builds a Run: it resumes from `Claimed.saved_steps`).
+    steps: list[StepRecord]
     error: str | None
 
     def __post_init__(self) -> None:
         _set(self, "status", RunStatus(self.status))
+        for step in self.steps:
+            text: str = step["status"]
+            step["status"] = _STEP_STATUSES.get(text) or StepStatus(text)
 
 
 @dataclass(frozen=True)

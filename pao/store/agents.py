@@ -1,4 +1,4 @@
-"""Agents and their tokens."""
+"""`agents`: agents and their tokens."""
 
 from __future__ import annotations
 

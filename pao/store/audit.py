@@ -1,4 +1,4 @@
-"""The append-only audit log."""
+"""`audit_log`: the append-only audit log."""
 
 from __future__ import annotations
 

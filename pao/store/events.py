@@ -1,4 +1,4 @@
-"""Published events."""
+"""`events`: published events, and their dispatch to event tasks."""
 
 from __future__ import annotations
 

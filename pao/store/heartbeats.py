@@ -1,4 +1,4 @@
-"""Process heartbeats, written by long-running processes and read by /health."""
+"""`process_heartbeats`: written by long-running processes and read by /health."""
 
 from __future__ import annotations
 

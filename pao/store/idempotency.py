@@ -1,4 +1,4 @@
-"""Idempotency-Key records for POST /tasks and POST /events.
+"""`idempotency_keys`: Idempotency-Key records for POST /tasks and POST /events.
 
 The key is taken in its own committed transaction before the work starts, so
 a concurrent duplicate sees it at once (409) instead of blocking; the response

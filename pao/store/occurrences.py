@@ -1,4 +1,4 @@
-"""Occurrence decision records and dedupe keys."""
+"""`occurrences` and `dedupe_keys`: occurrence decision records and dedupe keys."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Fixed-window counters in PostgreSQL, so every API replica counts against one limit.
+"""`rate_counters`: fixed-window counters, so every API replica counts against one limit.
 
 A window opens at a key's first hit, so a burst is judged as a whole rather than split
 by a clock boundary.

@@ -1,4 +1,4 @@
-"""Notifications for live run streams: run events out, watch announcements in."""
+"""No table: `pg_notify` for live run streams; run events out, watch announcements in."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Occurrences (`due_work`), their runs and run logs."""
+"""`due_work`, `runs` and `run_logs`: occurrences, their runs and run logs."""
 
 from __future__ import annotations
 

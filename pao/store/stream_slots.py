@@ -1,4 +1,4 @@
-"""Live-stream slots: how many streams an agent holds open, counted in PostgreSQL.
+"""`rate_counters`, its stream rows: how many live streams an agent holds open.
 
 Each open stream holds one of its agent's `cap` slots, a row of `rate_counters` keyed
 'stream:<agent>:<n>' whose `window_start` is a lease the stream renews at each heartbeat, so

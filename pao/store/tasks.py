@@ -1,4 +1,4 @@
-"""Tasks."""
+"""`tasks`: tasks as the API and the scheduler read and change them."""
 
 from __future__ import annotations
 

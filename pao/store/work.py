@@ -1,4 +1,4 @@
-"""What workers do to `due_work` and runs: claim, renew, finish, retry, hand back.
+"""`due_work` and `runs`, for workers: claim, renew, finish, retry, hand back.
 
 Every write names the attempt and the lease owner, so a worker that lost its
 lease (the scheduler rescued the work) changes nothing.

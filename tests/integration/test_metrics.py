@@ -44,7 +44,7 @@ def test_api_counts_requests_by_route_template(client: TestClient, writer_token:
     assert task["id"] not in text
     assert "/no/such" not in text
     count = "pao_http_request_duration_seconds_count"
-    assert metric(text, count, route="/tasks/{task_id}") >= 3
+    assert metric(text, count, method="GET", route="/tasks/{task_id}") >= 3
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import signal
 
 from pao import db, eventloop
 from pao.embedded import database_url
-from pao.metrics import serve_metrics
 from pao.migrate import check_database
+from pao.probe_server import serve_metrics
 from pao.settings import Settings
 from scheduler.service import Scheduler
 

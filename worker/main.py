@@ -10,8 +10,8 @@ import threading
 
 from pao import collector, db, eventloop
 from pao.embedded import database_url
-from pao.metrics import serve_metrics
 from pao.migrate import check_database
+from pao.probe_server import serve_metrics
 from pao.settings import Settings
 from pao.vocabulary import ProcessKind
 from worker import metrics

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app, telemetry_config
 from pao import logs
 from pao.db import make_pool
-from pao.metrics import MetricsServer
+from pao.probe_server import MetricsServer
 from pao.settings import Settings
 from scheduler.service import Scheduler
 from tests.helpers import SEED_TASK, auth, metric

@@ -17,7 +17,7 @@ import re
 import signal
 import threading
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -158,6 +158,25 @@ class ClaimItem(TypedDict):
 
 class ClaimList(TypedDict):
     items: list[ClaimItem]
+
+
+class Completion(TypedDict):
+    """One item of `PaoClient.complete_many`."""
+
+    claim_id: str
+    output: Mapping[str, Any]
+    cost: NotRequired[float | None]
+
+
+class ClaimOutcome(TypedDict, total=False):
+    """What became of one item of `PaoClient.complete_many`: `status` 200 and `state`
+    succeeded, or 404 / 409 with the problem `type` and `detail` (stop working on it)."""
+
+    claim_id: str
+    status: int
+    state: str
+    type: str
+    detail: str
 
 
 class ApiProblem(PaoError):
@@ -443,6 +462,25 @@ class PaoClient:
     ) -> None:
         body = {"output": dict(output), "cost": cost}
         await self._call("POST", f"/claims/{_claim(claim_id)}/complete", json=body)
+
+    async def complete_many(self, items: Sequence[Completion]) -> list[ClaimOutcome]:
+        """Complete up to 100 claims' steps in one request and one transaction (POST
+        /claims/complete): one outcome per item, in order. An item whose claim was lost
+        (409) or is unknown (404) changes nothing while the others succeed; ApiProblem 422
+        (a malformed item, an output breaking its type's output_schema) or 403 (another
+        agent's claim) refuses the whole batch."""
+        body = {
+            "items": [
+                {
+                    "claim_id": _claim(i["claim_id"]),
+                    "output": dict(i["output"]),
+                    "cost": i.get("cost"),
+                }
+                for i in items
+            ]
+        }
+        found = await self._call("POST", "/claims/complete", json=body)
+        return cast(list[ClaimOutcome], found["items"])
 
     async def fail(self, claim_id: str, error: str, *, retryable: bool = False) -> None:
         body = {"error": error, "retryable": retryable}

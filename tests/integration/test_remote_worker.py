@@ -274,3 +274,32 @@ def test_stop_hands_held_steps_back(
             assert sorted(i["step_id"] for i in again["items"]) == ["one", "two"]
 
     scenario(db_url, go)
+
+
+def test_complete_many_reports_each_item(
+    base_url: str, db_url: str, run_id: str, worker_token: str
+) -> None:
+    async def go(conn: Conn) -> None:
+        await offer(db_url, run_id, a={"mode": "ok"}, b={"mode": "ok"})
+        async with PaoClient.connect(base_url, worker_token) as client:
+            a, b = (await client.claim(TYPE, limit=2))["items"]
+            await client.fail(b["claim_id"], "gave up")
+            outcomes = await client.complete_many(
+                [
+                    {"claim_id": a["claim_id"], "output": {"done": 1}, "cost": 0.5},
+                    {"claim_id": b["claim_id"], "output": {"done": 2}},
+                ]
+            )
+        assert [(o["claim_id"], o["status"]) for o in outcomes] == [
+            (a["claim_id"], 200),
+            (b["claim_id"], 409),
+        ]
+        assert outcomes[1]["type"] == "urn:pao:problem:claim-lost"
+        found = await steps(conn)
+        assert (found[a["step_id"]]["state"], found[a["step_id"]]["output"]) == (
+            "succeeded",
+            {"done": 1},
+        )
+        assert found[b["step_id"]]["state"] == "failed"
+
+    scenario(db_url, go)

@@ -312,17 +312,6 @@ WITH held AS (
 )
 SELECT h.cancel_requested, EXISTS (SELECT 1 FROM waiting) AS waiting FROM held h
 
--- name: due_work_lock_waiting
--- The waiting occurrence of a run, locked, with its task's retry policy (a remote step of it ended, or its wait ran out).
-SELECT d.id, d.task_id, d.scheduled_for, d.attempt, r.id AS run_id,
-       t.max_retries, t.backoff_strategy, t.schedule_kind, t.next_run_at,
-       r.steps -> -1 ->> 'id' AS step_id, r.steps -> -1 ->> 'uses' AS uses
-FROM runs r
-JOIN due_work d ON d.id = r.due_work_id AND d.attempt = r.attempt
-JOIN tasks t ON t.id = d.task_id
-WHERE r.id = %(run_id)s AND d.state = 'waiting'
-FOR UPDATE OF d
-
 -- name: due_work_lock_waiting_expired
 -- Waiting occurrences whose remote step's deadline passed, for one rescuer, with their runs and retry policies.
 SELECT d.id, d.task_id, d.scheduled_for, d.attempt, r.id AS run_id,

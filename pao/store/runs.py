@@ -319,13 +319,6 @@ class WaitingWork:
         object.__setattr__(self, "backoff_strategy", BackoffStrategy(self.backoff_strategy))
 
 
-async def lock_waiting(conn: Conn, run_id: uuid.UUID) -> WaitingWork | None:
-    """The run's occurrence if it is waiting at the run's attempt, locked."""
-    async with conn.cursor(row_factory=model_row(WaitingWork)) as cur:
-        await cur.execute(QUERIES["due_work_lock_waiting"], {"run_id": run_id})
-        return await cur.fetchone()
-
-
 async def lock_waiting_expired(conn: Conn, *, limit: int) -> list[WaitingWork]:
     """Waiting occurrences past their deadline, locked (SKIP LOCKED), earliest first."""
     async with conn.cursor(row_factory=model_row(WaitingWork)) as cur:

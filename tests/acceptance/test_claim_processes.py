@@ -17,7 +17,7 @@ import httpx
 from pao import claims
 from pao.db import connect
 from tests.acceptance.procs import pao, wait_ready
-from tests.acceptance.test_streams import _api
+from tests.acceptance.test_streams import _api, _read_until, frames
 from tests.helpers import SEED_TASK, auth, new_agent
 
 SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
@@ -56,7 +56,8 @@ def _claim(http: httpx.Client, base: str, token: str, wait: float) -> list[dict[
 def test_long_poll_across_processes_and_a_restart(db_url: str, tmp_path: Path) -> None:
     admin = new_agent(db_url, ["admin"], name="root")
     worker = new_agent(db_url, ["work:claim"], name="renderer")
-    base, api = _api(db_url, tmp_path, "api1")
+    # Heartbeats far apart: a stream learns of progress from its event, not from a heartbeat.
+    base, api = _api(db_url, tmp_path, "api1", PAO_STREAM_HEARTBEAT_SECONDS="60")
     try:
         wait_ready(base, api)
         with httpx.Client(timeout=httpx.Timeout(10, read=40)) as http:
@@ -110,6 +111,23 @@ def test_long_poll_across_processes_and_a_restart(db_url: str, tmp_path: Path) -
             assert [g["step_id"] for g in got] == ["render"]
             print(f"woken {1000 * (answered[0] - offered):.0f} ms after the offer")
             assert answered[0] - offered < 1.0
+            # Progress reaches the run's log and, live, the run's stream.
+            with (
+                httpx.Client(timeout=httpx.Timeout(10, read=8)) as watcher,
+                watcher.stream("GET", f"{base}/runs/{run_id}/stream", headers=auth(admin)) as resp,
+            ):
+                assert resp.status_code == 200
+                stream = frames(resp)
+                _read_until(stream, lambda f: f[0] == "run")  # the run as it is now
+                said = http.post(
+                    f"{base}/claims/{got[0]['claim_id']}/progress",
+                    json={"message": "rendering", "percent": 40},
+                    headers=auth(worker),
+                )
+                assert said.status_code == 200, said.text
+                _read_until(stream, lambda f: f[0] == "log" and f[1]["message"] == "40% rendering")
+            logs = http.get(f"{base}/runs/{run_id}/logs", headers=auth(admin)).json()["items"]
+            assert "40% rendering" in [line["message"] for line in logs]
             done = http.post(
                 f"{base}/claims/{got[0]['claim_id']}/complete",
                 json={"output": {"ok": True}},

@@ -17,10 +17,23 @@ from fastapi.testclient import TestClient
 from pao import claims
 from pao.db import connect
 from pao.store import remote_steps
-from tests.helpers import auth, snapshot
+from tests.helpers import auth, snapshot, until
 from tests.integration.test_task_types import TRANSCODE, create_type, transcode_task
 
 PARAMS = {"url": "https://example.com/a.mp4", "width": 640}
+
+
+def leases_ran_out(db: psycopg.Connection[Any]) -> None:
+    """Wait until every claimed step's lease has run out by the database's clock."""
+    until(
+        lambda: (
+            db.execute(
+                "SELECT coalesce(bool_and(lease_expires_at < now()), true) FROM remote_steps"
+            ).fetchone()
+            == (True,)
+        ),
+        "the claimed steps' leases to run out",
+    )
 
 
 def offer(db_url: str, run_id: str, *step_ids: str, params: dict[str, Any] = PARAMS) -> list[int]:
@@ -109,7 +122,17 @@ def test_claim_heartbeat_progress_complete(
     cid = item["claim_id"]
     assert db.execute("SELECT claim_token_hash FROM remote_steps").fetchone() != (cid.encode(),)
 
-    time.sleep(0.2)
+    # The database's clock has moved on since the claim, so a renewed lease ends later.
+    until(
+        lambda: (
+            db.execute(
+                "SELECT now() > lease_expires_at - make_interval(secs => t.lease_seconds) "
+                "FROM remote_steps s JOIN task_types t ON t.name = s.task_type"
+            ).fetchone()
+            == (True,)
+        ),
+        "the database's clock to pass the claim's start",
+    )
     beat = client.post(f"/claims/{cid}/heartbeat", headers=auth(worker_token))
     assert beat.status_code == 200, beat.text
     assert beat.json()["lease_expires_at"] > item["lease_expires_at"]
@@ -241,7 +264,7 @@ def test_expired_lease_is_offered_again_and_fences_the_old_claim(
 ) -> None:
     offer(db_url, run_id)
     [old] = claim(client, worker_token)
-    time.sleep(1.1)  # lease_seconds is 1
+    leases_ran_out(db)  # lease_seconds is 1
     before = snapshot(db)
     lost = client.post(f"/claims/{old['claim_id']}/heartbeat", headers=auth(worker_token))
     assert lost.status_code == 409
@@ -439,7 +462,7 @@ def test_a_cancelled_run_ends_the_claim(
         assert "cancelled" in resp.json()["detail"]
     assert snapshot(db) == before
     # A step of a cancelled run is not handed out again once its lease ends: it is dropped.
-    time.sleep(1.1)
+    leases_ran_out(db)
     assert claim(client, worker_token) == []
     assert step_row(db)[0] == "cancelled"
 

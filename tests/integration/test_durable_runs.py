@@ -137,6 +137,21 @@ def _slow_pipeline(counting: Counting, **extra: Any) -> dict[str, Any]:
     }
 
 
+def _run_until_retried(
+    client: TestClient,
+    token: str,
+    db_url: str,
+    db: psycopg.Connection[Any],
+    payload: dict[str, Any],
+) -> dict[str, Any]:
+    """A task allowed one retry, run now by a worker until its second attempt succeeds."""
+    task = _create(client, token, max_retries=1, backoff_strategy="fixed", payload=payload)
+    with background_worker(db_url, retry_base_seconds=0, http_allow=("127.0.0.1",)):
+        _run_now(client, token, task)
+        _until_state(db, "succeeded", 2)
+    return task
+
+
 def test_a_retry_resumes_after_the_last_step_that_succeeded(
     client: TestClient,
     writer_token: str,
@@ -145,16 +160,7 @@ def test_a_retry_resumes_after_the_last_step_that_succeeded(
     counting: Counting,
     reads: list[int],
 ) -> None:
-    task = _create(
-        client,
-        writer_token,
-        max_retries=1,
-        backoff_strategy="fixed",
-        payload=_slow_pipeline(counting),
-    )
-    with background_worker(db_url, retry_base_seconds=0, http_allow=("127.0.0.1",)):
-        _run_now(client, writer_token, task)
-        _until_state(db, "succeeded", 2)
+    task = _run_until_retried(client, writer_token, db_url, db, _slow_pipeline(counting))
     assert counting.hits == {"/a": 1, "/b": 1, "/slow-once": 2}
     first, second = _runs(client, writer_token, task)
     assert first["status"] == "failed"
@@ -182,16 +188,9 @@ def test_from_start_runs_every_step_again(
     counting: Counting,
     reads: list[int],
 ) -> None:
-    task = _create(
-        client,
-        writer_token,
-        max_retries=1,
-        backoff_strategy="fixed",
-        payload=_slow_pipeline(counting, resume="from_start"),
+    task = _run_until_retried(
+        client, writer_token, db_url, db, _slow_pipeline(counting, resume="from_start")
     )
-    with background_worker(db_url, retry_base_seconds=0, http_allow=("127.0.0.1",)):
-        _run_now(client, writer_token, task)
-        _until_state(db, "succeeded", 2)
     assert counting.hits == {"/a": 2, "/b": 2, "/slow-once": 2}
     second = _runs(client, writer_token, task)[1]
     assert all("resumed_from" not in s for s in second["steps"])

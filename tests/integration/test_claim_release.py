@@ -11,19 +11,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.helpers import auth, snapshot
-from tests.integration.test_claims import claim, offer
-from tests.integration.test_task_types import create_type, transcode_task
+from tests.integration.test_claims import claim, offer, queued_run
 
 
 @pytest.fixture
 def run_id(client: TestClient, admin_token: str, writer_token: str) -> str:
     """A queued run of a task whose step uses media.transcode (a lease no test outlives)."""
-    create_type(client, admin_token, lease_seconds=300)
-    task = client.post("/tasks", json=transcode_task(), headers=auth(writer_token))
-    assert task.status_code == 201, task.text
-    run = client.post(f"/tasks/{task.json()['id']}/run_now", headers=auth(writer_token))
-    assert run.status_code == 202, run.text
-    return str(run.json()["id"])
+    return queued_run(client, admin_token, writer_token, lease_seconds=300)
 
 
 @pytest.fixture

@@ -65,7 +65,14 @@ def offer(db_url: str, run_id: str, *step_ids: str, params: dict[str, Any] = PAR
 @pytest.fixture
 def run_id(client: TestClient, admin_token: str, writer_token: str) -> str:
     """A queued run of a task whose step uses media.transcode (lease 1 s)."""
-    create_type(client, admin_token, lease_seconds=1)
+    return queued_run(client, admin_token, writer_token, lease_seconds=1)
+
+
+def queued_run(
+    client: TestClient, admin_token: str, writer_token: str, *, lease_seconds: int
+) -> str:
+    """A queued run of a task whose step uses media.transcode, declared with this lease."""
+    create_type(client, admin_token, lease_seconds=lease_seconds)
     task = client.post("/tasks", json=transcode_task(), headers=auth(writer_token))
     assert task.status_code == 201, task.text
     run = client.post(f"/tasks/{task.json()['id']}/run_now", headers=auth(writer_token))

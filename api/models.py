@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pao import costs
 from pao.models import Agent, Event, Run, RunLog, Task
 from pao.schemas import TaskFields
 from pao.store.task_types import TaskType
@@ -38,6 +39,10 @@ class TaskPublic(TaskFields):
     version: int
     created_at: datetime
     updated_at: datetime
+    cost_estimate: Decimal = Field(
+        description="the sum of its steps' declared costs when it was last written: what a "
+        "run is expected to cost, and what admission reserves of its owner's budgets"
+    )
 
     @classmethod
     def of(cls, task: Task) -> TaskPublic:
@@ -94,6 +99,9 @@ class RunPublic(BaseModel):
     worker_id: str | None
     steps: list[Any]
     error: str | None
+    cost: str = Field(
+        "0", description="what its steps were charged, as decimal text (each step's in its `cost`)"
+    )
 
     @classmethod
     def of(cls, run: Run) -> RunPublic:
@@ -113,6 +121,7 @@ class RunPublic(BaseModel):
             worker_id=run.worker_id,
             steps=run.steps,
             error=run.error,
+            cost=costs.text(run.cost),
         )
 
 
@@ -186,6 +195,18 @@ class AgentPublic(BaseModel):
     updated_at: datetime
     task_types: list[str] | None = Field(
         None, description="the task types its token may claim (work:claim); null: any"
+    )
+    budget_per_day: Decimal | None = Field(
+        None, description="what its runs may be charged per day of its zone; null: no budget"
+    )
+    budget_per_month: Decimal | None = Field(
+        None, description="what its runs may be charged per month of its zone; null: no budget"
+    )
+    max_runs_per_hour: int | None = Field(
+        None, description="runs of its tasks it may start per hour; null: no limit"
+    )
+    timezone: str | None = Field(
+        None, description="the zone its days and months are counted in; null: the default"
     )
 
     @classmethod

@@ -12,12 +12,14 @@ import asyncio
 import functools
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from psycopg_pool import AsyncConnectionPool
 
-from pao import claims, db, logs
+from pao import budgets, claims, costs, db, logs
 from pao.backoff import retry_delay
 from pao.errors import InvalidInput, TaskTypeUnavailable
 from pao.models import Event, StepRecord, Task
@@ -69,8 +71,10 @@ class Runner:
         outcomes: Outcomes,
         events: RunEvents,
         mcp: McpHub | None,
+        costs: Callable[[str], Decimal | None] = lambda uses: None,
     ) -> None:
         self.settings = settings
+        self.costs = costs  # what a call of a tool costs (PAO_TOOL_COSTS, the tools file)
         self.pool = pool
         self.leases = leases
         self.wake = wake  # the claim loop's: set whenever a slot frees
@@ -176,12 +180,18 @@ class Runner:
         self.outcomes.forget(c.id)  # progress written later could not apply anyway
         try:
             async with db.connection(self.pool) as conn:
-                if await task_types.get(conn, waiting.task_type) is None:
+                found = await task_types.get(conn, waiting.task_type)
+                if found is None:
                     raise StepFailed(
                         f"step {record['id']}: tool {waiting.task_type!r} cannot run here: it "
                         "is not a built-in tool, no MCP server of this worker's PAO_TOOLS_FILE "
                         "by that name, and no task type (GET /task-types lists them)"
                     )
+                if found.is_active and found.cost_per_call:
+                    # Charged before it is offered, in the offer's transaction: a step a
+                    # budget refuses is never offered. Its reported cost replaces this one.
+                    await self._charge(conn, held, task, record["id"], found.cost_per_call)
+                    record["cost"] = costs.text(found.cost_per_call)
                 state = await work.wait(conn, held.lease, seconds=max(waiting.seconds, 1.0))
                 if state is True:
                     offered = await claims.offer_step(
@@ -219,6 +229,33 @@ class Runner:
                 record["id"],
                 waiting.task_type,
             )
+
+    async def _charge(
+        self, conn: db.Conn, held: Running, task: Task, step_id: str, cost: Decimal
+    ) -> None:
+        """Charge a step in the caller's transaction; StepFailed if it may not start (final
+        when a budget refuses it: the same step would be refused again)."""
+        c = held.claimed
+        charged = await budgets.charge(
+            conn,
+            budgets.Charge(
+                owner=task.created_by,
+                run_id=c.run_id,
+                step_id=step_id,
+                cost=cost,
+                budget_per_run=task.budget_per_run,
+                worker_id=held.lease.worker_id,
+            ),
+            now=datetime.now(UTC),
+            default_timezone=self.settings.default_timezone,
+        )
+        if charged is None:
+            raise StepFailed(f"step {step_id}: the run's lease was lost before it was charged")
+        if isinstance(charged, budgets.Refusal):
+            metrics.budget_refused()
+            raise StepFailed(charged.detail, final=True)
+        metrics.cost(cost)
+        self.events.cost(c, step_id, cost, charged)
 
     def _pipeline(self, task: Task) -> tuple[Pipeline, dict[str, JSONValue]]:
         """The task's parsed pipeline, and its view for templates.
@@ -354,3 +391,10 @@ class Hooks:
     async def on_condition(self, state: bool) -> None:
         async with db.connection(self.runner.pool) as conn:
             await work.set_condition_state(conn, self.task.id, state)
+
+    def cost_of(self, uses: str) -> Decimal | None:
+        return self.runner.costs(uses)
+
+    async def charge(self, step_id: str, uses: str, cost: Decimal) -> None:
+        async with db.connection(self.runner.pool) as conn:
+            await self.runner._charge(conn, self.held, self.task, step_id, cost)

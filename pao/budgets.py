@@ -33,9 +33,11 @@ from zoneinfo import ZoneInfo
 
 from pao.costs import ZERO, Window, Windows, text, windows
 from pao.db import Conn
-from pao.errors import BudgetExceeded, InvalidInput, RateLimited, RunRateLimited
+from pao.errors import BudgetExceeded, InvalidInput, NotFound, RateLimited, RunRateLimited
+from pao.models import Agent
 from pao.store import spending
 from pao.store.spending import Limits
+from pao.visibility import may_see
 from pao.vocabulary import BudgetPeriod, Decision
 from pao.zones import get_zone
 
@@ -250,8 +252,14 @@ class Usage:
         return max(ZERO, budget - spent - self.figures.reserved)
 
 
-async def usage(conn: Conn, agent_id: uuid.UUID, *, now: datetime, default_timezone: str) -> Usage:
-    limits = await spending.limits_of(conn, agent_id) or Limits(agent_id)
+async def usage(
+    conn: Conn, actor: Agent, agent_id: uuid.UUID, *, now: datetime, default_timezone: str
+) -> Usage:
+    """An agent's usage, for itself or an admin: another agent's is NotFound, as if it did
+    not exist."""
+    limits = await spending.limits_of(conn, agent_id) if may_see(actor, agent_id) else None
+    if limits is None:
+        raise NotFound(f"no agent {agent_id}")
     zone = zone_of(limits, default_timezone)
     w = windows(now, zone)
     return Usage(limits, zone, w, await spending.usage(conn, agent_id, w))

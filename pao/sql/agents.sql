@@ -75,7 +75,7 @@ WHERE id = ANY(%(ids)s::uuid[])
        OR max_runs_per_hour IS NOT NULL)
 
 -- name: agent_limits_get
--- One agent's budgets, run rate and zone, whether or not it has any.
+-- One agent's budgets, run rate and zone, whether or not it has any (not a deleted agent's).
 SELECT id, budget_per_day, budget_per_month, max_runs_per_hour, timezone
 FROM agents
-WHERE id = %(id)s
+WHERE id = %(id)s AND deleted_at IS NULL

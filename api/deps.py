@@ -166,7 +166,6 @@ def scope(name: Scope) -> RequireScope:
     return RequireScope(name)
 
 
-SignedIn = Annotated[Agent, Depends(current_agent)]
 TasksRead = Annotated[Agent, Depends(scope(Scope.TASKS_READ))]
 TaskRead = Annotated[SignedTask, Depends(TaskWithSignIn(Scope.TASKS_READ))]
 TasksWrite = Annotated[Agent, Depends(scope(Scope.TASKS_WRITE))]

@@ -102,7 +102,7 @@ class RunPublic(BaseModel):
     steps: list[Any]
     error: str | None
     cost: str = Field(
-        "0", description="what its steps were charged, as decimal text (each step's in its `cost`)"
+        description="what its steps were charged, as decimal text (each step's in its `cost`)"
     )
 
     @classmethod

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from fastapi import APIRouter, Request, Response
 
-from api.deps import Admin, PageQuery, SignedIn, State, request_id
+from api.deps import Admin, PageQuery, RunsRead, State, request_id
 from api.models import AgentCreated, AgentPublic, Page, UsagePublic
 from api.openapi import conflicts
 from pao import agents as logic
@@ -81,11 +81,17 @@ async def delete_agent(
     return Response(status_code=204)
 
 
+@router.get("/me/usage", response_model=UsagePublic)
+async def my_usage(state: State, agent: RunsRead) -> UsagePublic:
+    """The calling agent's own usage: `GET /agents/{id}/usage` with its own id."""
+    return await usage(state, agent, agent.id)
+
+
 @router.get("/{agent_id}/usage", response_model=UsagePublic)
-async def usage(state: State, agent: SignedIn, agent_id: uuid.UUID) -> UsagePublic:
+async def usage(state: State, agent: RunsRead, agent_id: uuid.UUID) -> UsagePublic:
     """An agent's runs and cost today and this month (in its zone), its budgets and what
     remains of them, and its runs this hour against max_runs_per_hour. For the agent itself
-    (any scope) or an admin; another agent's answers 404."""
+    (scope runs:read) or an admin; another agent's answers 404."""
     async with state.tx() as conn:
         found = await budgets.usage(
             conn,

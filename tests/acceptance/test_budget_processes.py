@@ -27,7 +27,8 @@ def test_twenty_runs_against_a_budget_for_seven_start_exactly_seven_paid_steps(
 ) -> None:
     """The runs are queued while the agent has no budget (admission reserves nothing), then
     the budget is set: what is tested is the charge before each paid step, made by two
-    workers at once (each holds half the runs). Each paid step writes one log line, so the lines count the starts."""
+    workers at once (each holds half the runs). Each paid step writes one log line, so the
+    lines count the starts."""
     task_id = create_task(
         client,
         writer_token,

@@ -79,6 +79,7 @@ def test_a_run_costs_the_sum_of_its_paid_steps(
     assert usage["today"]["runs"] == 1
     assert usage["today"]["budget"] is None
     assert usage["timezone"] == "Europe/Chisinau"
+    assert client.get("/agents/me/usage", headers=auth(writer_token)).json() == usage
 
 
 # budget_per_run ---------------------------------------------------------------------------
@@ -335,7 +336,7 @@ def test_an_agent_cannot_set_its_own_budgets_or_read_anothers_usage(
     assert db.execute(
         "SELECT budget_per_day, max_runs_per_hour FROM agents WHERE id = %s", (writer_id,)
     ).fetchone() == (1, None)
-    other = make_token("tasks:read", name="other")
+    other = make_token("runs:read", name="other")
     assert client.get(f"/agents/{writer_id}/usage", headers=auth(other)).status_code == 404
     assert client.get(f"/agents/{uuid.uuid4()}/usage", headers=auth(admin_token)).status_code == 404
     assert client.get(f"/agents/{writer_id}/usage", headers=auth(admin_token)).status_code == 200

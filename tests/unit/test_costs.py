@@ -17,8 +17,9 @@ NEW_YORK = get_zone("America/New_York")
 CHISINAU = get_zone("Europe/Chisinau")
 
 
-def z(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+def z(year: int, month: int, day: int, hour: int = 0, minute: int = 0, *rest: int) -> datetime:
+    second, micro = (*rest, 0, 0)[:2]
+    return datetime(year, month, day, hour, minute, second, micro, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(

@@ -178,6 +178,7 @@ class Runner:
         c = held.claimed
         record = waiting.record
         self.outcomes.forget(c.id)  # progress written later could not apply anyway
+        charged: tuple[Decimal, Decimal] | None = None  # (the step's cost, the run's)
         try:
             async with db.connection(self.pool) as conn:
                 found = await task_types.get(conn, waiting.task_type)
@@ -188,12 +189,17 @@ class Runner:
                         "by that name, and no task type (GET /task-types lists them)"
                     )
                 if found.is_active and found.cost_per_call:
-                    # Charged before it is offered, in the offer's transaction: a step a
-                    # budget refuses is never offered. Its reported cost replaces this one.
-                    await self._charge(conn, held, task, record["id"], found.cost_per_call)
-                    record["cost"] = costs.text(found.cost_per_call)
+                    # Charged before it is offered, in the offer's transaction (still under
+                    # the lease): a step a budget refuses is never offered, and one that is
+                    # not offered after all is not charged. Its reported cost replaces this.
+                    total = await self._charge(conn, held, task, record["id"], found.cost_per_call)
+                    charged = (found.cost_per_call, total)
                 state = await work.wait(conn, held.lease, seconds=max(waiting.seconds, 1.0))
+                if state is not True and charged is not None:
+                    raise _NotOffered(state)  # rolls the charge back with the transaction
                 if state is True:
+                    if charged is not None:
+                        record["cost"] = costs.text(charged[0])
                     offered = await claims.offer_step(
                         conn,
                         run_id=c.run_id,
@@ -205,14 +211,19 @@ class Runner:
                     if offered is not None:
                         record["remote_step"] = offered
                     await work.save_waiting_steps(conn, run_id=c.run_id, steps=steps)
+        except _NotOffered as not_offered:
+            state, charged = not_offered.state, None
         except (StepFailed, TaskTypeUnavailable, InvalidInput) as exc:
             message = exc.message
             if not message.startswith(f"step {record['id']}"):
                 message = f"step {record['id']}: {message}"
+            record.pop("cost", None)  # rolled back with the offer
             record["status"] = StepStatus.FAILED
             record["error"] = message
             await self._end(held, task, _FAILED, message, steps, retry=not exc.final)
             return
+        if charged is not None:
+            self._charged(c, record["id"], *charged)
         if state is None:
             metrics.run_ended("lost")
             log.warning("run %s: lease lost before its remote step was offered", c.run_id)
@@ -232,9 +243,10 @@ class Runner:
 
     async def _charge(
         self, conn: db.Conn, held: Running, task: Task, step_id: str, cost: Decimal
-    ) -> None:
-        """Charge a step in the caller's transaction; StepFailed if it may not start (final
-        when a budget refuses it: the same step would be refused again)."""
+    ) -> Decimal:
+        """Charge a step in the caller's transaction; the run's cost so far. StepFailed if it
+        may not start (final when a budget refuses it: the same step would be refused
+        again). Tell `_charged` once the transaction has committed."""
         c = held.claimed
         charged = await budgets.charge(
             conn,
@@ -254,8 +266,12 @@ class Runner:
         if isinstance(charged, budgets.Refusal):
             metrics.budget_refused()
             raise StepFailed(charged.detail, final=True)
+        return charged
+
+    def _charged(self, c: work.Claimed, step_id: str, cost: Decimal, total: Decimal) -> None:
+        """A charge committed: count it, and tell the run's watchers."""
         metrics.cost(cost)
-        self.events.cost(c, step_id, cost, charged)
+        self.events.cost(c, step_id, cost, total)
 
     def _pipeline(self, task: Task) -> tuple[Pipeline, dict[str, JSONValue]]:
         """The task's parsed pipeline, and its view for templates.
@@ -333,6 +349,15 @@ class Runner:
         self.events.state(held.claimed, status, final=not end.hand_back)
 
 
+class _NotOffered(Exception):
+    """The run was not moved to waiting (a cancel was asked for, or the lease was lost):
+    the offer's transaction, charge and all, is rolled back."""
+
+    def __init__(self, state: bool | None) -> None:
+        super().__init__(state)
+        self.state = state
+
+
 def _spent(c: work.Claimed) -> float:
     """Seconds of the run's deadline already spent: a run continued after its remote step
     keeps its first start (a fresh or handed-back run starts now, and has spent none)."""
@@ -397,4 +422,5 @@ class Hooks:
 
     async def charge(self, step_id: str, uses: str, cost: Decimal) -> None:
         async with db.connection(self.runner.pool) as conn:
-            await self.runner._charge(conn, self.held, self.task, step_id, cost)
+            total = await self.runner._charge(conn, self.held, self.task, step_id, cost)
+        self.runner._charged(self.held.claimed, step_id, cost, total)

@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pao.db import advice, is_transient, is_unavailable
 from pao.errors import (
+    BudgetExceeded,
     ClaimLost,
     Conflict,
     DatabaseUnavailable,
@@ -27,6 +28,7 @@ from pao.errors import (
     PreconditionFailed,
     QuotaExceeded,
     RateLimited,
+    RunRateLimited,
     TaskTypeUnavailable,
     Unauthenticated,
 )
@@ -62,6 +64,8 @@ _STATUS: list[tuple[type[PaoError], int, str]] = [
     (PreconditionFailed, 412, "precondition-failed"),
     (Forbidden, 403, "forbidden"),
     (Unauthenticated, 401, "unauthenticated"),
+    (BudgetExceeded, 429, "budget-exceeded"),
+    (RunRateLimited, 429, "run-rate-limited"),
     (RateLimited, 429, "rate-limited"),
     (QuotaExceeded, 409, "quota-exceeded"),
     (DatabaseUnavailable, 503, "database-unavailable"),

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
+from pao.costs import CostError, parse_cost
 from pao.errors import PaoError
 
 
@@ -65,6 +67,9 @@ class Settings:
     # Peers whose X-Forwarded-For / X-Forwarded-Proto are believed (uvicorn's
     # forwarded_allow_ips): addresses or CIDRs, "*" for any.
     forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1",)
+    # What one call of a built-in tool costs, by name (PAO_TOOL_COSTS="log=0.5,sleep=0"):
+    # charged before each step that calls it, against budgets. Unlisted tools are free.
+    tool_costs: tuple[tuple[str, Decimal], ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -122,6 +127,7 @@ class Settings:
                 env, "PAO_STEP_OUTPUT_MAX_BYTES", 33_554_432, low=1024, high=1_073_741_824
             ),
             forwarded_allow_ips=_csv(env.get("PAO_FORWARDED_ALLOW_IPS") or "127.0.0.1"),
+            tool_costs=_costs(env, "PAO_TOOL_COSTS"),
         )
 
 
@@ -129,6 +135,23 @@ def _csv(raw: str | None) -> tuple[str, ...]:
     if not raw:
         return ()
     return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _costs(env: Mapping[str, str], name: str) -> tuple[tuple[str, Decimal], ...]:
+    """`tool=cost` pairs, comma-separated; each tool named once."""
+    found: dict[str, Decimal] = {}
+    for part in _csv(env.get(name)):
+        tool, eq, raw = part.partition("=")
+        tool = tool.strip()
+        if not eq or not tool:
+            raise SettingsError(f"{name}: {part!r} is not tool=cost, e.g. log=0.5")
+        if tool in found:
+            raise SettingsError(f"{name}: {tool!r} is given twice; give each tool once")
+        try:
+            found[tool] = parse_cost(raw, f"{name}: {tool}")
+        except CostError as exc:
+            raise SettingsError(exc.message) from None
+    return tuple(sorted(found.items()))
 
 
 def _int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:

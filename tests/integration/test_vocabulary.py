@@ -20,6 +20,7 @@ from pao.vocabulary import (
     LIVE_TASK_STATUSES,
     LIVE_WORK_STATES,
     BackoffStrategy,
+    BudgetPeriod,
     Decision,
     IdempotencyState,
     LogLevel,
@@ -66,6 +67,7 @@ EXPECTED: dict[str, set[str]] = {
     "remote_steps_finished_when_final": _words(LIVE_REMOTE_STEP_STATES),
     "remote_steps_succeeded_has_output": {RemoteStepState.SUCCEEDED},
     "remote_steps_failed_has_error": {RemoteStepState.FAILED},
+    "agent_spending_period_known": _words(BudgetPeriod),
 }
 # Quoted words PostgreSQL writes back that are types or JSON kinds, not states.
 _NOT_STATES = {"object", "array", "hex"}

@@ -29,6 +29,9 @@ PAIRS: list[tuple[type, type[BaseModel]]] = [
     (client.TaskPage, api.Page[api.TaskPublic]),
     (client.RunPage, api.Page[api.RunPublic]),
     (client.LogPage, api.RunLogs),
+    (client.Usage, api.UsagePublic),
+    (client.UsageWindow, api.UsageWindow),
+    (client.HourWindow, api.HourWindow),
 ]
 
 _JSON = {str: "string", int: "integer", float: "number", bool: "boolean", dict: "object"}

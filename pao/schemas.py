@@ -110,8 +110,15 @@ Cost = Annotated[
         max_digits=costs.MAX_DIGITS,
         decimal_places=costs.MAX_PLACES,
     ),
+    # No `multipleOf` 0.000001: validators that divide floats refuse 0.1 with it (0.1 / 1e-6
+    # is 100000.00000000001), so a client checking the schema would refuse good amounts.
     WithJsonSchema(
-        {"type": "number", "minimum": 0, "maximum": MAX_COST, "multipleOf": 0.000001},
+        {
+            "type": "number",
+            "minimum": 0,
+            "maximum": MAX_COST,
+            "description": f"at most {costs.MAX_PLACES} decimal places",
+        },
         mode="validation",
     ),
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pao import budgets, occurrences
@@ -73,10 +73,14 @@ def reached_owners(event: Event) -> list[uuid.UUID] | None:
     return list(dict.fromkeys([*owners, *(event.audience or [])]))
 
 
-async def dispatch(conn: Conn, event: Event, limits: Limits) -> Fanned:
+async def dispatch(
+    conn: Conn, event: Event, limits: Limits, *, now: datetime | None = None
+) -> Fanned:
     """Queue one occurrence of each matching active event task the event may reach, within
     the hop limit, each owner's quota and each owner's budgets and run rate (dedupe keys
     applied); what a budget or run rate refused is recorded (over_budget, rate_limited).
+    Budgets are judged at `now` by the database's clock (None: when the event arrived, which
+    the database stamped).
 
     The matching tasks are found by one statement that reads only the reached owners' tasks,
     and queued together, in one statement however many there are; a task whose occurrence at
@@ -103,7 +107,9 @@ async def dispatch(conn: Conn, event: Event, limits: Limits) -> Fanned:
     fanned = Fanned()
     admissions: dict[uuid.UUID, budgets.Admission] = {}
     if matching:
-        matching, fanned.refused, admissions = await _within_budgets(conn, matching, limits)
+        matching, fanned.refused, admissions = await _within_budgets(
+            conn, matching, limits, now=now or event.received_at
+        )
         await occurrence_store.record_many(
             conn,
             [
@@ -137,14 +143,13 @@ async def dispatch(conn: Conn, event: Event, limits: Limits) -> Fanned:
 
 
 async def _within_budgets(
-    conn: Conn, found: list[Task], limits: Limits
+    conn: Conn, found: list[Task], limits: Limits, *, now: datetime
 ) -> tuple[list[Task], list[tuple[Task, budgets.Refusal]], dict[uuid.UUID, budgets.Admission]]:
     """The tasks their owners' budgets and run rates admit, in order; those refused, with
     why; and the admissions to record what is queued in (owners with no limits need none)."""
     limited = await budgets.limited(conn, [task.created_by for task in found])
     if not limited:
         return found, [], {}
-    now = datetime.now(UTC)
     admissions: dict[uuid.UUID, budgets.Admission] = {}
     for owner in sorted(limited):
         admission = await budgets.admission(

@@ -23,6 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from pao import db
 from pao import events as event_logic
+from pao.clock import Clock, DatabaseClock
 from pao.errors import DatabaseUnavailable
 from pao.settings import Settings
 from pao.store import events, heartbeats, runs
@@ -33,8 +34,6 @@ from scheduler.materialise import materialise_batch
 from scheduler.rescue import rescue_batch
 
 log = logging.getLogger(__name__)
-
-Clock = Callable[[], datetime]
 
 MATERIALISE_BATCH = 1000
 RESCUE_BATCH = 100
@@ -54,22 +53,23 @@ _ESTIMATED_STATES = (
 )
 
 
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 class Scheduler:
     def __init__(
         self,
         settings: Settings,
         pool: AsyncConnectionPool[db.Conn],
         *,
-        clock: Clock = utc_now,
+        clock: Clock | None = None,
         process_id: str | None = None,
     ) -> None:
+        """`clock` None (as in production) takes every decision by the database's clock;
+        tests drive a clock of their own instead."""
         self.settings = settings
         self.pool = pool
-        self.clock = clock
+        self._database_clock: DatabaseClock | None = None
+        if clock is None:
+            clock = self._database_clock = DatabaseClock()
+        self.clock: Clock = clock
         self.process_id = process_id or (
             f"scheduler-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         )
@@ -83,9 +83,9 @@ class Scheduler:
         queued = 0
         started = asyncio.get_running_loop().time()
         while True:
-            now = self.clock()
-            horizon = now + timedelta(seconds=self.settings.lookahead_seconds)
             async with db.connection(self.pool) as conn:
+                now = await self.now(conn)
+                horizon = now + timedelta(seconds=self.settings.lookahead_seconds)
                 tasks, n = await materialise_batch(
                     conn,
                     now=now,
@@ -120,7 +120,8 @@ class Scheduler:
             pending = await events.lock_pending(conn, limit=EVENT_BATCH)
             limits = event_logic.Limits.of(self.settings)
             for event in pending:
-                await event_logic.dispatch(conn, event, limits)
+                now = await self.now(conn)
+                await event_logic.dispatch(conn, event, limits, now=now)
             await events.mark_dispatched(conn, [e.id for e in pending])
         return len(pending)
 
@@ -131,7 +132,7 @@ class Scheduler:
         retention = timedelta(days=self.settings.retention_days)
         while True:
             async with db.connection(self.pool) as conn:
-                n = await prune_step(conn, now=self.clock(), retention=retention)
+                n = await prune_step(conn, now=await self.now(conn), retention=retention)
             deleted += n
             if n == 0 or self._over_budget(started):
                 return deleted
@@ -172,6 +173,13 @@ class Scheduler:
                     await heartbeats.remove(conn, self.process_id)
         except (TimeoutError, DatabaseUnavailable, psycopg.Error) as exc:
             log.info("could not remove the heartbeat (%s); it goes stale by itself", exc)
+
+    async def now(self, conn: db.Conn) -> datetime:
+        """What time it is for this scheduler's decisions: the database's clock (measured
+        on `conn` when the last measure is a few seconds old), or the test's own clock."""
+        if self._database_clock is not None:
+            return await self._database_clock.now(conn)
+        return self.clock()
 
     def _over_budget(self, started: float) -> bool:
         return asyncio.get_running_loop().time() - started > TICK_BUDGET_SECONDS
@@ -247,6 +255,8 @@ class Scheduler:
                 id=name,
                 max_instances=1,
                 coalesce=True,
+                # APScheduler paces the ticks by this host's clock (at once: on its own
+                # clock); what each tick decides goes by the database's.
                 next_run_time=datetime.now(UTC),
                 misfire_grace_time=None,
             )

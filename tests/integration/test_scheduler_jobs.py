@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from pao import db as pao_db
 from pao.settings import Settings
 from pao.store import events as event_store
-from scheduler.service import Scheduler, utc_now
+from scheduler.service import Scheduler
 from tests.helpers import SEED_TASK, auth
 
 T = TypeVar("T")
@@ -39,7 +39,7 @@ def with_scheduler(
         pool = pao_db.make_pool(db_url, min_size=1, max_size=2)
         await pool.open(wait=True)
         try:
-            sched = Scheduler(Settings(**settings), pool, clock=clock or utc_now)
+            sched = Scheduler(Settings(**settings), pool, clock=clock)
             return await body(sched)
         finally:
             await pool.close()

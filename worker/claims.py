@@ -11,12 +11,12 @@ import asyncio
 import logging
 import time
 import uuid
-from datetime import UTC, datetime
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from pao import db, streams
+from pao.clock import DatabaseClock
 from pao.errors import DatabaseUnavailable
 from pao.models import Event
 from pao.store import run_events, work
@@ -59,8 +59,10 @@ class Claims:
         events: RunEvents,
         wake: asyncio.Event,
         outage: Outage,
+        clock: DatabaseClock,
     ) -> None:
         self.pool = pool
+        self.clock = clock  # the runner's too: measured on the claim's connection
         self.worker_id = worker_id
         self.lease_seconds = lease_seconds
         # None: nothing to LISTEN on (a transaction-mode pooler); the worker polls more often.
@@ -110,9 +112,11 @@ class Claims:
         one more round trip, and keyed work among the due rows in a claim of its own.
         """
         started = time.perf_counter()
-        sent = time.monotonic()  # leases start no earlier than this, by the database clock
         hold = self.leases.hold
         async with db.statement(self.pool) as conn:
+            # Measured here (when a few seconds old) so that the runs claimed now go by it.
+            await self.clock.sync(conn)
+            sent = time.monotonic()  # leases start no earlier than this, by the database clock
             first = await work.claim_unkeyed(
                 conn,
                 worker_id=self.worker_id,
@@ -177,11 +181,13 @@ class Claims:
         self._tasks.update(tasks)
 
     async def _until_next_due(self, default: float) -> float:
+        """Seconds until the next queued work falls due by the database's clock (never the
+        host's: one ahead would spin, one behind would start work late), at most `default`."""
         async with db.statement(self.pool) as conn:
-            at = await work.next_due(conn)
-        if at is None:
+            seconds = await work.next_due(conn)
+        if seconds is None:
             return default
-        return max(0.0, min(default, (at - datetime.now(UTC)).total_seconds()))
+        return max(0.0, min(default, seconds))
 
     async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
         waiters = [asyncio.create_task(self.wake.wait()), asyncio.create_task(stop.wait())]

@@ -25,7 +25,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol, cast
 
@@ -127,6 +127,9 @@ class RunHooks(Protocol):
 
     async def charge(self, step_id: str, uses: str, cost: Decimal) -> None:
         """Charge a paid step before it starts; StepFailed (final) if a budget refuses it."""
+
+    def now(self) -> datetime:
+        """The database's time now, which a step's `started_at` is stamped with."""
 
 
 @dataclass
@@ -243,7 +246,7 @@ async def execute(
             "id": step.id,
             "uses": step.uses,
             "status": _RUNNING,
-            "started_at": datetime.now(UTC).isoformat(),
+            "started_at": hooks.now().isoformat(),
         }
         if step.if_ is not None:
             try:

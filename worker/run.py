@@ -13,7 +13,7 @@ import functools
 import logging
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
@@ -21,6 +21,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from pao import budgets, claims, costs, db, logs
 from pao.backoff import retry_delay
+from pao.clock import Clock
 from pao.errors import InvalidInput, TaskTypeUnavailable
 from pao.models import Event, StepRecord, Task
 from pao.pipeline import RESUME_FROM_START, Pipeline, load_pipeline
@@ -71,9 +72,11 @@ class Runner:
         outcomes: Outcomes,
         events: RunEvents,
         mcp: McpHub | None,
+        clock: Clock,
         costs: Callable[[str], Decimal | None] = lambda uses: None,
     ) -> None:
         self.settings = settings
+        self.clock = clock  # the database's (measured by the claim loop)
         self.costs = costs  # what a call of a tool costs (PAO_TOOL_COSTS, the tools file)
         self.pool = pool
         self.leases = leases
@@ -121,7 +124,7 @@ class Runner:
                 due_work_id=c.id,
                 steps=steps,
                 condition_state=task.condition_state,
-                deadline=held.started + self.settings.run_timeout_seconds - _spent(c),
+                deadline=held.started + self.settings.run_timeout_seconds - _spent(c, self.clock()),
                 resume=resume,
             )
             await execute(
@@ -258,7 +261,7 @@ class Runner:
                 budget_per_run=task.budget_per_run,
                 worker_id=held.lease.worker_id,
             ),
-            now=datetime.now(UTC),
+            now=self.clock(),
             default_timezone=self.settings.default_timezone,
         )
         if charged is None:
@@ -358,12 +361,13 @@ class _NotOffered(Exception):
         self.state = state
 
 
-def _spent(c: work.Claimed) -> float:
-    """Seconds of the run's deadline already spent: a run continued after its remote step
-    keeps its first start (a fresh or handed-back run starts now, and has spent none)."""
+def _spent(c: work.Claimed, now: datetime) -> float:
+    """Seconds of the run's deadline already spent by `now` (the database's clock, which
+    stamped `started_at`): a run continued after its remote step keeps its first start (a
+    fresh or handed-back run starts now, and has spent none)."""
     if not c.saved_steps or c.started_at is None:
         return 0.0
-    return max(0.0, (datetime.now(UTC) - c.started_at).total_seconds())
+    return max(0.0, (now - c.started_at).total_seconds())
 
 
 def _continued(saved: list[StepRecord]) -> bool:
@@ -386,6 +390,9 @@ class Hooks:
         self.runner = runner
         self.held = held
         self.task = task
+
+    def now(self) -> datetime:
+        return self.runner.clock()
 
     def on_step(self, index: int, record: StepRecord, seconds: float | None) -> None:
         """A step started (seconds None) or ended: count it, and tell watchers if any."""

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from psycopg_pool import AsyncConnectionPool
 
 from pao import db
+from pao.clock import DatabaseClock
 from pao.settings import Settings
 from pao.tools import ToolRegistry
 from worker.claims import Claims
@@ -64,6 +65,7 @@ class Worker:
         self.registry = ToolRegistry.from_tools_file(settings.tools_file, settings.tool_costs)
         self.mcp = _hub(self.registry)  # one session per MCP server, shared
         wake = asyncio.Event()  # the claim loop's: work was announced, or a slot freed
+        self.clock = DatabaseClock()  # measured by the claim loop, read by the runs
         outage = Outage()
         self.outcomes = Outcomes(pool, self.worker_id)
         self.events = RunEvents(pool)
@@ -83,6 +85,7 @@ class Worker:
             outcomes=self.outcomes,
             events=self.events,
             mcp=self.mcp,
+            clock=self.clock,
         )
         self.claims = Claims(
             pool,
@@ -94,6 +97,7 @@ class Worker:
             events=self.events,
             wake=wake,
             outage=outage,
+            clock=self.clock,
         )
 
     @property

@@ -179,11 +179,14 @@ WITH candidate AS (
 SELECT * FROM started
 
 -- name: due_work_next_due
--- When the earliest queued work falls due, so an idle worker sleeps until exactly then; work
--- waiting for a full concurrency key does not count (a finishing holder wakes the workers).
--- The claim index is ordered by priority first: one short walk per priority (1 to 9) finds
--- each one's earliest, where a plain min() would read every queued row (2.3 ms for 9,000).
-SELECT min(first.at) AS at
+-- When the earliest queued work falls due, and in how many seconds by the database's clock
+-- (the worker's own clock may be ahead or behind), so an idle worker sleeps until exactly
+-- then; work waiting for a full concurrency key does not count (a finishing holder wakes the
+-- workers). The claim index is ordered by priority first: one short walk per priority (1 to
+-- 9) finds each one's earliest, where a plain min() would read every queued row (2.3 ms for
+-- 9,000).
+SELECT min(first.at) AS at,
+       extract(epoch FROM min(first.at) - clock_timestamp())::float8 AS in_seconds
 FROM generate_series(1, 9) AS p(priority)
 CROSS JOIN LATERAL (
     SELECT d.run_after AS at FROM due_work d

@@ -171,10 +171,15 @@ async def _send_rows_for(
     return results
 
 
-async def next_due(conn: Conn) -> datetime | None:
+async def next_due(conn: Conn) -> float | None:
+    """Seconds until the earliest queued work falls due by the database's clock (0 or less:
+    due already); None when nothing waits."""
     cur = await conn.execute(QUERIES["due_work_next_due"])
     row = await cur.fetchone()
-    return row["at"] if row else None
+    if row is None or row["in_seconds"] is None:
+        return None
+    seconds: float = row["in_seconds"]
+    return seconds
 
 
 async def renew(

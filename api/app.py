@@ -23,6 +23,7 @@ from api.routes import agents, claims, events, health, metrics, runs, task_types
 from api.streams import StreamHub
 from pao import db
 from pao.agents import ensure_admin_token
+from pao.clock import DatabaseClock
 from pao.mcp import McpHub
 from pao.migrate import ensure_migrated
 from pao.settings import Settings
@@ -35,6 +36,7 @@ async def _start(state: AppState) -> None:
     """Refuse to serve an unmigrated database; make sure PAO_ADMIN_TOKEN's agent exists."""
     async with state.tx() as conn:
         await ensure_migrated(conn)
+        await state.clock.sync(conn)  # so that routes with no connection go by it too
         token = state.settings.admin_token
         if token and await ensure_admin_token(conn, token):
             log.info("created the admin agent for PAO_ADMIN_TOKEN")
@@ -144,6 +146,7 @@ async def _open(settings: Settings, url: str, registry: ToolRegistry) -> AppStat
         mcp=hub,
         discovery=ToolDiscovery(hub, registry),
         streams=StreamHub(db.listen_url(settings, url), pool),
+        clock=DatabaseClock(),
     )
 
 

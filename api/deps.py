@@ -14,6 +14,7 @@ from psycopg_pool import AsyncConnectionPool
 from api.discovery import ToolDiscovery
 from api.streams import StreamHub
 from pao import db, pagination
+from pao.clock import DatabaseClock
 from pao.errors import Forbidden, RateLimited, Unauthenticated
 from pao.mcp import McpHub
 from pao.models import Agent, Task
@@ -36,6 +37,7 @@ class AppState:
     mcp: McpHub
     discovery: ToolDiscovery
     streams: StreamHub
+    clock: DatabaseClock  # the database's, measured on requests' own connections
 
     @asynccontextmanager
     async def tx(self) -> AsyncIterator[db.Conn]:
@@ -186,6 +188,7 @@ def task_context(request: Request, state: AppState, agent: Agent) -> Context:
         request_id=request_id(request),
         registry=state.registry,
         default_timezone=state.settings.default_timezone,
+        clock=state.clock,
         quotas=Quotas(
             max_active_tasks=state.settings.max_active_tasks,
             max_occurrences_per_hour=state.settings.max_occurrences_per_hour,

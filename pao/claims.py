@@ -21,7 +21,7 @@ import secrets
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -262,6 +262,7 @@ async def complete(
     *,
     output: dict[str, Any],
     cost: Decimal | None,
+    now: datetime,
     default_timezone: str = DEFAULT_TIMEZONE,
 ) -> None:
     """The step succeeded with `output` (checked against the type's output_schema first:
@@ -273,7 +274,11 @@ async def complete(
     """
     try:
         [refused] = await complete_many(
-            conn, agent, [Completion(claim_id, output, cost)], default_timezone=default_timezone
+            conn,
+            agent,
+            [Completion(claim_id, output, cost)],
+            now=now,
+            default_timezone=default_timezone,
         )
     except InvalidInput as exc:  # named from the body's `output`, not `items[0].output`
         raise InvalidInput([FieldError(e.loc[2:], e.message) for e in exc.errors]) from None
@@ -286,6 +291,7 @@ async def complete_many(
     agent: Agent,
     items: Sequence[Completion],
     *,
+    now: datetime,
     default_timezone: str = DEFAULT_TIMEZONE,
 ) -> list[NotFound | ClaimLost | None]:
     """Complete several claims' steps at once, as `complete` does each, with set-based
@@ -297,7 +303,8 @@ async def complete_many(
 
     A reported `cost` replaces what the step was charged when it was offered (its type's
     cost_per_call, or nothing): the difference goes to its run and its owner's spending
-    (in `default_timezone` for an owner with no zone), unchecked, since it was spent.
+    (in `default_timezone` for an owner with no zone) as of `now` (the database's clock),
+    unchecked, since it was spent.
 
     Locks, as one complete and a run cancel take them: the waiting occurrences and their
     runs (in occurrence order), then the steps (in id order); two batches, or a batch and a
@@ -370,7 +377,7 @@ async def complete_many(
                     owner=work.owner,
                     run_id=work.run_id,
                     delta=delta,
-                    now=datetime.now(UTC),
+                    now=now,
                     default_timezone=default_timezone,
                 )
                 cost_events.append(streams.cost(work.run_id, work.task_id, h.step_id, delta, total))

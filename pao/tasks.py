@@ -16,6 +16,7 @@ from typing import Any
 
 from pao import budgets, costs, pagination, task_types
 from pao.agents import check_step_scopes
+from pao.clock import DatabaseClock
 from pao.db import Conn
 from pao.errors import (
     Conflict,
@@ -62,6 +63,7 @@ class Context:
     request_id: str | None
     registry: ToolRegistry
     default_timezone: str
+    clock: DatabaseClock  # every `now` is the database's, whatever this host's clock says
     quotas: Quotas = Quotas()
     http_allow: tuple[str, ...] = ()  # PAO_HTTP_ALLOW: private targets the operator allows
 
@@ -271,7 +273,7 @@ async def _check_owner(conn: Conn, ctx: Context, created_by: uuid.UUID | None) -
 
 
 async def create_task(conn: Conn, ctx: Context, data: TaskCreate) -> Task:
-    now = datetime.now(UTC)
+    now = await ctx.clock.now(conn)
     fields = data.model_dump()
     fields["timezone"] = fields["timezone"] or ctx.default_timezone
     await task_types.refresh_registry(conn, ctx.registry, fields["payload"])
@@ -366,7 +368,7 @@ async def update_task(
         raise Conflict(f"the task is {task.status}; create a new task instead")
     fields = {name: getattr(task, name) for name in _EDITABLE}
     fields.update(given)
-    now = datetime.now(UTC)
+    now = await ctx.clock.now(conn)
     schedule_changed = any(
         fields[f] != getattr(task, f) for f in ("schedule_kind", "schedule_expr", "timezone")
     )
@@ -499,7 +501,7 @@ async def resume_task(conn: Conn, ctx: Context, task_id: uuid.UUID) -> Task:
         return task
     if task.status is not TaskStatus.PAUSED:
         raise Conflict(f"the task is {task.status}; only a paused task can be resumed")
-    now = datetime.now(UTC)
+    now = await ctx.clock.now(conn)
     next_run_at, skipped = await off_loop(functools.partial(_resumed_at, task, now))
     if skipped:
         await occurrence_store.record_many(
@@ -575,7 +577,7 @@ async def run_now(conn: Conn, ctx: Context, task_id: uuid.UUID) -> Run:
     task = await get_task(conn, ctx, task_id, lock=True)
     if task.status is TaskStatus.CANCELLED:
         raise Conflict("the task is cancelled; create a new task instead")
-    now = datetime.now(UTC)
+    now = await ctx.clock.now(conn)
     admission = await budgets.admission(
         conn, task.created_by, now=now, default_timezone=ctx.default_timezone
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 
 from fastapi import APIRouter, Request, Response
 
@@ -97,7 +96,7 @@ async def usage(state: State, agent: RunsRead, agent_id: uuid.UUID) -> UsagePubl
             conn,
             agent,
             agent_id,
-            now=datetime.now(UTC),
+            now=await state.clock.now(conn),
             default_timezone=state.settings.default_timezone,
         )
     return UsagePublic.of(found)

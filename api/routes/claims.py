@@ -96,7 +96,11 @@ async def complete_many(state: State, agent: WorkClaim, body: ClaimCompleteMany)
     items = [logic.Completion(i.claim_id, i.output, i.cost) for i in body.items]
     async with state.tx() as conn:
         refused = await logic.complete_many(
-            conn, agent, items, default_timezone=state.settings.default_timezone
+            conn,
+            agent,
+            items,
+            now=await state.clock.now(conn),
+            default_timezone=state.settings.default_timezone,
         )
     outcomes = []
     for item, error in zip(items, refused, strict=True):
@@ -147,6 +151,7 @@ async def complete(
             claim_id,
             output=body.output,
             cost=body.cost,
+            now=await state.clock.now(conn),
             default_timezone=state.settings.default_timezone,
         )
     return ClaimEnded(claim_id=claim_id, state="succeeded")

@@ -89,11 +89,13 @@ async def create_task(
     async with idempotent(request, state, ctx.actor) as guard:
         if guard.replay is not None:
             return guard.replay
+        now = state.clock()  # the last measure of the database's clock, carried on
         await _check_schedule_off_loop(
             body.schedule_kind,
             body.schedule_expr,
             body.timezone or state.settings.default_timezone,
-            created_at=datetime.now(UTC),
+            created_at=now,
+            now=now,
         )
         await state.discovery.ensure(state.registry.mcp_uses(body.payload))
         async with state.tx() as conn:
@@ -108,7 +110,7 @@ async def create_task(
 
 
 async def _check_schedule_off_loop(
-    kind: str, expr: str, timezone: str, *, created_at: datetime
+    kind: str, expr: str, timezone: str, *, created_at: datetime, now: datetime
 ) -> None:
     """Refuse a schedule whose fire times cannot be found within the search budget, on a
     thread of its own, before the task logic works them out again in its transaction."""
@@ -118,7 +120,7 @@ async def _check_schedule_off_loop(
         try:
             schedule = parse_schedule(kind, expr, timezone, created_at=created_at, budget=parsing)
             # The first fire time and the sample of them the hourly quota is judged from.
-            schedule.upcoming(datetime.now(UTC), _PEAK_SAMPLE, budget=listing)
+            schedule.upcoming(now, _PEAK_SAMPLE, budget=listing)
         except InvalidInput:
             if parsing.exhausted or listing.exhausted:
                 raise
@@ -134,7 +136,7 @@ async def preview(state: State, agent: TasksRead, body: SchedulePreview) -> Occu
     422 on `schedule_expr` when the rule cannot give `count` of them within the search
     budget or the next 100 years (a rule that ends, with COUNT or UNTIL, gives fewer).
     """
-    now = datetime.now(UTC)
+    now = state.clock()  # the last measure of the database's clock, carried on
     zone_name = body.timezone or state.settings.default_timezone
 
     def upcoming() -> list[datetime]:
@@ -241,6 +243,7 @@ async def occurrences(
         task = await logic.get_task(conn, ctx, task_id)
         if past:
             rows = await logic.past_occurrences(conn, task, before=from_, limit=count)
+        now = await state.clock.now(conn)
     zone = get_zone(task.timezone)
     if past:
         return Occurrences(items=[Occurrence.record(row, zone) for row in rows])
@@ -248,7 +251,7 @@ async def occurrences(
         task.schedule_kind == ScheduleKind.EVENT
     ):
         return Occurrences(items=[])
-    start = from_ or datetime.now(UTC)
+    start = from_ or now
 
     def upcoming() -> list[datetime]:
         budget = Budget()  # one for the whole request, parsing included
@@ -295,6 +298,7 @@ async def update_task(
             fields["schedule_expr"],
             fields["timezone"],
             created_at=task.created_at,
+            now=state.clock(),
         )
     if body.payload is not None:
         await state.discovery.ensure(state.registry.mcp_uses(body.payload))

@@ -9,6 +9,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -616,7 +617,12 @@ def test_a_cancel_racing_a_complete_does_not_deadlock(
             async def complete() -> None:
                 async with a.transaction():
                     await claims.complete(
-                        a, holder, item["claim_id"], output={"url": "https://x.example/"}, cost=None
+                        a,
+                        holder,
+                        item["claim_id"],
+                        output={"url": "https://x.example/"},
+                        cost=None,
+                        now=datetime.now(UTC),  # no cost: no spending window to choose
                     )
 
             async def cancel() -> Any:

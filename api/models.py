@@ -16,7 +16,7 @@ from pao.costs import Window
 from pao.models import Agent, Event, Run, RunLog, Task
 from pao.schemas import TaskFields
 from pao.store.task_types import TaskType
-from pao.vocabulary import TaskStatus
+from pao.vocabulary import RemoteStepState, TaskStatus
 
 T = TypeVar("T")
 
@@ -350,7 +350,7 @@ class ClaimLease(BaseModel):
 
 class ClaimEnded(BaseModel):
     claim_id: str
-    state: str
+    state: RemoteStepState
 
 
 class ClaimOutcome(BaseModel):
@@ -359,7 +359,7 @@ class ClaimOutcome(BaseModel):
         description="200: the step succeeded; 404 (unknown claim) or 409 (claim lost): this "
         "item changed nothing and the claimer should stop working on it"
     )
-    state: str | None = Field(None, description="`succeeded` when status is 200")
+    state: RemoteStepState | None = Field(None, description="`succeeded` when status is 200")
     type: str | None = Field(None, description="the problem type when status is not 200")
     detail: str | None = None
 

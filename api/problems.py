@@ -26,9 +26,13 @@ from pao.errors import (
     PaoError,
     PreconditionFailed,
     QuotaExceeded,
+    RangeNotSatisfiable,
     RateLimited,
     TaskTypeUnavailable,
+    TooLarge,
     Unauthenticated,
+    UnsupportedMediaType,
+    UploadStalled,
 )
 from pao.mcp import McpUnavailable
 
@@ -42,9 +46,12 @@ _TITLES = {
     403: "Forbidden",
     404: "Not found",
     405: "Method not allowed",
+    408: "Request timeout",
     409: "Conflict",
     412: "Precondition failed",
     413: "Request body too large",
+    415: "Unsupported media type",
+    416: "Range not satisfiable",
     422: "Invalid request",
     429: "Too many requests",
     500: "Internal error",
@@ -64,6 +71,10 @@ _STATUS: list[tuple[type[PaoError], int, str]] = [
     (Unauthenticated, 401, "unauthenticated"),
     (RateLimited, 429, "rate-limited"),
     (QuotaExceeded, 409, "quota-exceeded"),
+    (TooLarge, 413, "too-large"),
+    (UploadStalled, 408, "upload-stalled"),
+    (UnsupportedMediaType, 415, "unsupported-media-type"),
+    (RangeNotSatisfiable, 416, "range-not-satisfiable"),
     (DatabaseUnavailable, 503, "database-unavailable"),
     (NotMigrated, 503, "not-migrated"),
     (McpUnavailable, 503, "tool-server-unavailable"),
@@ -152,6 +163,8 @@ async def _on_pao_error(request: Request, exc: Exception) -> JSONResponse:
                 headers["Retry-After"] = "2"
             if isinstance(exc, RateLimited):
                 headers["Retry-After"] = str(exc.retry_after)
+            if isinstance(exc, RangeNotSatisfiable):
+                headers["Content-Range"] = f"bytes */{exc.size}"
             return problem(
                 status, exc.message, request=request, slug=slug, errors=errors, headers=headers
             )

@@ -110,5 +110,25 @@ class RateLimited(PaoError):
         self.retry_after = retry_after
 
 
+class TooLarge(PaoError):
+    """The request body is larger than this server accepts."""
+
+
+class UploadStalled(PaoError):
+    """The client sent nothing for a minute; the upload was given up and nothing kept."""
+
+
+class UnsupportedMediaType(PaoError):
+    """The request body is not of a type this endpoint reads."""
+
+
+class RangeNotSatisfiable(PaoError):
+    """The requested range lies beyond the end of the content."""
+
+    def __init__(self, message: str | None = None, *, size: int) -> None:
+        super().__init__(message)
+        self.size = size
+
+
 class QuotaExceeded(PaoError):
     """This agent has reached one of its quotas."""

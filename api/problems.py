@@ -32,6 +32,7 @@ from pao.errors import (
     TooLarge,
     Unauthenticated,
     UnsupportedMediaType,
+    UploadInterrupted,
     UploadStalled,
 )
 from pao.mcp import McpUnavailable
@@ -73,6 +74,7 @@ _STATUS: list[tuple[type[PaoError], int, str]] = [
     (QuotaExceeded, 409, "quota-exceeded"),
     (TooLarge, 413, "too-large"),
     (UploadStalled, 408, "upload-stalled"),
+    (UploadInterrupted, 400, "upload-interrupted"),
     (UnsupportedMediaType, 415, "unsupported-media-type"),
     (RangeNotSatisfiable, 416, "range-not-satisfiable"),
     (DatabaseUnavailable, 503, "database-unavailable"),

@@ -16,8 +16,15 @@ from dataclasses import dataclass
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect
 
-from pao.errors import InvalidInput, RateLimited, UnsupportedMediaType, UploadStalled
+from pao.errors import (
+    InvalidInput,
+    RateLimited,
+    UnsupportedMediaType,
+    UploadInterrupted,
+    UploadStalled,
+)
 
 MAX_PARTS = 64
 MAX_HEADERS = 8
@@ -67,7 +74,7 @@ async def read_form(stream: AsyncIterator[bytes], boundary: bytes) -> AsyncItera
 
     InvalidInput for a malformed body, too many parts, oversized headers or fields, or a
     body that ends before its closing boundary; UploadStalled after IDLE_SECONDS of
-    silence. A dropped connection raises Starlette's ClientDisconnect from the stream.
+    silence; UploadInterrupted when the client goes away.
     """
     events: list[Event] = []
     header_name = bytearray()
@@ -152,6 +159,9 @@ async def read_form(stream: AsyncIterator[bytes], boundary: bytes) -> AsyncItera
             break
         except TimeoutError:
             raise UploadStalled() from None
+        except ClientDisconnect:
+            # Answered to no one; as a problem, not an error in the log.
+            raise UploadInterrupted() from None
         if ended:
             continue  # the epilogue after the closing boundary is ignored
         try:

@@ -118,6 +118,10 @@ class UploadStalled(PaoError):
     """The client sent nothing for a minute; the upload was given up and nothing kept."""
 
 
+class UploadInterrupted(PaoError):
+    """The client closed the connection before the upload ended; nothing was kept."""
+
+
 class UnsupportedMediaType(PaoError):
     """The request body is not of a type this endpoint reads."""
 

@@ -14,6 +14,8 @@ committed before it and none can slip past in parallel.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import re
 import secrets
@@ -36,6 +38,10 @@ from pao.vocabulary import AssetStatus
 CHUNK_BYTES = 1 << 20
 """Bytes per stored chunk: large enough that a GiB is a thousand rows, small enough that
 an upload or a download holds about one in memory."""
+WRITE_AHEAD = 2
+"""Chunks queued for the database while the next ones arrive: the client's bytes and the
+database's writes overlap (each alone is about as slow as both), and an upload holds
+at most this many chunks, plus the one filling, in memory."""
 MAX_LABEL = 200
 MAX_TAGS = 32
 MAX_TAG = 64
@@ -139,11 +145,14 @@ class AssetWriter:
         self._used = 0
         self._stack = AsyncExitStack()
         self._copy: AsyncCopy | None = None
+        self._queue: asyncio.Queue[tuple[int, memoryview] | None] = asyncio.Queue(WRITE_AHEAD)
+        self._drain: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> AssetWriter:
         self._used = await store.usage(self.conn, self.owner)
         self._check_quota()
         self._copy = await self._stack.enter_async_context(store.copy_chunks(self.conn))
+        self._drain = asyncio.create_task(self._send(self._copy), name="asset-copy")
         return self
 
     async def __aexit__(
@@ -152,7 +161,27 @@ class AssetWriter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._drain is not None and not self._drain.done():
+            self._drain.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._drain
         await self._stack.__aexit__(exc_type, exc, tb)
+
+    async def _send(self, copy: AsyncCopy) -> None:
+        """The COPY's side: write queued chunks as the database takes them."""
+        while (item := await self._queue.get()) is not None:
+            await copy.write_row((self.id, item[0], item[1]))
+
+    async def _put(self, item: tuple[int, memoryview] | None) -> None:
+        """Queue a chunk (None: the end), waiting while WRITE_AHEAD are queued; the COPY's
+        error, if it failed meanwhile."""
+        assert self._drain is not None
+        put = asyncio.ensure_future(self._queue.put(item))
+        await asyncio.wait({put, self._drain}, return_when=asyncio.FIRST_COMPLETED)
+        if not put.done():
+            put.cancel()
+        if self._drain.done():
+            self._drain.result()  # raises what stopped it
 
     def _check_quota(self) -> None:
         quota = self.limits.quota_bytes
@@ -189,13 +218,12 @@ class AssetWriter:
         self._head = b""
 
     async def _flush(self, *, final: bool) -> None:
-        assert self._copy is not None
         data = b"".join(self._pending) if len(self._pending) != 1 else self._pending[0]
         view = memoryview(data)
         start = 0
         while len(view) - start >= CHUNK_BYTES or (final and start < len(view)):
             end = min(start + CHUNK_BYTES, len(view))
-            await self._copy.write_row((self.id, self._seq, view[start:end]))
+            await self._put((self._seq, view[start:end]))
             self._seq += 1
             start = end
         rest = bytes(view[start:]) if start < len(view) else b""
@@ -208,6 +236,9 @@ class AssetWriter:
             self._settle_type()
         assert self._media_type is not None
         await self._flush(final=True)
+        await self._put(None)
+        assert self._drain is not None
+        await self._drain
         await self._stack.aclose()  # ends the COPY
         run_owner = None
         if fields.run_id is not None:
@@ -322,21 +353,37 @@ async def read_bytes(
     connect: ConnectionSource, asset: Asset, start: int, end: int
 ) -> AsyncIterator[bytes]:
     """Bytes `start` to `end` (exclusive) of `asset`, a chunk at a time, each read on a
-    connection of its own from `connect`: a slow reader holds no transaction open.
+    connection of its own from `connect`: a slow reader holds no transaction open. The
+    next chunk is read while the last one is sent (one chunk ahead, no more).
 
     Stops with NotFound if the asset is deleted while it is read (the response, already
     begun, is then cut short, which its Content-Length lets the client see).
     """
-    position = start
-    while position < end:
+
+    async def fetch(position: int) -> bytes:
         seq, offset = divmod(position, asset.chunk_bytes)
         count = min(asset.chunk_bytes - offset, end - position)
         async with connect() as conn:
             data = await store.read_chunk(conn, asset.id, seq, offset=offset, count=count)
         if data is None or len(data) != count:
             raise NotFound(f"asset {asset.id} was deleted while it was read")
-        position += count
-        yield data
+        return data
+
+    position = start
+    ahead: asyncio.Task[bytes] | None = None
+    try:
+        while position < end:
+            data = await (ahead if ahead is not None else fetch(position))
+            ahead = None
+            position += len(data)
+            if position < end:
+                ahead = asyncio.create_task(fetch(position))
+            yield data
+    finally:
+        if ahead is not None and not ahead.done():
+            ahead.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await ahead
 
 
 async def link_key(conn: Conn, configured: str | None) -> bytes:

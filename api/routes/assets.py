@@ -29,6 +29,8 @@ links_router = APIRouter(prefix="/asset-links", tags=["assets"])
 FORM_OVERHEAD = 256 * 1024
 _FIELDS = ("file", "label", "tags", "run_id")
 
+# Form fields are text whatever a schema says: no `type` on the text fields, so that no
+# client (or fuzzer) takes `"false"` for a boolean the server should have refused.
 UPLOAD_DOC: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -39,13 +41,9 @@ UPLOAD_DOC: dict[str, Any] = {
                     "required": ["file"],
                     "properties": {
                         "file": {"type": "string", "format": "binary"},
-                        "label": {"type": "string", "maxLength": logic.MAX_LABEL},
-                        "tags": {
-                            "type": "array",
-                            "items": {"type": "string"},
-                            "description": "Repeated, or one comma-separated value",
-                        },
-                        "run_id": {"type": "string", "format": "uuid"},
+                        "label": {"maxLength": logic.MAX_LABEL, "description": "Free text"},
+                        "tags": {"description": "Repeated, or one comma-separated value"},
+                        "run_id": {"format": "uuid", "description": "A run's id"},
                     },
                 }
             }
@@ -261,7 +259,11 @@ async def _link_key(state: AppState, conn: Any) -> bytes:
     return state.link_key
 
 
-@links_router.get("/{asset_id}", response_class=StreamingResponse, responses=CONTENT_DOC)
+@links_router.get(
+    "/{asset_id}",
+    response_class=StreamingResponse,
+    responses={**CONTENT_DOC, 403: {"description": "The link is not valid or has expired"}},
+)
 async def linked_content(
     request: Request,
     state: State,

@@ -29,6 +29,9 @@ PAIRS: list[tuple[type, type[BaseModel]]] = [
     (client.TaskPage, api.Page[api.TaskPublic]),
     (client.RunPage, api.Page[api.RunPublic]),
     (client.LogPage, api.RunLogs),
+    (client.Asset, api.AssetPublic),
+    (client.AssetPage, api.Page[api.AssetPublic]),
+    (client.AssetLink, api.AssetLink),
 ]
 
 _JSON = {str: "string", int: "integer", float: "number", bool: "boolean", dict: "object"}

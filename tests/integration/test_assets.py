@@ -599,6 +599,15 @@ def test_over_the_quota_is_refused_midway(db_url: str, owner_token: str, db: Any
         assert again.status_code == 201
 
 
+async def _waits_for_a_lock(conn: Any) -> bool:
+    cur = await conn.execute(
+        "SELECT count(*) AS n FROM pg_stat_activity "
+        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    row = await cur.fetchone()
+    return bool(row["n"])
+
+
 def test_two_uploads_cannot_both_take_the_last_of_a_quota(
     db_url: str, owner_token: str, db: Any
 ) -> None:
@@ -619,7 +628,10 @@ def test_two_uploads_cannot_both_take_the_last_of_a_quota(
             second = asyncio.create_task(
                 logic.create_asset(b, agent, limits, [b"2" * 600], logic.AssetFields())
             )
-            await asyncio.sleep(0.3)  # let it reach the usage row's lock (it must wait)
+            # It waits for the first's lock on the usage row (seen in pg_stat_activity).
+            while not await _waits_for_a_lock(a):
+                assert not second.done(), "the second upload did not wait for the first"
+                await asyncio.sleep(0.02)
             assert not second.done()
             await a.commit()
             results: list[Any] = [first]

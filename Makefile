@@ -20,8 +20,13 @@ $(STAMP): pyproject.toml
 dev: $(STAMP) ## run API, scheduler and worker on the embedded database
 	$(BIN)/pao dev
 
-test: $(STAMP) ## run every test, then the linters and type checks
-	$(BIN)/python -m pytest
+# Test processes side by side (pytest-xdist): most tests wait on PostgreSQL or on processes
+# they started, so three keep this 2-core machine busy; TEST_WORKERS=0 runs them in one.
+TEST_WORKERS ?= 3
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist worksteal
+
+test: $(STAMP) ## run every test (TEST_WORKERS=3 at once), then the linters and type checks
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL)
 	$(MAKE) --no-print-directory lint
 
 pytest: $(STAMP) ## run the test suite only (pass ARGS=... to pytest)
@@ -46,7 +51,7 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 	$(BIN)/ruff format .
 
 pg15-test: $(STAMP) ## run the suite again on a Debian PostgreSQL 15 cluster, if installed
-	bash .ci/pg15-suite
+	bash .ci/pg15-suite $(PYTEST_PARALLEL)
 
 clean: ## remove the virtual environment and local databases
 	rm -rf $(VENV) $(BENCH_VENV) .pao .pao-test

@@ -89,7 +89,7 @@ def create_app(settings: Settings, *, database_url: str | None = None) -> FastAP
     url = database_url or settings.database_url
     if not url:
         raise ValueError("create_app needs a database URL; the CLI resolves the embedded one")
-    registry = ToolRegistry.from_tools_file(settings.tools_file)
+    registry = ToolRegistry.from_tools_file(settings.tools_file, settings.tool_costs)
     app = FastAPI(
         title="Personal Agent Orchestrator",
         version="0.1.0",

@@ -1,4 +1,5 @@
-"""What the API counts: requests by route template (never the raw path) and open streams."""
+"""What the API counts: requests by route template (never the raw path), open streams and
+waiting claims."""
 
 from __future__ import annotations
 
@@ -16,5 +17,8 @@ HTTP_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 STREAMS_OPEN = Gauge("pao_api_streams_open", "Live run streams this API process serves")
+CLAIMS_WAITING = Gauge(
+    "pao_api_claims_waiting", "Long-polling claims waiting for work in this API process"
+)
 UNMATCHED = "unmatched"
 """The route label of a request no route matched: one value, whatever the path."""

@@ -10,6 +10,9 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pao import costs
+from pao.budgets import Usage
+from pao.costs import Window
 from pao.models import Agent, Asset, Event, Run, RunLog, Task
 from pao.schemas import TaskFields
 from pao.store.task_types import TaskType
@@ -38,6 +41,10 @@ class TaskPublic(TaskFields):
     version: int
     created_at: datetime
     updated_at: datetime
+    cost_estimate: Decimal = Field(
+        description="the sum of its steps' declared costs when it was last written: what a "
+        "run is expected to cost, and what admission reserves of its owner's budgets"
+    )
 
     @classmethod
     def of(cls, task: Task) -> TaskPublic:
@@ -94,6 +101,9 @@ class RunPublic(BaseModel):
     worker_id: str | None
     steps: list[Any]
     error: str | None
+    cost: str = Field(
+        description="what its steps were charged, as decimal text (each step's in its `cost`)"
+    )
 
     @classmethod
     def of(cls, run: Run) -> RunPublic:
@@ -113,6 +123,7 @@ class RunPublic(BaseModel):
             worker_id=run.worker_id,
             steps=run.steps,
             error=run.error,
+            cost=costs.text(run.cost),
         )
 
 
@@ -187,10 +198,90 @@ class AgentPublic(BaseModel):
     task_types: list[str] | None = Field(
         None, description="the task types its token may claim (work:claim); null: any"
     )
+    budget_per_day: Decimal | None = Field(
+        None, description="what its runs may be charged per day of its zone; null: no budget"
+    )
+    budget_per_month: Decimal | None = Field(
+        None, description="what its runs may be charged per month of its zone; null: no budget"
+    )
+    max_runs_per_hour: int | None = Field(
+        None, description="runs of its tasks it may start per hour; null: no limit"
+    )
+    timezone: str | None = Field(
+        None, description="the zone its days and months are counted in; null: the default"
+    )
 
     @classmethod
     def of(cls, agent: Agent) -> AgentPublic:
         return cls.model_validate(agent, from_attributes=True)
+
+
+class UsageWindow(BaseModel):
+    """An agent's runs and cost in one window of its zone, against its budget for it."""
+
+    starts_at: datetime
+    ends_at: datetime
+    runs: int = Field(description="runs (attempts) of its tasks queued in the window")
+    cost: str = Field(description="what its runs were charged in the window, decimal text")
+    budget: str | None = Field(description="its budget for the window; null: none")
+    reserved: str = Field(
+        description="held by its runs admitted but not yet charged (counted against the budget)"
+    )
+    remaining: str | None = Field(
+        description="the budget less the cost and the reserved; null: no budget"
+    )
+
+
+class HourWindow(BaseModel):
+    starts_at: datetime
+    ends_at: datetime
+    max_runs: int | None = Field(description="its max_runs_per_hour; null: no limit")
+    runs_started: int | None = Field(
+        description="runs admitted this hour (counted only under a limit; null: no limit)"
+    )
+
+
+class UsagePublic(BaseModel):
+    """GET /agents/{id}/usage: today and this month in the agent's zone, and this hour."""
+
+    agent_id: uuid.UUID
+    timezone: str
+    today: UsageWindow
+    this_month: UsageWindow
+    this_hour: HourWindow
+
+    @classmethod
+    def of(cls, usage: Usage) -> UsagePublic:
+        f, limits, w = usage.figures, usage.limits, usage.w
+        reserved = costs.text(f.reserved)
+
+        def window(
+            window: Window, runs: int, spent: Decimal, budget: Decimal | None
+        ) -> UsageWindow:
+            left = usage.remaining(budget, spent)
+            return UsageWindow(
+                starts_at=window.starts_at,
+                ends_at=window.ends_at,
+                runs=runs,
+                cost=costs.text(spent),
+                budget=None if budget is None else costs.text(budget),
+                reserved=reserved,
+                remaining=None if left is None else costs.text(left),
+            )
+
+        capped = limits.max_runs_per_hour is not None
+        return cls(
+            agent_id=limits.id,
+            timezone=usage.zone.key,
+            today=window(w.day, f.day_runs, f.day_spent, limits.budget_per_day),
+            this_month=window(w.month, f.month_runs, f.month_spent, limits.budget_per_month),
+            this_hour=HourWindow(
+                starts_at=w.hour.starts_at,
+                ends_at=w.hour.ends_at,
+                max_runs=limits.max_runs_per_hour,
+                runs_started=f.hour_runs if capped else None,
+            ),
+        )
 
 
 class AgentCreated(AgentPublic):

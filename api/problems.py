@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pao.db import advice, is_transient, is_unavailable
 from pao.errors import (
+    BudgetExceeded,
     ClaimLost,
     Conflict,
     DatabaseUnavailable,
@@ -28,6 +29,7 @@ from pao.errors import (
     QuotaExceeded,
     RangeNotSatisfiable,
     RateLimited,
+    RunRateLimited,
     TaskTypeUnavailable,
     TooLarge,
     Unauthenticated,
@@ -70,6 +72,8 @@ _STATUS: list[tuple[type[PaoError], int, str]] = [
     (PreconditionFailed, 412, "precondition-failed"),
     (Forbidden, 403, "forbidden"),
     (Unauthenticated, 401, "unauthenticated"),
+    (BudgetExceeded, 429, "budget-exceeded"),
+    (RunRateLimited, 429, "run-rate-limited"),
     (RateLimited, 429, "rate-limited"),
     (QuotaExceeded, 409, "quota-exceeded"),
     (TooLarge, 413, "too-large"),

@@ -16,6 +16,7 @@ import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from api import metrics
 from api.streams import StreamHub
 from pao.store.remote_steps import OFFERED_CHANNEL
 from pao.store.task_types import CHANGED_CHANNEL
@@ -64,9 +65,11 @@ class RemoteWork:
         before looking for work, so an offer made meanwhile is not missed."""
         event = asyncio.Event()
         self._waiters.setdefault(task_type, set()).add(event)
+        metrics.CLAIMS_WAITING.inc()
         try:
             yield event
         finally:
+            metrics.CLAIMS_WAITING.dec()
             waiters = self._waiters.get(task_type)
             if waiters is not None:
                 waiters.discard(event)

@@ -11,8 +11,10 @@ the next heartbeat.
 Frames a client receives, each `event: <name>` with one JSON `data:` line:
 `run` (the whole run, as GET /runs/{id} shows it: first when the stream
 meets a run, again once it has ended), `state` (`{run_id, status, attempt}`),
-`step` (`{run_id, index, step}`: a step started or ended) and `log` (a log
-line with its `run_id`). Comment lines (`: heartbeat`) keep proxies from
+`step` (`{run_id, index, step}`: a step started or ended), `cost`
+(`{run_id, step_id, cost, run_cost}`: a step was charged, amounts as decimal
+text; a remote step's reported cost comes as the difference from its declared
+one) and `log` (a log line with its `run_id`). Comment lines (`: heartbeat`) keep proxies from
 closing an idle stream.
 
 A stream answers to the agent that opened it (`StreamGuard`): at each
@@ -534,6 +536,18 @@ class Relay:
                 out += self._state(run_id, seen, str(event["status"]), int(event.get("a", 0)))
             elif kind == "step" and isinstance(event.get("step"), dict):
                 out += self._step(run_id, seen, int(event["i"]), event["step"])
+            elif kind == "cost":
+                out.append(
+                    frame(
+                        "cost",
+                        {
+                            "run_id": str(run_id),
+                            "step_id": event.get("step"),
+                            "cost": event.get("cost"),
+                            "run_cost": event.get("total"),
+                        },
+                    )
+                )
             elif kind == "snapshot":  # the worker's steps may be ahead of the database's
                 out += self._state(run_id, seen, _RUNNING, int(event.get("a", 0)))
                 for index, record in enumerate(event.get("steps") or []):

@@ -13,6 +13,7 @@ from pao.models import SCOPES, Agent
 from pao.store import agents, audit
 from pao.store.agents import NewAgent
 from pao.tools import ToolSpec
+from pao.zones import get_zone
 
 
 async def list_agents(
@@ -124,6 +125,9 @@ async def update_agent(
     request_id: str | None,
 ) -> Agent:
     scopes = fields.get("scopes")
+    limits = {name: fields[name] for name in agents.LIMIT_FIELDS if name in fields}
+    if isinstance(limits.get("timezone"), str):
+        get_zone(str(limits["timezone"]))  # InvalidInput naming `timezone` if unknown
     updated = await agents.update_agent(
         conn,
         agent_id,
@@ -134,6 +138,7 @@ async def update_agent(
         expires_at=fields.get("expires_at"),  # type: ignore[arg-type]
         set_task_types="task_types" in fields,
         task_types=_task_types(fields.get("task_types")),
+        limits=limits,
     )
     if updated is None:
         raise NotFound(f"no agent {agent_id}")

@@ -21,11 +21,11 @@ import secrets
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from pao import streams
+from pao import budgets, costs, streams
 from pao.backoff import retry_delay
 from pao.db import Conn
 from pao.errors import (
@@ -37,6 +37,7 @@ from pao.errors import (
     TaskTypeUnavailable,
 )
 from pao.models import Agent
+from pao.settings import Settings
 from pao.store import agents as agent_store
 from pao.store import remote_steps as store
 from pao.store import run_events, runs
@@ -48,6 +49,7 @@ from pao.streams import log as log_event
 from pao.task_types import check_output, check_parameters
 from pao.vocabulary import RunStatus, ScheduleKind, StepStatus
 
+DEFAULT_TIMEZONE = Settings.default_timezone
 _CLAIM_ID = re.compile(r"^rc_([1-9][0-9]{0,18})_([1-9][0-9]{0,9})_([0-9a-f]{32})$")
 _MAX_BIGINT = 2**63 - 1
 
@@ -254,7 +256,13 @@ class Completion:
 
 
 async def complete(
-    conn: Conn, agent: Agent, claim_id: str, *, output: dict[str, Any], cost: Decimal | None
+    conn: Conn,
+    agent: Agent,
+    claim_id: str,
+    *,
+    output: dict[str, Any],
+    cost: Decimal | None,
+    default_timezone: str = DEFAULT_TIMEZONE,
 ) -> None:
     """The step succeeded with `output` (checked against the type's output_schema first:
     InvalidInput, and nothing changes, if it breaks it).
@@ -264,7 +272,9 @@ async def complete(
     again, same attempt, for any worker to continue; idle workers are woken at commit.
     """
     try:
-        [refused] = await complete_many(conn, agent, [Completion(claim_id, output, cost)])
+        [refused] = await complete_many(
+            conn, agent, [Completion(claim_id, output, cost)], default_timezone=default_timezone
+        )
     except InvalidInput as exc:  # named from the body's `output`, not `items[0].output`
         raise InvalidInput([FieldError(e.loc[2:], e.message) for e in exc.errors]) from None
     if refused is not None:
@@ -272,7 +282,11 @@ async def complete(
 
 
 async def complete_many(
-    conn: Conn, agent: Agent, items: Sequence[Completion]
+    conn: Conn,
+    agent: Agent,
+    items: Sequence[Completion],
+    *,
+    default_timezone: str = DEFAULT_TIMEZONE,
 ) -> list[NotFound | ClaimLost | None]:
     """Complete several claims' steps at once, as `complete` does each, with set-based
     statements: for each item in order, None (its step succeeded) or why its claim could
@@ -280,6 +294,10 @@ async def complete_many(
     nothing and the others go on. Raises for the whole batch, and nothing changes, when a
     claim is another agent's (Forbidden) or an output of a held step breaks its type's
     output_schema (InvalidInput naming `items[i].output...`).
+
+    A reported `cost` replaces what the step was charged when it was offered (its type's
+    cost_per_call, or nothing): the difference goes to its run and its owner's spending
+    (in `default_timezone` for an owner with no zone), unchecked, since it was spent.
 
     Locks, as one complete and a run cancel take them: the waiting occurrences and their
     runs (in occurrence order), then the steps (in id order); two batches, or a batch and a
@@ -327,6 +345,7 @@ async def complete_many(
         )
     )
     continuing: list[dict[str, Any]] = []
+    cost_events: list[str] = []
     for i, h in held.items():
         if h.id not in done:  # cannot happen under the row lock
             outcome[i] = ClaimLost("this claim no longer holds its step; stop working on it")
@@ -341,6 +360,20 @@ async def complete_many(
             "output": items[i].output,
             "remote_step": h.id,
         }
+        reported = items[i].cost
+        if reported is not None:
+            patch["cost"] = costs.text(reported)
+            delta = reported - (Decimal(work.charged) if work.charged else costs.ZERO)
+            if delta and work.owner is not None:
+                total = await budgets.adjust(
+                    conn,
+                    owner=work.owner,
+                    run_id=work.run_id,
+                    delta=delta,
+                    now=datetime.now(UTC),
+                    default_timezone=default_timezone,
+                )
+                cost_events.append(streams.cost(work.run_id, work.task_id, h.step_id, delta, total))
         continuing.append(
             {
                 "run_id": str(work.run_id),
@@ -355,6 +388,8 @@ async def complete_many(
             # Cannot happen with the occurrences and runs locked; never half-continue.
             raise ClaimLost("a step's run was cancelled or has ended; stop working on it")
         await work_store.notify_workers(conn)
+    if cost_events:
+        await run_events.publish(conn, cost_events)
     return outcome
 
 

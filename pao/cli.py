@@ -195,6 +195,7 @@ def _make_parser(processes: Sequence[str]) -> argparse.ArgumentParser:
     create.add_argument("--scopes", default="", help=f"comma-separated, from: {', '.join(SCOPES)}")
     create.add_argument("--admin", action="store_true", help="add the admin scope")
     agents_sub.add_parser("token", help="print a new random token (e.g. for PAO_ADMIN_TOKEN)")
+    cli_client.add_agent_commands(agents_sub)
     cli_client.add_commands(sub)
     cli_client.add_mcp_command(sub)
     return parser

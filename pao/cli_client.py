@@ -173,6 +173,7 @@ def _run_text(run: Run) -> str:
         ("finished", when(run["finished_at"])),
         ("duration", millis(run["duration_ms"])),
         ("worker", run["worker_id"] or "-"),
+        ("cost", run.get("cost", "0")),
     ]
     if run["error"]:
         pairs.append(("error", run["error"]))
@@ -666,6 +667,95 @@ def _leaf(
     return parser
 
 
+def _or_none(cast: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An option's value, or None for `none` (the field is cleared)."""
+
+    def parse(raw: str) -> Any:
+        if raw.strip().lower() in ("none", "null"):
+            return None
+        try:
+            return cast(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{raw!r} is not a number (or none)") from None
+
+    return parse
+
+
+async def agents_limit(client: PaoClient, args: argparse.Namespace) -> tuple[Any, str]:
+    body = {
+        name: getattr(args, name)
+        for name in ("budget_per_day", "budget_per_month", "max_runs_per_hour", "timezone")
+        if getattr(args, name) is not _UNSET
+    }
+    if not body:
+        raise UsageError(
+            "give at least one of --budget-per-day, --budget-per-month, --max-runs-per-hour, "
+            "--timezone"
+        )
+    agent = await client.update_agent(args.id, body)
+    shown = [(name.replace("_", " "), _shown(agent.get(name))) for name in body]
+    return agent, fields([("agent", f"{agent['name']} ({agent['id']})"), *shown])
+
+
+def _shown(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+async def usage(client: PaoClient, args: argparse.Namespace) -> tuple[Any, str]:
+    found = await client.usage(args.id)
+    rows = [
+        [
+            label,
+            str(w["runs"]),
+            w["cost"],
+            _shown(w["budget"]),
+            w["reserved"],
+            _shown(w["remaining"]),
+            when(w["ends_at"]),
+        ]
+        for label, w in (("today", found["today"]), ("this month", found["this_month"]))
+    ]
+    hour = found["this_hour"]
+    rate = (
+        "no run rate limit"
+        if hour["max_runs"] is None
+        else f"runs this hour: {hour['runs_started']} of {hour['max_runs']} "
+        f"(until {when(hour['ends_at'])})"
+    )
+    text = table(
+        ["WINDOW", "RUNS", "COST", "BUDGET", "RESERVED", "REMAINING", "RESETS"],
+        rows,
+        empty="",
+    )
+    return found, f"agent {found['agent_id']} ({found['timezone']})\n{text}\n{rate}"
+
+
+_UNSET = object()
+
+
+def add_agent_commands(agents: Any) -> None:
+    """Add `pao agents limit` (an admin sets an agent's budgets over the API)."""
+    common = _connection_options()
+    p = _leaf(
+        agents,
+        "limit",
+        agents_limit,
+        "set an agent's budgets, run rate or zone on a running API (admin); 'none' clears one",
+        common,
+    )
+    p.add_argument("id", metavar="AGENT_ID")
+    money = _or_none(float)
+    p.add_argument("--budget-per-day", type=money, default=_UNSET, metavar="AMOUNT")
+    p.add_argument("--budget-per-month", type=money, default=_UNSET, metavar="AMOUNT")
+    p.add_argument("--max-runs-per-hour", type=_or_none(int), default=_UNSET, metavar="N")
+    p.add_argument(
+        "--timezone",
+        type=_or_none(str),
+        default=_UNSET,
+        help="IANA zone its days and months are counted in",
+    )
+
+
 def add_commands(sub: Any) -> None:
     """Add `tasks`, `runs`, `task-types` and `events` to the `pao` parser's subcommands."""
     common = _connection_options()
@@ -726,6 +816,16 @@ def add_commands(sub: Any) -> None:
     p = _leaf(ts, "snooze", tasks_snooze, "delay a task's next execution", common)
     p.add_argument("id", metavar="TASK_ID")
     p.add_argument("duration", type=duration, metavar="DURATION", help="e.g. 90, 15m, 2h, 1d")
+
+    p = _leaf(
+        sub,
+        "usage",
+        usage,
+        "runs and cost today and this month, budgets and what remains (this agent's, or an "
+        "admin's view of another's)",
+        common,
+    )
+    p.add_argument("id", metavar="AGENT_ID", nargs="?", help="default: the token's own agent")
 
     runs = sub.add_parser("runs", help="read and cancel runs on a running API")
     rs = runs.add_subparsers(dest="runs_command", required=True, metavar="ACTION")

@@ -61,6 +61,8 @@ class Task(TypedDict):
     next_run_at: str | None
     misfire_policy: str
     misfire_grace_seconds: int
+    budget_per_run: str | None
+    cost_estimate: str
     version: int
     created_at: str
     updated_at: str
@@ -79,6 +81,7 @@ class Run(TypedDict):
     worker_id: str | None
     steps: list[dict[str, Any]]
     error: str | None
+    cost: str
 
 
 class RunLog(TypedDict):
@@ -124,6 +127,33 @@ class LogPage(TypedDict):
 
 class Occurrences(TypedDict):
     items: list[Occurrence]
+
+
+class UsageWindow(TypedDict):
+    """An agent's runs and cost in its day or month; amounts are decimal text."""
+
+    starts_at: str
+    ends_at: str
+    runs: int
+    cost: str
+    budget: str | None
+    reserved: str
+    remaining: str | None
+
+
+class HourWindow(TypedDict):
+    starts_at: str
+    ends_at: str
+    max_runs: int | None
+    runs_started: int | None
+
+
+class Usage(TypedDict):
+    agent_id: str
+    timezone: str
+    today: UsageWindow
+    this_month: UsageWindow
+    this_hour: HourWindow
 
 
 class TaskType(TypedDict):
@@ -418,6 +448,20 @@ class PaoClient:
 
     async def cancel_run(self, run_id: str) -> Run:
         return cast(Run, await self._call("POST", f"/runs/{_id(run_id)}/cancel"))
+
+    # Agents: usage (any agent, its own), budgets (admins)
+
+    async def usage(self, agent_id: str | None = None) -> Usage:
+        """Runs and cost today and this month, budgets and what remains: this agent's, or
+        (admins) another's."""
+        who = "me" if agent_id is None else _id(agent_id)
+        return cast(Usage, await self._call("GET", f"/agents/{who}/usage"))
+
+    async def update_agent(self, agent_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Change an agent (admins): e.g. {"budget_per_day": 10, "timezone": "UTC"}."""
+        return cast(
+            dict[str, Any], await self._call("PUT", f"/agents/{_id(agent_id)}", json=dict(body))
+        )
 
     # Events
 

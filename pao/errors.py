@@ -134,5 +134,16 @@ class RangeNotSatisfiable(PaoError):
         self.size = size
 
 
+class BudgetExceeded(RateLimited):
+    """The agent's budget has no room for this run; retry after Retry-After seconds (when
+    its window resets), or ask an admin to raise the budget."""
+
+    final = True  # a run refused by a budget is not retried: the next window decides
+
+
+class RunRateLimited(RateLimited):
+    """The agent has started max_runs_per_hour runs this hour; retry after Retry-After."""
+
+
 class QuotaExceeded(PaoError):
     """This agent has reached one of its quotas."""

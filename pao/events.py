@@ -10,11 +10,11 @@ occurrence an event does not fire for either reason is recorded with why.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pao import occurrences
+from pao import budgets, occurrences
 from pao.db import Conn
 from pao.errors import MissingScope
 from pao.models import Agent, Event, Run, Task
@@ -35,10 +35,21 @@ class Limits:
 
     max_hops: int
     max_occurrences_per_hour: int
+    default_timezone: str = "Europe/Chisinau"  # where an owner's budget days are counted
 
     @classmethod
     def of(cls, settings: Settings) -> Limits:
-        return cls(settings.event_max_hops, settings.max_occurrences_per_hour)
+        return cls(
+            settings.event_max_hops, settings.max_occurrences_per_hour, settings.default_timezone
+        )
+
+
+@dataclass
+class Fanned:
+    """What one event fired, and what its owners' budgets or run rates refused."""
+
+    queued: list[tuple[Task, Run]] = field(default_factory=list)
+    refused: list[tuple[Task, budgets.Refusal]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -46,6 +57,7 @@ class Published:
     event: Event
     runs: list[Run]
     own_task_ids: set[uuid.UUID]  # the publisher's tasks among those that fired
+    refused: list[tuple[Task, budgets.Refusal]] = field(default_factory=list)
 
 
 # Two events received in the same microsecond (concurrent publishers) must both fire: the
@@ -61,9 +73,10 @@ def reached_owners(event: Event) -> list[uuid.UUID] | None:
     return list(dict.fromkeys([*owners, *(event.audience or [])]))
 
 
-async def dispatch(conn: Conn, event: Event, limits: Limits) -> list[tuple[Task, Run]]:
+async def dispatch(conn: Conn, event: Event, limits: Limits) -> Fanned:
     """Queue one occurrence of each matching active event task the event may reach, within
-    the hop limit and each owner's quota (dedupe keys applied).
+    the hop limit, each owner's quota and each owner's budgets and run rate (dedupe keys
+    applied); what a budget or run rate refused is recorded (over_budget, rate_limited).
 
     The matching tasks are found by one statement that reads only the reached owners' tasks,
     and queued together, in one statement however many there are; a task whose occurrence at
@@ -71,24 +84,35 @@ async def dispatch(conn: Conn, event: Event, limits: Limits) -> list[tuple[Task,
     """
     owners = reached_owners(event)
     if owners == []:
-        return []
+        return Fanned()
     found = await tasks.list_tasks_matching_event(conn, event.type, owners=owners)
     if not found:
-        return []
+        return Fanned()
     if event.hop > limits.max_hops:
         why = (
             f"event {event.type} {event.id} is {event.hop} hops down a chain of events, past "
             f"the limit (PAO_EVENT_MAX_HOPS={limits.max_hops}): it fires nothing"
         )
         await _record(conn, found, event, Decision.HOP_LIMIT, why)
-        return []
+        return Fanned()
     matching = [
         task
         for task in await _within_quota(conn, found, event, limits.max_occurrences_per_hour)
         if not await occurrences.suppressed(conn, task, event.received_at, event)
     ]
+    fanned = Fanned()
+    admissions: dict[uuid.UUID, budgets.Admission] = {}
+    if matching:
+        matching, fanned.refused, admissions = await _within_budgets(conn, matching, limits)
+        await occurrence_store.record_many(
+            conn,
+            [
+                DecisionRecord(task.id, event.received_at, r.decision, None, r.detail)
+                for task, r in fanned.refused
+            ],
+        )
     if not matching:
-        return []
+        return fanned
     detail = f"event {event.type} {event.id} (hop {event.hop})"
     first = await occurrence_store.queue_many(
         conn,
@@ -100,12 +124,44 @@ async def dispatch(conn: Conn, event: Event, limits: Limits) -> list[tuple[Task,
         ],
     )
     runs = {run.task_id: run for run in first}
-    queued: list[tuple[Task, Run]] = []
     for task in matching:
         run = runs.get(task.id) or await _nudged(conn, task, event, detail)
         if run is not None:
-            queued.append((task, run))
-    return queued
+            fanned.queued.append((task, run))
+    for owner, admission in admissions.items():
+        mine = [(task, run) for task, run in fanned.queued if task.created_by == owner]
+        await admission.record(
+            conn, {run.due_work_id: task.cost_estimate for task, run in mine}, runs=len(mine)
+        )
+    return fanned
+
+
+async def _within_budgets(
+    conn: Conn, found: list[Task], limits: Limits
+) -> tuple[list[Task], list[tuple[Task, budgets.Refusal]], dict[uuid.UUID, budgets.Admission]]:
+    """The tasks their owners' budgets and run rates admit, in order; those refused, with
+    why; and the admissions to record what is queued in (owners with no limits need none)."""
+    limited = await budgets.limited(conn, [task.created_by for task in found])
+    if not limited:
+        return found, [], {}
+    now = datetime.now(UTC)
+    admissions: dict[uuid.UUID, budgets.Admission] = {}
+    for owner in sorted(limited):
+        admission = await budgets.admission(
+            conn, owner, now=now, default_timezone=limits.default_timezone
+        )
+        if admission is not None:
+            admissions[owner] = admission
+    admitted: list[Task] = []
+    refused: list[tuple[Task, budgets.Refusal]] = []
+    for task in found:
+        admission = admissions.get(task.created_by)
+        refusal = admission.decide(task.cost_estimate) if admission is not None else None
+        if refusal is None:
+            admitted.append(task)
+        else:
+            refused.append((task, refusal))
+    return admitted, refused, admissions
 
 
 async def _record(
@@ -170,7 +226,9 @@ async def publish(
     """Store an event (hop 0: no run published it) and fan it out in the same transaction.
 
     `audience` reaches other agents' tasks, so only an admin or an agent with
-    events:broadcast may give it.
+    events:broadcast may give it. Without an audience, an event whose every matching task
+    the publisher's budget or run rate refuses raises BudgetExceeded or RunRateLimited (a
+    429); otherwise what was refused is recorded on each task's occurrences.
     """
     if audience is not None and not actor.has_scope(BROADCAST):
         raise MissingScope(
@@ -181,8 +239,16 @@ async def publish(
     event = await events.insert_event(
         conn, type=type, payload=payload, published_by=actor.id, audience=audience
     )
-    queued = await dispatch(conn, event, limits)
+    fanned = await dispatch(conn, event, limits)
+    queued = fanned.queued
+    if audience is None and fanned.refused and not queued:
+        # Meant for the publisher's own tasks alone, and its budget or run rate refused every
+        # one it matched: told at once, as run_now is, and nothing is kept (the caller's
+        # transaction rolls back), so a retry after Retry-After publishes it afresh.
+        raise fanned.refused[0][1].error()
     detail: dict[str, Any] = {"type": type, "queued": len(queued)}
+    if fanned.refused:
+        detail["refused"] = len(fanned.refused)
     if audience is not None:
         detail["audience"] = audience if audience == "*" else [str(a) for a in audience]
     await audit.record(
@@ -195,4 +261,4 @@ async def publish(
         detail=detail,
     )
     own = {task.id for task, _ in queued if task.created_by == actor.id}
-    return Published(event, [run for _, run in queued], own)
+    return Published(event, [run for _, run in queued], own, fanned.refused)

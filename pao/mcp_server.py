@@ -38,7 +38,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from pao.client import ApiProblem, ApiUnreachable, InvalidId, PaoClient, api_url_from_env
-from pao.schemas import EventPublish, SchedulePreview, TaskCreate, TaskTypeCreate
+from pao.schemas import AgentUpdate, EventPublish, SchedulePreview, TaskCreate, TaskTypeCreate
 from pao.vocabulary import RemoteStepState, RunStatus, ScheduleKind, TaskStatus
 from pao.vocabulary import Scope as TokenScope
 
@@ -60,6 +60,9 @@ class ToolFailed(Exception):
 _UUID = {"type": "string", "format": "uuid"}
 _TASK_ID = {**_UUID, "description": "the task's id, as create_task or list_tasks return it"}
 _RUN_ID = {**_UUID, "description": "the run's id, as run_now or list_runs return it"}
+_AGENT_ID = {**_UUID, "description": "the agent's id (GET /agents lists them)"}
+_LIMITS = ("budget_per_day", "budget_per_month", "max_runs_per_hour", "timezone")
+"""What an admin sets on an agent through set_agent_limits: its budgets, run rate and zone."""
 _LIMIT = {
     "type": "integer",
     "minimum": 1,
@@ -294,6 +297,25 @@ async def _fail_claim(client: PaoClient, args: dict[str, Any]) -> dict[str, Any]
     return {"claim_id": args["claim_id"], "state": RemoteStepState.FAILED}
 
 
+async def _get_usage(client: PaoClient, args: dict[str, Any]) -> dict[str, Any]:
+    return dict(await client.usage(args.get("agent_id")))
+
+
+async def _set_agent_limits(client: PaoClient, args: dict[str, Any]) -> dict[str, Any]:
+    changes = {name: args[name] for name in _LIMITS if name in args}
+    return await client.update_agent(args["agent_id"], changes)
+
+
+def _limits_schema() -> dict[str, Any]:
+    """The agent's limits as `PUT /agents/{id}` takes them, and whose they are."""
+    schema = _described(AgentUpdate.model_json_schema(), {})
+    fields = {name: schema["properties"][name] for name in _LIMITS}
+    return {
+        **_object({"agent_id": _AGENT_ID, **fields}, "agent_id"),
+        "$defs": schema.get("$defs", {}),
+    }
+
+
 CLAIM_WAIT_SECONDS = 5
 """How long claim_work waits for a step by default: short, an agent's turn is waiting."""
 _TASK_TYPE_NAME = {
@@ -488,6 +510,28 @@ TOOLS: tuple[ToolDef, ...] = (
         _object({"run_id": _RUN_ID}, "run_id"),
         _cancel_run,
         destructive=True,
+        idempotent=True,
+    ),
+    ToolDef(
+        "get_usage",
+        TokenScope.RUNS_READ,
+        "Your runs and what they cost today and this month (in your zone), your budgets and "
+        "run rate, and what remains of them; an admin may name another agent. When a budget is "
+        "spent, run_now is refused until the window resets and scheduled occurrences are "
+        "recorded as over_budget.",
+        _object({"agent_id": _AGENT_ID}),
+        _get_usage,
+        read_only=True,
+    ),
+    ToolDef(
+        "set_agent_limits",
+        TokenScope.ADMIN,
+        "Set an agent's budget_per_day, budget_per_month (money its runs' steps may be "
+        "charged in a day or month of its timezone), max_runs_per_hour and timezone; null "
+        "removes a limit, and fields left out stay as they are. Takes effect at once: a raised "
+        "budget lets refused work flow again. Returns the agent.",
+        _limits_schema(),
+        _set_agent_limits,
         idempotent=True,
     ),
     ToolDef(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, NotRequired, TypedDict
 
 from pao.vocabulary import (
@@ -55,6 +56,9 @@ class StepRecord(TypedDict):
     resumed_from: NotRequired[int]
     #: a remote step's offer (`remote_steps.id`) while it is out
     remote_step: NotRequired[int]
+    #: what the step was charged (its tool's cost_per_call, or a remote step's reported
+    #: cost), as decimal text; absent for a free step
+    cost: NotRequired[str]
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,12 @@ class Agent:
     # The task types its token may claim (work:claim); None: any. Read by the admin
     # statements and the claim check, not by sign-in.
     task_types: list[str] | None = None
+    # Budgets, run rate and the zone they are counted in (None: none, the default zone).
+    # Read by the admin statements, not by sign-in.
+    budget_per_day: Decimal | None = None
+    budget_per_month: Decimal | None = None
+    max_runs_per_hour: int | None = None
+    timezone: str | None = None
 
     def __post_init__(self) -> None:
         _set(self, "scopes", [Scope(s) for s in self.scopes])
@@ -112,6 +122,9 @@ class Task:
     claim_key: str | None = None
     claim_limit: int | None = None
     hourly_peak: int = 0
+    budget_per_run: Decimal | None = None
+    # The sum of its steps' declared costs when it was written: what admission reserves.
+    cost_estimate: Decimal = Decimal(0)
 
     def __post_init__(self) -> None:
         _set(self, "schedule_kind", ScheduleKind(self.schedule_kind))
@@ -136,6 +149,7 @@ class Run:
     #: per read (the worker never builds a Run: it resumes from `Claimed.saved_steps`).
     steps: list[StepRecord]
     error: str | None
+    cost: Decimal | None = None  # what its steps were charged; None: nothing
 
     def __post_init__(self) -> None:
         _set(self, "status", RunStatus(self.status))

@@ -24,6 +24,7 @@ from pydantic import (
     create_model,
 )
 
+from pao import costs
 from pao.errors import FieldError, InvalidInput
 from pao.vocabulary import (
     BackoffStrategy,
@@ -86,6 +87,43 @@ class _Patch(_Strict):
         return given
 
 
+MAX_COST = costs.MAX_COST
+"""The largest cost a task type, a completed step or a budget may state."""
+
+
+def _json_number(value: Any) -> Any:
+    """A number as JSON writes it: not a string, not a boolean."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a JSON number")
+    return value
+
+
+# A cost: a finite JSON number from 0 to MAX_COST with at most MAX_PLACES decimal places,
+# kept exact (numeric in the database); answered as a string, as every amount of money is.
+Cost = Annotated[
+    Decimal,
+    BeforeValidator(_json_number),
+    Field(
+        ge=0,
+        le=MAX_COST,
+        allow_inf_nan=False,
+        max_digits=costs.MAX_DIGITS,
+        decimal_places=costs.MAX_PLACES,
+    ),
+    # No `multipleOf` 0.000001: validators that divide floats refuse 0.1 with it (0.1 / 1e-6
+    # is 100000.00000000001), so a client checking the schema would refuse good amounts.
+    WithJsonSchema(
+        {
+            "type": "number",
+            "minimum": 0,
+            "maximum": MAX_COST,
+            "description": f"at most {costs.MAX_PLACES} decimal places",
+        },
+        mode="validation",
+    ),
+]
+
+
 class TaskFields(_Strict):
     """A task's writable fields, written once: their types, defaults and limits.
 
@@ -127,6 +165,12 @@ class TaskFields(_Strict):
         description="after downtime: coalesce (missed ones become one run), skip, or all",
     )
     misfire_grace_seconds: StrictInt = Field(300, ge=0, le=31 * 86_400)
+    budget_per_run: Cost | None = Field(
+        None,
+        description="the most one run may be charged (its steps' cost_per_call, a remote "
+        "step's reported cost); a step that would pass it fails the run with "
+        "budget_exceeded before it starts. Null: no ceiling",
+    )
 
 
 class TaskCreate(TaskFields):
@@ -138,7 +182,7 @@ class _TaskPatch(_Patch):
 
     # Fields that may be set to null explicitly; for the rest null is an error.
     NULLABLE: ClassVar[frozenset[str]] = frozenset(
-        {"dedupe_key", "concurrency_key", "concurrency_limit"}
+        {"dedupe_key", "concurrency_key", "concurrency_limit", "budget_per_run"}
     )
 
 
@@ -196,7 +240,16 @@ class AgentCreate(_Strict):
 
 
 class AgentUpdate(_Patch):
-    NULLABLE: ClassVar[frozenset[str]] = frozenset({"expires_at", "task_types"})
+    NULLABLE: ClassVar[frozenset[str]] = frozenset(
+        {
+            "expires_at",
+            "task_types",
+            "budget_per_day",
+            "budget_per_month",
+            "max_runs_per_hour",
+            "timezone",
+        }
+    )
 
     name: str | None = Field(None, min_length=1, max_length=200)
     scopes: list[ScopeField] | None = Field(None, min_length=1)
@@ -207,28 +260,25 @@ class AgentUpdate(_Patch):
         max_length=1000,
         description="the task types its token may claim (work:claim); null: any",
     )
+    budget_per_day: Cost | None = Field(
+        None, description="what its runs may be charged per day of its zone; null: no budget"
+    )
+    budget_per_month: Cost | None = Field(
+        None, description="what its runs may be charged per month of its zone; null: no budget"
+    )
+    max_runs_per_hour: StrictInt | None = Field(
+        None, ge=0, le=1_000_000, description="runs of its tasks started per hour; null: any"
+    )
+    timezone: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="IANA zone its days and months are counted in; null: the server's default",
+    )
 
 
 # Task types and the claim protocol ------------------------------------------------------
 
-MAX_COST = 1_000_000_000
-"""The largest cost a task type or a completed step may state."""
-
-
-def _json_number(value: Any) -> Any:
-    """A number as JSON writes it: not a string, not a boolean."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError("must be a JSON number")
-    return value
-
-
-# A cost: a finite number from 0 to MAX_COST, kept exact (numeric in the database).
-Cost = Annotated[
-    Decimal,
-    BeforeValidator(_json_number),
-    Field(ge=0, le=MAX_COST, allow_inf_nan=False),
-    WithJsonSchema({"type": "number", "minimum": 0, "maximum": MAX_COST}),
-]
 # Seconds or a percentage given as a JSON number, never NaN or infinite.
 JsonFloat = Annotated[float, BeforeValidator(_json_number), Field(allow_inf_nan=False)]
 

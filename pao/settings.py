@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
+from pao.costs import CostError, parse_cost
 from pao.errors import PaoError
 
 
@@ -71,6 +73,9 @@ class Settings:
     # The key of signed asset links; unset: one made on first use and kept in the database,
     # so every API replica signs and checks links alike.
     asset_link_secret: str | None = None
+    # What one call of a built-in tool costs, by name (PAO_TOOL_COSTS="log=0.5,sleep=0"):
+    # charged before each step that calls it, against budgets. Unlisted tools are free.
+    tool_costs: tuple[tuple[str, Decimal], ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -131,6 +136,7 @@ class Settings:
             asset_max_bytes=_int(env, "PAO_ASSET_MAX_BYTES", 1 << 30, low=1, high=1 << 40),
             asset_quota_bytes=_int(env, "PAO_ASSET_QUOTA_BYTES", 10 << 30, low=0, high=1 << 50),
             asset_link_secret=_secret(env, "PAO_ASSET_LINK_SECRET"),
+            tool_costs=_costs(env, "PAO_TOOL_COSTS"),
         )
 
 
@@ -149,6 +155,23 @@ def _secret(env: Mapping[str, str], name: str) -> str | None:
             f"{name} must be at least 32 characters (e.g. `openssl rand -hex 32`), got {len(raw)}"
         )
     return raw
+
+
+def _costs(env: Mapping[str, str], name: str) -> tuple[tuple[str, Decimal], ...]:
+    """`tool=cost` pairs, comma-separated; each tool named once."""
+    found: dict[str, Decimal] = {}
+    for part in _csv(env.get(name)):
+        tool, eq, raw = part.partition("=")
+        tool = tool.strip()
+        if not eq or not tool:
+            raise SettingsError(f"{name}: {part!r} is not tool=cost, e.g. log=0.5")
+        if tool in found:
+            raise SettingsError(f"{name}: {tool!r} is given twice; give each tool once")
+        try:
+            found[tool] = parse_cost(raw, f"{name}: {tool}")
+        except CostError as exc:
+            raise SettingsError(exc.message) from None
+    return tuple(sorted(found.items()))
 
 
 def _int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:

@@ -16,6 +16,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from decimal import Decimal
 from typing import Any
 
 from pao.vocabulary import FINAL_RUN_STATUSES
@@ -69,6 +70,21 @@ def step(run_id: uuid.UUID, task_id: uuid.UUID, index: int, record: Mapping[str,
 def log(run_id: uuid.UUID, task_id: uuid.UUID, log_id: int) -> str:
     """A log line was stored: the API reads it (and any before it) from `run_logs`."""
     return f'{{"e":"log","run":"{run_id}","task":"{task_id}","id":{log_id:d}}}'
+
+
+def cost(run_id: uuid.UUID, task_id: uuid.UUID, step_id: str, cost: Decimal, total: Decimal) -> str:
+    """A step was charged `cost` (negative: a remote step cost less than declared); the run
+    has been charged `total` in all. Amounts as decimal text, as the API shows them."""
+    return _dump(
+        {
+            "e": "cost",
+            "run": str(run_id),
+            "task": str(task_id),
+            "step": step_id,
+            "cost": format(cost.normalize(), "f"),
+            "total": format(total.normalize(), "f"),
+        }
+    )
 
 
 def snapshot(

@@ -99,6 +99,7 @@ def spec_of(task_type: TaskType) -> ToolSpec:
         input_schema=task_type.parameters_schema,
         required_scope=None,
         kind="remote",
+        cost_per_call=task_type.cost_per_call,
     )
 
 

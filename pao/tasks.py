@@ -11,9 +11,10 @@ import functools
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
-from pao import pagination, task_types
+from pao import budgets, costs, pagination, task_types
 from pao.agents import check_step_scopes
 from pao.db import Conn
 from pao.errors import (
@@ -113,6 +114,32 @@ def _private_http_targets(pipeline: Pipeline, allow: tuple[str, ...]) -> list[Fi
                 )
             )
     return errors
+
+
+def estimate(pipeline: Pipeline, registry: ToolRegistry) -> tuple[Decimal, list[str]]:
+    """The sum of a pipeline's declared step costs (every step counted, whatever its `if`),
+    and the paid steps as `id (cost)`."""
+    total, paid = costs.ZERO, []
+    for step in pipeline.steps:
+        cost = registry.cost_of(step.uses)
+        if cost:
+            total += cost
+            paid.append(f"{step.id} ({costs.text(cost)})")
+    return total, paid
+
+
+def _priced(ctx: Context, fields: dict[str, Any], *, check: bool) -> Decimal:
+    """The task's estimate, refused (when `check`) if it passes its budget_per_run."""
+    total, paid = estimate(load_pipeline(fields["payload"]), ctx.registry)
+    budget = fields.get("budget_per_run")
+    if check and budget is not None and total > budget:
+        raise InvalidInput.one(
+            ("budget_per_run",),
+            f"the steps' declared costs add up to {costs.text(total)}: {', '.join(paid)}; "
+            f"more than budget_per_run ({costs.text(budget)}). Raise budget_per_run or use "
+            "cheaper steps",
+        )
+    return total
 
 
 def _validate(
@@ -264,6 +291,7 @@ async def create_task(conn: Conn, ctx: Context, data: TaskCreate) -> Task:
         )
     )
     await _check_quotas(conn, ctx, fields["created_by"], peak=fields["hourly_peak"])
+    fields["cost_estimate"] = _priced(ctx, fields, check=True)
     fields["next_run_at"] = next_run_at
     fields["created_at"] = now
     task = await tasks.insert_task(conn, fields)
@@ -351,6 +379,9 @@ async def update_task(
     if "created_by" in given:
         fields["created_by"] = await _check_owner(conn, ctx, given["created_by"])
     fields["hourly_peak"] = task.hourly_peak
+    fields["cost_estimate"] = _priced(
+        ctx, fields, check="payload" in given or "budget_per_run" in given
+    )
     owner_changed = fields["created_by"] != task.created_by
     if owner_changed or "payload" in given:
         await _check_step_scopes(conn, ctx, fields["payload"], fields["created_by"])
@@ -539,15 +570,26 @@ async def cancel_task(conn: Conn, ctx: Context, task_id: uuid.UUID) -> Task:
 
 
 async def run_now(conn: Conn, ctx: Context, task_id: uuid.UUID) -> Run:
-    """Queue one run of the task now; the schedule is untouched."""
+    """Queue one run of the task now; the schedule is untouched. BudgetExceeded or
+    RunRateLimited (429 with Retry-After) if its owner's budget or run rate has no room."""
     task = await get_task(conn, ctx, task_id, lock=True)
     if task.status is TaskStatus.CANCELLED:
         raise Conflict("the task is cancelled; create a new task instead")
+    now = datetime.now(UTC)
+    admission = await budgets.admission(
+        conn, task.created_by, now=now, default_timezone=ctx.default_timezone
+    )
+    if admission is not None:
+        refusal = admission.decide(task.cost_estimate)
+        if refusal is not None:
+            raise refusal.error()
     detail = f"run now by agent {ctx.actor.name}"
-    request = QueueRequest.of(task, datetime.now(UTC), QueueReason.RUN_NOW, detail=detail)
+    request = QueueRequest.of(task, now, QueueReason.RUN_NOW, detail=detail)
     run = await occurrence_store.queue(conn, request)  # wakes the workers at commit
     if run is None:  # same microsecond as another run_now of this task
         raise Conflict("a run of this task was queued at this very instant; retry")
+    if admission is not None:
+        await admission.record(conn, {run.due_work_id: task.cost_estimate}, runs=1)
     await audit.record(
         conn,
         actor_id=ctx.actor.id,

@@ -17,10 +17,12 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pao.costs import CostError, parse_cost
 from pao.errors import PaoError
 from pao.vocabulary import Scope
 
@@ -55,6 +57,9 @@ class ToolSpec:
     # builtin, mcp (a tool of an MCP server of the tools file) or remote (a task type: done
     # by an agent outside pao that claims it over HTTP; see pao.task_types).
     kind: str = "builtin"
+    # What one call costs (None: free): PAO_TOOL_COSTS for a built-in, the tools file's
+    # `cost_per_call` for an MCP tool, the task type's for a remote one.
+    cost_per_call: Decimal | None = None
 
     def scopes_needed(self, args: Mapping[str, object]) -> list[tuple[str, str | None]]:
         """What the owner of a step calling this tool with `args` must hold: each scope with
@@ -232,6 +237,9 @@ class McpServerConfig(BaseModel):
     cwd: str | None = None
     url: str | None = Field(default=None, pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://\S+$")
     headers: dict[str, str] = Field(default_factory=dict)
+    # What one call of its tools costs: one number for every tool, or {tool: number} (a
+    # tool left out is free). Numbers or their text; checked by `cost_of_tool`.
+    cost_per_call: int | float | str | dict[str, int | float | str] | None = None
 
     @field_validator("command")
     @classmethod
@@ -255,6 +263,24 @@ class McpServerConfig(BaseModel):
     @property
     def transport(self) -> str:
         return "stdio" if self.command is not None else "http"
+
+    def cost_of_tool(self, tool: str) -> Decimal | None:
+        """What one call of `tool` (its name on this server) costs; None: free."""
+        declared = self.cost_per_call
+        if isinstance(declared, dict):
+            declared = declared.get(tool)
+        if declared is None:
+            return None
+        return parse_cost(declared, f"cost_per_call of {tool!r}")
+
+    def check_costs(self) -> None:
+        """CostError unless every cost it declares is one."""
+        declared = self.cost_per_call
+        if isinstance(declared, dict):
+            for tool in declared:
+                self.cost_of_tool(tool)
+        elif declared is not None:
+            parse_cost(declared, "cost_per_call")
 
 
 class _ToolsFile(BaseModel):
@@ -305,6 +331,11 @@ def load_tools_file(path: str | None) -> dict[str, McpServerConfig]:
                 f"tools file {path}: server name {name!r} is reserved for built-in tools; "
                 "rename the server"
             )
+    for name, config in parsed.servers.items():
+        try:
+            config.check_costs()
+        except CostError as exc:
+            raise ToolsFileError(f"tools file {path}: servers.{name}.{exc.message}") from None
     # A stdio server runs in the tools file's directory unless it says otherwise, and
     # a relative `cwd` is read from there too, wherever pao itself was started.
     base = os.path.dirname(os.path.abspath(path))
@@ -328,8 +359,17 @@ class ToolRegistry:
         servers: Mapping[str, McpServerConfig] | None = None,
         *,
         builtins: Iterable[ToolSpec] = BUILTIN_TOOLS,
+        costs: Iterable[tuple[str, Decimal]] = (),
     ) -> None:
         self._builtins: dict[str, ToolSpec] = {t.name: t for t in builtins}
+        for name, cost in costs:
+            if name not in self._builtins:
+                raise ToolsFileError(
+                    f"PAO_TOOL_COSTS names {name!r}, which is not a built-in tool; built-in "
+                    f"tools are: {', '.join(sorted(self._builtins))} (an MCP tool's cost goes "
+                    "in the tools file, a task type's in its cost_per_call)"
+                )
+            self._builtins[name] = dataclasses.replace(self._builtins[name], cost_per_call=cost)
         self._servers: dict[str, McpServerConfig] = dict(servers or {})
         self._discovered: dict[str, dict[str, ToolSpec]] = {}
         # Active task types, as last loaded from the database (pao.task_types keeps them
@@ -342,8 +382,24 @@ class ToolRegistry:
         return cls()
 
     @classmethod
-    def from_tools_file(cls, path: str | None) -> ToolRegistry:
-        return cls(load_tools_file(path))
+    def from_tools_file(
+        cls, path: str | None, costs: Iterable[tuple[str, Decimal]] = ()
+    ) -> ToolRegistry:
+        return cls(load_tools_file(path), costs=costs)
+
+    def cost_of(self, uses: str) -> Decimal | None:
+        """What one call of the tool `uses` names costs, as declared now; None: free or
+        unknown. A task type's comes from the registry's last load of the types (the worker
+        reads a type's own row when it offers the step)."""
+        spec = self._builtins.get(uses)
+        if spec is not None:
+            return spec.cost_per_call
+        remote = self._remote.get(uses)
+        server, dot, tool = uses.partition(".")
+        config = self._servers.get(server) if dot else None
+        if config is not None:
+            return config.cost_of_tool(tool)
+        return remote.cost_per_call if remote is not None else None
 
     @property
     def servers(self) -> dict[str, McpServerConfig]:
@@ -364,7 +420,13 @@ class ToolRegistry:
         prefix = server + "."
         for spec in tools:
             name = spec.name if spec.name.startswith(prefix) else prefix + spec.name
-            found[name] = dataclasses.replace(spec, name=name, server=server, kind="mcp")
+            found[name] = dataclasses.replace(
+                spec,
+                name=name,
+                server=server,
+                kind="mcp",
+                cost_per_call=self._servers[server].cost_of_tool(name[len(prefix) :]),
+            )
         self._discovered[server] = found
 
     def set_remote(self, specs: Iterable[ToolSpec], *, loaded_at: float) -> list[str]:
@@ -474,6 +536,7 @@ class ToolRegistry:
                 input_schema={},
                 server=server,
                 kind="mcp",
+                cost_per_call=self._servers[server].cost_of_tool(tool),
             )
         if uses not in found:
             names = ", ".join(sorted(found)) or "none"

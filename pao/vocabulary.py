@@ -69,6 +69,9 @@ class Decision(StrEnum):
     CANCELLED = "cancelled"  #: Its queued work was cancelled before it ran.
     HOP_LIMIT = "hop_limit"  #: An event too many hops down a chain of events fired nothing.
     OVER_QUOTA = "over_quota"  #: An event would have taken the owner past its hourly quota.
+    #: The owner's budget_per_day or budget_per_month had no room for its estimated cost.
+    OVER_BUDGET = "over_budget"
+    RATE_LIMITED = "rate_limited"  #: The owner had started max_runs_per_hour runs this hour.
 
 
 class QueueReason(StrEnum):
@@ -141,6 +144,14 @@ class AssetStatus(StrEnum):
 
     #: Every byte stored. An upload is one transaction, so no other state is ever seen.
     READY = "ready"
+
+
+class BudgetPeriod(StrEnum):
+    """`agent_spending.period`: the window of an agent's zone a figure is counted in."""
+
+    HOUR = "hour"  #: From the top of the hour: runs admitted, for max_runs_per_hour.
+    DAY = "day"  #: From local midnight: cost, for budget_per_day.
+    MONTH = "month"  #: From local midnight on the 1st: cost, for budget_per_month.
 
 
 class LogLevel(StrEnum):

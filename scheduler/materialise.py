@@ -15,15 +15,18 @@ import logging
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
+from decimal import Decimal
 
-from pao import occurrences
+from pao import budgets, occurrences
 from pao.db import Conn
 from pao.models import Task
 from pao.schedule import Schedule, parse_schedule
+from pao.settings import Settings
 from pao.store import occurrences as occurrence_store
 from pao.store import tasks as task_store
 from pao.store.occurrences import DecisionRecord, QueueRequest
 from pao.vocabulary import Decision, QueueReason, TaskStatus
+from scheduler import metrics
 from scheduler.plan import Plan, plan
 
 log = logging.getLogger(__name__)
@@ -68,10 +71,51 @@ def _plans(tasks: Sequence[Task], *, now: datetime, horizon: datetime) -> list[P
     return plans
 
 
+async def _within_budgets(
+    conn: Conn,
+    requests: list[QueueRequest],
+    owner_of: dict[uuid.UUID, uuid.UUID],
+    *,
+    now: datetime,
+    default_timezone: str,
+    estimates: dict[uuid.UUID, Decimal],
+) -> tuple[list[QueueRequest], list[DecisionRecord], dict[uuid.UUID, budgets.Admission]]:
+    """The requests their owners' budgets and run rates admit (earliest first when not all
+    fit), in their order; records for the others (over_budget, rate_limited); and the
+    admissions to record what is queued in. Owners with no limits cost one lookup a batch."""
+    limited = await budgets.limited(conn, [owner_of[r.task_id] for r in requests])
+    if not limited:
+        return requests, [], {}
+    admissions: dict[uuid.UUID, budgets.Admission] = {}
+    for owner in sorted(limited):
+        admission = await budgets.admission(conn, owner, now=now, default_timezone=default_timezone)
+        if admission is not None:
+            admissions[owner] = admission
+    refused: dict[int, DecisionRecord] = {}
+    for i in sorted(range(len(requests)), key=lambda i: requests[i].nominal_at):
+        r = requests[i]
+        admission = admissions.get(owner_of[r.task_id])
+        why = admission.decide(estimates[r.task_id]) if admission is not None else None
+        if why is not None:
+            refused[i] = DecisionRecord(r.task_id, r.nominal_at, why.decision, None, why.detail)
+            metrics.REFUSED.labels(why.decision).inc()
+    kept = [r for i, r in enumerate(requests) if i not in refused]
+    return kept, list(refused.values()), admissions
+
+
 async def materialise_batch(
-    conn: Conn, *, now: datetime, horizon: datetime, limit: int
+    conn: Conn,
+    *,
+    now: datetime,
+    horizon: datetime,
+    limit: int,
+    default_timezone: str = Settings.default_timezone,
 ) -> tuple[int, int]:
-    """Settle up to `limit` due tasks in the caller's transaction; returns (tasks, queued)."""
+    """Settle up to `limit` due tasks in the caller's transaction; returns (tasks, queued).
+
+    Owners with a budget or a run rate have their occurrences admitted against them (in
+    `default_timezone` for an owner with no zone of its own); what does not fit is
+    recorded as over_budget or rate_limited, catch-up included."""
     tasks = await task_store.lock_due(conn, horizon=horizon, limit=limit)
     requests: list[QueueRequest] = []
     decisions: list[DecisionRecord] = []
@@ -102,7 +146,23 @@ async def materialise_batch(
         status = TaskStatus.COMPLETED if planned.finished else TaskStatus.ACTIVE
         advances.append((task.id, planned.next_run_at, status))
 
+    admissions: dict[uuid.UUID, budgets.Admission] = {}
+    owner_of = {task.id: task.created_by for task in tasks}
+    estimates = {task.id: task.cost_estimate for task in tasks}
+    if requests:
+        requests, refused, admissions = await _within_budgets(
+            conn,
+            requests,
+            owner_of,
+            now=now,
+            default_timezone=default_timezone,
+            estimates=estimates,
+        )
+        decisions += refused
     runs = await occurrence_store.queue_many(conn, requests)  # wakes workers at commit
+    for owner, admission in admissions.items():
+        mine = [r for r in runs if owner_of[r.task_id] == owner]
+        await admission.record(conn, {r.due_work_id: estimates[r.task_id] for r in mine}, len(mine))
     work_of = {(r.task_id, r.scheduled_for): r.due_work_id for r in runs}
     for task, nominal, into, detail in coalesced:
         decisions.append(

@@ -11,6 +11,13 @@ TICK_SECONDS = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 MATERIALISED = Counter("pao_scheduler_materialised", "Occurrences this scheduler queued")
+REFUSED = Counter(
+    "pao_scheduler_refused",
+    "Scheduled occurrences this scheduler did not queue because of their owner's limits, by "
+    "decision: over_budget (a day or month budget had no room) or rate_limited "
+    "(max_runs_per_hour)",
+    ["decision"],
+)
 RESCUES = Counter(
     "pao_scheduler_lease_rescues",
     "Expired leases this scheduler handled, by outcome: requeued, failed (no retries left) "

@@ -87,7 +87,11 @@ class Scheduler:
             horizon = now + timedelta(seconds=self.settings.lookahead_seconds)
             async with db.connection(self.pool) as conn:
                 tasks, n = await materialise_batch(
-                    conn, now=now, horizon=horizon, limit=MATERIALISE_BATCH
+                    conn,
+                    now=now,
+                    horizon=horizon,
+                    limit=MATERIALISE_BATCH,
+                    default_timezone=self.settings.default_timezone,
                 )
             queued += n
             metrics.MATERIALISED.inc(n)

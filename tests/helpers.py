@@ -90,6 +90,11 @@ def metric(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
+def claims_waiting(scrape: Callable[[], str], count: int = 1) -> None:
+    """Until `count` long-polling claims wait in the API process whose `/metrics` `scrape` reads."""
+    until(lambda: metric(scrape(), "pao_api_claims_waiting") >= count, f"{count} waiting claims")
+
+
 def create_task(client: TestClient, token: str, *steps: dict[str, Any], **fields: Any) -> str:
     """The seed task with these steps (and fields), created through the API; its id."""
     body = {**SEED_TASK, "payload": {"pipeline": list(steps)}, **fields}

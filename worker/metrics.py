@@ -10,6 +10,7 @@ looked up once and kept in plain dicts.
 from __future__ import annotations
 
 from collections.abc import Callable
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -46,6 +47,16 @@ class _Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
         )
         self.running = Gauge("pao_worker_running", "Attempts this worker holds right now")
+        self.cost = Counter(
+            "pao_worker_cost",
+            "What this worker charged for steps (the declared cost_per_call of their tools) "
+            "before starting them, in the operator's money unit",
+        )
+        self.budget_refusals = Counter(
+            "pao_worker_budget_refusals",
+            "Steps this worker did not start because a budget (the task's budget_per_run, its "
+            "owner's budget_per_day or budget_per_month) had no room: their runs failed",
+        )
         self.outcomes: dict[str, Counter] = {}
         self.steps: dict[tuple[str, str], Histogram] = {}
 
@@ -79,6 +90,16 @@ def run_ended(outcome: str) -> None:
     if counter is None:
         counter = _on.outcomes[outcome] = _on.runs.labels(outcome)
     counter.inc()
+
+
+def cost(amount: Decimal) -> None:
+    if _on is not None:
+        _on.cost.inc(float(amount))
+
+
+def budget_refused() -> None:
+    if _on is not None:
+        _on.budget_refusals.inc()
 
 
 def step_ended(tool: str, status: str, seconds: float) -> None:

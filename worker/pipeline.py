@@ -26,8 +26,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, Protocol, cast
 
+from pao import costs
 from pao.errors import PaoError
 from pao.models import Event, StepRecord, Task
 from pao.pipeline import Pipeline
@@ -119,6 +121,12 @@ class RunHooks(Protocol):
 
     async def on_condition(self, state: bool) -> None:
         """The pipeline's condition was evaluated after the first step: remember it."""
+
+    def cost_of(self, uses: str) -> Decimal | None:
+        """What one call of the tool costs as declared now; None (or 0): free."""
+
+    async def charge(self, step_id: str, uses: str, cost: Decimal) -> None:
+        """Charge a paid step before it starts; StepFailed (final) if a budget refuses it."""
 
 
 @dataclass
@@ -212,6 +220,8 @@ async def execute(
     outputs: dict[str, JSONValue] = {}
     context = _context(ex, outputs)  # sees each new output: `steps` is `outputs` itself
     hook, save, log, deadline = hooks.on_step, hooks.save, hooks.log, ex.deadline
+    cost_of = hooks.cost_of
+    attempt = ex.run.get("attempt")
     held = 0  # bytes of the inputs and outputs this run keeps (and will store)
     saved = checkpoints(ex)  # None for a first attempt: the loop below pays nothing
     for index, step in enumerate(ex.pipeline.steps):
@@ -219,6 +229,8 @@ async def execute(
             done = saved[1].get(step.id)
             if done is not None and done.get("uses") == step.uses:
                 reused: StepRecord = {**done, "resumed_from": done.get("resumed_from", saved[0])}
+                if reused["resumed_from"] != attempt:
+                    reused.pop("cost", None)  # charged to the attempt that ran it
                 ex.steps.append(reused)
                 hook(len(ex.steps) - 1, reused, None)
                 output = reused.get("output")
@@ -258,6 +270,11 @@ async def execute(
         held += budget.spent
         if held > limits.run_max_bytes:
             raise _fail(ex, record, _run_too_large(step.id, limits, held), hook, final=True)
+        cost = cost_of(step.uses)
+        if cost:
+            # Charged before it starts: a step a budget refuses never starts (StepFailed).
+            await hooks.charge(step.id, step.uses, cost)
+            record["cost"] = costs.text(cost)
         # Already storable: rendered from stored JSON and from outputs made storable below.
         record["input"] = args
         ex.steps.append(record)

@@ -12,12 +12,14 @@ import asyncio
 import functools
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from psycopg_pool import AsyncConnectionPool
 
-from pao import claims, db, logs
+from pao import budgets, claims, costs, db, logs
 from pao.backoff import retry_delay
 from pao.errors import InvalidInput, TaskTypeUnavailable
 from pao.models import Event, StepRecord, Task
@@ -69,8 +71,10 @@ class Runner:
         outcomes: Outcomes,
         events: RunEvents,
         mcp: McpHub | None,
+        costs: Callable[[str], Decimal | None] = lambda uses: None,
     ) -> None:
         self.settings = settings
+        self.costs = costs  # what a call of a tool costs (PAO_TOOL_COSTS, the tools file)
         self.pool = pool
         self.leases = leases
         self.wake = wake  # the claim loop's: set whenever a slot frees
@@ -174,16 +178,28 @@ class Runner:
         c = held.claimed
         record = waiting.record
         self.outcomes.forget(c.id)  # progress written later could not apply anyway
+        charged: tuple[Decimal, Decimal] | None = None  # (the step's cost, the run's)
         try:
             async with db.connection(self.pool) as conn:
-                if await task_types.get(conn, waiting.task_type) is None:
+                found = await task_types.get(conn, waiting.task_type)
+                if found is None:
                     raise StepFailed(
                         f"step {record['id']}: tool {waiting.task_type!r} cannot run here: it "
                         "is not a built-in tool, no MCP server of this worker's PAO_TOOLS_FILE "
                         "by that name, and no task type (GET /task-types lists them)"
                     )
+                if found.is_active and found.cost_per_call:
+                    # Charged before it is offered, in the offer's transaction (still under
+                    # the lease): a step a budget refuses is never offered, and one that is
+                    # not offered after all is not charged. Its reported cost replaces this.
+                    total = await self._charge(conn, held, task, record["id"], found.cost_per_call)
+                    charged = (found.cost_per_call, total)
                 state = await work.wait(conn, held.lease, seconds=max(waiting.seconds, 1.0))
+                if state is not True and charged is not None:
+                    raise _NotOffered(state)  # rolls the charge back with the transaction
                 if state is True:
+                    if charged is not None:
+                        record["cost"] = costs.text(charged[0])
                     offered = await claims.offer_step(
                         conn,
                         run_id=c.run_id,
@@ -195,14 +211,19 @@ class Runner:
                     if offered is not None:
                         record["remote_step"] = offered
                     await work.save_waiting_steps(conn, run_id=c.run_id, steps=steps)
+        except _NotOffered as not_offered:
+            state, charged = not_offered.state, None
         except (StepFailed, TaskTypeUnavailable, InvalidInput) as exc:
             message = exc.message
             if not message.startswith(f"step {record['id']}"):
                 message = f"step {record['id']}: {message}"
+            record.pop("cost", None)  # rolled back with the offer
             record["status"] = StepStatus.FAILED
             record["error"] = message
             await self._end(held, task, _FAILED, message, steps, retry=not exc.final)
             return
+        if charged is not None:
+            self._charged(c, record["id"], *charged)
         if state is None:
             metrics.run_ended("lost")
             log.warning("run %s: lease lost before its remote step was offered", c.run_id)
@@ -219,6 +240,38 @@ class Runner:
                 record["id"],
                 waiting.task_type,
             )
+
+    async def _charge(
+        self, conn: db.Conn, held: Running, task: Task, step_id: str, cost: Decimal
+    ) -> Decimal:
+        """Charge a step in the caller's transaction; the run's cost so far. StepFailed if it
+        may not start (final when a budget refuses it: the same step would be refused
+        again). Tell `_charged` once the transaction has committed."""
+        c = held.claimed
+        charged = await budgets.charge(
+            conn,
+            budgets.Charge(
+                owner=task.created_by,
+                run_id=c.run_id,
+                step_id=step_id,
+                cost=cost,
+                budget_per_run=task.budget_per_run,
+                worker_id=held.lease.worker_id,
+            ),
+            now=datetime.now(UTC),
+            default_timezone=self.settings.default_timezone,
+        )
+        if charged is None:
+            raise StepFailed(f"step {step_id}: the run's lease was lost before it was charged")
+        if isinstance(charged, budgets.Refusal):
+            metrics.budget_refused()
+            raise StepFailed(charged.detail, final=True)
+        return charged
+
+    def _charged(self, c: work.Claimed, step_id: str, cost: Decimal, total: Decimal) -> None:
+        """A charge committed: count it, and tell the run's watchers."""
+        metrics.cost(cost)
+        self.events.cost(c, step_id, cost, total)
 
     def _pipeline(self, task: Task) -> tuple[Pipeline, dict[str, JSONValue]]:
         """The task's parsed pipeline, and its view for templates.
@@ -296,6 +349,15 @@ class Runner:
         self.events.state(held.claimed, status, final=not end.hand_back)
 
 
+class _NotOffered(Exception):
+    """The run was not moved to waiting (a cancel was asked for, or the lease was lost):
+    the offer's transaction, charge and all, is rolled back."""
+
+    def __init__(self, state: bool | None) -> None:
+        super().__init__(state)
+        self.state = state
+
+
 def _spent(c: work.Claimed) -> float:
     """Seconds of the run's deadline already spent: a run continued after its remote step
     keeps its first start (a fresh or handed-back run starts now, and has spent none)."""
@@ -354,3 +416,11 @@ class Hooks:
     async def on_condition(self, state: bool) -> None:
         async with db.connection(self.runner.pool) as conn:
             await work.set_condition_state(conn, self.task.id, state)
+
+    def cost_of(self, uses: str) -> Decimal | None:
+        return self.runner.costs(uses)
+
+    async def charge(self, step_id: str, uses: str, cost: Decimal) -> None:
+        async with db.connection(self.runner.pool) as conn:
+            total = await self.runner._charge(conn, self.held, self.task, step_id, cost)
+        self.runner._charged(self.held.claimed, step_id, cost, total)

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Iterable
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from psycopg_pool import AsyncConnectionPool
@@ -61,6 +62,11 @@ class RunEvents:
         """A log line was stored: tell its run's watchers, if any."""
         if self.watched and c.task_id in self.watched:
             self.send(c.run_id, streams.log(c.run_id, c.task_id, log_id))
+
+    def cost(self, c: Claimed, step_id: str, cost: Decimal, total: Decimal) -> None:
+        """A step was charged: tell its run's watchers, if any."""
+        if self.watched and c.task_id in self.watched:
+            self.send(c.run_id, streams.cost(c.run_id, c.task_id, step_id, cost, total))
 
     def heard(self, payload: str, running: Iterable[Running]) -> None:
         """An API process announced watched tasks: new watchers get what we hold of them."""

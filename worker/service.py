@@ -61,7 +61,7 @@ class Worker:
         self.worker_id = worker_id or (
             f"worker-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         )
-        self.registry = ToolRegistry.from_tools_file(settings.tools_file)
+        self.registry = ToolRegistry.from_tools_file(settings.tools_file, settings.tool_costs)
         self.mcp = _hub(self.registry)  # one session per MCP server, shared
         wake = asyncio.Event()  # the claim loop's: work was announced, or a slot freed
         outage = Outage()
@@ -77,6 +77,7 @@ class Worker:
         self.runner = Runner(
             settings,
             pool,
+            costs=self.registry.cost_of,
             leases=self.leases,
             wake=wake,
             outcomes=self.outcomes,

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 
 from fastapi import APIRouter, Request, Response
 
-from api.deps import Admin, PageQuery, State, request_id
-from api.models import AgentCreated, AgentPublic, Page
+from api.deps import Admin, PageQuery, RunsRead, State, request_id
+from api.models import AgentCreated, AgentPublic, Page, UsagePublic
 from api.openapi import conflicts
 from pao import agents as logic
+from pao import budgets
 from pao.schemas import AgentCreate, AgentUpdate
 
 router = APIRouter(prefix="/agents", tags=["agents"])
@@ -55,7 +57,10 @@ async def get_agent(state: State, admin: Admin, agent_id: uuid.UUID) -> AgentPub
 async def update_agent(
     request: Request, state: State, admin: Admin, agent_id: uuid.UUID, body: AgentUpdate
 ) -> AgentPublic:
-    """Change an agent's name, scopes, expiry, or disable it."""
+    """Change an agent's name, scopes, expiry, claimable task types, budgets
+    (`budget_per_day`, `budget_per_month`: what its runs may be charged per day and month of
+    its `timezone`; null removes one), `max_runs_per_hour`, or disable it. A raised budget
+    lets work flow again at once."""
     fields = body.changes()
     async with state.tx() as conn:
         agent = await logic.update_agent(
@@ -74,3 +79,25 @@ async def delete_agent(
             conn, actor=admin, agent_id=agent_id, request_id=request_id(request)
         )
     return Response(status_code=204)
+
+
+@router.get("/me/usage", response_model=UsagePublic)
+async def my_usage(state: State, agent: RunsRead) -> UsagePublic:
+    """The calling agent's own usage: `GET /agents/{id}/usage` with its own id."""
+    return await usage(state, agent, agent.id)
+
+
+@router.get("/{agent_id}/usage", response_model=UsagePublic)
+async def usage(state: State, agent: RunsRead, agent_id: uuid.UUID) -> UsagePublic:
+    """An agent's runs and cost today and this month (in its zone), its budgets and what
+    remains of them, and its runs this hour against max_runs_per_hour. For the agent itself
+    (scope runs:read) or an admin; another agent's answers 404."""
+    async with state.tx() as conn:
+        found = await budgets.usage(
+            conn,
+            agent,
+            agent_id,
+            now=datetime.now(UTC),
+            default_timezone=state.settings.default_timezone,
+        )
+    return UsagePublic.of(found)

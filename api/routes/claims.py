@@ -95,7 +95,9 @@ async def complete_many(state: State, agent: WorkClaim, body: ClaimCompleteMany)
     """
     items = [logic.Completion(i.claim_id, i.output, i.cost) for i in body.items]
     async with state.tx() as conn:
-        refused = await logic.complete_many(conn, agent, items)
+        refused = await logic.complete_many(
+            conn, agent, items, default_timezone=state.settings.default_timezone
+        )
     outcomes = []
     for item, error in zip(items, refused, strict=True):
         if error is None:
@@ -139,7 +141,14 @@ async def complete(
     """The step succeeded with `output` (checked against the type's `output_schema`: 422,
     and nothing changes, if it breaks it) and `cost`. 409 if the claim was lost."""
     async with state.tx() as conn:
-        await logic.complete(conn, agent, claim_id, output=body.output, cost=body.cost)
+        await logic.complete(
+            conn,
+            agent,
+            claim_id,
+            output=body.output,
+            cost=body.cost,
+            default_timezone=state.settings.default_timezone,
+        )
     return ClaimEnded(claim_id=claim_id, state="succeeded")
 
 

@@ -108,7 +108,9 @@ export function runView(root, ctx, runId) {
       fact("Started", when(run.started_at)),
       fact("Finished", when(run.finished_at)),
       fact("Duration", duration(run.duration_ms)),
-      fact("Worker", run.worker_id || "—"));
+      fact("Worker", run.worker_id || "—"),
+      fact("Cost", run.cost || "0"));
+    facts.lastElementChild.id = "run-cost";
     replace(errorBox, run.error ? h("div", { class: "run-error card", role: "note" }, h("h2", {}, "Error"), h("pre", {}, run.error)) : null);
     cancel.hidden = FINAL.has(run.status);
     replace(steps, run.steps.length ? run.steps.map(stepItem) : h("li", { class: "muted" }, "No step has started yet."));
@@ -129,7 +131,8 @@ export function runView(root, ctx, runId) {
     return h("li", { class: `step step-${step.status}`, "data-step-id": step.id },
       h("div", { class: "step-head" },
         h("strong", {}, step.id), " ", h("code", {}, step.uses), " ", badge(step.status),
-        h("span", { class: "muted small" }, ` ${duration(step.duration_ms)}`)),
+        h("span", { class: "muted small" }, ` ${duration(step.duration_ms)}`),
+        step.cost ? h("span", { class: "muted small step-cost" }, ` · cost ${step.cost}`) : null),
       step.detail ? h("p", { class: "muted" }, step.detail) : null,
       step.resumed_from ? h("p", { class: "muted small" }, `Reused from attempt ${step.resumed_from}`) : null,
       step.status === "waiting" ? remoteLine(step.remote) : null,
@@ -157,6 +160,8 @@ export function runView(root, ctx, runId) {
       run.attempt = data.attempt;
     } else if (name === "step" && run) {
       run.steps[data.index] = { ...(run.steps[data.index] || {}), ...data.step };
+    } else if (name === "cost" && run) {
+      run.cost = data.run_cost;
     } else if (name === "log") {
       lines.set(data.id, data);
     }

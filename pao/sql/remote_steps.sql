@@ -80,7 +80,8 @@ WHERE task_type = %(task_type)s AND state = 'claimed'
 -- here (their run never changes); a step whose run is not waiting at its attempt gives no row.
 SELECT s.id AS remote_step, d.id, d.task_id, d.scheduled_for, d.attempt, r.id AS run_id,
        t.max_retries, t.backoff_strategy, t.schedule_kind, t.next_run_at,
-       r.steps -> -1 ->> 'id' AS step_id, r.steps -> -1 ->> 'uses' AS uses
+       r.steps -> -1 ->> 'id' AS step_id, r.steps -> -1 ->> 'uses' AS uses,
+       t.created_by AS owner, r.steps -> -1 ->> 'cost' AS charged
 FROM remote_steps s
 JOIN runs r ON r.id = s.run_id
 JOIN due_work d ON d.id = r.due_work_id AND d.attempt = r.attempt

@@ -5,14 +5,14 @@ INSERT INTO tasks (
     created_by, title, description, schedule_kind, schedule_expr, timezone, payload,
     priority, dedupe_key, dedupe_window_seconds, max_retries, backoff_strategy,
     concurrency_key, concurrency_limit, next_run_at, misfire_policy, misfire_grace_seconds,
-    created_at, updated_at, hourly_peak
+    created_at, updated_at, hourly_peak, budget_per_run, cost_estimate
 ) VALUES (
     %(created_by)s, %(title)s, %(description)s, %(schedule_kind)s, %(schedule_expr)s,
     %(timezone)s, %(payload)s, %(priority)s, %(dedupe_key)s, %(dedupe_window_seconds)s,
     %(max_retries)s, %(backoff_strategy)s, %(concurrency_key)s, %(concurrency_limit)s,
     %(next_run_at)s,
     %(misfire_policy)s, %(misfire_grace_seconds)s, %(created_at)s, %(created_at)s,
-    %(hourly_peak)s
+    %(hourly_peak)s, %(budget_per_run)s, %(cost_estimate)s
 )
 RETURNING *
 
@@ -62,6 +62,8 @@ SET created_by = %(created_by)s,
     misfire_policy = %(misfire_policy)s,
     misfire_grace_seconds = %(misfire_grace_seconds)s,
     hourly_peak = %(hourly_peak)s,
+    budget_per_run = %(budget_per_run)s,
+    cost_estimate = %(cost_estimate)s,
     version = version + 1,
     updated_at = now()
 WHERE id = %(id)s

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -10,6 +11,9 @@ from pao import tokens
 from pao.db import Conn, model_row
 from pao.models import Agent
 from pao.sql import QUERIES
+
+LIMIT_FIELDS = ("budget_per_day", "budget_per_month", "max_runs_per_hour", "timezone")
+"""An agent's budgets, run rate and their zone: set by an admin only."""
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,11 @@ async def update_agent(
     expires_at: datetime | None = None,
     set_task_types: bool = False,
     task_types: list[str] | None = None,
+    limits: Mapping[str, object] | None = None,
 ) -> Agent | None:
+    """Change the fields given; `limits` sets any of budget_per_day, budget_per_month,
+    max_runs_per_hour and timezone (None values clear them)."""
+    limits = limits or {}
     async with conn.cursor(row_factory=model_row(Agent)) as cur:
         await cur.execute(
             QUERIES["agent_update"],
@@ -95,6 +103,11 @@ async def update_agent(
                 "expires_at": expires_at,
                 "set_task_types": set_task_types,
                 "task_types": task_types,
+                **{
+                    key: value
+                    for name in LIMIT_FIELDS
+                    for key, value in ((f"set_{name}", name in limits), (name, limits.get(name)))
+                },
             },
         )
         return await cur.fetchone()

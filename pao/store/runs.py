@@ -314,6 +314,8 @@ class WaitingWork:
     next_run_at: datetime | None
     step_id: str | None  # the waiting step's (the last record of the run's steps)
     uses: str | None
+    owner: uuid.UUID | None = None  # the task's (read by a complete, for the step's cost)
+    charged: str | None = None  # what the waiting step was charged when offered
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "backoff_strategy", BackoffStrategy(self.backoff_strategy))

@@ -18,7 +18,7 @@ from pao import claims
 from pao.db import connect
 from tests.acceptance.procs import pao, wait_ready
 from tests.acceptance.test_streams import _api, _read_until, frames
-from tests.helpers import SEED_TASK, auth, new_agent
+from tests.helpers import SEED_TASK, auth, claims_waiting, new_agent
 
 SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
 
@@ -104,7 +104,7 @@ def test_long_poll_across_processes_and_a_restart(db_url: str, tmp_path: Path) -
 
             waiter = threading.Thread(target=poll)
             waiter.start()
-            time.sleep(1.0)
+            claims_waiting(lambda: http.get(f"{base}/metrics").text)
             offered = time.monotonic()
             _offer(db_url, run_id, "render")
             waiter.join(20)
@@ -146,7 +146,7 @@ def test_long_poll_across_processes_and_a_restart(db_url: str, tmp_path: Path) -
 
             waiter = threading.Thread(target=poll_through_restart)
             waiter.start()
-            time.sleep(1.0)
+            claims_waiting(lambda: http.get(f"{base}/metrics").text)
             api.stop()
             waiter.join(20)
             assert outcome

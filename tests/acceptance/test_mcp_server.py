@@ -46,6 +46,8 @@ TOOLS = {
     "heartbeat_claim",
     "complete_claim",
     "fail_claim",
+    "get_usage",
+    "set_agent_limits",
 }
 TASK = {
     "title": "MCP hello",
@@ -364,3 +366,54 @@ async def _offer(db_url: str, run_id: str, step_id: str, params: dict[str, Any])
             )
     finally:
         await conn.close()
+
+
+def test_an_admin_limits_an_agent_and_the_agent_sees_its_usage(
+    api: str,
+    writer_token: str,
+    admin_token: str,
+    db: psycopg.Connection[Any],
+    tmp_path: Path,
+) -> None:
+    row = db.execute("SELECT id FROM agents WHERE name = 'writer'").fetchone()
+    assert row is not None
+    writer_id = str(row[0])
+    log = tmp_path / "mcp.log"
+
+    async def go() -> None:
+        async with stdio_session(api, writer_token, log) as session:
+            task = await call(session, "create_task", **TASK)
+            assert await call(session, "run_now", task_id=task["id"])
+            # Its own limits are not its to set; another's usage does not exist for it.
+            text = await refused(
+                session, "set_agent_limits", agent_id=writer_id, max_runs_per_hour=9
+            )
+            assert text.startswith("Forbidden (403)"), text
+            other = str(uuid.uuid4())
+            assert "Not found (404)" in await refused(session, "get_usage", agent_id=other)
+        async with stdio_session(api, admin_token, log) as admin:
+            limited = await call(
+                admin,
+                "set_agent_limits",
+                agent_id=writer_id,
+                max_runs_per_hour=1,
+                budget_per_day=12.3,
+                timezone="America/New_York",
+            )
+            assert limited["max_runs_per_hour"] == 1
+            assert limited["timezone"] == "America/New_York"
+        async with stdio_session(api, writer_token, log) as session:
+            usage = await call(session, "get_usage")
+            assert usage["timezone"] == "America/New_York"
+            assert usage["this_hour"]["max_runs"] == 1
+            assert usage["today"]["budget"] == "12.3"
+            # Runs are counted against the rate from when it is set.
+            assert (await call(session, "run_now", task_id=task["id"]))["status"] == "queued"
+            refusal = await refused(session, "run_now", task_id=task["id"])
+            assert "(429)" in refusal, refusal
+        async with stdio_session(api, admin_token, log) as admin:
+            await call(admin, "set_agent_limits", agent_id=writer_id, max_runs_per_hour=None)
+        async with stdio_session(api, writer_token, log) as session:
+            assert (await call(session, "run_now", task_id=task["id"]))["status"] == "queued"
+
+    anyio.run(go)

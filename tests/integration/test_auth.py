@@ -76,6 +76,18 @@ def test_every_route_declares_its_scope(app: FastAPI) -> None:
         "Bearer " + tokens.new_token()[:-1] + "x",  # bad checksum
         "Token abc",
     ],
+    # Named, so that every collector (one per xdist worker) sees the same ids for the random tokens.
+    ids=[
+        "none",
+        "empty",
+        "bearer",
+        "bearer-space",
+        "basic",
+        "lowercase",
+        "unknown",
+        "checksum",
+        "other",
+    ],
 )
 def test_bad_credentials_get_the_same_401(client: TestClient, header: str | None) -> None:
     headers = {} if header is None else {"Authorization": header}

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from pao import claims
 from pao.db import connect
 from pao.store import remote_steps
-from tests.helpers import auth, snapshot, until
+from tests.helpers import auth, claims_waiting, snapshot, until
 from tests.integration.test_task_types import TRANSCODE, create_type, transcode_task
 
 PARAMS = {"url": "https://example.com/a.mp4", "width": 640}
@@ -210,7 +210,7 @@ def test_long_poll_wakes_on_offer_and_ends_empty(
 
     waiter = threading.Thread(target=poll)
     waiter.start()
-    time.sleep(0.5)  # the claim is waiting now
+    claims_waiting(lambda: client.get("/metrics").text)
     offered = time.monotonic()
     offer(db_url, run_id)
     waiter.join(10)

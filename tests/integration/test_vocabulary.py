@@ -21,6 +21,7 @@ from pao.vocabulary import (
     LIVE_WORK_STATES,
     AssetStatus,
     BackoffStrategy,
+    BudgetPeriod,
     Decision,
     IdempotencyState,
     LogLevel,
@@ -68,6 +69,7 @@ EXPECTED: dict[str, set[str]] = {
     "remote_steps_succeeded_has_output": {RemoteStepState.SUCCEEDED},
     "remote_steps_failed_has_error": {RemoteStepState.FAILED},
     "assets_status_known": _words(AssetStatus),
+    "agent_spending_period_known": _words(BudgetPeriod),
 }
 # Quoted words PostgreSQL writes back that are types or JSON kinds, not states.
 _NOT_STATES = {"object", "array", "hex"}

@@ -32,6 +32,9 @@ PAIRS: list[tuple[type, type[BaseModel]]] = [
     (client.Asset, api.AssetPublic),
     (client.AssetPage, api.Page[api.AssetPublic]),
     (client.AssetLink, api.AssetLink),
+    (client.Usage, api.UsagePublic),
+    (client.UsageWindow, api.UsageWindow),
+    (client.HourWindow, api.HourWindow),
 ]
 
 _JSON = {str: "string", int: "integer", float: "number", bool: "boolean", dict: "object"}

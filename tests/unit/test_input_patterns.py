@@ -201,7 +201,8 @@ def test_a_hostile_url_near_the_payload_limit_is_refused_at_once() -> None:
     with pytest.raises(InvalidInput) as caught:
         validate_payload(payload, ToolRegistry.builtin(), schedule_kind="manual")
     took = time.perf_counter() - started
-    assert took < 0.5, f"checking took {took:.2f}s"
+    # Generous, so a busy machine does not fail it: the old pattern took 12 s or more.
+    assert took < 3, f"checking took {took:.2f}s"
     messages = [e.message for e in caught.value.errors]
     assert any("longer than 2048" in m for m in messages), messages
     assert len(json.dumps(messages)) < 4096  # the errors do not echo the 63 KiB back

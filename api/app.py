@@ -19,8 +19,21 @@ from api.discovery import ToolDiscovery
 from api.middleware import RequestMiddleware
 from api.openapi import document, install_docs
 from api.remote import RemoteWork
-from api.routes import agents, claims, events, health, metrics, runs, task_types, tasks, tools, ui
+from api.routes import (
+    agents,
+    assets,
+    claims,
+    events,
+    health,
+    metrics,
+    runs,
+    task_types,
+    tasks,
+    tools,
+    ui,
+)
 from api.streams import StreamHub
+from api.uploads import UploadSlots
 from pao import db
 from pao.agents import ensure_admin_token
 from pao.clock import DatabaseClock
@@ -68,6 +81,8 @@ ROUTERS = (
     metrics.router,
     task_types.router,
     claims.router,
+    assets.router,
+    assets.links_router,
 )
 
 
@@ -146,6 +161,11 @@ async def _open(settings: Settings, url: str, registry: ToolRegistry) -> AppStat
         mcp=hub,
         discovery=ToolDiscovery(hub, registry),
         streams=StreamHub(db.listen_url(settings, url), pool),
+        # An upload holds a connection while its client sends: at most half the pool.
+        uploads=UploadSlots(
+            total=max(1, settings.pool_max_size // 2),
+            per_agent=max(1, settings.pool_max_size // 4),
+        ),
         clock=DatabaseClock(),
     )
 

@@ -13,6 +13,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from api.discovery import ToolDiscovery
 from api.streams import StreamHub
+from api.uploads import UploadSlots
 from pao import db, pagination
 from pao.clock import DatabaseClock
 from pao.errors import Forbidden, RateLimited, Unauthenticated
@@ -37,7 +38,10 @@ class AppState:
     mcp: McpHub
     discovery: ToolDiscovery
     streams: StreamHub
+    uploads: UploadSlots
     clock: DatabaseClock  # the database's, measured on requests' own connections
+    # The signed asset links' key, read once (pao.assets.link_key).
+    link_key: bytes | None = None
 
     @asynccontextmanager
     async def tx(self) -> AsyncIterator[db.Conn]:
@@ -174,6 +178,8 @@ TasksWrite = Annotated[Agent, Depends(scope(Scope.TASKS_WRITE))]
 RunsRead = Annotated[Agent, Depends(scope(Scope.RUNS_READ))]
 EventsPublish = Annotated[Agent, Depends(scope(Scope.EVENTS_PUBLISH))]
 Admin = Annotated[Agent, Depends(scope(Scope.ADMIN))]
+AssetsRead = Annotated[Agent, Depends(scope(Scope.ASSETS_READ))]
+AssetsWrite = Annotated[Agent, Depends(scope(Scope.ASSETS_WRITE))]
 
 
 def request_id(request: Request) -> str | None:

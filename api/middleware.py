@@ -31,6 +31,9 @@ access_log = logging.getLogger("api.access")
 MAX_BODY_BYTES = 256 * 1024
 MAX_DEPTH = 64
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Bodies read by their route as they arrive (an upload is streamed, never held whole): the
+# route bounds them itself.
+STREAMED_BODIES = frozenset({("POST", "/assets")})
 _CLIENT_ID = re.compile(r"^[\x21-\x7e]{1,128}$")  # visible ASCII: safe to echo in a header
 
 
@@ -160,7 +163,10 @@ class RequestMiddleware:
             )
 
     async def _call(self, scope: Scope, receive: Receive, send_with_id: Send) -> None:
-        if scope["method"] in ("POST", "PUT", "PATCH"):
+        if (
+            scope["method"] in ("POST", "PUT", "PATCH")
+            and (scope["method"], scope["path"]) not in STREAMED_BODIES
+        ):
             body, rejection = await self._read_body(Request(scope), receive)
             if rejection is not None:
                 await rejection(scope, receive, send_with_id)

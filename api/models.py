@@ -13,10 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from pao import costs
 from pao.budgets import Usage
 from pao.costs import Window
-from pao.models import Agent, Event, Run, RunLog, Task
+from pao.models import Agent, Asset, Event, Run, RunLog, Task
 from pao.schemas import TaskFields
 from pao.store.task_types import TaskType
-from pao.vocabulary import TaskStatus
+from pao.vocabulary import AssetStatus, RemoteStepState, TaskStatus
 
 T = TypeVar("T")
 
@@ -350,7 +350,7 @@ class ClaimLease(BaseModel):
 
 class ClaimEnded(BaseModel):
     claim_id: str
-    state: str
+    state: RemoteStepState
 
 
 class ClaimOutcome(BaseModel):
@@ -359,10 +359,49 @@ class ClaimOutcome(BaseModel):
         description="200: the step succeeded; 404 (unknown claim) or 409 (claim lost): this "
         "item changed nothing and the claimer should stop working on it"
     )
-    state: str | None = Field(None, description="`succeeded` when status is 200")
+    state: RemoteStepState | None = Field(None, description="`succeeded` when status is 200")
     type: str | None = Field(None, description="the problem type when status is not 200")
     detail: str | None = None
 
 
 class ClaimOutcomes(BaseModel):
     items: list[ClaimOutcome] = Field(description="one per item sent, in the same order")
+
+
+class AssetPublic(BaseModel):
+    """An asset: a stored file. `sha256` (hex) is also its content's ETag."""
+
+    id: uuid.UUID
+    label: str
+    filename: str
+    media_type: str = Field(description="What the content is, sniffed from its first bytes.")
+    size: int
+    sha256: str
+    tags: list[str]
+    status: AssetStatus
+    created_by: uuid.UUID
+    run_id: uuid.UUID | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, asset: Asset) -> AssetPublic:
+        return cls(
+            id=asset.id,
+            label=asset.label,
+            filename=asset.filename,
+            media_type=asset.media_type,
+            size=asset.size,
+            sha256=asset.sha256.hex(),
+            tags=asset.tags,
+            status=asset.status,
+            created_by=asset.created_by,
+            run_id=asset.run_id,
+            created_at=asset.created_at,
+        )
+
+
+class AssetLink(BaseModel):
+    """A signed URL that reads the asset's content without a token until `expires_at`."""
+
+    url: str
+    expires_at: datetime

@@ -27,10 +27,15 @@ from pao.errors import (
     PaoError,
     PreconditionFailed,
     QuotaExceeded,
+    RangeNotSatisfiable,
     RateLimited,
     RunRateLimited,
     TaskTypeUnavailable,
+    TooLarge,
     Unauthenticated,
+    UnsupportedMediaType,
+    UploadInterrupted,
+    UploadStalled,
 )
 from pao.mcp import McpUnavailable
 
@@ -44,9 +49,12 @@ _TITLES = {
     403: "Forbidden",
     404: "Not found",
     405: "Method not allowed",
+    408: "Request timeout",
     409: "Conflict",
     412: "Precondition failed",
     413: "Request body too large",
+    415: "Unsupported media type",
+    416: "Range not satisfiable",
     422: "Invalid request",
     429: "Too many requests",
     500: "Internal error",
@@ -68,6 +76,11 @@ _STATUS: list[tuple[type[PaoError], int, str]] = [
     (RunRateLimited, 429, "run-rate-limited"),
     (RateLimited, 429, "rate-limited"),
     (QuotaExceeded, 409, "quota-exceeded"),
+    (TooLarge, 413, "too-large"),
+    (UploadStalled, 408, "upload-stalled"),
+    (UploadInterrupted, 400, "upload-interrupted"),
+    (UnsupportedMediaType, 415, "unsupported-media-type"),
+    (RangeNotSatisfiable, 416, "range-not-satisfiable"),
     (DatabaseUnavailable, 503, "database-unavailable"),
     (NotMigrated, 503, "not-migrated"),
     (McpUnavailable, 503, "tool-server-unavailable"),
@@ -156,6 +169,8 @@ async def _on_pao_error(request: Request, exc: Exception) -> JSONResponse:
                 headers["Retry-After"] = "2"
             if isinstance(exc, RateLimited):
                 headers["Retry-After"] = str(exc.retry_after)
+            if isinstance(exc, RangeNotSatisfiable):
+                headers["Content-Range"] = f"bytes */{exc.size}"
             return problem(
                 status, exc.message, request=request, slug=slug, errors=errors, headers=headers
             )

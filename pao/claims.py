@@ -47,7 +47,7 @@ from pao.store.runs import WaitingWork
 from pao.store.task_types import TaskType
 from pao.streams import log as log_event
 from pao.task_types import check_output, check_parameters
-from pao.vocabulary import RunStatus, ScheduleKind, StepStatus
+from pao.vocabulary import RemoteStepState, RunStatus, ScheduleKind, StepStatus
 
 DEFAULT_TIMEZONE = Settings.default_timezone
 _CLAIM_ID = re.compile(r"^rc_([1-9][0-9]{0,18})_([1-9][0-9]{0,9})_([0-9a-f]{32})$")
@@ -210,11 +210,11 @@ def _verdict(agent: Agent, parsed: ParsedClaim, held: store.Held | None) -> stor
         raise NotFound(_UNKNOWN)
     if held.holder_agent_id != agent.id:
         raise Forbidden("this claim belongs to another agent; only its holder may use it")
-    if held.state == "succeeded":
+    if held.state == RemoteStepState.SUCCEEDED:
         raise ClaimLost("this step was completed already; nothing more to do")
-    if held.state == "failed":
+    if held.state == RemoteStepState.FAILED:
         raise ClaimLost("this step was failed already; nothing more to do")
-    if held.state == "cancelled" or not held.run_live:
+    if held.state == RemoteStepState.CANCELLED or not held.run_live:
         raise ClaimLost("the step's run was cancelled or has ended; stop working on it")
     if not held.lease_live:
         raise ClaimLost(

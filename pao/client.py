@@ -170,6 +170,30 @@ class TaskType(TypedDict):
     updated_at: str
 
 
+class Asset(TypedDict):
+    id: str
+    label: str
+    filename: str
+    media_type: str
+    size: int
+    sha256: str
+    tags: list[str]
+    status: str
+    created_by: str
+    run_id: str | None
+    created_at: str
+
+
+class AssetPage(TypedDict):
+    items: list[Asset]
+    next_cursor: str | None
+
+
+class AssetLink(TypedDict):
+    url: str
+    expires_at: str
+
+
 class TaskTypePage(TypedDict):
     items: list[TaskType]
     next_cursor: str | None
@@ -310,6 +334,8 @@ class PaoClient:
         json: Any = None,
         params: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        data: Mapping[str, Any] | None = None,
+        files: Mapping[str, Any] | None = None,
     ) -> Any:
         headers = {"Authorization": f"Bearer {self._token}", "Accept": "application/json"}
         if idempotency_key:
@@ -319,7 +345,7 @@ class PaoClient:
 
         try:
             response = await self._http.request(
-                method, path, json=json, params=query, headers=headers
+                method, path, json=json, params=query, headers=headers, data=data, files=files
             )
         except httpx.HTTPError as exc:
             raise ApiUnreachable(
@@ -534,6 +560,106 @@ class PaoClient:
         """Hand the step back unfinished (no attempt spent): the next claimer gets it at
         once with a new claim id, and this one answers 409 from then on."""
         await self._call("POST", f"/claims/{_claim(claim_id)}/release")
+
+    # Assets
+
+    async def upload_asset(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        label: str = "",
+        tags: Sequence[str] = (),
+        media_type: str | None = None,
+        run_id: str | None = None,
+        filename: str | None = None,
+    ) -> Asset:
+        """Upload a file, streamed from disk (never read whole). `media_type` is checked
+        against the content (unset: sniffed); `run_id` attaches it to a run you may see or
+        hold a claim on. ApiProblem 413 over PAO_ASSET_MAX_BYTES, 409 over the quota."""
+        data: dict[str, Any] = {"label": label}
+        if tags:
+            data["tags"] = list(tags)
+        if run_id is not None:
+            data["run_id"] = _id(run_id)
+        name = filename if filename is not None else os.path.basename(os.fspath(path))
+        with open(path, "rb") as fh:  # noqa: ASYNC230 (httpx reads it piece by piece)
+            files = {"file": (name, fh, media_type or "application/octet-stream")}
+            return cast(Asset, await self._call("POST", "/assets", data=data, files=files))
+
+    async def list_assets(
+        self,
+        *,
+        tag: str | None = None,
+        label: str | None = None,
+        media_type: str | None = None,
+        run_id: str | None = None,
+        task_id: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> AssetPage:
+        """`media_type` may name a family: `audio/*`."""
+        params = {
+            "tag": tag,
+            "label": label,
+            "media_type": media_type,
+            "run_id": run_id,
+            "task_id": task_id,
+            "limit": limit,
+            "cursor": cursor,
+        }
+        return cast(AssetPage, await self._call("GET", "/assets", params=params))
+
+    async def get_asset(self, asset_id: str) -> Asset:
+        return cast(Asset, await self._call("GET", f"/assets/{_id(asset_id)}"))
+
+    async def delete_asset(self, asset_id: str) -> None:
+        await self._call("DELETE", f"/assets/{_id(asset_id)}")
+
+    async def asset_link(self, asset_id: str, expires_in: int = 900) -> AssetLink:
+        """A signed URL that reads the asset without a token for `expires_in` seconds."""
+        body = {"expires_in": expires_in}
+        return cast(
+            AssetLink, await self._call("POST", f"/assets/{_id(asset_id)}/links", json=body)
+        )
+
+    async def download_asset(self, asset_id: str, path: str | os.PathLike[str]) -> Asset:
+        """Write the asset's content to `path`, streamed, and check it against its SHA-256
+        (the ETag); on a mismatch or an error the partial file is removed."""
+        import hashlib
+
+        import httpx
+
+        asset = await self.get_asset(asset_id)
+        headers = {"Authorization": f"Bearer {self._token}"}
+        url = f"/assets/{_id(asset_id)}/content"
+        digest = hashlib.sha256()
+        try:
+            with open(path, "wb") as out:  # noqa: ASYNC230 (a piece at a time)
+                async with self._http.stream("GET", url, headers=headers) as response:
+                    if response.is_error:
+                        await response.aread()
+                        raise ApiProblem.of(response)
+                    async for piece in response.aiter_bytes(1 << 20):
+                        digest.update(piece)
+                        out.write(piece)
+                    etag = response.headers.get("etag", "")
+            if etag.strip('"') != digest.hexdigest():
+                raise ApiProblem(
+                    status=502,
+                    title="Corrupted download",
+                    detail=f"the content of asset {asset_id} does not match its SHA-256; "
+                    "download it again",
+                )
+        except httpx.HTTPError as exc:
+            os.unlink(path)
+            raise ApiUnreachable(
+                f"the download of asset {asset_id} broke off ({exc.__class__.__name__}: {exc})"
+            ) from exc
+        except BaseException:
+            with suppress(FileNotFoundError):
+                os.unlink(path)
+            raise
+        return asset
 
 
 # Remote workers ------------------------------------------------------------------------

@@ -110,6 +110,30 @@ class RateLimited(PaoError):
         self.retry_after = retry_after
 
 
+class TooLarge(PaoError):
+    """The request body is larger than this server accepts."""
+
+
+class UploadStalled(PaoError):
+    """The client sent nothing for a minute; the upload was given up and nothing kept."""
+
+
+class UploadInterrupted(PaoError):
+    """The client closed the connection before the upload ended; nothing was kept."""
+
+
+class UnsupportedMediaType(PaoError):
+    """The request body is not of a type this endpoint reads."""
+
+
+class RangeNotSatisfiable(PaoError):
+    """The requested range lies beyond the end of the content."""
+
+    def __init__(self, message: str | None = None, *, size: int) -> None:
+        super().__init__(message)
+        self.size = size
+
+
 class BudgetExceeded(RateLimited):
     """The agent's budget has no room for this run; retry after Retry-After seconds (when
     its window resets), or ask an admin to raise the budget."""

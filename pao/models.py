@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any, NotRequired, TypedDict
 
 from pao.vocabulary import (
+    AssetStatus,
     BackoffStrategy,
     LogLevel,
     MisfirePolicy,
@@ -184,3 +185,28 @@ class Event:
     # Whose event tasks it reaches besides its publisher's: every agent's, or these.
     audience_all: bool = False
     audience: list[uuid.UUID] | None = None
+
+
+@dataclass(frozen=True)
+class Asset:
+    id: uuid.UUID
+    created_by: uuid.UUID
+    label: str
+    filename: str
+    media_type: str
+    size: int
+    sha256: bytes
+    tags: list[str]
+    status: AssetStatus
+    chunk_bytes: int
+    run_id: uuid.UUID | None
+    task_id: uuid.UUID | None
+    created_at: datetime
+
+    def __post_init__(self) -> None:
+        _set(self, "status", AssetStatus(self.status))
+
+    @property
+    def etag(self) -> str:
+        """The strong validator of its bytes: the quoted SHA-256, in hex."""
+        return f'"{self.sha256.hex()}"'

@@ -358,3 +358,15 @@ class ClaimFail(_Strict):
     retryable: StrictBool = Field(
         False, description="whether trying the step again could succeed (the task's retries)"
     )
+
+
+class AssetLinkCreate(_Strict):
+    """POST /assets/{id}/links: how long the signed link works."""
+
+    expires_in: int = Field(
+        default=900,
+        ge=1,
+        le=3600,
+        strict=True,
+        description="Seconds until the link stops working (1 to 3600; default 900).",
+    )

@@ -67,6 +67,12 @@ class Settings:
     # Peers whose X-Forwarded-For / X-Forwarded-Proto are believed (uvicorn's
     # forwarded_allow_ips): addresses or CIDRs, "*" for any.
     forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1",)
+    # The largest asset, and the asset bytes one agent may keep (pao.assets).
+    asset_max_bytes: int = 1 << 30
+    asset_quota_bytes: int = 10 << 30
+    # The key of signed asset links; unset: one made on first use and kept in the database,
+    # so every API replica signs and checks links alike.
+    asset_link_secret: str | None = None
     # What one call of a built-in tool costs, by name (PAO_TOOL_COSTS="log=0.5,sleep=0"):
     # charged before each step that calls it, against budgets. Unlisted tools are free.
     tool_costs: tuple[tuple[str, Decimal], ...] = ()
@@ -127,6 +133,9 @@ class Settings:
                 env, "PAO_STEP_OUTPUT_MAX_BYTES", 33_554_432, low=1024, high=1_073_741_824
             ),
             forwarded_allow_ips=_csv(env.get("PAO_FORWARDED_ALLOW_IPS") or "127.0.0.1"),
+            asset_max_bytes=_int(env, "PAO_ASSET_MAX_BYTES", 1 << 30, low=1, high=1 << 40),
+            asset_quota_bytes=_int(env, "PAO_ASSET_QUOTA_BYTES", 10 << 30, low=0, high=1 << 50),
+            asset_link_secret=_secret(env, "PAO_ASSET_LINK_SECRET"),
             tool_costs=_costs(env, "PAO_TOOL_COSTS"),
         )
 
@@ -135,6 +144,17 @@ def _csv(raw: str | None) -> tuple[str, ...]:
     if not raw:
         return ()
     return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _secret(env: Mapping[str, str], name: str) -> str | None:
+    raw = env.get(name)
+    if not raw:
+        return None
+    if len(raw) < 32:
+        raise SettingsError(
+            f"{name} must be at least 32 characters (e.g. `openssl rand -hex 32`), got {len(raw)}"
+        )
+    return raw
 
 
 def _costs(env: Mapping[str, str], name: str) -> tuple[tuple[str, Decimal], ...]:

@@ -119,6 +119,8 @@ class Scope(StrEnum):
     EVENTS_PUBLISH = "events:publish"  #: Publish events to its own event tasks.
     EVENTS_BROADCAST = "events:broadcast"  #: Publish to other agents' tasks (an `audience`).
     WORK_CLAIM = "work:claim"  #: Claim and end work of the task types it serves.
+    ASSETS_READ = "assets:read"  #: Read its own assets, download them, hand out signed links.
+    ASSETS_WRITE = "assets:write"  #: Upload and delete its own assets.
     ADMIN = "admin"  #: Everything, over every agent.
 
 
@@ -135,6 +137,13 @@ class RemoteStepState(StrEnum):
 LIVE_REMOTE_STEP_STATES: frozenset[RemoteStepState] = frozenset(
     {RemoteStepState.QUEUED, RemoteStepState.CLAIMED}
 )
+
+
+class AssetStatus(StrEnum):
+    """`assets.status`: whether an asset's bytes can be read."""
+
+    #: Every byte stored. An upload is one transaction, so no other state is ever seen.
+    READY = "ready"
 
 
 class BudgetPeriod(StrEnum):

@@ -15,10 +15,11 @@ from api.remote import POLL_SECONDS, RemoteWork
 from pao import claims as logic
 from pao.models import Agent
 from pao.schemas import ClaimComplete, ClaimCompleteMany, ClaimFail, ClaimProgress, ClaimRequest
+from pao.vocabulary import RemoteStepState, Scope
 
 router = APIRouter(tags=["claims"])
 
-WorkClaim = Annotated[Agent, Depends(scope("work:claim"))]
+WorkClaim = Annotated[Agent, Depends(scope(Scope.WORK_CLAIM))]
 Name = Annotated[str, Path(min_length=1, max_length=128)]
 ClaimId = Annotated[str, Path(min_length=1, max_length=200)]
 LEASE_SLACK_SECONDS = 0.05
@@ -105,7 +106,9 @@ async def complete_many(state: State, agent: WorkClaim, body: ClaimCompleteMany)
     outcomes = []
     for item, error in zip(items, refused, strict=True):
         if error is None:
-            outcomes.append(ClaimOutcome(claim_id=item.claim_id, status=200, state="succeeded"))
+            outcomes.append(
+                ClaimOutcome(claim_id=item.claim_id, status=200, state=RemoteStepState.SUCCEEDED)
+            )
         else:
             status, type_ = problem_type(error)
             outcomes.append(
@@ -154,7 +157,7 @@ async def complete(
             now=await state.clock.now(conn),
             default_timezone=state.settings.default_timezone,
         )
-    return ClaimEnded(claim_id=claim_id, state="succeeded")
+    return ClaimEnded(claim_id=claim_id, state=RemoteStepState.SUCCEEDED)
 
 
 @router.post("/claims/{claim_id}/fail", response_model=ClaimEnded, responses=conflicts(409))
@@ -171,7 +174,7 @@ async def fail(state: State, agent: WorkClaim, claim_id: ClaimId, body: ClaimFai
             retry_base_seconds=state.settings.retry_base_seconds,
             retry_cap_seconds=state.settings.retry_cap_seconds,
         )
-    return ClaimEnded(claim_id=claim_id, state="failed")
+    return ClaimEnded(claim_id=claim_id, state=RemoteStepState.FAILED)
 
 
 @router.post("/claims/{claim_id}/release", response_model=ClaimEnded, responses=conflicts(409))
@@ -181,4 +184,4 @@ async def release(state: State, agent: WorkClaim, claim_id: ClaimId) -> ClaimEnd
     answers 409 afterwards. 409 if the claim was lost already."""
     async with state.tx() as conn:
         await logic.release(conn, agent, claim_id)
-    return ClaimEnded(claim_id=claim_id, state="queued")
+    return ClaimEnded(claim_id=claim_id, state=RemoteStepState.QUEUED)

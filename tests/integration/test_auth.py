@@ -25,6 +25,8 @@ PUBLIC_PATHS = {
     "/ui",
     "/ui/",
     "/ui/{name}",
+    # A signed asset link is its own credential (HMAC over the asset id and expiry).
+    "/asset-links/{asset_id}",
 }
 
 
@@ -55,6 +57,10 @@ def test_every_route_declares_its_scope(app: FastAPI) -> None:
     assert by_path[("GET", "/tasks/{task_id}/stream")] == {"runs:read"}
     assert by_path[("POST", "/events")] == {"events:publish"}
     assert by_path[("DELETE", "/agents/{agent_id}")] == {"admin"}
+    assert by_path[("POST", "/assets")] == {"assets:write"}
+    assert by_path[("DELETE", "/assets/{asset_id}")] == {"assets:write"}
+    assert by_path[("GET", "/assets/{asset_id}/content")] == {"assets:read"}
+    assert by_path[("POST", "/assets/{asset_id}/links")] == {"assets:read"}
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ from pao.vocabulary import (
     LIVE_RUN_STATUSES,
     LIVE_TASK_STATUSES,
     LIVE_WORK_STATES,
+    AssetStatus,
     BackoffStrategy,
     BudgetPeriod,
     Decision,
@@ -67,6 +68,7 @@ EXPECTED: dict[str, set[str]] = {
     "remote_steps_finished_when_final": _words(LIVE_REMOTE_STEP_STATES),
     "remote_steps_succeeded_has_output": {RemoteStepState.SUCCEEDED},
     "remote_steps_failed_has_error": {RemoteStepState.FAILED},
+    "assets_status_known": _words(AssetStatus),
     "agent_spending_period_known": _words(BudgetPeriod),
 }
 # Quoted words PostgreSQL writes back that are types or JSON kinds, not states.

@@ -1,0 +1,70 @@
+-- name: asset_insert
+-- The asset row of an upload whose chunks are written; its owner's usage grows with it.
+INSERT INTO assets (
+    id, created_by, label, filename, media_type, size, sha256, tags, status, chunk_bytes,
+    run_id, task_id)
+VALUES (
+    %(id)s, %(created_by)s, %(label)s, %(filename)s, %(media_type)s, %(size)s, %(sha256)s,
+    %(tags)s, %(status)s, %(chunk_bytes)s, %(run_id)s, %(task_id)s)
+RETURNING *
+
+-- name: asset_chunks_copy
+-- An upload's chunks, streamed in binary (asset_id, seq, data) rows.
+COPY asset_chunks (asset_id, seq, data) FROM STDIN (FORMAT BINARY)
+
+-- name: asset_get
+-- One asset, only if `owner` (NULL: anyone's) owns it.
+SELECT * FROM assets
+WHERE id = %(id)s AND (%(owner)s::uuid IS NULL OR created_by = %(owner)s::uuid)
+
+-- name: asset_list
+-- A page of assets, newest first, filtered; `owner` NULL lists every agent's. Planned for
+-- each call's own filters, never prepared (as run_list). `media_prefix` matches `audio/*`.
+SELECT * FROM assets
+WHERE (%(owner)s::uuid IS NULL OR created_by = %(owner)s::uuid)
+  AND (%(tag)s::text IS NULL OR tags @> ARRAY[%(tag)s::text])
+  AND (%(label)s::text IS NULL OR label = %(label)s::text)
+  AND (%(media_type)s::text IS NULL OR media_type = %(media_type)s::text)
+  AND (%(media_prefix)s::text IS NULL OR starts_with(media_type, %(media_prefix)s::text))
+  AND (%(run_id)s::uuid IS NULL OR run_id = %(run_id)s::uuid)
+  AND (%(task_id)s::uuid IS NULL OR task_id = %(task_id)s::uuid)
+  AND (created_at, id) < (
+      COALESCE(%(after_created)s::timestamptz, 'infinity'),
+      COALESCE(%(after_id)s::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+ORDER BY created_at DESC, id DESC
+LIMIT %(limit)s
+
+-- name: asset_delete
+-- Remove an asset (its chunks go with it), only if `owner` (NULL: anyone's) owns it.
+DELETE FROM assets
+WHERE id = %(id)s AND (%(owner)s::uuid IS NULL OR created_by = %(owner)s::uuid)
+RETURNING id
+
+-- name: asset_chunk_read
+-- Bytes `offset` (from 1) to `offset + count - 1` of one chunk: substring reads only the
+-- slices of an uncompressed (STORAGE EXTERNAL) value it needs.
+SELECT substring(data FROM %(offset)s FOR %(count)s) AS data FROM asset_chunks
+WHERE asset_id = %(asset_id)s AND seq = %(seq)s
+
+-- name: asset_usage_get
+-- The bytes an agent keeps in assets (0 before its first).
+SELECT COALESCE((SELECT bytes FROM asset_usage WHERE agent_id = %(agent_id)s), 0) AS bytes
+
+-- name: asset_run_owner
+-- The owner and task of a run an uploader may attach an asset to: one it may see (`owner`
+-- NULL: any), or one with a step it holds a live claim on (a remote worker's output).
+SELECT t.created_by, r.task_id FROM runs r
+JOIN tasks t ON t.id = r.task_id
+WHERE r.id = %(run_id)s
+  AND (%(owner)s::uuid IS NULL OR t.created_by = %(owner)s::uuid OR EXISTS (
+      SELECT 1 FROM remote_steps s
+      WHERE s.run_id = r.id AND s.holder_agent_id = %(caller)s AND s.state = 'claimed'))
+
+-- name: server_secret_ensure
+-- Make the named secret unless one exists (the first replica to ask makes it).
+INSERT INTO server_secrets (name, value) VALUES (%(name)s, %(value)s)
+ON CONFLICT (name) DO NOTHING
+
+-- name: server_secret_get
+-- The named secret.
+SELECT value FROM server_secrets WHERE name = %(name)s

@@ -125,6 +125,8 @@ class Task:
     budget_per_run: Decimal | None = None
     # The sum of its steps' declared costs when it was written: what admission reserves.
     cost_estimate: Decimal = Decimal(0)
+    # The tzdata release that computed next_run_at ('': not recorded, stored before 0018).
+    tzdata_version: str = ""
 
     def __post_init__(self) -> None:
         _set(self, "schedule_kind", ScheduleKind(self.schedule_kind))

@@ -408,7 +408,10 @@ async def update_task(
             count_task=owner_changed,
         )
     if not schedule_changed:
+        # Kept as stored, with the release that computed it: an edit of anything else never
+        # hides a time an older tzdata computed from the scheduler's recompute.
         next_run_at = task.next_run_at
+        fields["tzdata_version"] = task.tzdata_version
     else:
         taken = await runs.take_back_scheduled(conn, task.id, reason="the schedule changed")
         await occurrence_store.redecide(

@@ -72,6 +72,9 @@ class Decision(StrEnum):
     #: The owner's budget_per_day or budget_per_month had no room for its estimated cost.
     OVER_BUDGET = "over_budget"
     RATE_LIMITED = "rate_limited"  #: The owner had started max_runs_per_hour runs this hour.
+    #: A stored fire time that a tzdata upgrade's new zone rules dropped; the task fires at
+    #: the time the new rules give instead (the detail says which, and which releases).
+    RECOMPUTED = "recomputed"
 
 
 class QueueReason(StrEnum):

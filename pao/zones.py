@@ -9,6 +9,7 @@ package ships before any file is opened, so a name can never be a path.
 from __future__ import annotations
 
 import functools
+import importlib
 import re
 import struct
 from datetime import UTC, timedelta
@@ -18,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 from pao.errors import InvalidInput
 
-__all__ = ["UTC", "get_zone", "offset_bounds", "zone_names"]
+__all__ = ["UTC", "get_zone", "offset_bounds", "tzdata_version", "zone_names"]
 
 _MAX_NAME = 100
 
@@ -30,6 +31,14 @@ def zone_names() -> frozenset[str]:
     names = {line.strip() for line in text.splitlines() if line.strip()}
     names.add("UTC")
     return frozenset(names)
+
+
+@functools.cache
+def tzdata_version() -> str:
+    """The IANA release (such as 2026f) of the `tzdata` package every zone here comes from:
+    what each stored fire time records, so that the scheduler knows which to recompute
+    when an upgrade brings new rules."""
+    return str(importlib.import_module("tzdata").IANA_VERSION)
 
 
 def _check(name: str) -> str:

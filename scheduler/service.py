@@ -28,18 +28,24 @@ from pao.errors import DatabaseUnavailable
 from pao.settings import Settings
 from pao.store import events, heartbeats, runs
 from pao.vocabulary import ProcessKind, WorkState
+from pao.zones import tzdata_version
 from scheduler import metrics
 from scheduler.housekeeping import prune_step
 from scheduler.materialise import materialise_batch
 from scheduler.rescue import rescue_batch
+from scheduler.retime import retime_batch
 
 log = logging.getLogger(__name__)
 
 MATERIALISE_BATCH = 1000
+RETIME_BATCH = 1000
 RESCUE_BATCH = 100
 EVENT_BATCH = 100
 HEARTBEAT_SECONDS = 5.0
 HOUSEKEEPING_SECONDS = 60.0
+# How often to look for fire times an older tzdata computed (at start, then now and then, for
+# tasks an API replica still on the old release wrote during an upgrade). Cheap: an index read.
+RETIME_SECONDS = 60.0
 GAUGE_SECONDS = 10.0
 # One tick's jobs stop taking new batches after this long, so ticks stay short.
 TICK_BUDGET_SECONDS = 10.0
@@ -74,6 +80,7 @@ class Scheduler:
             f"scheduler-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         )
         self._db_down = False
+        self._retimed_once = False
         self._running = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -97,6 +104,30 @@ class Scheduler:
             metrics.MATERIALISED.inc(n)
             if tasks < MATERIALISE_BATCH or self._over_budget(started):
                 return queued
+
+    async def retime(self) -> int:
+        """Recompute the stored fire times an older tzdata release computed; returns how many
+        moved. Each task once, however many schedulers do this at the same time."""
+        version = tzdata_version()
+        seen = moved = 0
+        started = asyncio.get_running_loop().time()
+        while True:
+            async with db.connection(self.pool) as conn:
+                now = await self.now(conn)
+                n, m = await retime_batch(conn, now=now, version=version, limit=RETIME_BATCH)
+            seen, moved = seen + n, moved + m
+            if n < RETIME_BATCH or self._over_budget(started):
+                break
+        if seen or not self._retimed_once:
+            log.info(
+                "zone rules of tzdata %s: %s tasks' fire times were computed with an older "
+                "release; %s of them moved",
+                version,
+                seen,
+                moved,
+            )
+        self._retimed_once = True
+        return moved
 
     async def rescue(self) -> int:
         """Return work with expired leases to the queue (or end it); returns how many."""
@@ -239,6 +270,7 @@ class Scheduler:
         """Run the periodic jobs until `stop` is set."""
         tick = self.settings.scheduler_tick_ms / 1000
         jobs: list[tuple[str, Callable[[], Awaitable[object]], float]] = [
+            ("retime", self.retime, RETIME_SECONDS),
             ("materialise", self.materialise, tick),
             ("rescue", self.rescue, max(tick, 1.0)),
             ("events", self.dispatch_events, tick),

@@ -1,18 +1,19 @@
 -- name: task_insert
--- Store a validated task with its first fire time; `created_at` is the instant the schedule
--- was checked against (an rrule without DTSTART starts from it), not the database's clock.
+-- Store a validated task with its first fire time (and the tzdata release that computed it);
+-- `created_at` is the instant the schedule was checked against (an rrule without DTSTART
+-- starts from it), read from the database's clock when the request began.
 INSERT INTO tasks (
     created_by, title, description, schedule_kind, schedule_expr, timezone, payload,
     priority, dedupe_key, dedupe_window_seconds, max_retries, backoff_strategy,
     concurrency_key, concurrency_limit, next_run_at, misfire_policy, misfire_grace_seconds,
-    created_at, updated_at, hourly_peak, budget_per_run, cost_estimate
+    created_at, updated_at, hourly_peak, budget_per_run, cost_estimate, tzdata_version
 ) VALUES (
     %(created_by)s, %(title)s, %(description)s, %(schedule_kind)s, %(schedule_expr)s,
     %(timezone)s, %(payload)s, %(priority)s, %(dedupe_key)s, %(dedupe_window_seconds)s,
     %(max_retries)s, %(backoff_strategy)s, %(concurrency_key)s, %(concurrency_limit)s,
     %(next_run_at)s,
     %(misfire_policy)s, %(misfire_grace_seconds)s, %(created_at)s, %(created_at)s,
-    %(hourly_peak)s, %(budget_per_run)s, %(cost_estimate)s
+    %(hourly_peak)s, %(budget_per_run)s, %(cost_estimate)s, %(tzdata_version)s
 )
 RETURNING *
 
@@ -42,7 +43,8 @@ ORDER BY created_at DESC, id DESC
 LIMIT %(limit)s
 
 -- name: task_update
--- Write every changeable field of a task at once and bump its version.
+-- Write every changeable field of a task at once (and the tzdata release that computed its
+-- next fire time) and bump its version.
 UPDATE tasks
 SET created_by = %(created_by)s,
     title = %(title)s,
@@ -64,16 +66,19 @@ SET created_by = %(created_by)s,
     hourly_peak = %(hourly_peak)s,
     budget_per_run = %(budget_per_run)s,
     cost_estimate = %(cost_estimate)s,
+    tzdata_version = %(tzdata_version)s,
     version = version + 1,
     updated_at = now()
 WHERE id = %(id)s
 RETURNING *
 
 -- name: task_set_state
--- Move a task to a status with its next fire time (pause, resume, cancel, snooze).
+-- Move a task to a status with its next fire time (pause, resume, cancel, snooze), and the
+-- tzdata release that computed it.
 UPDATE tasks
 SET status = %(status)s,
     next_run_at = %(next_run_at)s,
+    tzdata_version = %(tzdata_version)s,
     paused_at = CASE WHEN %(status)s = 'paused' THEN COALESCE(paused_at, now()) END,
     version = version + 1,
     updated_at = now()
@@ -115,9 +120,10 @@ LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED
 
 -- name: task_advance_many
--- After materialising a batch (one JSON document): each task's next fire time, and `completed`
--- when nothing is left to run.
-UPDATE tasks t SET next_run_at = a.next_run_at, status = a.status
+-- After materialising a batch (one JSON document): each task's next fire time, the tzdata
+-- release that computed it, and `completed` when nothing is left to run.
+UPDATE tasks t
+SET next_run_at = a.next_run_at, status = a.status, tzdata_version = %(tzdata_version)s
 FROM jsonb_to_recordset(%(batch)s::jsonb) AS a(id uuid, next_run_at timestamptz, status text)
 WHERE t.id = a.id
 
@@ -152,3 +158,24 @@ LEFT JOIN tasks t
   ON t.created_by = %(owner)s::uuid
  AND t.status IN ('active', 'paused')
  AND t.id IS DISTINCT FROM %(exclude)s::uuid
+
+-- name: task_lock_stale_zones
+-- Active tasks whose stored next fire time an older tzdata release computed ('' : one nobody
+-- recorded), oldest release first along tasks_tzdata_idx, locked for this scheduler;
+-- replicas skip them. `snoozed`: the task's latest decision is a snooze, still pending,
+-- whose time is no rule's (read on occurrences_task_idx, newest first).
+SELECT t.*,
+       (SELECT o.decision = 'snoozed' FROM occurrences o
+        WHERE o.task_id = t.id ORDER BY o.nominal_at DESC LIMIT 1) IS TRUE AS snoozed
+FROM tasks t
+WHERE t.status = 'active' AND t.next_run_at IS NOT NULL AND t.tzdata_version < %(version)s
+ORDER BY t.tzdata_version
+LIMIT %(limit)s
+FOR UPDATE OF t SKIP LOCKED
+
+-- name: task_retime_many
+-- After recomputing a batch (one JSON document): each task's next fire time, as computed
+-- with the tzdata release `version`, which the task now records.
+UPDATE tasks t SET next_run_at = a.next_run_at, tzdata_version = %(version)s
+FROM jsonb_to_recordset(%(batch)s::jsonb) AS a(id uuid, next_run_at timestamptz)
+WHERE t.id = a.id

@@ -8,15 +8,19 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from pao.db import Conn, model_row
+from pao.db import Conn, from_row, model_row
 from pao.models import Task
 from pao.sql import QUERIES
 from pao.vocabulary import TaskStatus
+from pao.zones import tzdata_version
 
 
 def _params(fields: dict[str, Any]) -> dict[str, Any]:
     params = dict(fields)
     params["payload"] = Jsonb(params["payload"])
+    # What next_run_at was computed with: this process's release, unless the caller kept a
+    # stored time (and so the release that computed it).
+    params.setdefault("tzdata_version", tzdata_version())
     return params
 
 
@@ -79,7 +83,12 @@ async def set_task_state(
     async with conn.cursor(row_factory=model_row(Task)) as cur:
         await cur.execute(
             QUERIES["task_set_state"],
-            {"id": task_id, "status": status, "next_run_at": next_run_at},
+            {
+                "id": task_id,
+                "status": status,
+                "next_run_at": next_run_at,
+                "tzdata_version": tzdata_version(),
+            },
         )
         task = await cur.fetchone()
     assert task is not None
@@ -121,7 +130,26 @@ async def advance_many(
             {"id": str(i), "next_run_at": n.isoformat() if n else None, "status": s}
             for i, n, s in advances
         ]
-        await conn.execute(QUERIES["task_advance_many"], {"batch": Jsonb(batch)})
+        await conn.execute(
+            QUERIES["task_advance_many"],
+            {"batch": Jsonb(batch), "tzdata_version": tzdata_version()},
+        )
+
+
+async def lock_stale_zones(conn: Conn, *, version: str, limit: int) -> list[tuple[Task, bool]]:
+    """Up to `limit` active tasks whose next fire time a tzdata release older than `version`
+    computed, locked (other schedulers skip them); each with whether a snooze is pending."""
+    cur = await conn.execute(QUERIES["task_lock_stale_zones"], {"version": version, "limit": limit})
+    return [(from_row(Task, row), bool(row["snoozed"])) for row in await cur.fetchall()]
+
+
+async def retime_many(
+    conn: Conn, retimed: list[tuple[uuid.UUID, datetime]], *, version: str
+) -> None:
+    """Set each (task id, next_run_at), as computed with tzdata `version`, which they record."""
+    if retimed:
+        batch = [{"id": str(i), "next_run_at": n.isoformat()} for i, n in retimed]
+        await conn.execute(QUERIES["task_retime_many"], {"batch": Jsonb(batch), "version": version})
 
 
 async def owner_load(

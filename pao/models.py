@@ -125,7 +125,7 @@ class Task:
     budget_per_run: Decimal | None = None
     # The sum of its steps' declared costs when it was written: what admission reserves.
     cost_estimate: Decimal = Decimal(0)
-    # The tzdata release that computed next_run_at ('': not recorded, stored before 0018).
+    # The tzdata release that computed next_run_at ('': not recorded, stored before version_0019).
     tzdata_version: str = ""
 
     def __post_init__(self) -> None:

@@ -17,6 +17,8 @@ from tests.acceptance.running import api_process, worker_process
 from tests.helpers import auth
 
 WAIT_MS = 30_000  # how long the page may take to show what it is waiting for
+# `expect` has a timeout of its own (5 s), which a busy machine can pass while a page loads.
+expect.set_options(timeout=WAIT_MS)
 
 
 @pytest.fixture

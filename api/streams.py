@@ -574,7 +574,27 @@ class Relay:
         return events
 
 
-async def run_stream(
+@dataclass(frozen=True)
+class _Close:
+    """The stream ends here, after `frame` (why, for the client) when there is one."""
+
+    frame: str | None
+
+
+async def _next_events(relay: Relay, guard: StreamGuard) -> list[dict[str, Any]] | _Close | None:
+    """The next events (None: a heartbeat is due), or why the stream ends now: the server
+    stops, its lifetime is over, or its agent may no longer watch (or lost its slot)."""
+    events = await relay.next_events(guard.wait())
+    if relay.sub.stopped:
+        return _Close(None)
+    if guard.expired():
+        return _Close(LIFETIME_ENDED)
+    if not await guard.still_allowed(now=events is None):
+        return _Close(SLOT_LOST if guard.lapsed else None)
+    return events
+
+
+def run_stream(
     hub: StreamHub,
     pool: AsyncConnectionPool[db.Conn],
     *,
@@ -586,13 +606,17 @@ async def run_stream(
 ) -> AsyncIterator[str]:
     """One run's frames until it has ended (or its agent may no longer see it, or its
     lifetime is over)."""
+    return _guarded(hub, guard, _run_frames(hub, pool, owner, task_id, run_id, heartbeat, guard))
+
+
+async def _guarded(
+    hub: StreamHub, guard: StreamGuard, frames: AsyncGenerator[str, None]
+) -> AsyncIterator[str]:
+    """`frames`, closed with the stream (so it unsubscribes), its slot given back at the end."""
     try:
-        logs.task_id.set(str(task_id))
-        logs.run_id.set(str(run_id))
         if hub.stopping:
             return
-        frames = _run_frames(hub, pool, owner, task_id, run_id, heartbeat, guard)
-        async with contextlib.aclosing(frames):  # closed with this one: it unsubscribes
+        async with contextlib.aclosing(frames):
             async for text in frames:
                 yield text
     finally:
@@ -608,6 +632,8 @@ async def _run_frames(
     heartbeat: float,
     guard: StreamGuard,
 ) -> AsyncGenerator[str, None]:
+    logs.task_id.set(str(task_id))  # every line logged while streaming carries the ids
+    logs.run_id.set(str(run_id))
     sub = await hub.subscribe(task_id, run_id)
     relay = Relay(pool, owner, sub, heartbeat)
     try:
@@ -616,15 +642,10 @@ async def _run_frames(
         if run_id not in relay.seen:
             return  # gone since the request was checked (pruned history)
         while not _ended(relay, run_id):
-            events = await relay.next_events(guard.wait())
-            if sub.stopped:
-                return
-            if guard.expired():
-                yield LIFETIME_ENDED
-                return
-            if not await guard.still_allowed(now=events is None):
-                if guard.lapsed:
-                    yield SLOT_LOST
+            events = await _next_events(relay, guard)
+            if isinstance(events, _Close):
+                if events.frame:
+                    yield events.frame
                 return
             if events is None:
                 yield ": heartbeat\n\n"
@@ -638,7 +659,7 @@ async def _run_frames(
         hub.unsubscribe(sub)
 
 
-async def task_stream(
+def task_stream(
     hub: StreamHub,
     pool: AsyncConnectionPool[db.Conn],
     *,
@@ -649,16 +670,7 @@ async def task_stream(
 ) -> AsyncIterator[str]:
     """Every run of the task, as it happens, until the client leaves (or its agent may no
     longer see the task, or its lifetime is over)."""
-    try:
-        logs.task_id.set(str(task_id))
-        if hub.stopping:
-            return
-        frames = _task_frames(hub, pool, owner, task_id, heartbeat, guard)
-        async with contextlib.aclosing(frames):  # closed with this one: it unsubscribes
-            async for text in frames:
-                yield text
-    finally:
-        guard.release()
+    return _guarded(hub, guard, _task_frames(hub, pool, owner, task_id, heartbeat, guard))
 
 
 async def _task_frames(
@@ -669,6 +681,7 @@ async def _task_frames(
     heartbeat: float,
     guard: StreamGuard,
 ) -> AsyncGenerator[str, None]:
+    logs.task_id.set(str(task_id))
     sub = await hub.subscribe(task_id)
     relay = Relay(pool, owner, sub, heartbeat)
     try:
@@ -676,15 +689,10 @@ async def _task_frames(
         for text in await _recent(relay, task_id, first=True):
             yield text
         while True:
-            events = await relay.next_events(guard.wait())
-            if sub.stopped:
-                return
-            if guard.expired():
-                yield LIFETIME_ENDED
-                return
-            if not await guard.still_allowed(now=events is None):
-                if guard.lapsed:
-                    yield SLOT_LOST
+            events = await _next_events(relay, guard)
+            if isinstance(events, _Close):
+                if events.frame:
+                    yield events.frame
                 return
             if events is None or sub.overflowed:
                 if events is None:

@@ -415,6 +415,14 @@ def test_scheduler_and_worker_are_checked_on_their_metrics_server() -> None:
         assert settings.metrics_host in ("127.0.0.1", "0.0.0.0"), name  # noqa: S104
 
 
+def test_the_healthchecks_python_is_the_image_s_own() -> None:
+    """The image has no curl; `python` on its PATH is the venv pao is installed in."""
+    assert re.search(r"^ENV PATH=/opt/pao/bin:\$PATH", CONTAINERFILE.read_text(), re.M)
+    assert "/opt/pao" in re.findall(r"^RUN python -m venv (\S+)", CONTAINERFILE.read_text(), re.M)
+    for name in PAO_PROCESSES:
+        assert _services()[name]["healthcheck"]["test"][1] == "python", name
+
+
 def _run_check(service: Doc, url: str) -> int:
     """The service's healthcheck command, run here against `url` instead."""
     code = service["healthcheck"]["test"][3].replace(_url_check(service), url)

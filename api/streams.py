@@ -594,25 +594,11 @@ async def _next_events(relay: Relay, guard: StreamGuard) -> list[dict[str, Any]]
     return events
 
 
-def run_stream(
-    hub: StreamHub,
-    pool: AsyncConnectionPool[db.Conn],
-    *,
-    owner: uuid.UUID | None,
-    task_id: uuid.UUID,
-    run_id: uuid.UUID,
-    heartbeat: float,
-    guard: StreamGuard,
-) -> AsyncIterator[str]:
-    """One run's frames until it has ended (or its agent may no longer see it, or its
-    lifetime is over)."""
-    return _guarded(hub, guard, _run_frames(hub, pool, owner, task_id, run_id, heartbeat, guard))
-
-
-async def _guarded(
+async def guarded(
     hub: StreamHub, guard: StreamGuard, frames: AsyncGenerator[str, None]
 ) -> AsyncIterator[str]:
-    """`frames`, closed with the stream (so it unsubscribes), its slot given back at the end."""
+    """`frames` (`run_stream`, `task_stream`), closed with the stream (so they unsubscribe),
+    the stream's slot given back at the end, whatever ends it."""
     try:
         if hub.stopping:
             return
@@ -623,15 +609,18 @@ async def _guarded(
         guard.release()
 
 
-async def _run_frames(
+async def run_stream(
     hub: StreamHub,
     pool: AsyncConnectionPool[db.Conn],
+    *,
     owner: uuid.UUID | None,
     task_id: uuid.UUID,
     run_id: uuid.UUID,
     heartbeat: float,
     guard: StreamGuard,
 ) -> AsyncGenerator[str, None]:
+    """One run's frames until it has ended (or its agent may no longer see it, or its
+    lifetime is over); served through `guarded`."""
     logs.task_id.set(str(task_id))  # every line logged while streaming carries the ids
     logs.run_id.set(str(run_id))
     sub = await hub.subscribe(task_id, run_id)
@@ -659,7 +648,7 @@ async def _run_frames(
         hub.unsubscribe(sub)
 
 
-def task_stream(
+async def task_stream(
     hub: StreamHub,
     pool: AsyncConnectionPool[db.Conn],
     *,
@@ -667,20 +656,9 @@ def task_stream(
     task_id: uuid.UUID,
     heartbeat: float,
     guard: StreamGuard,
-) -> AsyncIterator[str]:
-    """Every run of the task, as it happens, until the client leaves (or its agent may no
-    longer see the task, or its lifetime is over)."""
-    return _guarded(hub, guard, _task_frames(hub, pool, owner, task_id, heartbeat, guard))
-
-
-async def _task_frames(
-    hub: StreamHub,
-    pool: AsyncConnectionPool[db.Conn],
-    owner: uuid.UUID | None,
-    task_id: uuid.UUID,
-    heartbeat: float,
-    guard: StreamGuard,
 ) -> AsyncGenerator[str, None]:
+    """Every run of the task, as it happens, until the client leaves (or its agent may no
+    longer see the task, or its lifetime is over); served through `guarded`."""
     logs.task_id.set(str(task_id))
     sub = await hub.subscribe(task_id)
     relay = Relay(pool, owner, sub, heartbeat)

@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 from api.deps import PageQuery, RunsRead, State, TasksWrite, request_id
 from api.models import Page, RunLogPublic, RunLogs, RunPublic
 from api.openapi import conflicts
-from api.streams import run_stream, sse_response
+from api.streams import guarded, run_stream, sse_response
 from pao import runs as logic
 from pao.schemas import RunStatusField
 from pao.visibility import owner_filter
@@ -85,14 +85,18 @@ async def stream_run(
         agent, request.headers.get("authorization"), run.task_id, state.settings
     )
     return sse_response(
-        run_stream(
+        guarded(
             state.streams,
-            state.pool,
-            owner=owner_filter(agent),
-            task_id=run.task_id,
-            run_id=run.id,
-            heartbeat=state.settings.stream_heartbeat_seconds,
-            guard=guard,
+            guard,
+            run_stream(
+                state.streams,
+                state.pool,
+                owner=owner_filter(agent),
+                task_id=run.task_id,
+                run_id=run.id,
+                heartbeat=state.settings.stream_heartbeat_seconds,
+                guard=guard,
+            ),
         )
     )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Self, TypeVar
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -13,10 +13,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from pao import costs
 from pao.budgets import Usage
 from pao.costs import Window
-from pao.models import Agent, Asset, Event, Run, RunLog, Task
+from pao.models import Asset, Event, Run, Task
 from pao.schemas import TaskFields
-from pao.store.task_types import TaskType
 from pao.vocabulary import AssetStatus, RemoteStepState, TaskStatus
+
+
+class _FromRow(BaseModel):
+    """A public view made of a row model's fields of the same names."""
+
+    @classmethod
+    def of(cls, row: object) -> Self:
+        return cls.model_validate(row, from_attributes=True)
+
 
 T = TypeVar("T")
 
@@ -127,16 +135,12 @@ class RunPublic(BaseModel):
         )
 
 
-class RunLogPublic(BaseModel):
+class RunLogPublic(_FromRow):
     id: int
     at: datetime
     level: str
     step_id: str | None
     message: str
-
-    @classmethod
-    def of(cls, line: RunLog) -> RunLogPublic:
-        return cls.model_validate(line, from_attributes=True)
 
 
 class RunLogs(BaseModel):
@@ -186,7 +190,7 @@ class ToolList(BaseModel):
     servers: list[ToolServerPublic] = []
 
 
-class AgentPublic(BaseModel):
+class AgentPublic(_FromRow):
     id: uuid.UUID
     name: str
     token_prefix: str
@@ -210,10 +214,6 @@ class AgentPublic(BaseModel):
     timezone: str | None = Field(
         None, description="the zone its days and months are counted in; null: the default"
     )
-
-    @classmethod
-    def of(cls, agent: Agent) -> AgentPublic:
-        return cls.model_validate(agent, from_attributes=True)
 
 
 class UsageWindow(BaseModel):
@@ -305,7 +305,7 @@ class Problem(BaseModel):
     errors: list[ProblemFieldError] | None = None
 
 
-class TaskTypePublic(BaseModel):
+class TaskTypePublic(_FromRow):
     name: str
     description: str
     parameters_schema: dict[str, Any]
@@ -317,10 +317,6 @@ class TaskTypePublic(BaseModel):
     version: int
     created_at: datetime
     updated_at: datetime
-
-    @classmethod
-    def of(cls, task_type: TaskType) -> TaskTypePublic:
-        return cls.model_validate(task_type, from_attributes=True)
 
 
 class TaskTypePage(BaseModel):

@@ -89,7 +89,9 @@ class Server:
 
     def start(self, *options: str) -> None:
         opts = " ".join([f"-p {self.port}", *options])
-        self.pair.run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-o", opts, "start")
+        self.pair.run(
+            "pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-o", opts, "start"
+        )
 
     def stop(self, mode: str = "fast") -> None:
         self.pair.run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")

@@ -225,7 +225,7 @@ def test_a_primary_failover_under_load_loses_nothing_and_doubles_nothing(
     background = procs[1:]
     base = f"http://127.0.0.1:{port}"
     load: Load | None = None
-    new: Conn | None = None
+    opened: list[Conn] = []  # closed at the end
     try:
         wait_ready(base, api)
         http = httpx.Client(base_url=base, headers=auth(token), timeout=30)
@@ -287,6 +287,7 @@ def test_a_primary_failover_under_load_loses_nothing_and_doubles_nothing(
             60,
         )
         new = _connect(pair.standby.url)
+        opened.append(new)
         assert new.execute("SELECT pg_is_in_recovery()").fetchone() == (False,)
         # Both workers LISTEN again, on the new primary.
         until_running(
@@ -318,8 +319,8 @@ def test_a_primary_failover_under_load_loses_nothing_and_doubles_nothing(
             load.stop.set()
         for p in procs:
             p.kill()
-        if new is not None:
-            new.close()
+        for conn in opened:
+            conn.close()
 
     wall = time.monotonic() - started
     print(

@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
+import pytest
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -64,6 +65,17 @@ def missing() -> str | None:
         if not os.access(BIN / exe, os.X_OK):
             return f"{BIN / exe} is not installed; {INSTALL_HINT}"
     return None
+
+
+def require() -> None:
+    """Skip the calling test where no pair can run, with the reason; fail instead when
+    PAO_REQUIRE_FAILOVER is set (CI, which installs PostgreSQL 15)."""
+    why = missing()
+    if why is None:
+        return
+    if os.environ.get("PAO_REQUIRE_FAILOVER"):
+        pytest.fail(f"PAO_REQUIRE_FAILOVER is set but {why}")
+    pytest.skip(why)
 
 
 def _free_port() -> int:

@@ -55,11 +55,7 @@ BACKGROUND = ("scheduler", "scheduler", "worker", "worker")
 
 @pytest.fixture
 def pair() -> Iterator[pgpair.Pair]:
-    why = pgpair.missing()
-    if why is not None:
-        if os.environ.get("PAO_REQUIRE_FAILOVER"):
-            pytest.fail(f"PAO_REQUIRE_FAILOVER is set but {why}")
-        pytest.skip(why)
+    pgpair.require()
     with pgpair.pair() as made:
         yield made
 

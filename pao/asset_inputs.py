@@ -33,6 +33,8 @@ ASSET_FORMAT = "asset"
 MAX_VISITS = 10_000
 """Schema nodes one walk may visit: a schema of `$ref`s cannot make a check cost more."""
 MAX_DEPTH = 64
+MAX_STEP_ASSETS = 100
+"""Assets one step's input may name."""
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-?(?:[0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$")
 
 

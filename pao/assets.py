@@ -28,7 +28,7 @@ from types import TracebackType
 from psycopg import AsyncCopy
 
 from pao import media, pagination
-from pao.asset_inputs import AssetField, media_matches, not_an_id
+from pao.asset_inputs import MAX_STEP_ASSETS, AssetField, media_matches, not_an_id
 from pao.db import Conn
 from pao.errors import (
     AssetInputRefused,
@@ -436,6 +436,17 @@ async def check_step_inputs(
     type its field takes. Otherwise AssetInputRefused naming each field, the same words for
     an asset that does not exist and one that is another agent's; `whose` says who `owner`
     is ("this agent", "the task's owner (agent 'x')")."""
+    if len(fields) > MAX_STEP_ASSETS:
+        loc, first = fields[MAX_STEP_ASSETS]
+        raise AssetInputRefused(
+            [
+                FieldError(
+                    (*loc, *first.path),
+                    f"a step may name at most {MAX_STEP_ASSETS} assets; this one names "
+                    f"{len(fields)}. Split the work over several steps",
+                )
+            ]
+        )
     ids = [i for _, f in fields if (i := f.asset_id()) is not None]
     found = await store.get_many(conn, list(dict.fromkeys(ids)), owner=owner_filter(owner))
     errors: list[FieldError] = []

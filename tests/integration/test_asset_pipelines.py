@@ -45,6 +45,7 @@ SCHEMA = {
     "required": ["file"],
 }
 ALLOW = ("127.0.0.1",)
+ASSET_ID = {"type": "string", "format": "asset"}
 
 
 # Fixtures ------------------------------------------------------------------------------
@@ -609,3 +610,24 @@ def test_an_mcp_tool_is_never_sent_another_agents_asset(
     assert "output" not in refused["steps"][0]  # the tool was never called
     assert allowed["status"] == "succeeded", allowed
     assert allowed["steps"][0]["output"]["received"]["sha256"] == hashlib.sha256(NOTES).hexdigest()
+
+
+def test_a_step_names_at_most_a_hundred_assets(
+    client: TestClient, owner: str, admin_token: str
+) -> None:
+    schema = {"type": "object", "properties": {"files": {"type": "array", "items": ASSET_ID}}}
+    made = client.post(
+        "/task-types",
+        json={"name": "media.album", "parameters_schema": schema},
+        headers=auth(admin_token),
+    )
+    assert made.status_code == 201, made.text
+    audio = upload(client, owner, AUDIO, "talk.mp3")
+    step = {"id": "album", "uses": "media.album", "with": {"files": [audio] * 100}}
+    created(client, owner, step)
+    step["with"] = {"files": [audio] * 101}
+    errors = field_errors(create(client, owner, step))
+    assert errors == {
+        "payload.pipeline[0].with.files[100]": "a step may name at most 100 assets; this one "
+        "names 101. Split the work over several steps"
+    }

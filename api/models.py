@@ -14,7 +14,9 @@ from pao import costs
 from pao.budgets import Usage
 from pao.costs import Window
 from pao.models import Asset, Event, Run, Task
+from pao.runs import RunView
 from pao.schemas import TaskFields
+from pao.store.assets import RunAsset
 from pao.vocabulary import AssetStatus, RemoteStepState, TaskStatus
 
 
@@ -132,6 +134,45 @@ class RunPublic(BaseModel):
             steps=run.steps,
             error=run.error,
             cost=costs.text(run.cost),
+        )
+
+
+class RunAssetPublic(BaseModel):
+    """An asset a run made: by one of its steps (`step_id`), or uploaded for it by a
+    remote worker (with the step it held a claim on)."""
+
+    id: uuid.UUID
+    filename: str
+    media_type: str
+    size: int
+    sha256: str
+    step_id: str | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, asset: RunAsset) -> RunAssetPublic:
+        return cls(
+            id=asset.id,
+            filename=asset.filename,
+            media_type=asset.media_type,
+            size=asset.size,
+            sha256=asset.sha256.hex(),
+            step_id=asset.step_id,
+            created_at=asset.created_at,
+        )
+
+
+class RunDetail(RunPublic):
+    """A run as GET /runs/{id} shows it: with the assets it made (the first 100; GET
+    /assets?run_id= pages through all)."""
+
+    assets: list[RunAssetPublic]
+
+    @classmethod
+    def of_view(cls, view: RunView) -> RunDetail:
+        return cls(
+            **RunPublic.of(view.run).model_dump(),
+            assets=[RunAssetPublic.of(a) for a in view.assets],
         )
 
 

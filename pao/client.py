@@ -84,6 +84,24 @@ class Run(TypedDict):
     cost: str
 
 
+class RunAsset(TypedDict):
+    """An asset a run made, as GET /runs/{id} lists it."""
+
+    id: str
+    filename: str
+    media_type: str
+    size: int
+    sha256: str
+    step_id: str | None
+    created_at: str
+
+
+class RunDetail(Run):
+    """A run as GET /runs/{id} shows it: with the assets it made."""
+
+    assets: list[RunAsset]
+
+
 class RunLog(TypedDict):
     id: int
     at: str
@@ -437,8 +455,9 @@ class PaoClient:
         params = {"task_id": task_id, "status": status, "limit": limit, "cursor": cursor}
         return cast(RunPage, await self._call("GET", "/runs", params=params))
 
-    async def get_run(self, run_id: str) -> Run:
-        return cast(Run, await self._call("GET", f"/runs/{_id(run_id)}"))
+    async def get_run(self, run_id: str) -> RunDetail:
+        """The run with its steps, their outputs, and the assets it made."""
+        return cast(RunDetail, await self._call("GET", f"/runs/{_id(run_id)}"))
 
     async def run_logs(
         self, run_id: str, *, limit: int | None = None, cursor: str | None = None

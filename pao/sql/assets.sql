@@ -74,6 +74,7 @@ SELECT COALESCE((SELECT bytes FROM asset_usage WHERE agent_id = %(agent_id)s), 0
 SELECT t.created_by, r.task_id, (
     SELECT s.step_id FROM remote_steps s
     WHERE s.run_id = r.id AND s.holder_agent_id = %(caller)s AND s.state = 'claimed'
+      AND s.lease_expires_at > now()
     ORDER BY s.id DESC
     LIMIT 1) AS step_id
 FROM runs r
@@ -81,7 +82,8 @@ JOIN tasks t ON t.id = r.task_id
 WHERE r.id = %(run_id)s
   AND (%(owner)s::uuid IS NULL OR t.created_by = %(owner)s::uuid OR EXISTS (
       SELECT 1 FROM remote_steps s
-      WHERE s.run_id = r.id AND s.holder_agent_id = %(caller)s AND s.state = 'claimed'))
+      WHERE s.run_id = r.id AND s.holder_agent_id = %(caller)s AND s.state = 'claimed'
+        AND s.lease_expires_at > now()))
 
 -- name: server_secret_ensure
 -- Make the named secret unless one exists (the first replica to ask makes it).

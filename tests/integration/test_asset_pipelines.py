@@ -566,9 +566,19 @@ def test_a_claim_reads_its_inputs_only_while_it_holds_them(
     assert client.get(path, headers=auth(claimer)).status_code == 404  # offered, not claimed
     item = claim(client, claimer)
     assert client.get(path, headers=auth(claimer)).status_code == 200
+    upload(client, claimer, b"partial transcript\n", "t.txt", run_id=run_id)  # its output
     # The lease runs out (by the database's clock): the claim, and what it could read, end.
     db.execute("UPDATE remote_steps SET lease_expires_at = now() - interval '1 second'")
     assert client.get(path, headers=auth(claimer)).status_code == 404
+    # Nor may it attach files to the run any longer (before it is offered again).
+    late = client.post(
+        "/assets",
+        files={"file": ("late.txt", b"too late\n", "text/plain")},
+        data={"run_id": run_id},
+        headers=auth(claimer),
+    )
+    assert late.status_code == 422, late.text
+    assert [e["field"] for e in late.json()["errors"]] == ["run_id"]
     lost = client.post(f"/claims/{item['claim_id']}/heartbeat", headers=auth(claimer))
     assert lost.status_code == 409
 

@@ -130,7 +130,8 @@ class Occurrences(TypedDict):
 
 
 class UsageWindow(TypedDict):
-    """An agent's runs and cost in its day or month; amounts are decimal text."""
+    """An agent's runs, cost and new asset bytes in its day or month; amounts are decimal
+    text."""
 
     starts_at: str
     ends_at: str
@@ -139,6 +140,8 @@ class UsageWindow(TypedDict):
     budget: str | None
     reserved: str
     remaining: str | None
+    asset_bytes_added: int
+    """Bytes of the assets it keeps that were created in the window."""
 
 
 class HourWindow(TypedDict):
@@ -154,6 +157,8 @@ class Usage(TypedDict):
     today: UsageWindow
     this_month: UsageWindow
     this_hour: HourWindow
+    asset_bytes: int
+    asset_quota_bytes: int
 
 
 class TaskType(TypedDict):

@@ -516,7 +516,9 @@ TOOLS: tuple[ToolDef, ...] = (
         "get_usage",
         TokenScope.RUNS_READ,
         "Your runs and what they cost today and this month (in your zone), your budgets and "
-        "run rate, and what remains of them; an admin may name another agent. When a budget is "
+        "run rate, and what remains of them; the asset bytes you keep (`asset_bytes`) against "
+        "`asset_quota_bytes`, and per window the bytes of kept assets created in it "
+        "(`asset_bytes_added`); an admin may name another agent. When a budget is "
         "spent, run_now is refused until the window resets and scheduled occurrences are "
         "recorded as over_budget.",
         _object({"agent_id": _AGENT_ID}),

@@ -772,7 +772,8 @@ def add_agent_commands(agents: Any) -> None:
 
 
 def add_commands(sub: Any) -> None:
-    """Add `tasks`, `runs`, `task-types` and `events` to the `pao` parser's subcommands."""
+    """Add `tasks`, `runs`, `task-types` and `events` to the `pao` parser's subcommands
+    (`assets` are in pao.cli_assets)."""
     common = _connection_options()
 
     tasks = sub.add_parser("tasks", help="list, create and steer tasks on a running API")
@@ -983,6 +984,13 @@ def run(args: argparse.Namespace) -> int:
     except ApiUnreachable as exc:
         print(f"pao: {exc.message}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a local file that cannot be read or written
+        print(f"pao: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    if data is None and not text:
+        return 0  # the command wrote its output itself (a download to stdout)
     print(json.dumps(data, indent=2) if args.json else text)
     return 0
 

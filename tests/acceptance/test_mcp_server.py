@@ -20,6 +20,7 @@ import pytest
 from mcp import ClientSession, McpError, StdioServerParameters, types
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
+from pydantic import AnyUrl
 
 from pao import claims
 from pao.db import connect
@@ -491,13 +492,13 @@ def test_assets_are_resources_and_tools(
             assert template.uriTemplate == "pao://assets/{id}"
 
             # Reads: bytes as base64, text as text, past the cap a signed link instead.
-            [blob] = (await session.read_resource(png["uri"])).contents
+            [blob] = (await session.read_resource(AnyUrl(png["uri"]))).contents
             assert isinstance(blob, types.BlobResourceContents)
             assert (base64.b64decode(blob.blob), blob.mimeType) == (PNG, "image/png")
-            [text] = (await session.read_resource(note["uri"])).contents
+            [text] = (await session.read_resource(AnyUrl(note["uri"]))).contents
             assert isinstance(text, types.TextResourceContents)
             assert (text.text, text.mimeType) == ("héllo\n", "text/markdown")
-            [linked] = (await session.read_resource(f"pao://assets/{big_id}")).contents
+            [linked] = (await session.read_resource(AnyUrl(f"pao://assets/{big_id}"))).contents
             assert isinstance(linked, types.TextResourceContents)
             assert f"more than the {RESOURCE_MAX_BYTES} this server returns inline" in linked.text
             assert linked.meta is not None
@@ -530,7 +531,7 @@ def test_assets_are_resources_and_tools(
             )
             assert "(422)" in lying
             with pytest.raises(McpError) as unknown:
-                await session.read_resource("pao://tasks/x")
+                await session.read_resource(AnyUrl("pao://tasks/x"))
             assert "pao://assets/{id}" in unknown.value.error.message
             usage = await call(session, "get_usage")
             assert usage["asset_bytes"] == len(PNG) + len("héllo\n".encode()) + len(big)
@@ -541,7 +542,7 @@ def test_assets_are_resources_and_tools(
             # Another agent's assets: not listed, not found, not deletable.
             assert (await session.list_resources()).resources == []
             with pytest.raises(McpError) as hidden:
-                await session.read_resource(f"pao://assets/{big_id}")
+                await session.read_resource(AnyUrl(f"pao://assets/{big_id}"))
             assert hidden.value.error.code == -32002
             assert "Not found (404)" in hidden.value.error.message
             gone = await refused(session, "delete_asset", asset_id=big_id)
@@ -551,7 +552,7 @@ def test_assets_are_resources_and_tools(
             # Without assets:read there are no resources, and a read names the scope.
             assert (await session.list_resources()).resources == []
             with pytest.raises(McpError) as denied:
-                await session.read_resource(f"pao://assets/{big_id}")
+                await session.read_resource(AnyUrl(f"pao://assets/{big_id}"))
             assert "assets:read" in denied.value.error.message
         assert snapshot(db) == before
 

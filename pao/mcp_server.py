@@ -801,7 +801,12 @@ TOOLS: tuple[ToolDef, ...] = (
                     "description": "the file's bytes, base64 (RFC 4648, with padding)",
                 },
                 "label": {"type": "string", "maxLength": 200, "description": "free text"},
-                "tags": {"type": "array", "items": _TAG, "maxItems": 32},
+                "tags": {
+                    "type": "array",
+                    "items": _TAG,
+                    "maxItems": 32,
+                    "description": "words to find it by later (list_assets' tag)",
+                },
                 "media_type": {
                     **_MEDIA_TYPE,
                     "description": "optional: what it is, e.g. 'text/csv'; checked against "

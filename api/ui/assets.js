@@ -295,7 +295,8 @@ function uploadForm(ctx, done) {
 
 /**
  * The Assets section of a run's page. `show(run)` draws the run's assets: from
- * `run.assets` when the API sends them with the run, else from GET /assets?run_id.
+ * `run.assets` when the API sends them with the run, else from GET /assets?run_id;
+ * `refresh()` asks GET /assets?run_id whatever the run said.
  */
 export function runAssets(ctx, runId) {
   const previews = new Previews();
@@ -325,11 +326,13 @@ export function runAssets(ctx, runId) {
         actions(asset, ctx))))));
   }
 
-  async function show(run) {
-    if (Array.isArray(run?.assets)) {
-      draw(run.assets);
-      return;
-    }
+  function show(run) {
+    if (Array.isArray(run?.assets)) draw(run.assets);
+    else refresh();
+  }
+
+  /** Ask the API for the run's assets now (a step just ended: it may have made some). */
+  async function refresh() {
     if (asking) {
       again = true;
       return;
@@ -355,5 +358,5 @@ export function runAssets(ctx, runId) {
     }
   }
 
-  return { section, show, close: () => previews.close() };
+  return { section, show, refresh, close: () => previews.close() };
 }

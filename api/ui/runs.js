@@ -7,6 +7,7 @@ import { runAssets } from "./assets.js";
 import { badge, duration, h, json, replace, shortId, when } from "./dom.js";
 
 const FINAL = new Set(["succeeded", "failed", "cancelled", "timed_out"]);
+const STEP_ENDED = new Set(["succeeded", "failed"]);
 const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled", "timed_out"];
 
 /** Task titles by id, for showing runs by name; fetched once per view. */
@@ -163,6 +164,7 @@ export function runView(root, ctx, runId) {
       run.attempt = data.attempt;
     } else if (name === "step" && run) {
       run.steps[data.index] = { ...(run.steps[data.index] || {}), ...data.step };
+      if (STEP_ENDED.has(data.step?.status)) assets.refresh(); // it may have made assets
     } else if (name === "cost" && run) {
       run.cost = data.run_cost;
     } else if (name === "log") {

@@ -25,6 +25,8 @@ PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(range(256)) * 4096  #
 MIB = 1 << 20
 
 Cli = Callable[..., subprocess.CompletedProcess[bytes]]
+# Each test starts the CLI a dozen times or more (a second or two each on a busy machine).
+pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture

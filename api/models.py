@@ -271,6 +271,10 @@ class UsageWindow(BaseModel):
     remaining: str | None = Field(
         description="the budget less the cost and the reserved; null: no budget"
     )
+    asset_bytes_added: int = Field(
+        description="bytes of the assets it keeps that were created in the window (uploaded, "
+        "or made by its runs); an asset deleted since no longer counts"
+    )
 
 
 class HourWindow(BaseModel):
@@ -283,21 +287,26 @@ class HourWindow(BaseModel):
 
 
 class UsagePublic(BaseModel):
-    """GET /agents/{id}/usage: today and this month in the agent's zone, and this hour."""
+    """GET /agents/{id}/usage: today and this month in the agent's zone, this hour, and the
+    asset bytes it keeps against its quota."""
 
     agent_id: uuid.UUID
     timezone: str
     today: UsageWindow
     this_month: UsageWindow
     this_hour: HourWindow
+    asset_bytes: int = Field(description="bytes of assets it keeps now")
+    asset_quota_bytes: int = Field(
+        description="bytes of assets it may keep (PAO_ASSET_QUOTA_BYTES)"
+    )
 
     @classmethod
-    def of(cls, usage: Usage) -> UsagePublic:
+    def of(cls, usage: Usage, *, asset_quota_bytes: int) -> UsagePublic:
         f, limits, w = usage.figures, usage.limits, usage.w
         reserved = costs.text(f.reserved)
 
         def window(
-            window: Window, runs: int, spent: Decimal, budget: Decimal | None
+            window: Window, runs: int, spent: Decimal, budget: Decimal | None, added: int
         ) -> UsageWindow:
             left = usage.remaining(budget, spent)
             return UsageWindow(
@@ -308,20 +317,31 @@ class UsagePublic(BaseModel):
                 budget=None if budget is None else costs.text(budget),
                 reserved=reserved,
                 remaining=None if left is None else costs.text(left),
+                asset_bytes_added=added,
             )
 
         capped = limits.max_runs_per_hour is not None
         return cls(
             agent_id=limits.id,
             timezone=usage.zone.key,
-            today=window(w.day, f.day_runs, f.day_spent, limits.budget_per_day),
-            this_month=window(w.month, f.month_runs, f.month_spent, limits.budget_per_month),
+            today=window(
+                w.day, f.day_runs, f.day_spent, limits.budget_per_day, usage.assets.day_added
+            ),
+            this_month=window(
+                w.month,
+                f.month_runs,
+                f.month_spent,
+                limits.budget_per_month,
+                usage.assets.month_added,
+            ),
             this_hour=HourWindow(
                 starts_at=w.hour.starts_at,
                 ends_at=w.hour.ends_at,
                 max_runs=limits.max_runs_per_hour,
                 runs_started=f.hour_runs if capped else None,
             ),
+            asset_bytes=usage.assets.kept,
+            asset_quota_bytes=asset_quota_bytes,
         )
 
 

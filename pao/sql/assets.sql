@@ -93,3 +93,15 @@ ON CONFLICT (name) DO NOTHING
 -- name: server_secret_get
 -- The named secret.
 SELECT value FROM server_secrets WHERE name = %(name)s
+
+-- name: asset_usage_windows
+-- The bytes an agent keeps, and of those the bytes of assets created in its current day and
+-- month (one deleted since no longer counts). The owner's index serves both ranges.
+SELECT
+    COALESCE((SELECT bytes FROM asset_usage WHERE agent_id = %(agent_id)s), 0) AS kept,
+    (SELECT COALESCE(sum(size), 0) FROM assets
+     WHERE created_by = %(agent_id)s AND created_at >= %(day)s AND created_at < %(day_end)s)
+        AS day_added,
+    (SELECT COALESCE(sum(size), 0) FROM assets
+     WHERE created_by = %(agent_id)s AND created_at >= %(month)s AND created_at < %(month_end)s)
+        AS month_added

@@ -159,6 +159,39 @@ async def usage(conn: Conn, agent_id: uuid.UUID) -> int:
     return int(row["bytes"])
 
 
+@dataclass(frozen=True)
+class UsageBytes:
+    """The bytes an agent keeps, and of those the bytes created in a day and a month."""
+
+    kept: int
+    day_added: int
+    month_added: int
+
+
+async def usage_windows(
+    conn: Conn,
+    agent_id: uuid.UUID,
+    *,
+    day: tuple[datetime, datetime],
+    month: tuple[datetime, datetime],
+) -> UsageBytes:
+    """`usage`, and the bytes of the assets it keeps created in `day` and `month`
+    ([start, end) each)."""
+    cur = await conn.execute(
+        QUERIES["asset_usage_windows"],
+        {
+            "agent_id": agent_id,
+            "day": day[0],
+            "day_end": day[1],
+            "month": month[0],
+            "month_end": month[1],
+        },
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return UsageBytes(int(row["kept"]), int(row["day_added"]), int(row["month_added"]))
+
+
 async def run_owner(
     conn: Conn, run_id: uuid.UUID, *, owner: uuid.UUID | None, caller: uuid.UUID
 ) -> RunOwner | None:

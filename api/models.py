@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Self, TypeVar
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -13,10 +13,20 @@ from pydantic import BaseModel, ConfigDict, Field
 from pao import costs
 from pao.budgets import Usage
 from pao.costs import Window
-from pao.models import Agent, Asset, Event, Run, RunLog, Task
+from pao.models import Asset, Event, Run, Task
+from pao.runs import RunView
 from pao.schemas import TaskFields
-from pao.store.task_types import TaskType
+from pao.store.assets import RunAsset
 from pao.vocabulary import AssetStatus, RemoteStepState, TaskStatus
+
+
+class _FromRow(BaseModel):
+    """A public view made of a row model's fields of the same names."""
+
+    @classmethod
+    def of(cls, row: object) -> Self:
+        return cls.model_validate(row, from_attributes=True)
+
 
 T = TypeVar("T")
 
@@ -127,16 +137,51 @@ class RunPublic(BaseModel):
         )
 
 
-class RunLogPublic(BaseModel):
+class RunAssetPublic(BaseModel):
+    """An asset a run made: by one of its steps (`step_id`), or uploaded for it by a
+    remote worker (with the step it held a claim on)."""
+
+    id: uuid.UUID
+    filename: str
+    media_type: str
+    size: int
+    sha256: str
+    step_id: str | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, asset: RunAsset) -> RunAssetPublic:
+        return cls(
+            id=asset.id,
+            filename=asset.filename,
+            media_type=asset.media_type,
+            size=asset.size,
+            sha256=asset.sha256.hex(),
+            step_id=asset.step_id,
+            created_at=asset.created_at,
+        )
+
+
+class RunDetail(RunPublic):
+    """A run as GET /runs/{id} shows it: with the assets it made (the first 100; GET
+    /assets?run_id= pages through all)."""
+
+    assets: list[RunAssetPublic]
+
+    @classmethod
+    def of_view(cls, view: RunView) -> RunDetail:
+        return cls(
+            **RunPublic.of(view.run).model_dump(),
+            assets=[RunAssetPublic.of(a) for a in view.assets],
+        )
+
+
+class RunLogPublic(_FromRow):
     id: int
     at: datetime
     level: str
     step_id: str | None
     message: str
-
-    @classmethod
-    def of(cls, line: RunLog) -> RunLogPublic:
-        return cls.model_validate(line, from_attributes=True)
 
 
 class RunLogs(BaseModel):
@@ -186,7 +231,7 @@ class ToolList(BaseModel):
     servers: list[ToolServerPublic] = []
 
 
-class AgentPublic(BaseModel):
+class AgentPublic(_FromRow):
     id: uuid.UUID
     name: str
     token_prefix: str
@@ -211,10 +256,6 @@ class AgentPublic(BaseModel):
         None, description="the zone its days and months are counted in; null: the default"
     )
 
-    @classmethod
-    def of(cls, agent: Agent) -> AgentPublic:
-        return cls.model_validate(agent, from_attributes=True)
-
 
 class UsageWindow(BaseModel):
     """An agent's runs and cost in one window of its zone, against its budget for it."""
@@ -230,6 +271,10 @@ class UsageWindow(BaseModel):
     remaining: str | None = Field(
         description="the budget less the cost and the reserved; null: no budget"
     )
+    asset_bytes_added: int = Field(
+        description="bytes of the assets it keeps that were created in the window (uploaded, "
+        "or made by its runs); an asset deleted since no longer counts"
+    )
 
 
 class HourWindow(BaseModel):
@@ -242,21 +287,26 @@ class HourWindow(BaseModel):
 
 
 class UsagePublic(BaseModel):
-    """GET /agents/{id}/usage: today and this month in the agent's zone, and this hour."""
+    """GET /agents/{id}/usage: today and this month in the agent's zone, this hour, and the
+    asset bytes it keeps against its quota."""
 
     agent_id: uuid.UUID
     timezone: str
     today: UsageWindow
     this_month: UsageWindow
     this_hour: HourWindow
+    asset_bytes: int = Field(description="bytes of assets it keeps now")
+    asset_quota_bytes: int = Field(
+        description="bytes of assets it may keep (PAO_ASSET_QUOTA_BYTES)"
+    )
 
     @classmethod
-    def of(cls, usage: Usage) -> UsagePublic:
+    def of(cls, usage: Usage, *, asset_quota_bytes: int) -> UsagePublic:
         f, limits, w = usage.figures, usage.limits, usage.w
         reserved = costs.text(f.reserved)
 
         def window(
-            window: Window, runs: int, spent: Decimal, budget: Decimal | None
+            window: Window, runs: int, spent: Decimal, budget: Decimal | None, added: int
         ) -> UsageWindow:
             left = usage.remaining(budget, spent)
             return UsageWindow(
@@ -267,20 +317,31 @@ class UsagePublic(BaseModel):
                 budget=None if budget is None else costs.text(budget),
                 reserved=reserved,
                 remaining=None if left is None else costs.text(left),
+                asset_bytes_added=added,
             )
 
         capped = limits.max_runs_per_hour is not None
         return cls(
             agent_id=limits.id,
             timezone=usage.zone.key,
-            today=window(w.day, f.day_runs, f.day_spent, limits.budget_per_day),
-            this_month=window(w.month, f.month_runs, f.month_spent, limits.budget_per_month),
+            today=window(
+                w.day, f.day_runs, f.day_spent, limits.budget_per_day, usage.assets.day_added
+            ),
+            this_month=window(
+                w.month,
+                f.month_runs,
+                f.month_spent,
+                limits.budget_per_month,
+                usage.assets.month_added,
+            ),
             this_hour=HourWindow(
                 starts_at=w.hour.starts_at,
                 ends_at=w.hour.ends_at,
                 max_runs=limits.max_runs_per_hour,
                 runs_started=f.hour_runs if capped else None,
             ),
+            asset_bytes=usage.assets.kept,
+            asset_quota_bytes=asset_quota_bytes,
         )
 
 
@@ -305,7 +366,7 @@ class Problem(BaseModel):
     errors: list[ProblemFieldError] | None = None
 
 
-class TaskTypePublic(BaseModel):
+class TaskTypePublic(_FromRow):
     name: str
     description: str
     parameters_schema: dict[str, Any]
@@ -317,10 +378,6 @@ class TaskTypePublic(BaseModel):
     version: int
     created_at: datetime
     updated_at: datetime
-
-    @classmethod
-    def of(cls, task_type: TaskType) -> TaskTypePublic:
-        return cls.model_validate(task_type, from_attributes=True)
 
 
 class TaskTypePage(BaseModel):

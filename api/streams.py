@@ -574,6 +574,41 @@ class Relay:
         return events
 
 
+@dataclass(frozen=True)
+class _Close:
+    """The stream ends here, after `frame` (why, for the client) when there is one."""
+
+    frame: str | None
+
+
+async def _next_events(relay: Relay, guard: StreamGuard) -> list[dict[str, Any]] | _Close | None:
+    """The next events (None: a heartbeat is due), or why the stream ends now: the server
+    stops, its lifetime is over, or its agent may no longer watch (or lost its slot)."""
+    events = await relay.next_events(guard.wait())
+    if relay.sub.stopped:
+        return _Close(None)
+    if guard.expired():
+        return _Close(LIFETIME_ENDED)
+    if not await guard.still_allowed(now=events is None):
+        return _Close(SLOT_LOST if guard.lapsed else None)
+    return events
+
+
+async def guarded(
+    hub: StreamHub, guard: StreamGuard, frames: AsyncGenerator[str, None]
+) -> AsyncIterator[str]:
+    """`frames` (`run_stream`, `task_stream`), closed with the stream (so they unsubscribe),
+    the stream's slot given back at the end, whatever ends it."""
+    try:
+        if hub.stopping:
+            return
+        async with contextlib.aclosing(frames):
+            async for text in frames:
+                yield text
+    finally:
+        guard.release()
+
+
 async def run_stream(
     hub: StreamHub,
     pool: AsyncConnectionPool[db.Conn],
@@ -583,31 +618,11 @@ async def run_stream(
     run_id: uuid.UUID,
     heartbeat: float,
     guard: StreamGuard,
-) -> AsyncIterator[str]:
-    """One run's frames until it has ended (or its agent may no longer see it, or its
-    lifetime is over)."""
-    try:
-        logs.task_id.set(str(task_id))
-        logs.run_id.set(str(run_id))
-        if hub.stopping:
-            return
-        frames = _run_frames(hub, pool, owner, task_id, run_id, heartbeat, guard)
-        async with contextlib.aclosing(frames):  # closed with this one: it unsubscribes
-            async for text in frames:
-                yield text
-    finally:
-        guard.release()
-
-
-async def _run_frames(
-    hub: StreamHub,
-    pool: AsyncConnectionPool[db.Conn],
-    owner: uuid.UUID | None,
-    task_id: uuid.UUID,
-    run_id: uuid.UUID,
-    heartbeat: float,
-    guard: StreamGuard,
 ) -> AsyncGenerator[str, None]:
+    """One run's frames until it has ended (or its agent may no longer see it, or its
+    lifetime is over); served through `guarded`."""
+    logs.task_id.set(str(task_id))  # every line logged while streaming carries the ids
+    logs.run_id.set(str(run_id))
     sub = await hub.subscribe(task_id, run_id)
     relay = Relay(pool, owner, sub, heartbeat)
     try:
@@ -616,15 +631,10 @@ async def _run_frames(
         if run_id not in relay.seen:
             return  # gone since the request was checked (pruned history)
         while not _ended(relay, run_id):
-            events = await relay.next_events(guard.wait())
-            if sub.stopped:
-                return
-            if guard.expired():
-                yield LIFETIME_ENDED
-                return
-            if not await guard.still_allowed(now=events is None):
-                if guard.lapsed:
-                    yield SLOT_LOST
+            events = await _next_events(relay, guard)
+            if isinstance(events, _Close):
+                if events.frame:
+                    yield events.frame
                 return
             if events is None:
                 yield ": heartbeat\n\n"
@@ -646,29 +656,10 @@ async def task_stream(
     task_id: uuid.UUID,
     heartbeat: float,
     guard: StreamGuard,
-) -> AsyncIterator[str]:
-    """Every run of the task, as it happens, until the client leaves (or its agent may no
-    longer see the task, or its lifetime is over)."""
-    try:
-        logs.task_id.set(str(task_id))
-        if hub.stopping:
-            return
-        frames = _task_frames(hub, pool, owner, task_id, heartbeat, guard)
-        async with contextlib.aclosing(frames):  # closed with this one: it unsubscribes
-            async for text in frames:
-                yield text
-    finally:
-        guard.release()
-
-
-async def _task_frames(
-    hub: StreamHub,
-    pool: AsyncConnectionPool[db.Conn],
-    owner: uuid.UUID | None,
-    task_id: uuid.UUID,
-    heartbeat: float,
-    guard: StreamGuard,
 ) -> AsyncGenerator[str, None]:
+    """Every run of the task, as it happens, until the client leaves (or its agent may no
+    longer see the task, or its lifetime is over); served through `guarded`."""
+    logs.task_id.set(str(task_id))
     sub = await hub.subscribe(task_id)
     relay = Relay(pool, owner, sub, heartbeat)
     try:
@@ -676,15 +667,10 @@ async def _task_frames(
         for text in await _recent(relay, task_id, first=True):
             yield text
         while True:
-            events = await relay.next_events(guard.wait())
-            if sub.stopped:
-                return
-            if guard.expired():
-                yield LIFETIME_ENDED
-                return
-            if not await guard.still_allowed(now=events is None):
-                if guard.lapsed:
-                    yield SLOT_LOST
+            events = await _next_events(relay, guard)
+            if isinstance(events, _Close):
+                if events.frame:
+                    yield events.frame
                 return
             if events is None or sub.overflowed:
                 if events is None:

@@ -28,12 +28,21 @@ from types import TracebackType
 from psycopg import AsyncCopy
 
 from pao import media, pagination
+from pao.asset_inputs import MAX_STEP_ASSETS, AssetField, media_matches, not_an_id
 from pao.db import Conn
-from pao.errors import InvalidInput, NotFound, QuotaExceeded, TooLarge
+from pao.errors import (
+    AssetInputRefused,
+    FieldError,
+    InvalidInput,
+    NotFound,
+    QuotaExceeded,
+    TooLarge,
+)
 from pao.models import Agent, Asset
 from pao.store import assets as store
+from pao.store.assets import RunAsset
 from pao.visibility import owner_filter
-from pao.vocabulary import AssetStatus
+from pao.vocabulary import AssetStatus, Scope
 
 CHUNK_BYTES = 1 << 20
 """Bytes per stored chunk: large enough that a GiB is a thousand rows, small enough that
@@ -66,6 +75,7 @@ class AssetFields:
     tags: list[str] = field(default_factory=list)
     declared_type: str | None = None
     run_id: uuid.UUID | None = None
+    step_id: str | None = None  # the step of `run_id` that makes it (a worker saving output)
 
 
 def check_label(label: str, loc: tuple[str | int, ...] = ("label",)) -> str:
@@ -127,6 +137,7 @@ class AssetWriter:
         declared_type: str | None = None,
         owner: uuid.UUID | None = None,
         type_loc: tuple[str | int, ...] = ("file",),
+        strict_type: bool = True,
     ) -> None:
         self.conn = conn
         self.actor = actor
@@ -134,6 +145,9 @@ class AssetWriter:
         self.declared_type = declared_type
         self.owner = owner or actor.id
         self.type_loc = type_loc
+        # False: a declared type the bytes contradict is dropped, not refused (a web server's
+        # Content-Type, an MCP tool's mimeType: nobody to send the right one again).
+        self.strict_type = strict_type
         self.id = uuid.uuid4()
         self.size = 0
         self._hash = hashlib.sha256()
@@ -214,7 +228,13 @@ class AssetWriter:
 
     def _settle_type(self) -> None:
         """Sniff the head and hold it against the declared type (a 422 before the rest)."""
-        self._media_type = media.settle(media.sniff(self._head), self.declared_type, self.type_loc)
+        sniffed = media.sniff(self._head)
+        try:
+            self._media_type = media.settle(sniffed, self.declared_type, self.type_loc)
+        except InvalidInput:
+            if self.strict_type:
+                raise
+            self._media_type = sniffed
         self._head = b""
 
     async def _flush(self, *, final: bool) -> None:
@@ -259,6 +279,7 @@ class AssetWriter:
                 chunk_bytes=CHUNK_BYTES,
                 run_id=fields.run_id,
                 task_id=run_owner.task_id if run_owner else None,
+                step_id=fields.step_id or (run_owner.step_id if run_owner else None),
             ),
         )
         # The insert's trigger locked the owner's usage row: what it says now is final.
@@ -292,8 +313,13 @@ async def create_asset(
         return await writer.finish(fields)
 
 
-async def get_asset(conn: Conn, actor: Agent, asset_id: uuid.UUID) -> Asset:
-    asset = await store.get(conn, asset_id, owner=owner_filter(actor))
+async def get_asset(
+    conn: Conn, actor: Agent, asset_id: uuid.UUID, *, as_claimer: bool = False
+) -> Asset:
+    """An asset `actor` may see: its own (an admin: any). With `as_claimer` (reading it), also
+    an input of a remote step `actor` holds a live claim on, if it may still claim work."""
+    claimer = actor.id if as_claimer and actor.has_scope(Scope.WORK_CLAIM) else None
+    asset = await store.get(conn, asset_id, owner=owner_filter(actor), claimer=claimer)
     if asset is None:
         raise NotFound(f"no asset {asset_id}")
     return asset
@@ -392,3 +418,73 @@ async def link_key(conn: Conn, configured: str | None) -> bytes:
     if configured:
         return hashlib.sha256(b"pao-asset-links\0" + configured.encode()).digest()
     return await store.server_secret(conn, LINK_SECRET_NAME, secrets.token_bytes(32))
+
+
+# Assets in pipelines ---------------------------------------------------------------------
+
+RUN_ASSETS_LISTED = 100
+"""How many of its assets a run shows (GET /assets?run_id= pages through all of them)."""
+
+Loc = tuple[str | int, ...]
+
+
+async def check_step_inputs(
+    conn: Conn, owner: Agent, fields: list[tuple[Loc, AssetField]], *, whose: str
+) -> list[Asset]:
+    """The assets `fields` name (each at its location), in order: every one must exist, be one
+    `owner` may use in its steps (its own; an admin's steps may use any) and be of a media
+    type its field takes. Otherwise AssetInputRefused naming each field, the same words for
+    an asset that does not exist and one that is another agent's; `whose` says who `owner`
+    is ("this agent", "the task's owner (agent 'x')")."""
+    if len(fields) > MAX_STEP_ASSETS:
+        loc, first = fields[MAX_STEP_ASSETS]
+        raise AssetInputRefused(
+            [
+                FieldError(
+                    (*loc, *first.path),
+                    f"a step may name at most {MAX_STEP_ASSETS} assets; this one names "
+                    f"{len(fields)}. Split the work over several steps",
+                )
+            ]
+        )
+    ids = [i for _, f in fields if (i := f.asset_id()) is not None]
+    found = await store.get_many(conn, list(dict.fromkeys(ids)), owner=owner_filter(owner))
+    errors: list[FieldError] = []
+    named: list[Asset] = []
+    for loc, wanted in fields:
+        asset_id = wanted.asset_id()
+        where = (*loc, *wanted.path)
+        asset = found.get(asset_id) if asset_id is not None else None
+        if asset_id is None:
+            errors.append(not_an_id(wanted, loc))
+        elif asset is None:
+            errors.append(
+                FieldError(
+                    where,
+                    f"no asset {asset_id} that {whose} may use; give the id of one of its own "
+                    "assets (GET /assets lists them)",
+                )
+            )
+        elif not media_matches(wanted.media, asset.media_type):
+            errors.append(
+                FieldError(
+                    where,
+                    f"asset {asset_id} is {asset.media_type}, and this input takes "
+                    f"{wanted.media}; give an asset of that type",
+                )
+            )
+        else:
+            named.append(asset)
+    if errors:
+        raise AssetInputRefused(errors, "; ".join(f"{_dotted(e.loc)}: {e.message}" for e in errors))
+    return named
+
+
+def _dotted(loc: Loc) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+async def run_assets(conn: Conn, run_id: uuid.UUID) -> list[RunAsset]:
+    """The assets a run made, oldest first, at most RUN_ASSETS_LISTED (the run is the
+    caller's to show)."""
+    return await store.list_for_run(conn, run_id, limit=RUN_ASSETS_LISTED)

@@ -35,6 +35,7 @@ from pao.costs import ZERO, Window, Windows, text, windows
 from pao.db import Conn
 from pao.errors import BudgetExceeded, InvalidInput, NotFound, RateLimited, RunRateLimited
 from pao.models import Agent
+from pao.store import assets as asset_store
 from pao.store import spending
 from pao.store.spending import Limits
 from pao.visibility import may_see
@@ -239,12 +240,14 @@ async def adjust(
 
 @dataclass(frozen=True)
 class Usage:
-    """An agent's runs and cost in its current day and month, its limits and what remains."""
+    """An agent's runs, cost and asset bytes in its current day and month, its limits and
+    what remains."""
 
     limits: Limits
     zone: ZoneInfo
     w: Windows
     figures: spending.Usage
+    assets: asset_store.UsageBytes
 
     def remaining(self, budget: Decimal | None, spent: Decimal) -> Decimal | None:
         if budget is None:
@@ -262,4 +265,10 @@ async def usage(
         raise NotFound(f"no agent {agent_id}")
     zone = zone_of(limits, default_timezone)
     w = windows(now, zone)
-    return Usage(limits, zone, w, await spending.usage(conn, agent_id, w))
+    kept = await asset_store.usage_windows(
+        conn,
+        agent_id,
+        day=(w.day.starts_at, w.day.ends_at),
+        month=(w.month.starts_at, w.month.ends_at),
+    )
+    return Usage(limits, zone, w, await spending.usage(conn, agent_id, w), kept)

@@ -26,6 +26,7 @@ from decimal import Decimal
 from typing import Any
 
 from pao import budgets, costs, streams
+from pao.asset_inputs import asset_fields
 from pao.backoff import retry_delay
 from pao.db import Conn
 from pao.errors import (
@@ -39,6 +40,7 @@ from pao.errors import (
 from pao.models import Agent
 from pao.settings import Settings
 from pao.store import agents as agent_store
+from pao.store import events as event_store
 from pao.store import remote_steps as store
 from pao.store import run_events, runs
 from pao.store import task_types as type_store
@@ -98,8 +100,9 @@ async def offer_step(
 ) -> int | None:
     """Check a step's rendered parameters against its type, then offer it
     (`store.offer_remote_step`). TaskTypeUnavailable if the type is missing or inactive,
-    InvalidInput if the parameters break its schema (both final: the run should fail with
-    the message); None if this run offered this step already."""
+    InvalidInput if the parameters break its schema, AssetInputRefused if a `format: asset`
+    parameter names an asset the task's owner may not use (the run should fail with the
+    message); None if this run offered this step already."""
     found = await type_store.get(conn, task_type)
     if found is None or not found.is_active:
         raise TaskTypeUnavailable(
@@ -108,6 +111,7 @@ async def offer_step(
             f"again (PUT /task-types/{task_type}), or change the task to use another tool"
         )
     check_parameters(found, parameters, step_id)
+    inputs = await _input_assets(conn, run_id, step_id, found, parameters)
     return await store.offer_remote_step(
         conn,
         run_id=run_id,
@@ -116,7 +120,29 @@ async def offer_step(
         task_type=task_type,
         parameters=parameters,
         idempotency_key=idempotency_key(run_id, step_id),
+        input_assets=inputs,
     )
+
+
+async def _input_assets(
+    conn: Conn, run_id: uuid.UUID, step_id: str, found: TaskType, parameters: dict[str, Any]
+) -> list[uuid.UUID]:
+    """The assets a remote step's parameters name where its type takes assets, each checked
+    against the task's owner as it is now: its claimers may read these, and only these."""
+    fields = asset_fields(found.parameters_schema, parameters)
+    if not fields:
+        return []
+    from pao import assets  # what reads assets is loaded by the workers whose steps take some
+
+    origin = await event_store.step_origin(conn, run_id)
+    if origin is None:
+        raise TaskTypeUnavailable(f"step {step_id!r}: its run is no longer in the database")
+    whose = f"the task's owner (agent {origin.owner.name!r})"
+    loc: tuple[str | int, ...] = ("steps", step_id, "with")
+    named = await assets.check_step_inputs(
+        conn, origin.owner, [(loc, f) for f in fields], whose=whose
+    )
+    return list(dict.fromkeys(a.id for a in named))
 
 
 # Claiming (the API) --------------------------------------------------------------------

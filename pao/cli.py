@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import EntryPoint, entry_points
 
-from pao import cli_client, logs, tokens
+from pao import cli_assets, cli_client, logs, tokens
 from pao.agents import create_agent, ensure_admin_token
 from pao.db import connect
 from pao.embedded import database_url, ensure_embedded
@@ -197,6 +197,7 @@ def _make_parser(processes: Sequence[str]) -> argparse.ArgumentParser:
     agents_sub.add_parser("token", help="print a new random token (e.g. for PAO_ADMIN_TOKEN)")
     cli_client.add_agent_commands(agents_sub)
     cli_client.add_commands(sub)
+    cli_assets.add_commands(sub)
     cli_client.add_mcp_command(sub)
     return parser
 

@@ -99,6 +99,16 @@ def short(value: Any, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def size(value: int) -> str:
+    """Bytes for people: `512 B`, `1.5 KiB`, `20.0 MiB`, `3.2 GiB`."""
+    amount = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if amount < 1024 or unit == "TiB":
+            return f"{value} B" if unit == "B" else f"{amount:.1f} {unit}"
+        amount /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def millis(value: int | None) -> str:
     if value is None:
         return "-"
@@ -711,6 +721,7 @@ async def usage(client: PaoClient, args: argparse.Namespace) -> tuple[Any, str]:
             _shown(w["budget"]),
             w["reserved"],
             _shown(w["remaining"]),
+            size(w["asset_bytes_added"]),
             when(w["ends_at"]),
         ]
         for label, w in (("today", found["today"]), ("this month", found["this_month"]))
@@ -723,11 +734,15 @@ async def usage(client: PaoClient, args: argparse.Namespace) -> tuple[Any, str]:
         f"(until {when(hour['ends_at'])})"
     )
     text = table(
-        ["WINDOW", "RUNS", "COST", "BUDGET", "RESERVED", "REMAINING", "RESETS"],
+        ["WINDOW", "RUNS", "COST", "BUDGET", "RESERVED", "REMAINING", "NEW ASSETS", "RESETS"],
         rows,
         empty="",
     )
-    return found, f"agent {found['agent_id']} ({found['timezone']})\n{text}\n{rate}"
+    kept = (
+        f"assets kept: {size(found['asset_bytes'])} of {size(found['asset_quota_bytes'])} "
+        f"({found['asset_bytes']} of {found['asset_quota_bytes']} bytes)"
+    )
+    return found, f"agent {found['agent_id']} ({found['timezone']})\n{text}\n{rate}\n{kept}"
 
 
 _UNSET = object()
@@ -757,7 +772,8 @@ def add_agent_commands(agents: Any) -> None:
 
 
 def add_commands(sub: Any) -> None:
-    """Add `tasks`, `runs`, `task-types` and `events` to the `pao` parser's subcommands."""
+    """Add `tasks`, `runs`, `task-types` and `events` to the `pao` parser's subcommands
+    (`assets` are in pao.cli_assets)."""
     common = _connection_options()
 
     tasks = sub.add_parser("tasks", help="list, create and steer tasks on a running API")
@@ -821,8 +837,8 @@ def add_commands(sub: Any) -> None:
         sub,
         "usage",
         usage,
-        "runs and cost today and this month, budgets and what remains (this agent's, or an "
-        "admin's view of another's)",
+        "runs, cost and new asset bytes today and this month, budgets and what remains, and "
+        "the asset bytes kept (this agent's, or an admin's view of another's)",
         common,
     )
     p.add_argument("id", metavar="AGENT_ID", nargs="?", help="default: the token's own agent")
@@ -968,6 +984,13 @@ def run(args: argparse.Namespace) -> int:
     except ApiUnreachable as exc:
         print(f"pao: {exc.message}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a local file that cannot be read or written
+        print(f"pao: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    if data is None and not text:
+        return 0  # the command wrote its output itself (a download to stdout)
     print(json.dumps(data, indent=2) if args.json else text)
     return 0
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import inspect
+import io
 import logging
 import os
 import re
@@ -21,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, NotRequired, TypedDict, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, NotRequired, TypedDict, cast
 
 from pao.errors import PaoError
 
@@ -84,6 +86,24 @@ class Run(TypedDict):
     cost: str
 
 
+class RunAsset(TypedDict):
+    """An asset a run made, as GET /runs/{id} lists it."""
+
+    id: str
+    filename: str
+    media_type: str
+    size: int
+    sha256: str
+    step_id: str | None
+    created_at: str
+
+
+class RunDetail(Run):
+    """A run as GET /runs/{id} shows it: with the assets it made."""
+
+    assets: list[RunAsset]
+
+
 class RunLog(TypedDict):
     id: int
     at: str
@@ -130,7 +150,8 @@ class Occurrences(TypedDict):
 
 
 class UsageWindow(TypedDict):
-    """An agent's runs and cost in its day or month; amounts are decimal text."""
+    """An agent's runs, cost and new asset bytes in its day or month; amounts are decimal
+    text."""
 
     starts_at: str
     ends_at: str
@@ -139,6 +160,8 @@ class UsageWindow(TypedDict):
     budget: str | None
     reserved: str
     remaining: str | None
+    asset_bytes_added: int
+    """Bytes of the assets it keeps that were created in the window."""
 
 
 class HourWindow(TypedDict):
@@ -154,6 +177,8 @@ class Usage(TypedDict):
     today: UsageWindow
     this_month: UsageWindow
     this_hour: HourWindow
+    asset_bytes: int
+    asset_quota_bytes: int
 
 
 class TaskType(TypedDict):
@@ -437,8 +462,9 @@ class PaoClient:
         params = {"task_id": task_id, "status": status, "limit": limit, "cursor": cursor}
         return cast(RunPage, await self._call("GET", "/runs", params=params))
 
-    async def get_run(self, run_id: str) -> Run:
-        return cast(Run, await self._call("GET", f"/runs/{_id(run_id)}"))
+    async def get_run(self, run_id: str) -> RunDetail:
+        """The run with its steps, their outputs, and the assets it made."""
+        return cast(RunDetail, await self._call("GET", f"/runs/{_id(run_id)}"))
 
     async def run_logs(
         self, run_id: str, *, limit: int | None = None, cursor: str | None = None
@@ -572,19 +598,46 @@ class PaoClient:
         media_type: str | None = None,
         run_id: str | None = None,
         filename: str | None = None,
+        progress: Progress | None = None,
     ) -> Asset:
         """Upload a file, streamed from disk (never read whole). `media_type` is checked
         against the content (unset: sniffed); `run_id` attaches it to a run you may see or
-        hold a claim on. ApiProblem 413 over PAO_ASSET_MAX_BYTES, 409 over the quota."""
+        hold a claim on. `progress(sent)` is called as the file's bytes are read to be sent.
+        ApiProblem 413 over PAO_ASSET_MAX_BYTES, 409 over the quota."""
+        name = filename if filename is not None else os.path.basename(os.fspath(path))
+        with open(path, "rb") as fh:  # noqa: ASYNC230 (httpx reads it piece by piece)
+            source = fh if progress is None else _Counted(fh, progress)
+            return await self._upload(source, name, label, tags, media_type, run_id)
+
+    async def upload_asset_bytes(
+        self,
+        data: bytes,
+        filename: str,
+        *,
+        label: str = "",
+        tags: Sequence[str] = (),
+        media_type: str | None = None,
+        run_id: str | None = None,
+    ) -> Asset:
+        """Upload bytes already in memory (small ones: an MCP tool's argument)."""
+        return await self._upload(io.BytesIO(data), filename, label, tags, media_type, run_id)
+
+    async def _upload(
+        self,
+        source: BinaryIO | _Counted,
+        filename: str,
+        label: str,
+        tags: Sequence[str],
+        media_type: str | None,
+        run_id: str | None,
+    ) -> Asset:
         data: dict[str, Any] = {"label": label}
         if tags:
             data["tags"] = list(tags)
         if run_id is not None:
             data["run_id"] = _id(run_id)
-        name = filename if filename is not None else os.path.basename(os.fspath(path))
-        with open(path, "rb") as fh:  # noqa: ASYNC230 (httpx reads it piece by piece)
-            files = {"file": (name, fh, media_type or "application/octet-stream")}
-            return cast(Asset, await self._call("POST", "/assets", data=data, files=files))
+        files = {"file": (filename, source, media_type or "application/octet-stream")}
+        return cast(Asset, await self._call("POST", "/assets", data=data, files=files))
 
     async def list_assets(
         self,
@@ -622,44 +675,176 @@ class PaoClient:
             AssetLink, await self._call("POST", f"/assets/{_id(asset_id)}/links", json=body)
         )
 
-    async def download_asset(self, asset_id: str, path: str | os.PathLike[str]) -> Asset:
-        """Write the asset's content to `path`, streamed, and check it against its SHA-256
-        (the ETag); on a mismatch or an error the partial file is removed."""
-        import hashlib
+    async def download_asset(
+        self,
+        asset_id: str,
+        path: str | os.PathLike[str],
+        *,
+        progress: Progress | None = None,
+        resume: bool = False,
+    ) -> Asset:
+        """Write the asset's content to `path`, streamed, and check it against its SHA-256.
+        `progress(received)` counts the bytes in the file so far.
 
-        import httpx
-
+        Without `resume` the file is written afresh, and removed on any failure. With
+        `resume`, bytes already in `path` are kept and only the rest is asked for (a Range
+        with If-Range, so a changed asset is sent whole); a broken download leaves the
+        partial file for the next try. A content that does not match its SHA-256 is always
+        removed."""
         asset = await self.get_asset(asset_id)
-        headers = {"Authorization": f"Bearer {self._token}"}
-        url = f"/assets/{_id(asset_id)}/content"
-        digest = hashlib.sha256()
+        have, digest = _partial(path, asset["size"]) if resume else (0, hashlib.sha256())
         try:
-            with open(path, "wb") as out:  # noqa: ASYNC230 (a piece at a time)
-                async with self._http.stream("GET", url, headers=headers) as response:
-                    if response.is_error:
-                        await response.aread()
-                        raise ApiProblem.of(response)
-                    async for piece in response.aiter_bytes(1 << 20):
-                        digest.update(piece)
-                        out.write(piece)
-                    etag = response.headers.get("etag", "")
-            if etag.strip('"') != digest.hexdigest():
-                raise ApiProblem(
-                    status=502,
-                    title="Corrupted download",
-                    detail=f"the content of asset {asset_id} does not match its SHA-256; "
-                    "download it again",
-                )
-        except httpx.HTTPError as exc:
-            os.unlink(path)
-            raise ApiUnreachable(
-                f"the download of asset {asset_id} broke off ({exc.__class__.__name__}: {exc})"
-            ) from exc
-        except BaseException:
+            if not resume or have == 0 or have < asset["size"]:
+                async with self._content(asset, offset=have) as response:
+                    if response.status_code != 206:  # the whole content: start over
+                        have, digest = 0, hashlib.sha256()
+                    with open(path, "ab" if have else "wb") as out:  # noqa: ASYNC230
+                        await _receive(response, out, digest, have, progress)
+            _check(asset, digest)
+        except CorruptedDownload:
             with suppress(FileNotFoundError):
                 os.unlink(path)
             raise
+        except BaseException:
+            if not resume:
+                with suppress(FileNotFoundError):
+                    os.unlink(path)
+            raise
         return asset
+
+    async def write_asset(
+        self, asset_id: str, out: BinaryIO, *, progress: Progress | None = None
+    ) -> Asset:
+        """Stream the asset's content into `out` (standard output, a pipe), then check it
+        against its SHA-256: CorruptedDownload if it does not match (what was written
+        stays written; say so to whoever reads it)."""
+        asset = await self.get_asset(asset_id)
+        digest = hashlib.sha256()
+        async with self._content(asset) as response:
+            await _receive(response, out, digest, 0, progress)
+        _check(asset, digest)
+        return asset
+
+    async def read_asset(self, asset_id: str, *, max_bytes: int) -> tuple[Asset, bytes | None]:
+        """The asset and its content, or None for the content when it is larger than
+        `max_bytes` (nothing of it is read then)."""
+        asset = await self.get_asset(asset_id)
+        if asset["size"] > max_bytes:
+            return asset, None
+        digest = hashlib.sha256()
+        buffer = io.BytesIO()
+        async with self._content(asset) as response:
+            await _receive(response, buffer, digest, 0, None, limit=max_bytes)
+        _check(asset, digest)
+        return asset, buffer.getvalue()
+
+    @asynccontextmanager
+    async def _content(self, asset: Asset, *, offset: int = 0) -> AsyncIterator[httpx.Response]:
+        """GET /assets/{id}/content from `offset` (a Range with If-Range on the asset's
+        ETag: a 206 with the rest, or a 200 with the whole). A problem answer is raised as
+        ApiProblem; a transport failure, even while the body is read, as ApiUnreachable."""
+        import httpx
+
+        headers = {"Authorization": f"Bearer {self._token}"}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+            headers["If-Range"] = f'"{asset["sha256"]}"'
+        url = f"/assets/{_id(asset['id'])}/content"
+        try:
+            async with self._http.stream("GET", url, headers=headers) as response:
+                if response.is_error:
+                    await response.aread()
+                    raise ApiProblem.of(response)
+                yield response
+        except httpx.HTTPError as exc:
+            raise ApiUnreachable(
+                f"the download of asset {asset['id']} broke off ({exc.__class__.__name__}: "
+                f"{exc}); try again"
+            ) from exc
+
+
+Progress = Callable[[int], None]
+"""Called with the bytes sent or received so far."""
+
+
+class CorruptedDownload(ApiProblem):
+    """A downloaded content does not match its SHA-256."""
+
+
+class _Counted:
+    """A file being uploaded, telling `progress` how much of it has been read to send
+    (what httpx asks of a file: read, seek, tell, and fileno for its size)."""
+
+    def __init__(self, raw: BinaryIO, progress: Progress) -> None:
+        self._raw = raw
+        self._progress = progress
+
+    def fileno(self) -> int:
+        return self._raw.fileno()
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._raw.seek(offset, whence)
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        self._progress(self._raw.tell())
+        return data
+
+
+async def _receive(
+    response: httpx.Response,
+    out: BinaryIO,
+    digest: Any,
+    done: int,
+    progress: Progress | None,
+    *,
+    limit: int | None = None,
+) -> None:
+    """Copy a response's body into `out` a piece at a time, hashing it."""
+    if progress is not None:
+        progress(done)
+    async for piece in response.aiter_bytes(1 << 20):
+        done += len(piece)
+        if limit is not None and done > limit:
+            raise ApiProblem(
+                status=502,
+                title="Unexpected content",
+                detail=f"the content is longer than the {limit} bytes expected",
+            )
+        digest.update(piece)
+        out.write(piece)
+        if progress is not None:
+            progress(done)
+
+
+def _partial(path: str | os.PathLike[str], size: int) -> tuple[int, Any]:
+    """How much of an asset of `size` bytes a partial download at `path` holds, and the
+    hash of those bytes (read a piece at a time); nothing if it is missing or too long."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as old:
+            if os.fstat(old.fileno()).st_size > size:
+                return 0, digest  # not a part of this asset: start again
+            have = 0
+            while piece := old.read(1 << 20):
+                digest.update(piece)
+                have += len(piece)
+    except FileNotFoundError:
+        return 0, hashlib.sha256()
+    return have, digest
+
+
+def _check(asset: Asset, digest: Any) -> None:
+    if digest.hexdigest() != asset["sha256"]:
+        raise CorruptedDownload(
+            status=502,
+            title="Corrupted download",
+            detail=f"the content of asset {asset['id']} does not match its SHA-256; "
+            "download it again",
+        )
 
 
 # Remote workers ------------------------------------------------------------------------

@@ -52,11 +52,14 @@ _UNAVAILABLE_PREFIXES = ("08", "57P", "53")
 
 
 def is_unavailable(exc: BaseException) -> bool:
-    """True when `exc` means the database is down, restarting or unreachable."""
+    """True when `exc` means the database is down, restarting or unreachable, or that the
+    server reached is no longer the primary (see `is_read_only`)."""
     if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
         sqlstate = getattr(exc, "sqlstate", None)
         return sqlstate is None or sqlstate.startswith(_UNAVAILABLE_PREFIXES)
     if isinstance(exc, psycopg.errors.AdminShutdown | psycopg.errors.CannotConnectNow):
+        return True
+    if is_read_only(exc):
         return True
     from psycopg_pool import PoolTimeout
 
@@ -102,6 +105,14 @@ def wrap_exceptions() -> Iterator[None]:
         raise
 
 
+def is_read_only(exc: BaseException) -> bool:
+    """The server refuses writes (SQLSTATE 25006): it is a standby, or a primary fenced
+    read-only (`default_transaction_read_only`) in a failover. pao opens no read-only
+    transaction of its own, so this is never the statement's fault; the connection will
+    not write again, and a new one (`target_session_attrs=read-write`) finds the primary."""
+    return isinstance(exc, psycopg.errors.ReadOnlySqlTransaction)
+
+
 def is_stale_plan(exc: BaseException) -> bool:
     """A prepared statement whose result columns changed under it (a migration added or
     dropped a column of a table it reads with `*`). PostgreSQL keeps refusing it on that
@@ -113,12 +124,16 @@ def is_stale_plan(exc: BaseException) -> bool:
 
 
 @asynccontextmanager
-async def fresh_plans(conn: Conn) -> AsyncIterator[Conn]:
-    """Close a connection whose prepared statements went stale, and report a retryable outage.
+async def fresh_connection(conn: Conn) -> AsyncIterator[Conn]:
+    """Close a connection that cannot serve any more, and report a retryable outage: one
+    whose prepared statements went stale, or one to a server that now refuses writes.
 
     Its pool (or lane) replaces a closed connection with a new one, which prepares every
-    statement afresh: a rolling deploy's migration costs one retryable failure per
-    connection, not a broken statement until the process restarts.
+    statement afresh and, with a multi-host `target_session_attrs=read-write` URL, reaches
+    whichever server is the primary now: a rolling deploy's migration, or a failover that
+    fences the old primary read-only, costs one retryable failure per connection, not a
+    broken statement until the process restarts (the pool's checks pass on such a
+    connection: it still answers).
     """
     try:
         yield conn
@@ -126,6 +141,15 @@ async def fresh_plans(conn: Conn) -> AsyncIterator[Conn]:
         if not is_stale_plan(exc):
             raise
         log.warning("the schema changed under prepared statements; reconnecting: %s", exc)
+        await conn.close()
+        raise DatabaseUnavailable() from exc
+    except psycopg.errors.ReadOnlySqlTransaction as exc:
+        log.warning(
+            "the server refuses writes (a standby, or a primary fenced in a failover); "
+            "reconnecting to find the primary (DATABASE_URL should list every server, with "
+            "target_session_attrs=read-write): %s",
+            exc,
+        )
         await conn.close()
         raise DatabaseUnavailable() from exc
 
@@ -227,7 +251,7 @@ def make_pool(
 async def connection(pool: AsyncConnectionPool[Conn]) -> AsyncIterator[Conn]:
     """A pooled connection inside one transaction, with unavailability translated."""
     with wrap_exceptions():
-        async with pool.connection() as conn, fresh_plans(conn):
+        async with pool.connection() as conn, fresh_connection(conn):
             yield conn
 
 
@@ -240,7 +264,7 @@ async def statement(pool: AsyncConnectionPool[Conn]) -> AsyncIterator[Conn]:
         async with pool.connection() as conn:
             await conn.set_autocommit(True)
             try:
-                async with fresh_plans(conn):
+                async with fresh_connection(conn):
                     yield conn
             finally:
                 if not conn.closed:
@@ -302,7 +326,7 @@ class StatementLane:
         with wrap_exceptions():
             conn = await self._take()
             try:
-                async with fresh_plans(conn):
+                async with fresh_connection(conn):
                     yield conn
             finally:
                 await self._give_back(conn)

@@ -45,6 +45,13 @@ class InvalidInput(PaoError):
         return cls([FieldError(loc, message)])
 
 
+class AssetInputRefused(InvalidInput):
+    """A step's input names an asset that does not exist, that its task's owner may not use,
+    or whose media type the tool does not take."""
+
+    final = True  # the same ids would be refused again
+
+
 class NotFound(PaoError):
     """No such object, or it belongs to another agent."""
 

@@ -19,17 +19,22 @@ the tool may have run.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import json
 import logging
+import mimetypes
 import os
 import shlex
 import sys
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 from importlib import metadata
 from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
 
 import anyio
 import httpx
@@ -444,6 +449,8 @@ class McpHub:
         self._connections: dict[str, _Connection] = {}
         self._retired: list[_Connection] = []  # replaced, still shutting down
         self._closed = False
+        # Each server's tools' input schemas, as the session they were listed on gave them.
+        self._schemas: dict[str, tuple[_Connection, dict[str, dict[str, Any]]]] = {}
 
     def __contains__(self, server: object) -> bool:
         return server in self.servers
@@ -517,6 +524,18 @@ class McpHub:
             for tool in found
         ]
 
+    async def input_schema(self, server: str, tool: str) -> dict[str, Any] | None:
+        """The input schema the server lists for `tool` (None: no such tool), as listed once
+        per session: a server restarted with new tools is asked again."""
+        conn = await self._connection(server)
+        known = self._schemas.get(server)
+        if known is None or known[0] is not conn:
+            specs = await self.list_tools(server)
+            prefix = f"{server}."
+            known = (conn, {s.name.removeprefix(prefix): s.input_schema for s in specs})
+            self._schemas[server] = known
+        return known[1].get(tool)
+
     async def call_tool(
         self,
         server: str,
@@ -531,11 +550,36 @@ class McpHub:
         The result is the tool's structured content if it sent any, else its text
         parsed as JSON when it is one text that is JSON, else ``{"text": …}``.
         """
-        meta = {IDEMPOTENCY_META: idempotency_key} if idempotency_key else None
+        result = await self.call_tool_result(
+            server,
+            tool,
+            arguments,
+            timeout_seconds=timeout_seconds,
+            idempotency_key=idempotency_key,
+        )
+        return tool_output(result)
+
+    async def call_tool_result(
+        self,
+        server: str,
+        tool: str,
+        arguments: dict[str, Any],
+        *,
+        timeout_seconds: float | None = None,
+        idempotency_key: str | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> types.CallToolResult:
+        """Call `tool` and return its result as the server sent it, once it is known not to
+        be an error (McpCallFailed). `meta` goes along in the request's `_meta`, with the
+        step's idempotency key."""
+        sent: dict[str, Any] = dict(meta or {})
+        if idempotency_key:
+            sent[IDEMPOTENCY_META] = idempotency_key
+        request_meta = sent or None
         read_timeout = timedelta(seconds=timeout_seconds) if timeout_seconds else None
 
         async def send(session: ClientSession) -> types.CallToolResult:
-            return await session.call_tool(tool, arguments, read_timeout, meta=meta)
+            return await session.call_tool(tool, arguments, read_timeout, meta=request_meta)
 
         label = f"{server}.{tool}"
         try:
@@ -552,7 +596,7 @@ class McpHub:
             raise McpCallFailed(
                 f"MCP tool {label!r} reported an error: {_text(result) or 'no detail'}"
             )
-        return tool_output(result)
+        return result
 
     async def close(self) -> None:
         """End every session; stdio servers are stopped (stdin closed, then signalled)."""
@@ -581,3 +625,81 @@ def tool_output(result: types.CallToolResult) -> JSONValue:
         else:
             return parsed
     return {"text": "\n".join(texts)}
+
+
+# Files in tool results -------------------------------------------------------------------
+
+MAX_FILES = 100
+"""Files (images, audio, embedded resources) one tool result may carry."""
+
+
+@dataclass(frozen=True)
+class ResultFile:
+    """A file a tool result carries (image or audio content, an embedded resource), decoded:
+    the worker stores it as an asset of the run."""
+
+    data: bytes
+    media_type: str | None  # as the server declared it
+    filename: str
+
+
+def split_result(result: types.CallToolResult, tool: str) -> tuple[JSONValue, list[ResultFile]]:
+    """A tool result as one JSON value (`tool_output` of its other content) and the files it
+    carries, in order; McpCallFailed if one is not valid base64 or there are too many."""
+    files: list[ResultFile] = []
+    rest: list[types.ContentBlock] = []
+    for block in result.content:
+        if isinstance(block, types.ImageContent | types.AudioContent):
+            data = _decoded(block.data, tool)
+            files.append(ResultFile(data, block.mimeType, _name(tool, len(files), block.mimeType)))
+        elif isinstance(block, types.EmbeddedResource):
+            resource = block.resource
+            if isinstance(resource, types.BlobResourceContents):
+                data = _decoded(resource.blob, tool)
+            else:
+                data = resource.text.encode("utf-8", "surrogatepass")
+            named = unquote(urlsplit(str(resource.uri)).path.rsplit("/", 1)[-1])
+            files.append(
+                ResultFile(
+                    data,
+                    resource.mimeType,
+                    named or _name(tool, len(files), resource.mimeType),
+                )
+            )
+        else:
+            rest.append(block)
+        if len(files) > MAX_FILES:
+            raise McpCallFailed(
+                f"MCP tool {tool!r} returned more than {MAX_FILES} files (images, audio, "
+                "resources) in one result; ask it for fewer"
+            )
+    if not files:
+        return tool_output(result), []
+    return tool_output(result.model_copy(update={"content": rest})), files
+
+
+def with_files(output: JSONValue, files: list[dict[str, Any]]) -> JSONValue:
+    """A step's output once the files of its result are stored: under `assets`, beside the
+    tool's own object; the tool's value under `result` when it is not an object or has an
+    `assets` key of its own."""
+    if not files:
+        return output
+    listed: JSONValue = list(files)
+    if isinstance(output, dict) and "assets" not in output:
+        return {**output, "assets": listed}
+    return {"result": output, "assets": listed}
+
+
+def _decoded(data: str, tool: str) -> bytes:
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise McpCallFailed(
+            f"MCP tool {tool!r} returned content that is not valid base64"
+        ) from None
+
+
+def _name(tool: str, index: int, media_type: str | None) -> str:
+    """A file's name when the result gives none: the tool's, numbered, with an extension."""
+    extension = mimetypes.guess_extension(media_type.split(";")[0].strip()) if media_type else None
+    return f"{tool}-{index + 1}{extension or ''}"

@@ -10,16 +10,25 @@ can serve many agents, and a request without a token is refused with 401.
 The API has no endpoint that tells a token its scopes, so every tool is listed
 to every agent; a call its token may not make comes back as a tool error that
 names the missing scope, and changes nothing.
+
+The agent's assets are MCP resources (`pao://assets/{id}`, listed a page at a time,
+and a template for any id): a read returns the content up to RESOURCE_MAX_BYTES,
+and a signed link instead for a larger one, so no read fills an agent's context or
+this server's memory.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import copy
 import logging
+import math
 import os
+import re
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -28,16 +37,26 @@ import anyio
 import uvicorn
 from mcp import types
 from mcp.server.lowlevel import Server
+from mcp.server.lowlevel.helper_types import ReadResourceContents
 from mcp.server.stdio import stdio_server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp.shared.exceptions import McpError
+from pydantic import AnyUrl
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from pao.client import ApiProblem, ApiUnreachable, InvalidId, PaoClient, api_url_from_env
+from pao.client import (
+    ApiProblem,
+    ApiUnreachable,
+    Asset,
+    InvalidId,
+    PaoClient,
+    api_url_from_env,
+)
 from pao.schemas import AgentUpdate, EventPublish, SchedulePreview, TaskCreate, TaskTypeCreate
 from pao.vocabulary import RemoteStepState, RunStatus, ScheduleKind, TaskStatus
 from pao.vocabulary import Scope as TokenScope
@@ -47,6 +66,19 @@ log = logging.getLogger(__name__)
 MCP_PATH = "/mcp"
 LOG_LINES = 100
 """Log lines `get_run` returns with a run (the first page; the CLI reads the rest)."""
+RESOURCE_MAX_BYTES = 1 << 20
+"""The largest asset whose content a resource read returns (1 MiB, before base64); a
+larger one is answered with a signed link to it instead."""
+UPLOAD_MAX_BYTES = 1 << 20
+"""The largest file upload_asset takes (1 MiB once decoded from base64)."""
+LINK_SECONDS = 900
+"""How long the signed link a resource read gives for a large asset works."""
+RESOURCE_PAGE = 50
+"""Assets per page of resources/list."""
+ASSET_URI = "pao://assets/{id}"
+_ASSET_URI = re.compile(r"^pao://assets/([0-9a-fA-F-]{36})$")
+RESOURCE_NOT_FOUND = -32002
+"""The JSON-RPC error code MCP gives a resource that does not exist."""
 
 
 class ToolFailed(Exception):
@@ -306,6 +338,60 @@ async def _set_agent_limits(client: PaoClient, args: dict[str, Any]) -> dict[str
     return await client.update_agent(args["agent_id"], changes)
 
 
+def asset_uri(asset_id: str) -> str:
+    return ASSET_URI.format(id=asset_id)
+
+
+def _with_uri(asset: Asset) -> dict[str, Any]:
+    """An asset as the tools return it: its fields and the resource URI that reads it."""
+    return {**asset, "uri": asset_uri(asset["id"])}
+
+
+async def _list_assets(client: PaoClient, args: dict[str, Any]) -> dict[str, Any]:
+    page = await client.list_assets(
+        tag=args.get("tag"),
+        label=args.get("label"),
+        media_type=args.get("media_type"),
+        run_id=args.get("run_id"),
+        task_id=args.get("task_id"),
+        limit=args.get("limit"),
+        cursor=args.get("cursor"),
+    )
+    return {"items": [_with_uri(a) for a in page["items"]], "next_cursor": page["next_cursor"]}
+
+
+async def _upload_asset(client: PaoClient, args: dict[str, Any]) -> dict[str, Any]:
+    try:
+        data = base64.b64decode(args["content_base64"], validate=True)
+    except (binascii.Error, ValueError):
+        raise ToolFailed(
+            "content_base64 is not base64 (RFC 4648, with padding); nothing was stored"
+        ) from None
+    if len(data) > UPLOAD_MAX_BYTES:
+        raise ToolFailed(
+            f"the file is {len(data)} bytes; upload_asset takes at most {UPLOAD_MAX_BYTES}. "
+            "Upload larger files over HTTP (POST /assets) or with `pao assets upload`"
+        )
+    asset = await client.upload_asset_bytes(
+        data,
+        args["filename"],
+        label=args.get("label", ""),
+        tags=args.get("tags", ()),
+        media_type=args.get("media_type"),
+        run_id=args.get("run_id"),
+    )
+    return _with_uri(asset)
+
+
+async def _asset_link(client: PaoClient, args: dict[str, Any]) -> dict[str, Any]:
+    return dict(await client.asset_link(args["asset_id"], args.get("expires_in", LINK_SECONDS)))
+
+
+async def _delete_asset(client: PaoClient, args: dict[str, Any]) -> dict[str, Any]:
+    await client.delete_asset(args["asset_id"])
+    return {"id": args["asset_id"], "deleted": True}
+
+
 def _limits_schema() -> dict[str, Any]:
     """The agent's limits as `PUT /agents/{id}` takes them, and whose they are."""
     schema = _described(AgentUpdate.model_json_schema(), {})
@@ -353,6 +439,10 @@ _RUN_STATUS = {
     "enum": [s.value for s in RunStatus],
     "description": "only runs in this state",
 }
+
+_ASSET_ID = {**_UUID, "description": "the asset's id, as list_assets or upload_asset return it"}
+_TAG = {"type": "string", "minLength": 1, "maxLength": 64}
+_MEDIA_TYPE = {"type": "string", "maxLength": 255}
 
 TOOLS: tuple[ToolDef, ...] = (
     ToolDef(
@@ -516,7 +606,9 @@ TOOLS: tuple[ToolDef, ...] = (
         "get_usage",
         TokenScope.RUNS_READ,
         "Your runs and what they cost today and this month (in your zone), your budgets and "
-        "run rate, and what remains of them; an admin may name another agent. When a budget is "
+        "run rate, and what remains of them; the asset bytes you keep (`asset_bytes`) against "
+        "`asset_quota_bytes`, and per window the bytes of kept assets created in it "
+        "(`asset_bytes_added`); an admin may name another agent. When a budget is "
         "spent, run_now is refused until the window resets and scheduled occurrences are "
         "recorded as over_budget.",
         _object({"agent_id": _AGENT_ID}),
@@ -664,6 +756,100 @@ TOOLS: tuple[ToolDef, ...] = (
         ),
         _fail_claim,
     ),
+    ToolDef(
+        "list_assets",
+        TokenScope.ASSETS_READ,
+        "List your assets (files that runs use and make), newest first. Each has `id`, "
+        "`filename`, `label`, `media_type`, `size`, `tags`, `run_id` and `uri`: read its "
+        f"content as the MCP resource at `uri` (up to {RESOURCE_MAX_BYTES} bytes inline; a "
+        "larger one answers with a signed link). Returns `items` and `next_cursor`.",
+        _object(
+            {
+                "tag": {**_TAG, "description": "only assets with this tag"},
+                "label": {"type": "string", "maxLength": 200, "description": "exact label"},
+                "media_type": {
+                    **_MEDIA_TYPE,
+                    "description": "only this type, e.g. 'image/png', or a family: 'image/*'",
+                },
+                "run_id": {**_RUN_ID, "description": "only assets of this run"},
+                "task_id": {**_TASK_ID, "description": "only assets of this task's runs"},
+                "limit": _LIMIT,
+                "cursor": _CURSOR,
+            }
+        ),
+        _list_assets,
+        read_only=True,
+    ),
+    ToolDef(
+        "upload_asset",
+        TokenScope.ASSETS_WRITE,
+        f"Store a small file (at most {UPLOAD_MAX_BYTES} bytes) as an asset, given as base64. "
+        "Its media type is read from its bytes (a `media_type` the bytes contradict is "
+        "refused). With `run_id` it is attached to that run. Returns the asset with its "
+        "`id` and `uri`; a step's input can then name the id.",
+        _object(
+            {
+                "filename": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 255,
+                    "description": "the file's name, e.g. 'chart.png'",
+                },
+                "content_base64": {
+                    "type": "string",
+                    "maxLength": 4 * math.ceil(UPLOAD_MAX_BYTES / 3),
+                    "description": "the file's bytes, base64 (RFC 4648, with padding)",
+                },
+                "label": {"type": "string", "maxLength": 200, "description": "free text"},
+                "tags": {
+                    "type": "array",
+                    "items": _TAG,
+                    "maxItems": 32,
+                    "description": "words to find it by later (list_assets' tag)",
+                },
+                "media_type": {
+                    **_MEDIA_TYPE,
+                    "description": "optional: what it is, e.g. 'text/csv'; checked against "
+                    "the bytes",
+                },
+                "run_id": {**_RUN_ID, "description": "optional: attach it to this run"},
+            },
+            "filename",
+            "content_base64",
+        ),
+        _upload_asset,
+    ),
+    ToolDef(
+        "asset_link",
+        TokenScope.ASSETS_READ,
+        "A signed URL that downloads one of your assets without a token until `expires_at`: "
+        "for a tool or person that should fetch the file. Anyone holding it can read the "
+        "file until then.",
+        _object(
+            {
+                "asset_id": _ASSET_ID,
+                "expires_in": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": 3600,
+                    "default": LINK_SECONDS,
+                    "description": "seconds the link works",
+                },
+            },
+            "asset_id",
+        ),
+        _asset_link,
+        read_only=True,
+    ),
+    ToolDef(
+        "delete_asset",
+        TokenScope.ASSETS_WRITE,
+        "Delete one of your assets and its bytes; your asset quota is freed at once.",
+        _object({"asset_id": _ASSET_ID}, "asset_id"),
+        _delete_asset,
+        destructive=True,
+        idempotent=True,
+    ),
 )
 
 TOOLS_BY_NAME = {t.name: t for t in TOOLS}
@@ -680,7 +866,8 @@ def explain(problem: ApiProblem) -> str:
         401: "The token is missing, unknown, revoked or expired; ask an admin for a valid one.",
         403: "This token may not do this; ask an admin for a token with that scope. "
         "Nothing was changed.",
-        404: "No such object among yours; list_tasks or list_runs show the ids you can use.",
+        404: "No such object among yours; list_tasks, list_runs or list_assets show the ids "
+        "you can use.",
         409: "The object is not in a state that allows this; read it again before retrying.",
         422: "Fix the fields named and call again; nothing was stored.",
         503: "The service is briefly unavailable; retry in a few seconds.",
@@ -700,7 +887,8 @@ def build_server(client: PaoClient, token_for_call: Callable[[], str]) -> Server
             "results with list_runs and get_run. Steps can also be done by agents: an admin "
             "declares a task type (create_task_type), a step names it in `uses`, and an agent "
             "with work:claim takes such steps with claim_work and ends them with "
-            "complete_claim or fail_claim."
+            "complete_claim or fail_claim. Files (assets) are resources at "
+            "pao://assets/{id}: list_assets finds them, upload_asset stores a small one."
         ),
     )
 
@@ -720,7 +908,121 @@ def build_server(client: PaoClient, token_for_call: Callable[[], str]) -> Server
         except (ApiUnreachable, InvalidId) as exc:
             raise ToolFailed(exc.message) from None
 
+    @server.list_resources()  # type: ignore[no-untyped-call, untyped-decorator]
+    async def list_resources(request: types.ListResourcesRequest) -> types.ListResourcesResult:
+        cursor = request.params.cursor if request.params else None
+        try:
+            page = await client.with_token(token_for_call()).list_assets(
+                limit=RESOURCE_PAGE, cursor=cursor
+            )
+        except ApiProblem as problem:
+            if problem.status == 403:  # a token without assets:read has no resources
+                return types.ListResourcesResult(resources=[])
+            raise _resource_error(problem) from None
+        except ApiUnreachable as exc:
+            raise McpError(
+                types.ErrorData(code=types.INTERNAL_ERROR, message=exc.message)
+            ) from None
+        return types.ListResourcesResult(
+            resources=[_resource(a) for a in page["items"]], nextCursor=page["next_cursor"]
+        )
+
+    @server.list_resource_templates()  # type: ignore[no-untyped-call, untyped-decorator]
+    async def list_resource_templates() -> list[types.ResourceTemplate]:
+        return [ASSET_TEMPLATE]
+
+    @server.read_resource()  # type: ignore[no-untyped-call, untyped-decorator]
+    async def read_resource(uri: AnyUrl) -> Iterable[ReadResourceContents]:
+        return await read_asset_resource(client.with_token(token_for_call()), str(uri))
+
     return server
+
+
+ASSET_TEMPLATE = types.ResourceTemplate(
+    uriTemplate=ASSET_URI,
+    name="asset",
+    title="A pao asset",
+    description=(
+        "An asset's content by its id: text for text types, base64 for the rest, up to "
+        f"{RESOURCE_MAX_BYTES} bytes; a larger one answers with a signed link (in the text, "
+        f"and in _meta as pao/link) that works for {LINK_SECONDS} seconds."
+    ),
+)
+
+
+def _resource(asset: Asset) -> types.Resource:
+    """One asset as an MCP resource."""
+    name = asset["filename"] or f"asset-{asset['id']}"
+    described = [f"{asset['media_type']}, {asset['size']} bytes"]
+    if asset["tags"]:
+        described.append("tags: " + ", ".join(asset["tags"]))
+    if asset["run_id"]:
+        described.append(f"from run {asset['run_id']}")
+    return types.Resource(
+        uri=AnyUrl(asset_uri(asset["id"])),
+        name=name,
+        title=asset["label"] or None,
+        description="; ".join(described),
+        mimeType=asset["media_type"],
+        size=asset["size"],
+    )
+
+
+def _is_text(media_type: str) -> bool:
+    main, _, sub = media_type.partition(";")[0].strip().lower().partition("/")
+    return (
+        main == "text"
+        or sub in ("json", "xml", "yaml", "javascript", "x-ndjson")
+        or sub.endswith(("+json", "+xml"))
+    )
+
+
+async def read_asset_resource(client: PaoClient, uri: str) -> list[ReadResourceContents]:
+    """`pao://assets/{id}`: the content (text or bytes) up to RESOURCE_MAX_BYTES, else a
+    signed link to it. Another agent's asset, or none, is a resource-not-found error."""
+    match = _ASSET_URI.match(uri)
+    if match is None:
+        raise McpError(
+            types.ErrorData(
+                code=types.INVALID_PARAMS,
+                message=f"no resource {uri[:200]!r}: pao's resources are {ASSET_URI}",
+            )
+        )
+    try:
+        asset, data = await client.read_asset(match.group(1), max_bytes=RESOURCE_MAX_BYTES)
+        if data is None:
+            link = await client.asset_link(asset["id"], LINK_SECONDS)
+            text = (
+                f"Asset {asset['id']} ({asset['filename'] or 'no name'}, {asset['media_type']}) "
+                f"is {asset['size']} bytes, more than the {RESOURCE_MAX_BYTES} this server "
+                f"returns inline. Download it until {link['expires_at']} from: {link['url']}"
+            )
+            meta = {
+                "pao/link": link["url"],
+                "pao/expires_at": link["expires_at"],
+                "pao/size": asset["size"],
+                "pao/media_type": asset["media_type"],
+            }
+            return [ReadResourceContents(content=text, mime_type="text/plain", meta=meta)]
+    except ApiProblem as problem:
+        raise _resource_error(problem) from None
+    except (ApiUnreachable, InvalidId) as exc:
+        raise McpError(types.ErrorData(code=types.INVALID_PARAMS, message=exc.message)) from None
+    if _is_text(asset["media_type"]):
+        try:
+            return [
+                ReadResourceContents(content=data.decode("utf-8"), mime_type=asset["media_type"])
+            ]
+        except UnicodeDecodeError:
+            pass  # declared text, but not UTF-8: sent as bytes
+    return [ReadResourceContents(content=data, mime_type=asset["media_type"])]
+
+
+def _resource_error(problem: ApiProblem) -> McpError:
+    code = RESOURCE_NOT_FOUND if problem.status == 404 else types.INVALID_REQUEST
+    if problem.status >= 500:
+        code = types.INTERNAL_ERROR
+    return McpError(types.ErrorData(code=code, message=explain(problem)))
 
 
 def _version() -> str:

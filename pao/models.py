@@ -204,6 +204,7 @@ class Asset:
     run_id: uuid.UUID | None
     task_id: uuid.UUID | None
     created_at: datetime
+    step_id: str | None = None  # the step of `run_id` that made it, if a step did
 
     def __post_init__(self) -> None:
         _set(self, "status", AssetStatus(self.status))

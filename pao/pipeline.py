@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from pao.asset_inputs import AssetField, asset_fields, is_templated, not_an_id
 from pao.errors import FieldError, InvalidInput
 from pao.templates import Ref, TemplateError, iter_strings, parse_guard, parse_template
 from pao.tools import ToolRegistry, ToolSpec, UnknownTool
@@ -304,7 +305,28 @@ def _with_errors(
             out.extend(_ref_errors(ref, earlier, has_event, (*loc, *rel)))
     if spec is not None and spec.input_schema:
         out.extend(_schema_errors(with_, spec, templated, loc))
+        told = {e.loc for e in out}
+        for field in asset_fields(spec.input_schema, dict(with_)):
+            bad = not is_templated(field.value) and field.asset_id() is None
+            if bad and (*loc, *field.path) not in told:
+                out.append(not_an_id(field, loc))
     return out
+
+
+def asset_references(pipeline: Pipeline, registry: ToolRegistry) -> list[tuple[Loc, AssetField]]:
+    """The asset ids a checked pipeline's steps give, written out, to inputs their tools
+    mark `"format": "asset"`: each with the location of its step's `with`. An id a `${…}`
+    lookup gives is checked when the step runs."""
+    found: list[tuple[Loc, AssetField]] = []
+    for index, step in enumerate(pipeline.steps):
+        spec = registry.resolve(step.uses)
+        if spec is None or not spec.input_schema:
+            continue
+        loc: Loc = ("payload", "pipeline", index, "with")
+        for field in asset_fields(spec.input_schema, step.with_):
+            if not is_templated(field.value):
+                found.append((loc, field))
+    return found
 
 
 @functools.lru_cache(maxsize=1024)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from pao import pagination, streams
+from pao.assets import run_assets
 from pao.db import Conn
 from pao.errors import Conflict, NotFound
 from pao.models import Agent, Run, RunLog
 from pao.store import audit, remote_steps, run_events, runs
+from pao.store.assets import RunAsset
 from pao.visibility import owner_filter
 from pao.vocabulary import LIVE_RUN_STATUSES, RunStatus, StepStatus
 
@@ -22,21 +25,31 @@ async def get_run(conn: Conn, actor: Agent, run_id: uuid.UUID, *, lock: bool = F
     return run
 
 
-async def get_run_view(conn: Conn, actor: Agent, run_id: uuid.UUID) -> Run:
+@dataclass(frozen=True)
+class RunView:
+    """A run as GET /runs/{id} shows it, with the assets it made."""
+
+    run: Run
+    assets: list[RunAsset]
+
+
+async def get_run_view(conn: Conn, actor: Agent, run_id: uuid.UUID) -> RunView:
     """One run as GET /runs/{id} shows it: a step waiting for a remote worker carries
     `remote`: its offer's state, its holder (`holder_agent_id`, `holder_name`, while
-    claimed, with `lease_expires_at`) and its last progress report (`progress`)."""
+    claimed, with `lease_expires_at`) and its last progress report (`progress`); and the
+    assets the run made (its owner's, as the run is)."""
     run = await get_run(conn, actor, run_id)
+    made = await run_assets(conn, run.id)
     if run.status is not RunStatus.RUNNING:
-        return run
+        return RunView(run, made)
     steps: list[Any] = list(run.steps)
     for i, step in enumerate(steps):
         if isinstance(step, dict) and step.get("status") == StepStatus.WAITING:
             found = await remote_steps.view(conn, run_id=run.id, step_id=str(step.get("id")))
             if found is not None:
                 steps[i] = {**step, "remote": found}
-                return dataclasses.replace(run, steps=steps)
-    return run
+                return RunView(dataclasses.replace(run, steps=steps), made)
+    return RunView(run, made)
 
 
 async def list_runs(

@@ -6,6 +6,7 @@ by the logic in `pao.tasks`, which collects every error before answering.
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
 from decimal import Decimal
@@ -49,11 +50,17 @@ Audience = Literal["*"] | Annotated[list[uuid.UUID], Field(max_length=1000)]
 def _written_as_text(value: Any) -> Any:
     """JSON has no time type, so a time comes as a string. A number would otherwise be read
     as Unix seconds and a boolean as 0 or 1, neither of which the schema promises."""
-    if not isinstance(value, str | datetime):
+    if isinstance(value, datetime):
+        return value
+    # A string of digits ("0", "1700000000") would still be read as Unix seconds.
+    if not isinstance(value, str) or not _ISO_DATE_TIME.match(value):
         raise ValueError(
             "must be an ISO 8601 date-time string with an offset, e.g. 2030-01-01T09:00:00Z"
         )
     return value
+
+
+_ISO_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
 
 
 # A time given in a body: an ISO 8601 string with an offset, nothing else.

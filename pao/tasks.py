@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from pao import budgets, costs, pagination, task_types
+from pao import assets, budgets, costs, pagination, task_types
 from pao.agents import check_step_scopes
 from pao.clock import DatabaseClock
 from pao.db import Conn
@@ -29,7 +29,7 @@ from pao.errors import (
 )
 from pao.models import Agent, Run, Task
 from pao.netguard import private_target
-from pao.pipeline import Pipeline, load_pipeline, validate_payload
+from pao.pipeline import Pipeline, asset_references, load_pipeline, validate_payload
 from pao.schedule import Schedule, off_loop, parse_schedule
 from pao.schemas import TaskCreate, TaskFields, TaskUpdate
 from pao.store import agents, audit, runs, tasks
@@ -251,15 +251,31 @@ async def _check_step_scopes(
     needs = [(step, spec) for step in steps if (spec := ctx.registry.resolve(step.uses))]
     if not any(spec.scopes_needed(step.with_) for step, spec in needs):
         return
-    if owner_id == ctx.actor.id:
-        owner, whose = ctx.actor, "this agent"
-    else:
-        found = await agents.get_agent(conn, owner_id)
-        if found is None:
-            raise NotFound(f"no agent {owner_id}")
-        owner, whose = found, f"the task's owner (agent {found.name!r})"
+    owner, whose = await _owner(conn, ctx, owner_id)
     for step, spec in needs:
         check_step_scopes(owner, step.id, spec, step.with_, whose=whose)
+
+
+async def _owner(conn: Conn, ctx: Context, owner_id: uuid.UUID) -> tuple[Agent, str]:
+    """The task's owner, and how a message names it."""
+    if owner_id == ctx.actor.id:
+        return ctx.actor, "this agent"
+    found = await agents.get_agent(conn, owner_id)
+    if found is None:
+        raise NotFound(f"no agent {owner_id}")
+    return found, f"the task's owner (agent {found.name!r})"
+
+
+async def _check_asset_inputs(
+    conn: Conn, ctx: Context, payload: dict[str, Any], owner_id: uuid.UUID
+) -> None:
+    """Refuse asset ids, written out in inputs that take assets, that the task's owner may
+    not use (a 422 naming each field): a step uses assets as its owner, whoever writes the
+    task. Ids that `${…}` lookups give are checked when their step runs."""
+    refs = asset_references(load_pipeline(payload), ctx.registry)  # validated already
+    if refs:
+        owner, whose = await _owner(conn, ctx, owner_id)
+        await assets.check_step_inputs(conn, owner, refs, whose=whose)
 
 
 async def _check_owner(conn: Conn, ctx: Context, created_by: uuid.UUID | None) -> uuid.UUID:
@@ -282,6 +298,7 @@ async def create_task(conn: Conn, ctx: Context, data: TaskCreate) -> Task:
     next_run_at = await off_loop(functools.partial(_validate, ctx, fields, created_at=now, now=now))
     fields["created_by"] = await _check_owner(conn, ctx, data.created_by)
     await _check_step_scopes(conn, ctx, fields["payload"], fields["created_by"])
+    await _check_asset_inputs(conn, ctx, fields["payload"], fields["created_by"])
     fields["hourly_peak"] = await off_loop(
         functools.partial(
             hourly_peak,
@@ -387,6 +404,7 @@ async def update_task(
     owner_changed = fields["created_by"] != task.created_by
     if owner_changed or "payload" in given:
         await _check_step_scopes(conn, ctx, fields["payload"], fields["created_by"])
+        await _check_asset_inputs(conn, ctx, fields["payload"], fields["created_by"])
     if schedule_changed:
         fields["hourly_peak"] = await off_loop(
             functools.partial(

@@ -88,7 +88,10 @@ _HTTP_REQUEST = ToolSpec(
         "parsed response when it is JSON, otherwise null. Send a JSON body with 'json' or "
         "raw text with 'body' (not both). Only http:// and https:// URLs; hosts may be "
         "restricted by the operator (PAO_HTTP_ALLOW). A non-2xx status does not fail the "
-        "step: check ${steps.<id>.status} in a later step's 'if'."
+        "step: check ${steps.<id>.status} in a later step's 'if'. With 'save_body' a 2xx "
+        "response's body is stored as an asset of the task's owner (streamed, up to "
+        "PAO_ASSET_MAX_BYTES) and the result has {status, headers, url, asset_id, filename, "
+        "media_type, size, sha256} instead of the body: pass ${steps.<id>.asset_id} on."
     ),
     input_schema={
         **_object_schema(
@@ -120,9 +123,11 @@ _HTTP_REQUEST = ToolSpec(
                 "timeout_seconds": {
                     "type": "number",
                     "exclusiveMinimum": 0,
-                    "maximum": 60,
+                    "maximum": 3600,
                     "default": 30,
-                    "description": "Give up after this many seconds (at most 60).",
+                    "description": (
+                        "Give up after this many seconds: at most 60, or 3600 with save_body."
+                    ),
                 },
                 "max_bytes": {
                     "type": "integer",
@@ -131,10 +136,31 @@ _HTTP_REQUEST = ToolSpec(
                     "default": 1_048_576,
                     "description": "Read at most this many bytes of the response body.",
                 },
+                "save_body": {
+                    "type": "boolean",
+                    "default": False,
+                    "description": (
+                        "Store a 2xx response's body as an asset (owned by the task's "
+                        "owner, listed on the run) instead of returning it; capped by "
+                        "PAO_ASSET_MAX_BYTES and the owner's quota, not by max_bytes."
+                    ),
+                },
             },
             ["url"],
         ),
         "not": {"required": ["json", "body"]},
+        "allOf": [
+            {
+                "not": {
+                    "properties": {"save_body": {"const": True}},
+                    "required": ["save_body", "max_bytes"],
+                }
+            },
+            {
+                "if": {"properties": {"save_body": {"const": True}}, "required": ["save_body"]},
+                "else": {"properties": {"timeout_seconds": {"maximum": 60}}},
+            },
+        ],
     },
 )
 

@@ -1,4 +1,5 @@
-"""A test-only MCP server: reports its pid, sleeps, fails, and can die on request.
+"""A test-only MCP server: reports its pid, sleeps, fails, can die on request, and trades
+files with pao (reads the assets it is given, returns an image, audio and a resource).
 
 Run over stdio, or with ``--http PORT`` as a streamable-HTTP server on
 127.0.0.1:PORT/mcp.
@@ -8,10 +9,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import hashlib
 import os
 import sys
+from typing import Annotated, Any
 
-from mcp.server.fastmcp import FastMCP
+from mcp.server.fastmcp import Context, FastMCP
+from mcp.types import (
+    AudioContent,
+    EmbeddedResource,
+    ImageContent,
+    TextContent,
+    TextResourceContents,
+)
+from pydantic import Field
 
 server = FastMCP("probe", log_level="WARNING")
 
@@ -57,6 +69,50 @@ def crash() -> str:
 def plain(text: str) -> str:
     """Return `text` as unstructured text content."""
     return text
+
+
+# A PNG's signature and header: what pao sniffs as image/png.
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(range(64))
+
+AssetId = Annotated[str, Field(json_schema_extra={"format": "asset", "contentMediaType": "text/*"})]
+
+
+@server.tool()
+def describe(file: AssetId, ctx: Context[Any, Any, Any]) -> dict[str, Any]:
+    """What pao sent of the asset `file`: its id, and the content's size and SHA-256 as they
+    arrived in the call's `_meta` (None when pao sent none)."""
+    meta = ctx.request_context.meta
+    sent = (meta.model_dump() if meta else {}).get("pao/assets", {}).get(file)
+    if sent is None:
+        return {"file": file, "received": None}
+    data = base64.b64decode(sent["data"])
+    return {
+        "file": file,
+        "received": {
+            "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "media_type": sent["media_type"],
+            "first_line": data.split(b"\n", 1)[0].decode(errors="replace"),
+        },
+    }
+
+
+@server.tool(structured_output=False)
+def draw(caption: str) -> list[Any]:
+    """A caption, a PNG image, a bit of audio and a text resource."""
+    return [
+        TextContent(type="text", text=caption),
+        ImageContent(type="image", data=base64.b64encode(PNG).decode(), mimeType="image/png"),
+        AudioContent(
+            type="audio", data=base64.b64encode(b"ID3" + bytes(40)).decode(), mimeType="audio/mpeg"
+        ),
+        EmbeddedResource(
+            type="resource",
+            resource=TextResourceContents(
+                uri="file:///work/notes.txt", mimeType="text/plain", text=f"notes: {caption}"
+            ),
+        ),
+    ]
 
 
 def main() -> None:

@@ -19,9 +19,10 @@ import asyncio
 import ipaddress
 import json
 import socket
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 from pao.errors import PaoError
 from pao.netguard import is_public
@@ -101,9 +102,19 @@ async def _checked_target(url: httpx.URL, allow: Allow) -> tuple[httpx.URL, dict
     return pinned, extensions
 
 
-async def http_request(args: dict[str, Any], allow: Allow) -> dict[str, Any]:
+SaveBody = Callable[[AsyncIterator[bytes], str, str | None], Awaitable[dict[str, Any]]]
+"""Stores a response body as it streams in (chunks, a filename, the declared Content-Type)
+and says what was stored: `asset_id`, `size`, `media_type`, `sha256`, `filename`."""
+
+
+async def http_request(
+    args: dict[str, Any], allow: Allow, save: SaveBody | None = None
+) -> dict[str, Any]:
+    """Make the request a step asks for. With `save_body` (and `save`), a 2xx response's
+    body streams into `save` and the result says what was saved instead of holding it."""
     import httpx
 
+    save_body = bool(args.get("save_body")) and save is not None
     method = str(args.get("method", "GET")).upper()
     url = httpx.URL(str(args["url"]))
     headers = {str(k): str(v) for k, v in (args.get("headers") or {}).items()}
@@ -142,10 +153,21 @@ async def http_request(args: dict[str, Any], allow: Allow) -> dict[str, Any]:
                             method, content = "GET", None
                             headers = _without(headers, BODY_HEADERS)
                         continue
+                    if save_body and response.is_success:
+                        assert save is not None
+                        saved = await save(
+                            response.aiter_bytes(),
+                            _filename(response, url),
+                            response.headers.get("content-type"),
+                        )
+                        return _saved(response, url, saved)
                     body, truncated = await _read(response, max_bytes)
                 finally:
                     await response.aclose()
-                return _result(response, body, truncated, url)
+                result = _result(response, body, truncated, url)
+                if save_body:  # not a success: nothing saved, the body shows why
+                    result["asset_id"] = None
+                return result
     except TimeoutError:
         raise ToolFailed(f"no complete answer within {timeout:g}s") from None
     except httpx.HTTPError as exc:
@@ -172,6 +194,33 @@ async def _read(response: httpx.Response, max_bytes: int) -> tuple[bytes, bool]:
         if size >= max_bytes:
             return b"".join(chunks)[:max_bytes], True
     return b"".join(chunks), False
+
+
+def _filename(response: httpx.Response, url: httpx.URL) -> str:
+    """The name a saved body is stored under: Content-Disposition's (RFC 6266, `filename*`
+    first), else the last part of the URL's path (made safe when stored)."""
+    disposition = response.headers.get("content-disposition")
+    if disposition:
+        import email.message
+
+        message = email.message.Message()
+        message["content-disposition"] = disposition
+        try:
+            named = message.get_filename()
+        except (ValueError, LookupError):
+            named = None
+        if named:
+            return str(named)
+    return unquote(url.path.rsplit("/", 1)[-1])
+
+
+def _saved(response: httpx.Response, url: httpx.URL, saved: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "status": response.status_code,
+        "headers": dict(response.headers),
+        "url": str(url),
+        **saved,
+    }
 
 
 def _no_constants(name: str) -> Any:

@@ -44,7 +44,7 @@ from worker.pipeline import (
     task_view,
 )
 from worker.run_events import RunEvents
-from worker.tools import Toolbox
+from worker.tools import FileLimits, Toolbox
 
 if TYPE_CHECKING:
     from pao.mcp import McpHub
@@ -86,6 +86,7 @@ class Runner:
         self.mcp = mcp
         self.allow = Allow.parse(settings.http_allow)
         self.limits = Limits.of(settings)
+        self.files = FileLimits.of(settings)
         # By task and version: the parsed pipeline, and the task row its view was made of.
         self._pipelines: dict[
             tuple[uuid.UUID, int], tuple[Pipeline, Task, dict[str, JSONValue]]
@@ -129,7 +130,14 @@ class Runner:
             )
             await execute(
                 ex,
-                Toolbox(self.pool, run_id=c.run_id, allow=self.allow, mcp=self.mcp),
+                Toolbox(
+                    self.pool,
+                    run_id=c.run_id,
+                    allow=self.allow,
+                    mcp=self.mcp,
+                    lease=held.lease,
+                    files=self.files,
+                ),
                 Hooks(self, held, task),
                 limits=self.limits,
             )

@@ -6,15 +6,20 @@ import asyncio
 import functools
 import logging
 import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from psycopg_pool import AsyncConnectionPool
 
 from pao import db
 from pao.agents import check_step_scopes
+from pao.asset_inputs import mentions_assets
 from pao.errors import MissingScope
+from pao.settings import Settings
 from pao.store import events, work
 from pao.store.events import AudienceValue
+from pao.store.work import Lease
 from pao.templates import JSONValue
 from pao.tools import BUILTIN_TOOLS
 from pao.vocabulary import LogLevel
@@ -25,6 +30,25 @@ log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # the MCP SDK is loaded only by a worker whose tools file names servers
     from pao.mcp import McpHub
+    from worker.files import StepFiles
+
+
+@dataclass(frozen=True)
+class FileLimits:
+    """What a step may save and send: PAO_ASSET_MAX_BYTES and PAO_ASSET_QUOTA_BYTES for the
+    files it saves, PAO_STEP_INPUT_MAX_BYTES for the assets' content sent to an MCP tool."""
+
+    max_bytes: int
+    quota_bytes: int
+    inline_max_bytes: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> FileLimits:
+        return cls(
+            max_bytes=settings.asset_max_bytes,
+            quota_bytes=settings.asset_quota_bytes,
+            inline_max_bytes=settings.step_input_max_bytes,
+        )
 
 
 class Toolbox:
@@ -37,11 +61,29 @@ class Toolbox:
         run_id: uuid.UUID,
         allow: Allow,
         mcp: McpHub | None = None,
+        lease: Lease | None = None,
+        files: FileLimits | None = None,
     ) -> None:
         self.pool = pool
         self.run_id = run_id
         self.allow = allow
         self.mcp = mcp
+        self.lease = lease  # the run's: what a step saves is committed only under it
+        self.file_limits = files or FileLimits.of(Settings())
+
+    def files(self) -> StepFiles:
+        """The run's door to assets (loaded by the first step that saves or sends one)."""
+        from pao.assets import Limits
+        from worker.files import StepFiles
+
+        limits = self.file_limits
+        return StepFiles(
+            self.pool,
+            run_id=self.run_id,
+            lease=self.lease,
+            limits=Limits(max_bytes=limits.max_bytes, quota_bytes=limits.quota_bytes),
+            inline_max_bytes=limits.inline_max_bytes,
+        )
 
     def __call__(self, uses: str) -> Tool:
         built_in = _BUILT_IN.get(uses)
@@ -104,7 +146,19 @@ class Toolbox:
         return {"published": event_id is not None, "event_id": str(event_id) if event_id else None}
 
     async def http(self, args: dict[str, Any], call: StepCall) -> JSONValue:
-        result: JSONValue = await http_request(args, self.allow)
+        save = None
+        if args.get("save_body"):
+            files = self.files()
+
+            async def save(
+                chunks: AsyncIterator[bytes], filename: str, media_type: str | None
+            ) -> dict[str, Any]:
+                saved = await files.save(
+                    call.step_id, chunks, filename=filename, media_type=media_type
+                )
+                return saved.summary()
+
+        result: JSONValue = await http_request(args, self.allow, save)
         return result
 
     async def call_mcp(
@@ -115,19 +169,45 @@ class Toolbox:
         The step's timeout and a cancel stop waiting for the answer; the session
         stays usable for other steps. The step's idempotency key goes along in
         the request's `_meta`, for servers that can use it.
+
+        Assets: an input the tool's schema marks `"format": "asset"` keeps the asset's id,
+        and the asset's content goes along in `_meta["pao/assets"][id]` (base64, checked
+        first as the task's owner may use it). Images, audio and embedded resources in the
+        result are stored as assets of the run, listed in the output's `assets`.
         """
-        from pao.mcp import McpCallFailed, McpUnavailable, public_reason  # loaded with the hub
+        from pao.mcp import (  # loaded with the hub
+            McpCallFailed,
+            McpUnavailable,
+            public_reason,
+            split_result,
+            with_files,
+        )
+        from worker.files import ASSETS_META, NewFile
 
         assert self.mcp is not None
         try:
-            return await self.mcp.call_tool(
-                server, tool, args, idempotency_key=call.idempotency_key
+            meta = None
+            schema = await self.mcp.input_schema(server, tool)
+            if schema and mentions_assets(schema):
+                files = self.files()
+                given = await files.inputs(call.step_id, schema, args)
+                if given:
+                    meta = {ASSETS_META: await files.inline(call.step_id, given)}
+            result = await self.mcp.call_tool_result(
+                server, tool, args, idempotency_key=call.idempotency_key, meta=meta
             )
+            output, found = split_result(result, f"{server}.{tool}")
         except (McpCallFailed, McpUnavailable) as exc:
             reason = public_reason(exc, server)
             if reason != exc.message:
                 log.warning("run %s step %s: %s", self.run_id, call.step_id, exc.message)
             raise ToolFailed(reason) from None
+        if not found:
+            return output
+        saved = await self.files().save_all(
+            call.step_id, (NewFile(f.data, f.filename, f.media_type) for f in found)
+        )
+        return with_files(output, [s.summary() for s in saved])
 
     def unavailable(self, uses: str) -> Tool:
         async def fail(args: dict[str, Any], call: StepCall) -> JSONValue:

@@ -89,7 +89,9 @@ async def my_usage(state: State, agent: RunsRead) -> UsagePublic:
 @router.get("/{agent_id}/usage", response_model=UsagePublic)
 async def usage(state: State, agent: RunsRead, agent_id: uuid.UUID) -> UsagePublic:
     """An agent's runs and cost today and this month (in its zone), its budgets and what
-    remains of them, and its runs this hour against max_runs_per_hour. For the agent itself
+    remains of them, its runs this hour against max_runs_per_hour, and the asset bytes it
+    keeps (`asset_bytes`, against `asset_quota_bytes`; each window's `asset_bytes_added`
+    counts those of its kept assets created in the window). For the agent itself
     (scope runs:read) or an admin; another agent's answers 404."""
     async with state.tx() as conn:
         found = await budgets.usage(
@@ -99,4 +101,4 @@ async def usage(state: State, agent: RunsRead, agent_id: uuid.UUID) -> UsagePubl
             now=await state.clock.now(conn),
             default_timezone=state.settings.default_timezone,
         )
-    return UsagePublic.of(found)
+    return UsagePublic.of(found, asset_quota_bytes=state.settings.asset_quota_bytes)

@@ -201,9 +201,10 @@ async def list_assets(
 
 @router.get("/{asset_id}", response_model=AssetPublic)
 async def get_asset(state: State, agent: AssetsRead, asset_id: uuid.UUID) -> AssetPublic:
-    """One asset's metadata."""
+    """One asset's metadata: one of yours, or an input of a remote step you hold a claim on
+    (with the `work:claim` scope too)."""
     async with state.statements.connection() as conn:
-        return AssetPublic.of(await logic.get_asset(conn, agent, asset_id))
+        return AssetPublic.of(await logic.get_asset(conn, agent, asset_id, as_claimer=True))
 
 
 @router.delete("/{asset_id}", status_code=204)
@@ -222,9 +223,13 @@ async def asset_content(
     `Content-Range`; a range starting beyond the end, 416; a Range this server does not
     serve as asked (several ranges, another unit, malformed) is ignored: 200 with the whole.
     `ETag` is the quoted SHA-256; `If-None-Match` with it answers 304, and `If-Range`
-    is honoured. Always `Content-Disposition: attachment`, never shown inline."""
+    is honoured. Always `Content-Disposition: attachment`, never shown inline.
+
+    A remote worker (an agent with `work:claim` too) may read the assets a step it holds a
+    claim on takes as input, while the claim lasts: the ids in its `format: asset`
+    parameters."""
     async with state.statements.connection() as conn:
-        asset = await logic.get_asset(conn, agent, asset_id)
+        asset = await logic.get_asset(conn, agent, asset_id, as_claimer=True)
     return content_response(request, state, asset)
 
 

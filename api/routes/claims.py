@@ -147,6 +147,7 @@ async def complete(
 ) -> ClaimEnded:
     """The step succeeded with `output` (checked against the type's `output_schema`: 422,
     and nothing changes, if it breaks it) and `cost`. 409 if the claim was lost."""
+    zone = state.settings.default_timezone
     async with state.tx() as conn:
         await logic.complete(
             conn,
@@ -155,7 +156,7 @@ async def complete(
             output=body.output,
             cost=body.cost,
             now=await state.clock.now(conn),
-            default_timezone=state.settings.default_timezone,
+            default_timezone=zone,
         )
     return ClaimEnded(claim_id=claim_id, state=RemoteStepState.SUCCEEDED)
 
@@ -164,15 +165,11 @@ async def complete(
 async def fail(state: State, agent: WorkClaim, claim_id: ClaimId, body: ClaimFail) -> ClaimEnded:
     """The step failed; `retryable` says whether trying again could help (the task's
     retries decide). 409 if the claim was lost."""
+    s = state.settings
+    backoff = {"retry_base_seconds": s.retry_base_seconds, "retry_cap_seconds": s.retry_cap_seconds}
     async with state.tx() as conn:
         await logic.fail(
-            conn,
-            agent,
-            claim_id,
-            error=body.error,
-            retryable=body.retryable,
-            retry_base_seconds=state.settings.retry_base_seconds,
-            retry_cap_seconds=state.settings.retry_cap_seconds,
+            conn, agent, claim_id, error=body.error, retryable=body.retryable, **backoff
         )
     return ClaimEnded(claim_id=claim_id, state=RemoteStepState.FAILED)
 

@@ -9,9 +9,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from api.deps import PageQuery, RunsRead, State, TasksWrite, request_id
-from api.models import Page, RunLogPublic, RunLogs, RunPublic
+from api.models import Page, RunDetail, RunLogPublic, RunLogs, RunPublic
 from api.openapi import conflicts
-from api.streams import run_stream, sse_response
+from api.streams import guarded, run_stream, sse_response
 from pao import runs as logic
 from pao.schemas import RunStatusField
 from pao.visibility import owner_filter
@@ -35,12 +35,14 @@ async def list_runs(
     return Page(items=[RunPublic.of(r) for r in items], next_cursor=next_cursor)
 
 
-@router.get("/{run_id}", response_model=RunPublic)
-async def get_run(state: State, agent: RunsRead, run_id: uuid.UUID) -> RunPublic:
+@router.get("/{run_id}", response_model=RunDetail)
+async def get_run(state: State, agent: RunsRead, run_id: uuid.UUID) -> RunDetail:
     """One run with its steps and their outputs; a step waiting for a remote worker
-    (`status: "waiting"`) shows its holder and last progress under `remote`."""
+    (`status: "waiting"`) shows its holder and last progress under `remote`. `assets` lists
+    the files the run made (`http.request` with `save_body`, MCP images, audio and
+    resources, remote workers' uploads with its `run_id`), each with the step that made it."""
     async with state.tx() as conn:
-        return RunPublic.of(await logic.get_run_view(conn, agent, run_id))
+        return RunDetail.of_view(await logic.get_run_view(conn, agent, run_id))
 
 
 @router.get("/{run_id}/logs", response_model=RunLogs)
@@ -85,14 +87,18 @@ async def stream_run(
         agent, request.headers.get("authorization"), run.task_id, state.settings
     )
     return sse_response(
-        run_stream(
+        guarded(
             state.streams,
-            state.pool,
-            owner=owner_filter(agent),
-            task_id=run.task_id,
-            run_id=run.id,
-            heartbeat=state.settings.stream_heartbeat_seconds,
-            guard=guard,
+            guard,
+            run_stream(
+                state.streams,
+                state.pool,
+                owner=owner_filter(agent),
+                task_id=run.task_id,
+                run_id=run.id,
+                heartbeat=state.settings.stream_heartbeat_seconds,
+                guard=guard,
+            ),
         )
     )
 

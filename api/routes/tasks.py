@@ -24,7 +24,7 @@ from api.deps import (
 from api.idempotency import idempotent
 from api.models import Occurrence, Occurrences, Page, RunPublic, TaskPublic
 from api.openapi import conflicts
-from api.streams import sse_response, task_stream
+from api.streams import guarded, sse_response, task_stream
 from pao import tasks as logic
 from pao.db import Conn
 from pao.errors import InvalidInput
@@ -207,13 +207,17 @@ async def stream_task(
         ctx.actor, request.headers.get("authorization"), task.id, state.settings
     )
     return sse_response(
-        task_stream(
+        guarded(
             state.streams,
-            state.pool,
-            owner=ctx.owner,
-            task_id=task.id,
-            heartbeat=state.settings.stream_heartbeat_seconds,
-            guard=guard,
+            guard,
+            task_stream(
+                state.streams,
+                state.pool,
+                owner=ctx.owner,
+                task_id=task.id,
+                heartbeat=state.settings.stream_heartbeat_seconds,
+                guard=guard,
+            ),
         )
     )
 

@@ -30,7 +30,9 @@ MEDIA_TYPES = {
 
 HEADERS = {
     "Content-Security-Policy": (
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        # blob: images are the asset previews the page makes from bytes it fetched itself
+        # (raster types only; nothing else of an asset is ever rendered here).
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
         "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
     ),
     "X-Content-Type-Options": "nosniff",

@@ -70,6 +70,54 @@ export async function api(method, path, { query, body, signal } = {}) {
   return response.status === 204 ? null : response.json();
 }
 
+/**
+ * A file's bytes (an asset's content) as a Blob, fetched with the token; rejects with
+ * ApiProblem. Only for what the page shows itself (an image preview): downloads go
+ * through a signed link, so the browser streams them to disk.
+ */
+export async function blob(path, signal) {
+  let response;
+  try {
+    response = await fetch(url(path), { headers: headers({ Accept: "*/*" }), signal });
+  } catch (err) {
+    if (err.name === "AbortError") throw err;
+    throw new ApiProblem(0, { title: "The API cannot be reached", detail: err.message });
+  }
+  if (!response.ok) throw await problemOf(response);
+  return response.blob();
+}
+
+/**
+ * POST a multipart form (a file upload), calling onProgress(sent, total) as the body
+ * goes out: fetch() cannot tell upload progress, XMLHttpRequest can. Resolves to the
+ * parsed answer, rejects with ApiProblem.
+ */
+export function upload(path, form, onProgress) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", url(path));
+    for (const [key, value] of Object.entries(headers())) xhr.setRequestHeader(key, value);
+    xhr.upload.addEventListener("progress", (event) => {
+      if (event.lengthComputable) onProgress(event.loaded, event.total);
+    });
+    xhr.addEventListener("load", () => {
+      let body = {};
+      try {
+        body = JSON.parse(xhr.responseText);
+      } catch {
+        body = { title: xhr.statusText || `HTTP ${xhr.status}` };
+      }
+      if (xhr.status >= 200 && xhr.status < 300) resolve(body);
+      else reject(new ApiProblem(xhr.status, body));
+    });
+    xhr.addEventListener("error", () => reject(new ApiProblem(0, {
+      title: "The upload broke off",
+      detail: "The API could not be reached, or closed the connection. Nothing was stored; try again.",
+    })));
+    xhr.send(form);
+  });
+}
+
 /** Every item of a paged list, following next_cursor up to `max` items. */
 export async function all(path, query = {}, max = 1000) {
   const items = [];

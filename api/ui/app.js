@@ -2,6 +2,7 @@
 // gives each view its container and takes back a clean-up function.
 
 import { ApiProblem, api, token } from "./api.js";
+import { assetsView } from "./assets.js";
 import { h, replace } from "./dom.js";
 import { runView, runsView } from "./runs.js";
 import { taskView, tasksView } from "./tasks.js";
@@ -63,6 +64,7 @@ const routes = [
   [/^#\/tasks$/, tasksView, "tasks"],
   [/^#\/runs\/([0-9a-f-]{36})$/, runView, "runs"],
   [/^#\/runs$/, runsView, "runs"],
+  [/^#\/assets$/, assetsView, "assets"],
 ];
 
 function route() {

@@ -3,9 +3,11 @@
 // when the API has no stream endpoint) until the run ends.
 
 import { all, api, stream } from "./api.js";
+import { runAssets } from "./assets.js";
 import { badge, duration, h, json, replace, shortId, when } from "./dom.js";
 
 const FINAL = new Set(["succeeded", "failed", "cancelled", "timed_out"]);
+const STEP_ENDED = new Set(["succeeded", "failed"]);
 const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled", "timed_out"];
 
 /** Task titles by id, for showing runs by name; fetched once per view. */
@@ -82,9 +84,11 @@ export function runView(root, ctx, runId) {
   const steps = h("ol", { class: "steps" });
   const logs = h("ol", { class: "logs", role: "log", "aria-label": "Log lines" });
   const cancel = h("button", { type: "button", class: "danger", hidden: true, onclick: cancelRun }, "Cancel run…");
+  const assets = runAssets(ctx, runId);
 
   replace(root, head, h("div", { class: "controls card" }, live, cancel), facts, errorBox,
     h("section", { class: "card", "aria-labelledby": "h-steps" }, h("h2", { id: "h-steps" }, "Steps"), steps),
+    assets.section,
     h("section", { class: "card", "aria-labelledby": "h-logs" }, h("h2", { id: "h-logs" }, "Logs"), logs));
 
   let drawing = false;
@@ -160,6 +164,7 @@ export function runView(root, ctx, runId) {
       run.attempt = data.attempt;
     } else if (name === "step" && run) {
       run.steps[data.index] = { ...(run.steps[data.index] || {}), ...data.step };
+      if (STEP_ENDED.has(data.step?.status)) assets.refresh(); // it may have made assets
     } else if (name === "cost" && run) {
       run.cost = data.run_cost;
     } else if (name === "log") {
@@ -172,6 +177,7 @@ export function runView(root, ctx, runId) {
     run = await api("GET", `runs/${runId}`, { signal: controller.signal });
     for (const line of await all(`runs/${runId}/logs`)) lines.set(line.id, line);
     draw();
+    assets.show(run); // steps make assets: asked again whenever the run is
   }
 
   async function cancelRun() {
@@ -226,6 +232,7 @@ export function runView(root, ctx, runId) {
   return () => {
     alive = false;
     controller.abort();
+    assets.close();
   };
 }
 

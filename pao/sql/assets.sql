@@ -2,10 +2,10 @@
 -- The asset row of an upload whose chunks are written; its owner's usage grows with it.
 INSERT INTO assets (
     id, created_by, label, filename, media_type, size, sha256, tags, status, chunk_bytes,
-    run_id, task_id)
+    run_id, task_id, step_id)
 VALUES (
     %(id)s, %(created_by)s, %(label)s, %(filename)s, %(media_type)s, %(size)s, %(sha256)s,
-    %(tags)s, %(status)s, %(chunk_bytes)s, %(run_id)s, %(task_id)s)
+    %(tags)s, %(status)s, %(chunk_bytes)s, %(run_id)s, %(task_id)s, %(step_id)s)
 RETURNING *
 
 -- name: asset_chunks_copy
@@ -13,9 +13,26 @@ RETURNING *
 COPY asset_chunks (asset_id, seq, data) FROM STDIN (FORMAT BINARY)
 
 -- name: asset_get
--- One asset, only if `owner` (NULL: anyone's) owns it.
+-- One asset, only if `owner` (NULL: anyone's) owns it, or it is an input of a remote step the
+-- agent `claimer` (NULL: none) holds a live claim on.
+SELECT * FROM assets a
+WHERE a.id = %(id)s
+  AND (%(owner)s::uuid IS NULL OR a.created_by = %(owner)s::uuid OR EXISTS (
+      SELECT 1 FROM remote_steps s
+      WHERE s.holder_agent_id = %(claimer)s::uuid AND s.state = 'claimed'
+        AND s.lease_expires_at > now() AND a.id = ANY(s.input_assets)))
+
+-- name: asset_get_many
+-- The assets among `ids` that `owner` (NULL: anyone) owns: those a step of its tasks may use.
 SELECT * FROM assets
-WHERE id = %(id)s AND (%(owner)s::uuid IS NULL OR created_by = %(owner)s::uuid)
+WHERE id = ANY(%(ids)s::uuid[]) AND (%(owner)s::uuid IS NULL OR created_by = %(owner)s::uuid)
+
+-- name: asset_list_for_run
+-- The assets a run made (its steps', and its remote workers' uploads), oldest first.
+SELECT id, filename, media_type, size, sha256, step_id, created_at FROM assets
+WHERE run_id = %(run_id)s
+ORDER BY created_at, id
+LIMIT %(limit)s
 
 -- name: asset_list
 -- A page of assets, newest first, filtered; `owner` NULL lists every agent's. Planned for
@@ -52,13 +69,21 @@ SELECT COALESCE((SELECT bytes FROM asset_usage WHERE agent_id = %(agent_id)s), 0
 
 -- name: asset_run_owner
 -- The owner and task of a run an uploader may attach an asset to: one it may see (`owner`
--- NULL: any), or one with a step it holds a live claim on (a remote worker's output).
-SELECT t.created_by, r.task_id FROM runs r
+-- NULL: any), or one with a step it holds a live claim on (a remote worker's output), with
+-- that step's id (the step the asset is recorded as made by).
+SELECT t.created_by, r.task_id, (
+    SELECT s.step_id FROM remote_steps s
+    WHERE s.run_id = r.id AND s.holder_agent_id = %(caller)s AND s.state = 'claimed'
+      AND s.lease_expires_at > now()
+    ORDER BY s.id DESC
+    LIMIT 1) AS step_id
+FROM runs r
 JOIN tasks t ON t.id = r.task_id
 WHERE r.id = %(run_id)s
   AND (%(owner)s::uuid IS NULL OR t.created_by = %(owner)s::uuid OR EXISTS (
       SELECT 1 FROM remote_steps s
-      WHERE s.run_id = r.id AND s.holder_agent_id = %(caller)s AND s.state = 'claimed'))
+      WHERE s.run_id = r.id AND s.holder_agent_id = %(caller)s AND s.state = 'claimed'
+        AND s.lease_expires_at > now()))
 
 -- name: server_secret_ensure
 -- Make the named secret unless one exists (the first replica to ask makes it).
@@ -68,3 +93,15 @@ ON CONFLICT (name) DO NOTHING
 -- name: server_secret_get
 -- The named secret.
 SELECT value FROM server_secrets WHERE name = %(name)s
+
+-- name: asset_usage_windows
+-- The bytes an agent keeps, and of those the bytes of assets created in its current day and
+-- month (one deleted since no longer counts). The owner's index serves both ranges.
+SELECT
+    COALESCE((SELECT bytes FROM asset_usage WHERE agent_id = %(agent_id)s), 0) AS kept,
+    (SELECT COALESCE(sum(size), 0) FROM assets
+     WHERE created_by = %(agent_id)s AND created_at >= %(day)s AND created_at < %(day_end)s)
+        AS day_added,
+    (SELECT COALESCE(sum(size), 0) FROM assets
+     WHERE created_by = %(agent_id)s AND created_at >= %(month)s AND created_at < %(month_end)s)
+        AS month_added

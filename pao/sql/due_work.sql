@@ -349,3 +349,10 @@ UPDATE due_work
 SET state = %(state)s, finished_at = now(), wait_until = NULL
 WHERE id = %(id)s AND attempt = %(attempt)s AND state = 'waiting'
 RETURNING id
+
+-- name: due_work_hold_lease
+-- A step's writes outside the run row (the files it saves) commit only while this worker holds the attempt: the row is share-locked until commit, so a rescue waits for it, or it sees the lease lost.
+SELECT id FROM due_work
+WHERE id = %(id)s AND attempt = %(attempt)s AND lease_owner = %(worker_id)s
+  AND state = 'running'
+FOR SHARE

@@ -4,9 +4,11 @@
 -- waiting on remote steps counts as live.
 
 -- name: remote_step_offer
--- Offer one step of a run to its task type's claimers; nothing if the type is not active or the step was offered already.
-INSERT INTO remote_steps (run_id, step_index, step_id, task_type, parameters, idempotency_key)
-SELECT %(run_id)s, %(step_index)s, %(step_id)s, t.name, %(parameters)s, %(idempotency_key)s
+-- Offer one step of a run to its task type's claimers (with the assets its parameters name, which they may read); nothing if the type is not active or the step was offered already.
+INSERT INTO remote_steps (
+    run_id, step_index, step_id, task_type, parameters, idempotency_key, input_assets)
+SELECT %(run_id)s, %(step_index)s, %(step_id)s, t.name, %(parameters)s, %(idempotency_key)s,
+       %(input_assets)s::uuid[]
 FROM task_types t
 WHERE t.name = %(task_type)s AND t.is_active
 ON CONFLICT (run_id, step_id) DO NOTHING

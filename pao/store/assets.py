@@ -30,12 +30,27 @@ class NewAsset:
     chunk_bytes: int
     run_id: uuid.UUID | None
     task_id: uuid.UUID | None
+    step_id: str | None = None
 
 
 @dataclass(frozen=True)
 class RunOwner:
     created_by: uuid.UUID
     task_id: uuid.UUID
+    step_id: str | None = None  # the step the caller holds a claim on, if it does
+
+
+@dataclass(frozen=True)
+class RunAsset:
+    """An asset as a run lists it."""
+
+    id: uuid.UUID
+    filename: str
+    media_type: str
+    size: int
+    sha256: bytes
+    step_id: str | None
+    created_at: datetime
 
 
 async def insert(conn: Conn, new: NewAsset) -> Asset:
@@ -57,10 +72,33 @@ async def copy_chunks(conn: Conn) -> AsyncIterator[AsyncCopy]:
         yield copy
 
 
-async def get(conn: Conn, asset_id: uuid.UUID, *, owner: uuid.UUID | None) -> Asset | None:
+async def get(
+    conn: Conn, asset_id: uuid.UUID, *, owner: uuid.UUID | None, claimer: uuid.UUID | None = None
+) -> Asset | None:
+    """The asset if `owner` (None: anyone) owns it, or it is an input of a remote step that
+    `claimer` holds a live claim on."""
     async with conn.cursor(row_factory=model_row(Asset)) as cur:
-        await cur.execute(QUERIES["asset_get"], {"id": asset_id, "owner": owner})
+        await cur.execute(
+            QUERIES["asset_get"], {"id": asset_id, "owner": owner, "claimer": claimer}
+        )
         return await cur.fetchone()
+
+
+async def get_many(
+    conn: Conn, ids: list[uuid.UUID], *, owner: uuid.UUID | None
+) -> dict[uuid.UUID, Asset]:
+    """Those of the assets `ids` that `owner` (None: anyone) owns, by id."""
+    if not ids:
+        return {}
+    async with conn.cursor(row_factory=model_row(Asset)) as cur:
+        await cur.execute(QUERIES["asset_get_many"], {"ids": ids, "owner": owner})
+        return {a.id: a for a in await cur.fetchall()}
+
+
+async def list_for_run(conn: Conn, run_id: uuid.UUID, *, limit: int) -> list[RunAsset]:
+    async with conn.cursor(row_factory=model_row(RunAsset)) as cur:
+        await cur.execute(QUERIES["asset_list_for_run"], {"run_id": run_id, "limit": limit})
+        return await cur.fetchall()
 
 
 async def list_page(
@@ -119,6 +157,39 @@ async def usage(conn: Conn, agent_id: uuid.UUID) -> int:
     row = await cur.fetchone()
     assert row is not None
     return int(row["bytes"])
+
+
+@dataclass(frozen=True)
+class UsageBytes:
+    """The bytes an agent keeps, and of those the bytes created in a day and a month."""
+
+    kept: int
+    day_added: int
+    month_added: int
+
+
+async def usage_windows(
+    conn: Conn,
+    agent_id: uuid.UUID,
+    *,
+    day: tuple[datetime, datetime],
+    month: tuple[datetime, datetime],
+) -> UsageBytes:
+    """`usage`, and the bytes of the assets it keeps created in `day` and `month`
+    ([start, end) each)."""
+    cur = await conn.execute(
+        QUERIES["asset_usage_windows"],
+        {
+            "agent_id": agent_id,
+            "day": day[0],
+            "day_end": day[1],
+            "month": month[0],
+            "month_end": month[1],
+        },
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return UsageBytes(int(row["kept"]), int(row["day_added"]), int(row["month_added"]))
 
 
 async def run_owner(

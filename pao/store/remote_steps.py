@@ -57,8 +57,10 @@ async def offer_remote_step(
     task_type: str,
     parameters: dict[str, Any],
     idempotency_key: str,
+    input_assets: list[uuid.UUID] | None = None,
 ) -> int | None:
-    """Offer one step of a run (its rendered parameters) to the claimers of `task_type`.
+    """Offer one step of a run (its rendered parameters) to the claimers of `task_type`;
+    `input_assets` are the (checked) assets its parameters name, which its claimers may read.
 
     Returns the remote step's id; None when the type is not active (or does not exist) or
     this run already offered this step. Waiting claimers hear of it when the caller's
@@ -74,6 +76,7 @@ async def offer_remote_step(
             "task_type": task_type,
             "parameters": Jsonb(parameters),
             "idempotency_key": idempotency_key,
+            "input_assets": input_assets or [],
         },
     )
     row = await cur.fetchone()

@@ -298,6 +298,13 @@ async def wait(conn: Conn, lease: Lease, *, seconds: float) -> bool | None:
     return bool(row["waiting"])
 
 
+async def hold_lease(conn: Conn, lease: Lease) -> bool:
+    """In the caller's transaction, keep the lease until commit (a rescue waits); False if
+    it was lost already. A step writing rows of its own (an asset) calls it before commit."""
+    cur = await conn.execute(QUERIES["due_work_hold_lease"], lease.params())
+    return await cur.fetchone() is not None
+
+
 async def save_waiting_steps(conn: Conn, *, run_id: uuid.UUID, steps: list[Any]) -> None:
     """The steps of a run that now waits for a remote step (the last one, `waiting`)."""
     await conn.execute(QUERIES["run_wait"], {"id": run_id, "steps": Jsonb(steps)})

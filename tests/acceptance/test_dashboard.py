@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
-from collections.abc import Iterator
+import struct
+import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,8 @@ from tests.acceptance.running import api_process, worker_process
 from tests.helpers import auth
 
 WAIT_MS = 30_000  # how long the page may take to show what it is waiting for
+# `expect` has a timeout of its own (5 s), which a busy machine can pass while a page loads.
+expect.set_options(timeout=WAIT_MS)
 
 
 @pytest.fixture
@@ -195,3 +200,147 @@ def test_pause_resume_snooze_and_cancel_from_the_page_change_the_task(
         expect(page.get_by_label("API token")).to_be_visible()
         expect(page.locator("#view")).to_be_empty()
         assert page.evaluate("sessionStorage.getItem('pao.token')") is None
+
+
+def _png(width: int, height: int) -> bytes:
+    """A real (decodable) PNG of red pixels."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    rows = b"".join(b"\x00" + b"\xff\x00\x00" * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+def _upload(base: str, token: str, name: str, data: bytes, **form: str) -> dict[str, Any]:
+    files = {"file": (name, data, "application/octet-stream")}
+    resp = httpx.post(f"{base}/assets", files=files, data=form, headers=auth(token), timeout=10)
+    assert resp.status_code == 201, resp.text
+    body: dict[str, Any] = resp.json()
+    return body
+
+
+@pytest.fixture
+def filer_token(make_token: Callable[..., str]) -> str:
+    return make_token(
+        "tasks:read", "tasks:write", "runs:read", "assets:read", "assets:write", name="filer"
+    )
+
+
+def test_assets_uploaded_previewed_downloaded_linked_and_deleted_from_the_page(
+    db_url: str, filer_token: str, writer_token: str, tmp_path: Path, page: Page
+) -> None:
+    token = filer_token
+    refused: list[str] = []
+    page.on(
+        "console",
+        lambda msg: refused.append(msg.text) if "Content Security Policy" in msg.text else None,
+    )
+    picture = _png(3, 2)
+    source = tmp_path / "cat.png"
+    source.write_bytes(picture)
+    with api_process(db_url, tmp_path) as base:
+        _sign_in(page, base, token)
+        page.get_by_role("link", name="Assets").click()
+        expect(page.get_by_role("heading", name="Assets", level=1)).to_be_visible()
+        expect(page.get_by_text("No assets yet")).to_be_visible()
+
+        # Upload from the page: listed, and stored as sent.
+        page.get_by_label("File").set_input_files(str(source))
+        page.get_by_label("Label", exact=True).fill("a cat")
+        page.get_by_label("Tags").fill("pets, q1")
+        page.get_by_role("button", name="Upload", exact=True).click()
+        status = f"Uploaded cat.png (image/png, {len(picture)} B)"
+        expect(page.locator("#upload-status")).to_contain_text(status)
+        (asset,) = _get(base, token, "/assets")["items"]
+        assert (asset["label"], asset["tags"]) == ("a cat", ["pets", "q1"])
+        assert asset["sha256"] == hashlib.sha256(picture).hexdigest()
+        row = page.locator(f'tr[data-asset-id="{asset["id"]}"]')
+        expect(row).to_contain_text("cat.png")
+        expect(row).to_contain_text("image/png")
+        expect(row).to_contain_text("pets")
+
+        # Previewed from the bytes it fetched with the token: the image really decodes.
+        row.get_by_role("button", name="Preview").click()
+        image = page.get_by_role("img", name="Preview of cat.png")
+        expect(image).to_be_visible()
+        assert image.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [3, 2]
+        assert image.evaluate("img => img.src").startswith("blob:")
+
+        # Filters go to the API.
+        page.get_by_label("Filter by media type").fill("text/*")
+        page.get_by_role("button", name="Filter").click()
+        expect(page.get_by_text("No asset matches these filters.")).to_be_visible()
+        page.get_by_label("Filter by media type").fill("image/*")
+        page.get_by_role("button", name="Filter").click()
+        expect(row).to_be_visible()
+
+        # Download: the browser saves the bytes under the asset's name.
+        with page.expect_download() as info:
+            row.get_by_role("button", name="Download cat.png").click()
+        download = info.value
+        assert download.suggested_filename == "cat.png"
+        assert Path(download.path()).read_bytes() == picture
+
+        # A signed link, shown to copy, that works without a token.
+        row.get_by_role("button", name="Copy a link to cat.png").click()
+        link = page.locator("#asset-link-url")
+        expect(link).to_have_value(re.compile(r"/asset-links/"))
+        assert httpx.get(link.input_value(), timeout=10).content == picture
+        expect(page.locator("#asset-link")).to_contain_text("Anyone with it can download the file")
+
+        # A run's assets on its page: the image previewed, a page and a text offered for
+        # download only, never rendered.
+        body = {
+            "title": "Makes files",
+            "schedule_kind": "event",
+            "schedule_expr": "never.sent",
+            "payload": {"pipeline": [{"id": "x", "uses": "log", "with": {"message": "x"}}]},
+        }
+        task = httpx.post(f"{base}/tasks", json=body, headers=auth(token), timeout=10).json()
+        run = httpx.post(f"{base}/tasks/{task['id']}/run_now", headers=auth(token)).json()
+        _upload(base, token, "chart.png", _png(4, 4), run_id=run["id"])
+        html = b"<html><body><script>document.title='pwned'</script>hi</body></html>"
+        page_asset = _upload(base, token, "page.html", html, run_id=run["id"])
+        notes = _upload(base, token, "notes.txt", b"just text\n", run_id=run["id"])
+        assert page_asset["media_type"] == "text/html"
+        page.goto(f"{base}/ui/#/runs/{run['id']}")
+        assets = page.locator("#run-assets")
+        chart = page.get_by_role("img", name="Preview of chart.png")
+        expect(chart).to_be_visible()
+        assert chart.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [4, 4]
+        for other in (page_asset, notes):
+            item = assets.locator(f'li[data-asset-id="{other["id"]}"]')
+            expect(item).to_contain_text(other["filename"])
+            expect(item.get_by_role("button", name=f"Download {other['filename']}")).to_be_visible()
+            expect(item.locator("img, iframe, object, embed")).to_have_count(0)
+        assert page.title() == "pao dashboard"
+        with page.expect_download() as info:
+            assets.get_by_role("button", name="Download page.html").click()
+        assert Path(info.value.path()).read_bytes() == html
+
+        # Delete asks first, then the asset is gone.
+        page.get_by_role("link", name="Assets").click()
+        row = page.locator(f'tr[data-asset-id="{asset["id"]}"]')
+        row.get_by_role("button", name="Delete cat.png").click()
+        page.get_by_role("dialog").get_by_role("button", name="Delete").click()
+        expect(row).to_have_count(0)
+        gone = httpx.get(f"{base}/assets/{asset['id']}", headers=auth(token), timeout=10)
+        assert gone.status_code == 404
+
+        # A token that may not read assets sees a note on its run's page, not an error.
+        page.get_by_role("button", name="Forget token").click()
+        _sign_in(page, base, writer_token)
+        task = httpx.post(f"{base}/tasks", json=body, headers=auth(writer_token)).json()
+        run = httpx.post(f"{base}/tasks/{task['id']}/run_now", headers=auth(writer_token)).json()
+        page.goto(f"{base}/ui/#/runs/{run['id']}")
+        expect(page.locator("#run-assets")).to_contain_text("needs assets:read")
+        expect(page.get_by_role("alert")).to_be_hidden()
+    assert refused == []

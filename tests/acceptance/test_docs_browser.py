@@ -14,6 +14,8 @@ from tests.acceptance import browser as chromium
 from tests.acceptance.running import api_process
 
 WAIT_MS = 30_000
+# `expect` has a timeout of its own (5 s), which a busy machine can pass while a page loads.
+expect.set_options(timeout=WAIT_MS)
 REDOC_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"  # in its bundle; the policy blocks it
 
 

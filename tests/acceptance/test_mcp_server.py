@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import sys
@@ -16,12 +17,14 @@ import anyio
 import httpx
 import psycopg
 import pytest
-from mcp import ClientSession, StdioServerParameters, types
+from mcp import ClientSession, McpError, StdioServerParameters, types
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
+from pydantic import AnyUrl
 
 from pao import claims
 from pao.db import connect
+from pao.mcp_server import RESOURCE_MAX_BYTES, RESOURCE_PAGE, UPLOAD_MAX_BYTES
 from tests.acceptance.procs import Process, free_port
 from tests.acceptance.running import api_process, worker_process
 from tests.helpers import auth, snapshot, until, until_async
@@ -48,6 +51,10 @@ TOOLS = {
     "fail_claim",
     "get_usage",
     "set_agent_limits",
+    "list_assets",
+    "upload_asset",
+    "asset_link",
+    "delete_asset",
 }
 TASK = {
     "title": "MCP hello",
@@ -415,5 +422,154 @@ def test_an_admin_limits_an_agent_and_the_agent_sees_its_usage(
             await call(admin, "set_agent_limits", agent_id=writer_id, max_runs_per_hour=None)
         async with stdio_session(api, writer_token, log) as session:
             assert (await call(session, "run_now", task_id=task["id"]))["status"] == "queued"
+
+    anyio.run(go)
+
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(range(256)) * 8
+
+
+def test_assets_are_resources_and_tools(
+    api: str,
+    make_token: Callable[..., str],
+    db: psycopg.Connection[Any],
+    tmp_path: Path,
+) -> None:
+    """An agent's assets are resources it lists (paged) and reads (text, bytes, or a signed
+    link past the cap); another agent's are not found; upload_asset is capped."""
+    token = make_token("assets:read", "assets:write", "runs:read", name="filer")
+    other = make_token("assets:read", "assets:write", name="other")
+    blind = make_token("tasks:read", name="blind")
+    big = bytes(range(256)) * (RESOURCE_MAX_BYTES // 256 + 1)
+    resp = httpx.post(
+        f"{api}/assets",
+        files={"file": ("big.bin", big, "application/octet-stream")},
+        headers=auth(token),
+        timeout=30,
+    )
+    assert resp.status_code == 201, resp.text
+    big_id = resp.json()["id"]
+    log = tmp_path / "mcp.log"
+
+    async def go() -> None:
+        async with stdio_session(api, token, log) as session:
+            png = await call(
+                session,
+                "upload_asset",
+                filename="dot.png",
+                content_base64=base64.b64encode(PNG).decode(),
+                label="a dot",
+                tags=["pics"],
+            )
+            assert (png["media_type"], png["size"]) == ("image/png", len(PNG))
+            assert png["uri"] == f"pao://assets/{png['id']}"
+            note = await call(
+                session,
+                "upload_asset",
+                filename="note.md",
+                content_base64=base64.b64encode("héllo\n".encode()).decode(),
+                media_type="text/markdown",
+            )
+            listed = await call(session, "list_assets", tag="pics")
+            assert [a["id"] for a in listed["items"]] == [png["id"]]
+
+            # Resources: the list (newest first) and the template.
+            found = await session.list_resources()
+            assert [str(r.uri) for r in found.resources] == [
+                note["uri"],
+                png["uri"],
+                f"pao://assets/{big_id}",
+            ]
+            assert found.nextCursor is None
+            first = found.resources[1]
+            assert (first.name, first.title, first.mimeType, first.size) == (
+                "dot.png",
+                "a dot",
+                "image/png",
+                len(PNG),
+            )
+            [template] = (await session.list_resource_templates()).resourceTemplates
+            assert template.uriTemplate == "pao://assets/{id}"
+
+            # Reads: bytes as base64, text as text, past the cap a signed link instead.
+            [blob] = (await session.read_resource(AnyUrl(png["uri"]))).contents
+            assert isinstance(blob, types.BlobResourceContents)
+            assert (base64.b64decode(blob.blob), blob.mimeType) == (PNG, "image/png")
+            [text] = (await session.read_resource(AnyUrl(note["uri"]))).contents
+            assert isinstance(text, types.TextResourceContents)
+            assert (text.text, text.mimeType) == ("héllo\n", "text/markdown")
+            [linked] = (await session.read_resource(AnyUrl(f"pao://assets/{big_id}"))).contents
+            assert isinstance(linked, types.TextResourceContents)
+            assert f"more than the {RESOURCE_MAX_BYTES} this server returns inline" in linked.text
+            assert linked.meta is not None
+            url = linked.meta["pao/link"]
+            assert url in linked.text
+            assert linked.meta["pao/size"] == len(big)
+            async with httpx.AsyncClient() as anonymous:
+                assert (await anonymous.get(url)).content == big
+            link = await call(session, "asset_link", asset_id=png["id"], expires_in=60)
+            async with httpx.AsyncClient() as anonymous:
+                assert (await anonymous.get(link["url"])).content == PNG
+
+            # Bad input: refused, nothing stored.
+            bad = await refused(
+                session, "upload_asset", filename="x.bin", content_base64="not base64!"
+            )
+            assert "content_base64 is not base64" in bad
+            for extra, said in ((1, "upload_asset takes at most"), (4, "Input validation")):
+                too_big = base64.b64encode(b"x" * (UPLOAD_MAX_BYTES + extra)).decode()
+                bad = await refused(
+                    session, "upload_asset", filename="x.bin", content_base64=too_big
+                )
+                assert said in bad, bad
+            lying = await refused(
+                session,
+                "upload_asset",
+                filename="x.png",
+                content_base64=base64.b64encode(b"<html>hi</html>").decode(),
+                media_type="image/png",
+            )
+            assert "(422)" in lying
+            with pytest.raises(McpError) as unknown:
+                await session.read_resource(AnyUrl("pao://tasks/x"))
+            assert "pao://assets/{id}" in unknown.value.error.message
+            usage = await call(session, "get_usage")
+            assert usage["asset_bytes"] == len(PNG) + len("héllo\n".encode()) + len(big)
+            assert usage["today"]["asset_bytes_added"] == usage["asset_bytes"]
+
+        before = snapshot(db)
+        async with stdio_session(api, other, log) as session:
+            # Another agent's assets: not listed, not found, not deletable.
+            assert (await session.list_resources()).resources == []
+            with pytest.raises(McpError) as hidden:
+                await session.read_resource(AnyUrl(f"pao://assets/{big_id}"))
+            assert hidden.value.error.code == -32002
+            assert "Not found (404)" in hidden.value.error.message
+            gone = await refused(session, "delete_asset", asset_id=big_id)
+            assert "Not found (404)" in gone
+            assert "Not found (404)" in await refused(session, "asset_link", asset_id=big_id)
+        async with stdio_session(api, blind, log) as session:
+            # Without assets:read there are no resources, and a read names the scope.
+            assert (await session.list_resources()).resources == []
+            with pytest.raises(McpError) as denied:
+                await session.read_resource(AnyUrl(f"pao://assets/{big_id}"))
+            assert "assets:read" in denied.value.error.message
+        assert snapshot(db) == before
+
+        # Paged: RESOURCE_PAGE at a time, following nextCursor.
+        async with httpx.AsyncClient(base_url=api, headers=auth(other)) as http:
+            for i in range(RESOURCE_PAGE + 1):
+                files = {"file": (f"n{i}.txt", f"{i}".encode(), "text/plain")}
+                assert (await http.post("/assets", files=files)).status_code == 201
+        async with stdio_session(api, other, log) as session:
+            page = await session.list_resources()
+            assert len(page.resources) == RESOURCE_PAGE
+            assert page.nextCursor is not None
+            rest = await session.list_resources(
+                params=types.PaginatedRequestParams(cursor=page.nextCursor)
+            )
+            assert [r.name for r in rest.resources] == ["n0.txt"]
+            assert rest.nextCursor is None
+            assert await call(session, "delete_asset", asset_id=str(rest.resources[0].uri)[13:])
 
     anyio.run(go)

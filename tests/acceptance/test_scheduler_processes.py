@@ -128,7 +128,7 @@ def _assert_clean_log(proc: Process) -> None:
 
 # From the last task created to the moment the horizon reaches the second minute of the
 # minutely tasks: time for the schedulers to start, asserted below.
-LIVE_MARGIN = 12.0
+LIVE_MARGIN = 25.0  # three processes starting on a busy 2-core machine take up to ~15 s
 # The odd once tasks, due around the burst (seconds from it).
 ODD_OFFSETS = (-9.0, -6.0, -3.75, 1.0, 2.0)
 

@@ -275,6 +275,8 @@ def test_bad_requests_elsewhere(
         ("POST", "/agents", {"name": "x", "scopes": ["tasks:read"], "expires_at": 0.0}, 422),
         ("POST", "/agents", {"name": "x", "scopes": ["tasks:read"], "expires_at": 2e9}, 422),
         ("POST", "/agents", {"name": "x", "scopes": ["tasks:read"], "expires_at": True}, 422),
+        ("POST", "/agents", {"name": "x", "scopes": ["tasks:read"], "expires_at": "0"}, 422),
+        ("POST", "/agents", {"name": "x", "scopes": ["tasks:read"], "expires_at": "2e9"}, 422),
         ("PUT", "/agents/00000000-0000-0000-0000-000000000000", {"name": "y"}, 404),
         ("DELETE", "/agents/00000000-0000-0000-0000-000000000000", None, 404),
     ]

@@ -28,6 +28,10 @@ def test_ui_redirects_to_its_folder_and_serves_the_page_without_a_token(
     assert "script-src 'self'" in csp
     assert "connect-src 'self'" in csp
     assert "frame-ancestors 'none'" in csp
+    # Asset previews are blob: images; nothing else may come from a blob: (a script, a frame).
+    directives = dict(d.strip().split(" ", 1) for d in csp.split(";") if d.strip())
+    assert directives["img-src"] == "'self' data: blob:"
+    assert [name for name, value in directives.items() if "blob:" in value] == ["img-src"]
     assert page.headers["x-content-type-options"] == "nosniff"
     assert page.headers["x-request-id"]
 

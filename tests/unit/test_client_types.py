@@ -22,6 +22,8 @@ from pao import client
 PAIRS: list[tuple[type, type[BaseModel]]] = [
     (client.Task, api.TaskPublic),
     (client.Run, api.RunPublic),
+    (client.RunDetail, api.RunDetail),
+    (client.RunAsset, api.RunAssetPublic),
     (client.RunLog, api.RunLogPublic),
     (client.Occurrence, api.Occurrence),
     (client.Occurrences, api.Occurrences),

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
@@ -55,8 +56,9 @@ def _resources() -> list[Doc]:
     return [doc for path in _manifest_files() for doc in _load(path)]
 
 
-def _of_kind(kind: str) -> dict[str, Doc]:
-    return {d["metadata"]["name"]: d for d in _resources() if d["kind"] == kind}
+def _of_kind(kind: str, docs: list[Doc] | None = None) -> dict[str, Doc]:
+    """The base's resources of one kind by name (or those of `docs`, a rendered overlay)."""
+    return {d["metadata"]["name"]: d for d in (docs or _resources()) if d["kind"] == kind}
 
 
 def _pod_specs() -> Iterator[tuple[str, Doc]]:
@@ -75,11 +77,11 @@ def _env(container: Doc) -> dict[str, str]:
     return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
 
 
-def _process_env(container: Doc) -> dict[str, str]:
+def _process_env(container: Doc, docs: list[Doc] | None = None) -> dict[str, str]:
     """Everything the process sees: image defaults, then envFrom, then env (Kubernetes order),
     with `secretKeyRef`s and `secretRef`s resolved against the manifests' own Secret."""
-    configs = _of_kind("ConfigMap")
-    secrets = {name: dict(doc["stringData"]) for name, doc in _of_kind("Secret").items()}
+    configs = _of_kind("ConfigMap", docs)
+    secrets = {name: dict(doc["stringData"]) for name, doc in _of_kind("Secret", docs).items()}
     env = dict(re.findall(r"^\s+(PAO_[A-Z_]+)=(\S+)", CONTAINERFILE.read_text(), re.M))
     for ref in container.get("envFrom", []):
         if "configMapRef" in ref:
@@ -353,3 +355,277 @@ def test_the_containerfile_builds_the_package_as_a_non_root_pao_entrypoint() -> 
     assert {"pyproject.toml", "README.md"} <= copied  # the build reads both
     ports = {int(p) for p in re.findall(r"^EXPOSE (.+)$", text, re.MULTILINE)[0].split()}
     assert ports == {_named_port(_container("pao-api"), "http"), 9464}
+
+
+# --------------------------------------------------------------------------- the pooler overlay
+#
+# ops/k8s-pooler is a kustomize overlay of the base. The tests render it themselves, so
+# they need no kubectl: the base's resources, the overlay's own, then each patch merged the
+# strategic way kustomize merges these (mappings key by key, lists of named items such as
+# containers and env by name), then the labels and images. Where kubectl is installed, its
+# kustomize renders the overlay too and must agree.
+
+POOLER = OPS / "k8s-pooler"
+PGBOUNCER_CONTAINERFILE = OPS / "pgbouncer" / "Containerfile"
+LISTENERS = {"pao-api", "pao-worker"}  # the processes that LISTEN (db.warn_if_polling)
+
+
+def _pooler_kustomization() -> Doc:
+    [doc] = _load(POOLER / "kustomization.yaml")
+    return doc
+
+
+def _strategic_merge(base: Any, patch: Any) -> Any:
+    if isinstance(base, dict) and isinstance(patch, dict):
+        merged = dict(base)
+        for key, value in patch.items():
+            merged[key] = _strategic_merge(base[key], value) if key in base else value
+        return merged
+    named = (
+        isinstance(base, list)
+        and isinstance(patch, list)
+        and all(isinstance(i, dict) and "name" in i for i in [*base, *patch])
+    )
+    if named:
+        patches = {item["name"]: item for item in patch}
+        names = {item["name"] for item in base}
+        return [
+            _strategic_merge(item, patches[item["name"]]) if item["name"] in patches else item
+            for item in base
+        ] + [item for item in patch if item["name"] not in names]
+    return patch
+
+
+def _set_images(doc: Doc, images: list[Doc]) -> None:
+    tags = {i["name"]: f"{i.get('newName', i['name'])}:{i['newTag']}" for i in images}
+    if doc["kind"] in ("Deployment", "Job"):
+        for c in doc["spec"]["template"]["spec"]["containers"]:
+            c["image"] = tags.get(c["image"], c["image"])
+
+
+def _render_pooler() -> list[Doc]:
+    overlay = _pooler_kustomization()
+    base_dir, *own = overlay["resources"]
+    assert (POOLER / base_dir).resolve() == K8S
+    docs = _resources() + [doc for name in own for doc in _load(POOLER / name)]
+    for entry in overlay["patches"]:
+        [patch] = _load(POOLER / entry["path"])
+        key = (patch["kind"], patch["metadata"]["name"])
+        [at] = [i for i, d in enumerate(docs) if (d["kind"], d["metadata"]["name"]) == key]
+        docs[at] = _strategic_merge(docs[at], patch)
+    for doc in docs:
+        for kustomization in (_kustomization(), overlay):
+            for label in kustomization["labels"]:
+                doc["metadata"].setdefault("labels", {}).update(label["pairs"])
+            _set_images(doc, kustomization["images"])
+    return docs
+
+
+def _pooler_container(deployment: str, docs: list[Doc]) -> Doc:
+    [container] = _of_kind("Deployment", docs)[deployment]["spec"]["template"]["spec"]["containers"]
+    return dict(container)
+
+
+def _ini(text: str) -> dict[str, dict[str, str]]:
+    """pgbouncer.ini's sections (`;` starts a comment line; `key =` is an empty value)."""
+    sections: dict[str, dict[str, str]] = {}
+    current: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith((";", "#")):
+            continue
+        if line.startswith("["):
+            current = sections.setdefault(line.strip("[]"), {})
+            continue
+        key, _, value = line.partition("=")
+        current[key.strip()] = value.strip()
+    return sections
+
+
+def _pgbouncer_ini(docs: list[Doc]) -> dict[str, dict[str, str]]:
+    return _ini(_of_kind("ConfigMap", docs)["pao-pgbouncer"]["data"]["pgbouncer.ini"])
+
+
+def test_the_pooler_overlay_lists_every_file_once() -> None:
+    overlay = _pooler_kustomization()
+    listed = overlay["resources"][1:] + [p["path"] for p in overlay["patches"]]
+    present = sorted(p.name for p in POOLER.glob("*.yaml") if p.name != "kustomization.yaml")
+    assert sorted(listed) == present
+    assert len(set(listed)) == len(listed)
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_the_rendered_pooler_overlay_matches_the_kubernetes_schema(version: str) -> None:
+    docs = _render_pooler()
+    # The base's resources, each patched in place, and the pooler's five.
+    assert len(docs) == len(_resources()) + 5
+    assert [e for d in docs if (e := _schema_errors(d, version)) is not None] == []
+
+
+def _comparable(docs: list[Doc]) -> list[Doc]:
+    """Sorted by kind and name, env lists by name (kustomize puts added entries first)."""
+    out = []
+    for doc in docs:
+        doc = yaml.safe_load(yaml.safe_dump(doc))
+        if doc["kind"] in ("Deployment", "Job"):
+            for c in doc["spec"]["template"]["spec"]["containers"]:
+                c["env"] = sorted(c.get("env", []), key=lambda e: e["name"])
+        out.append(doc)
+    return sorted(out, key=lambda d: (d["kind"], d["metadata"]["name"]))
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (for its kustomize) absent")
+def test_kubectl_renders_the_pooler_overlay_as_the_tests_do() -> None:
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(POOLER)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    assert _comparable([d for d in yaml.safe_load_all(out) if d]) == _comparable(_render_pooler())
+
+
+def test_behind_pgbouncer_every_process_queries_through_it_and_listens_directly() -> None:
+    docs = _render_pooler()
+    [service] = [
+        s for s in _of_kind("Service", docs).values() if "pgbouncer" in s["metadata"]["name"]
+    ]
+    [port] = service["spec"]["ports"]
+    secret = _of_kind("Secret", docs)["pao-secrets"]["stringData"]
+    direct = secret["PAO_LISTEN_DATABASE_URL"]
+    assert direct == _secret()["DATABASE_URL"]  # the base's own URL, now for LISTEN alone
+    for name in ("pao-api", "pao-scheduler", "pao-worker"):
+        settings = Settings.from_env(_process_env(_pooler_container(name, docs), docs))
+        assert settings.database_pooler == "transaction", name
+        assert settings.listen_database_url == direct, name
+        via = urlsplit(settings.database_url or "")
+        assert (via.hostname, via.port) == (service["metadata"]["name"], port["port"]), name
+        assert (via.username, via.password, via.path) == (
+            urlsplit(direct).username,
+            urlsplit(direct).password,
+            urlsplit(direct).path,
+        ), name
+    # The API reads the whole Secret; the worker is given the key (the scheduler too,
+    # though it does not LISTEN, so every process sees the same three settings).
+    for name in LISTENERS:
+        assert "PAO_LISTEN_DATABASE_URL" in _process_env(_pooler_container(name, docs), docs)
+    # Migrations go straight to PostgreSQL (docs/pgbouncer.md, "Migrations").
+    [job] = _of_kind("Job", docs).values()
+    [migrate] = job["spec"]["template"]["spec"]["containers"]
+    assert Settings.from_env(_process_env(migrate, docs)).database_url == direct
+    # Only the API holds the admin token, pooler or not.
+    holders = {
+        n
+        for n, spec in (
+            (n, d["spec"]["template"]["spec"]) for n, d in _of_kind("Deployment", docs).items()
+        )
+        for c in spec["containers"]
+        if "PAO_ADMIN_TOKEN" in _process_env(c, docs)
+    }
+    assert holders == {"pao-api"}
+
+
+def test_pgbouncer_pools_in_transaction_mode_for_the_direct_database() -> None:
+    docs = _render_pooler()
+    ini = _pgbouncer_ini(docs)
+    bouncer = ini["pgbouncer"]
+    assert bouncer["pool_mode"] == "transaction"
+    assert bouncer["server_reset_query"] == ""
+    assert "extra_float_digits" in bouncer["ignore_startup_parameters"].split(",")
+    assert bouncer["auth_type"] == "scram-sha-256"
+    # Nothing written to disk: the root filesystem is read-only.
+    assert bouncer["unix_socket_dir"] == ""
+    assert not {"logfile", "pidfile"} & set(bouncer)
+    # [databases] sends every name to the host the direct URL names, TLS as it asks.
+    direct = urlsplit(
+        _of_kind("Secret", docs)["pao-secrets"]["stringData"]["PAO_LISTEN_DATABASE_URL"]
+    )
+    target = dict(p.split("=", 1) for p in ini["databases"]["*"].split())
+    assert (target["host"], int(target["port"])) == (direct.hostname, direct.port)
+    if "sslmode=require" in direct.query:
+        assert bouncer["server_tls_sslmode"] in ("require", "verify-ca", "verify-full")
+    # It listens where the Service and the pod say.
+    container = _pooler_container("pao-pgbouncer", docs)
+    assert int(bouncer["listen_port"]) == _named_port(container, "pgbouncer")
+    [service] = [
+        s for s in _of_kind("Service", docs).values() if "pgbouncer" in s["metadata"]["name"]
+    ]
+    [port] = service["spec"]["ports"]
+    assert port["targetPort"] == "pgbouncer"
+    assert bouncer["listen_addr"] == "0.0.0.0"  # noqa: S104
+    # Read from the ConfigMap it is given.
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert container["args"] == [f"{mounts['config']}/pgbouncer.ini"]
+
+
+def test_pgbouncer_knows_the_user_and_password_the_urls_carry() -> None:
+    docs = _render_pooler()
+    bouncer = _pgbouncer_ini(docs)["pgbouncer"]
+    spec = _of_kind("Deployment", docs)["pao-pgbouncer"]["spec"]["template"]["spec"]
+    [container] = spec["containers"]
+    [auth] = [v for v in spec["volumes"] if "secret" in v]
+    mount = next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == auth["name"])
+    directory, _, key = bouncer["auth_file"].rpartition("/")
+    assert directory == mount
+    userlist = _of_kind("Secret", docs)[auth["secret"]["secretName"]]["stringData"][key]
+    [(user, password)] = re.findall(r'^"([^"]+)" "([^"]*)"$', userlist, re.M)
+    for key in ("DATABASE_URL", "PAO_LISTEN_DATABASE_URL"):
+        url = urlsplit(_of_kind("Secret", docs)["pao-secrets"]["stringData"][key])
+        assert (url.username, url.password) == (user, password), key
+    # Placeholders, as in the base: nothing here can be deployed with a known password.
+    assert password == "REPLACE-ME"
+    # Readable by the pod's group only, which PgBouncer's user is in.
+    assert auth["secret"]["defaultMode"] == 0o440
+    assert spec["securityContext"]["fsGroup"] == spec["securityContext"]["runAsGroup"]
+
+
+def test_the_pgbouncer_pod_is_locked_down_probed_and_budgeted() -> None:
+    docs = _render_pooler()
+    text = PGBOUNCER_CONTAINERFILE.read_text()
+    [(uid, gid)] = re.findall(r"^USER\s+(\d+):(\d+)\s*$", text, re.M)
+    deployment = _of_kind("Deployment", docs)["pao-pgbouncer"]
+    spec = deployment["spec"]["template"]["spec"]
+    assert spec["automountServiceAccountToken"] is False
+    pod = spec["securityContext"]
+    assert (pod["runAsNonRoot"], pod["runAsUser"], pod["runAsGroup"]) == (True, int(uid), int(gid))
+    assert pod["seccompProfile"]["type"] == "RuntimeDefault"
+    [container] = spec["containers"]
+    sc = container["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert all(m["readOnly"] for m in container["volumeMounts"])
+    assert container["image"] == "pao-pgbouncer:1.18"
+    assert (
+        set(container["resources"]["requests"])
+        == set(container["resources"]["limits"])
+        == {
+            "cpu",
+            "memory",
+        }
+    )
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["tcpSocket"]["port"] == "pgbouncer", probe
+    # SIGINT (the image's stop signal) is PgBouncer 1.18's safe shutdown.
+    assert re.search(r"^STOPSIGNAL SIGINT$", text, re.M)
+    assert re.findall(r"^FROM\s+(\S+)", text, re.M) == ["debian:bookworm-slim"]
+    # The Service and the budget select the pgbouncer pods and nothing else.
+    pods = {
+        n: d["spec"]["template"]["metadata"]["labels"]
+        for n, d in _of_kind("Deployment", docs).items()
+    }
+
+    def selected(selector: dict[str, str]) -> list[str]:
+        return [n for n, labels in pods.items() if selector.items() <= labels.items()]
+
+    service = _of_kind("Service", docs)["pao-pgbouncer"]
+    assert selected(service["spec"]["selector"]) == ["pao-pgbouncer"]
+    assert selected(_of_kind("Service", docs)["pao-api"]["spec"]["selector"]) == ["pao-api"]
+    budget = _of_kind("PodDisruptionBudget", docs)["pao-pgbouncer"]["spec"]
+    assert selected(budget["selector"]["matchLabels"]) == ["pao-pgbouncer"]
+    assert (
+        1
+        <= deployment["spec"]["replicas"] - budget["minAvailable"]
+        < deployment["spec"]["replicas"]
+    )

@@ -1,6 +1,6 @@
 """Hosts whose clocks are two minutes off still fire everything on time by the database's.
 
-A real `pao api`, `pao scheduler` and `pao worker` run under Debian's `faketime` with
+A real `pao api`, `pao scheduler` and `pao worker` run under Debian's libfaketime with
 their host clock two minutes ahead, then two minutes behind, against a database whose
 clock is right. Every occurrence must run once, starting within a small bound of its
 scheduled time by the DATABASE's clock (`runs.started_at - scheduled_for`, both stamped
@@ -19,8 +19,8 @@ Skipped where `faketime` is not installed, unless PAO_REQUIRE_FAKETIME is set (C
 from __future__ import annotations
 
 import functools
+import glob
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -52,13 +52,19 @@ LONG = [{"id": "nap", "uses": "sleep", "with": {"seconds": LEASE_SECONDS + 2}}]
 
 
 def _faketime() -> str:
-    found = shutil.which("faketime")
-    if found is None:
+    """libfaketime from Debian's `faketime` package, preloaded into the processes directly:
+    the `faketime` command runs its program as a child, which outlives it when killed."""
+    found = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))
+    if not found:
         why = "Debian's faketime is not installed (apt-get install faketime)"
         if os.environ.get("PAO_REQUIRE_FAKETIME"):
             pytest.fail(f"PAO_REQUIRE_FAKETIME is set but {why}")
         pytest.skip(why)
-    return found
+    return found[0]
+
+
+def _skew_env(faketime: str, skew: str) -> dict[str, str]:
+    return {"LD_PRELOAD": faketime, "FAKETIME": skew, "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
 
 
 def _rows(db: Conn, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
@@ -79,8 +85,7 @@ def _skewed(
     faketime: str, skew: str, name: str, env: dict[str, str], log: Path
 ) -> Iterator[Process]:
     """`pao <name>` with this host's wall clock `skew` off (libfaketime's offset syntax)."""
-    env = {**env, "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
-    proc = Process([faketime, "-f", skew, sys.executable, "-m", "pao", name], env, log)
+    proc = Process([sys.executable, "-m", "pao", name], {**env, **_skew_env(faketime, skew)}, log)
     try:
         yield proc
     finally:
@@ -193,8 +198,8 @@ def _skewed_now(faketime: str, skew: str) -> datetime:
     """What a process started as the pao processes are takes the time to be."""
     code = "import datetime; print(datetime.datetime.now(datetime.UTC).isoformat())"
     out = subprocess.run(
-        [faketime, "-f", skew, sys.executable, "-c", code],
-        env={**os.environ, "FAKETIME_DONT_FAKE_MONOTONIC": "1"},
+        [sys.executable, "-c", code],
+        env={**os.environ, **_skew_env(faketime, skew)},
         capture_output=True,
         text=True,
         timeout=30,

@@ -50,7 +50,7 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-pg15-test: $(STAMP) ## run the suite again on a Debian PostgreSQL 15 cluster, if installed
+pg15-test: $(STAMP) ## run the integration tests again on a Debian PostgreSQL 15 cluster, if installed
 	bash .ci/pg15-suite $(PYTEST_PARALLEL)
 
 clean: ## remove the virtual environment and local databases

@@ -24,13 +24,14 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
+
+from tests.helpers import until
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -188,18 +189,16 @@ class Pair:
 
     def wait_synchronous(self, timeout: float = 60) -> None:
         """Until the primary counts the standby as its synchronous one."""
-        deadline = time.monotonic() + timeout
         with psycopg.connect(self.primary.url, autocommit=True) as conn:
-            while True:
+
+            def synchronous() -> bool:
                 row = conn.execute(
                     "SELECT sync_state FROM pg_stat_replication WHERE application_name = %s",
                     (STANDBY_NAME,),
                 ).fetchone()
-                if row and row[0] == "sync":
-                    return
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the standby is not synchronous: {row}")
-                time.sleep(0.1)
+                return bool(row and row[0] == "sync")
+
+            until(synchronous, "the standby to be synchronous", timeout, every=0.1)
 
     def wait_replayed(self, timeout: float = 60) -> None:
         """Until the standby has replayed everything the primary has written so far."""
@@ -207,17 +206,15 @@ class Pair:
             row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
         assert row is not None
         lsn = row[0]
-        deadline = time.monotonic() + timeout
         with psycopg.connect(self.standby.url, autocommit=True) as conn:
-            while True:
+
+            def replayed() -> bool:
                 lag = conn.execute(
                     "SELECT pg_wal_lsn_diff(%s::pg_lsn, pg_last_wal_replay_lsn())", (lsn,)
                 ).fetchone()
-                if lag and lag[0] is not None and lag[0] <= 0:
-                    return
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the standby has not replayed up to {lsn}")
-                time.sleep(0.1)
+                return bool(lag and lag[0] is not None and lag[0] <= 0)
+
+            until(replayed, f"the standby to replay up to {lsn}", timeout, every=0.1)
 
     def destroy(self) -> None:
         for server in reversed(self._started):

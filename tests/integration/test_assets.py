@@ -19,7 +19,7 @@ from pao import assets as logic
 from pao import links
 from pao.db import connect
 from pao.errors import QuotaExceeded
-from tests.helpers import auth
+from tests.helpers import auth, until_async
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(range(200)) * 50
 
@@ -629,9 +629,7 @@ def test_two_uploads_cannot_both_take_the_last_of_a_quota(
                 logic.create_asset(b, agent, limits, [b"2" * 600], logic.AssetFields())
             )
             # It waits for the first's lock on the usage row (seen in pg_stat_activity).
-            while not await _waits_for_a_lock(a):
-                assert not second.done(), "the second upload did not wait for the first"
-                await asyncio.sleep(0.02)
+            await until_async(lambda: _waits_for_a_lock(a), "the second upload to wait for a lock")
             assert not second.done()
             await a.commit()
             results: list[Any] = [first]

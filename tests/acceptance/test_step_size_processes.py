@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from pao.settings import Settings
 from tests.acceptance.procs import pao_process, worker_id
-from tests.helpers import create_task, run_now, until
+from tests.helpers import create_task, run_now, serving, until
 
 MIB = 1024 * 1024
 BODY = b"x" * (10 * MIB)
@@ -41,14 +40,8 @@ class _TenMiB(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def ten_mib() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _TenMiB)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/big"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(_TenMiB) as base:
+        yield f"{base}/big"
 
 
 def _memory_kib(pid: int, field: str) -> int:

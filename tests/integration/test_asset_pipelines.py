@@ -8,11 +8,10 @@ import asyncio
 import hashlib
 import json
 import sys
-import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from pao.settings import Settings
 from pao.store.work import Lease
 from scheduler.housekeeping import prune_step
 from tests.background import worker
-from tests.helpers import SEED_TASK, auth, snapshot, until
+from tests.helpers import SEED_TASK, auth, serving, snapshot, until
 from worker.files import StepFiles
 from worker.http_tool import ToolFailed
 
@@ -118,14 +117,8 @@ class _Files(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def files() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Files)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(_Files) as base:
+        yield base
 
 
 # Helpers -------------------------------------------------------------------------------

@@ -3,10 +3,9 @@ fails at once, with the setting to change, and is not retried (it would fail aga
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import psycopg
@@ -15,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from pao.settings import Settings
 from tests.background import worker
-from tests.helpers import SEED_TASK, auth
+from tests.helpers import SEED_TASK, auth, serving
 
 MIB = 1024 * 1024
 
@@ -47,14 +46,8 @@ class _Sized(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def sized() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Sized)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(_Sized) as base:
+        yield base
 
 
 def _run(

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import psycopg
@@ -16,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from pao.settings import Settings
 from tests.background import scheduler, worker
-from tests.helpers import SEED_TASK, auth, until
+from tests.helpers import SEED_TASK, auth, serving, until
 
 
 @pytest.fixture
@@ -260,14 +259,8 @@ class _Flag(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def flag_server() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Flag)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/flag"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(_Flag) as base:
+        yield f"{base}/flag"
 
 
 def test_condition_fires_on_the_false_to_true_edge_only(

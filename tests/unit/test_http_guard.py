@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.helpers import serving
 from worker.http_tool import Allow, ToolFailed, _checked_target, _origin, http_request
 
 NOTHING_ALLOWED = Allow.parse([])
@@ -144,14 +145,8 @@ class _Echo(BaseHTTPRequestHandler):
 def _echoing() -> Iterator[tuple[str, list[str]]]:
     seen: list[str] = []
     handler = type("Echo", (_Echo,), {"seen": seen})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(handler) as base:
+        yield base, seen
 
 
 SECRETS = {

@@ -32,7 +32,17 @@ from api.app import create_app
 from pao.settings import Settings
 from tests.helpers import SEED_TASK, auth
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    # psycopg_pool jitters each new connection's lifetime with the global `random`, from its
+    # own threads; when that lands while hypothesis draws a case in this thread, hypothesis
+    # warns that the strategy used `random`. The strategies here draw only from
+    # hypothesis's own randoms, so the warning is about the app's threads, not the test.
+    pytest.mark.filterwarnings(
+        "ignore:Do not use the `random` module inside strategies"
+        ":hypothesis.errors.HypothesisDeprecationWarning"
+    ),
+]
 
 EXAMPLES = 30  # per operation and mode: about 1,300 requests in all
 SCOPES = ("tasks:read", "tasks:write", "runs:read", "events:publish")

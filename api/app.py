@@ -35,8 +35,8 @@ from api.routes import (
 from api.streams import StreamHub
 from api.uploads import UploadSlots
 from pao import db
-from pao.agents import ensure_admin_token
 from pao.clock import DatabaseClock
+from pao.domain.agents import ensure_admin_token
 from pao.mcp import McpHub
 from pao.migrate import ensure_migrated
 from pao.settings import Settings

@@ -16,13 +16,13 @@ from api.streams import StreamHub
 from api.uploads import UploadSlots
 from pao import db, pagination
 from pao.clock import DatabaseClock
+from pao.domain.task_types import Editor
+from pao.domain.tasks import Context, Quotas
 from pao.errors import Forbidden, RateLimited, Unauthenticated
 from pao.mcp import McpHub
 from pao.models import Agent, Task
 from pao.settings import Settings
 from pao.store import rate_counters
-from pao.task_types import Editor
-from pao.tasks import Context, Quotas
 from pao.tools import ToolRegistry
 from pao.vocabulary import Scope
 
@@ -40,7 +40,7 @@ class AppState:
     streams: StreamHub
     uploads: UploadSlots
     clock: DatabaseClock  # the database's, measured on requests' own connections
-    # The signed asset links' key, read once (pao.assets.link_key).
+    # The signed asset links' key, read once (pao.domain.assets.link_key).
     link_key: bytes | None = None
 
     @asynccontextmanager

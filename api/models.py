@@ -11,10 +11,10 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, ConfigDict, Field
 
 from pao import costs
-from pao.budgets import Usage
 from pao.costs import Window
+from pao.domain.budgets import Usage
+from pao.domain.runs import RunView
 from pao.models import Asset, Event, Run, Task
-from pao.runs import RunView
 from pao.schemas import TaskFields
 from pao.store.assets import RunAsset
 from pao.vocabulary import AssetStatus, RemoteStepState, TaskStatus

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import psycopg
 
-from pao.agents import create_agent
 from pao.db import connect
+from pao.domain.agents import create_agent
 from pao.embedded import ensure_embedded
 from pao.migrate import migrate
 

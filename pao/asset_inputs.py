@@ -8,7 +8,7 @@ step's input by walking the schema along the value, as a validator would: `prope
 `allOf`, and of `anyOf` / `oneOf` / `if` only the branches the value matches.
 
 Pure: the checks that need the database (is the asset there, may the task's owner use it)
-are `pao.assets.check_step_inputs`, at create for literal ids and before the step starts
+are `pao.domain.assets.check_step_inputs`, at create for literal ids and before the step starts
 for every id.
 """
 

@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import EntryPoint, entry_points
 
 from pao import cli_assets, cli_client, logs, tokens
-from pao.agents import create_agent, ensure_admin_token
 from pao.db import connect
+from pao.domain.agents import create_agent, ensure_admin_token
 from pao.embedded import database_url, ensure_embedded
 from pao.errors import PaoError
 from pao.migrate import ensure_migrated, migrate

@@ -1,7 +1,7 @@
 """Request bodies shared by every face of the orchestrator (HTTP API, CLI, MCP).
 
 Shapes and ranges only; meaning (schedules, pipelines, ownership) is checked
-by the logic in `pao.tasks`, which collects every error before answering.
+by the logic in `pao.domain.tasks`, which collects every error before answering.
 """
 
 from __future__ import annotations
@@ -291,7 +291,7 @@ JsonFloat = Annotated[float, BeforeValidator(_json_number), Field(allow_inf_nan=
 
 
 class TaskTypeDefinition(_Strict):
-    """What a task type says (PUT replaces all of it); `pao.task_types` checks the schemas."""
+    """What a task type says (PUT replaces all of it); `pao.domain.task_types` checks it."""
 
     description: str = Field("", max_length=10_000)
     parameters_schema: dict[str, Any] = Field(

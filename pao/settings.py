@@ -67,7 +67,7 @@ class Settings:
     # Peers whose X-Forwarded-For / X-Forwarded-Proto are believed (uvicorn's
     # forwarded_allow_ips): addresses or CIDRs, "*" for any.
     forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1",)
-    # The largest asset, and the asset bytes one agent may keep (pao.assets).
+    # The largest asset, and the asset bytes one agent may keep (pao.domain.assets).
     asset_max_bytes: int = 1 << 30
     asset_quota_bytes: int = 10 << 30
     # The key of signed asset links; unset: one made on first use and kept in the database,

@@ -55,7 +55,7 @@ class ToolSpec:
     required_scope: str | None = None
     argument_scopes: tuple[tuple[str, str], ...] = ()
     # builtin, mcp (a tool of an MCP server of the tools file) or remote (a task type: done
-    # by an agent outside pao that claims it over HTTP; see pao.task_types).
+    # by an agent outside pao that claims it over HTTP; see pao.domain.task_types).
     kind: str = "builtin"
     # What one call costs (None: free): PAO_TOOL_COSTS for a built-in, the tools file's
     # `cost_per_call` for an MCP tool, the task type's for a remote one.
@@ -398,7 +398,7 @@ class ToolRegistry:
             self._builtins[name] = dataclasses.replace(self._builtins[name], cost_per_call=cost)
         self._servers: dict[str, McpServerConfig] = dict(servers or {})
         self._discovered: dict[str, dict[str, ToolSpec]] = {}
-        # Active task types, as last loaded from the database (pao.task_types keeps them
+        # Active task types, as last loaded from the database (pao.domain.task_types keeps them
         # fresh), and when: time.monotonic(), or None when they must be loaded again.
         self._remote: dict[str, ToolSpec] = {}
         self.remote_loaded_at: float | None = None

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
 
-from pao import budgets, occurrences
 from pao.db import Conn
+from pao.domain import budgets, occurrences
 from pao.models import Task
 from pao.schedule import Schedule, parse_schedule
 from pao.settings import Settings

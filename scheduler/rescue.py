@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 
-from pao import claims, streams
+from pao import streams
 from pao.backoff import retry_delay
 from pao.db import Conn
+from pao.domain import claims
 from pao.store import run_events, runs
 from pao.store import work as work_store
 from pao.vocabulary import RunStatus, WorkState

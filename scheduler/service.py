@@ -22,8 +22,8 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from psycopg_pool import AsyncConnectionPool
 
 from pao import db
-from pao import events as event_logic
 from pao.clock import Clock, DatabaseClock
+from pao.domain import events as event_logic
 from pao.errors import DatabaseUnavailable
 from pao.settings import Settings
 from pao.store import events, heartbeats, runs

@@ -19,8 +19,8 @@ from fastapi.testclient import TestClient
 from psycopg import sql
 from pytest_postgresql.janitor import DatabaseJanitor
 
-from pao.agents import create_agent
 from pao.db import connect
+from pao.domain.agents import create_agent
 from pao.store.occurrences import QueueRequest, queue_many
 from pao.vocabulary import QueueReason
 

@@ -23,8 +23,9 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from pao import assets, db
+from pao import db
 from pao.asset_inputs import asset_fields
+from pao.domain import assets
 from pao.errors import QuotaExceeded, TooLarge
 from pao.models import Agent, Asset
 from pao.store import events, work

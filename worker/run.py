@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING
 
 from psycopg_pool import AsyncConnectionPool
 
-from pao import budgets, claims, costs, db, logs
+from pao import costs, db, logs
 from pao.backoff import retry_delay
 from pao.clock import Clock
+from pao.domain import budgets, claims
 from pao.errors import InvalidInput, TaskTypeUnavailable
 from pao.models import Event, StepRecord, Task
 from pao.pipeline import RESUME_FROM_START, Pipeline, load_pipeline
@@ -185,7 +186,7 @@ class Runner:
         self, held: Running, task: Task, waiting: Waiting, steps: list[StepRecord]
     ) -> None:
         """Offer the remote step and let the run wait for it without this worker: in one
-        transaction, fenced by the lease. The step's end continues the run (`pao.claims`)."""
+        transaction, fenced by the lease. The step's end continues the run (`pao.domain.claims`)."""
         c = held.claimed
         record = waiting.record
         self.outcomes.forget(c.id)  # progress written later could not apply anyway

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 from psycopg_pool import AsyncConnectionPool
 
 from pao import db
-from pao.agents import check_step_scopes
 from pao.asset_inputs import mentions_assets
+from pao.domain.agents import check_step_scopes
 from pao.errors import MissingScope
 from pao.settings import Settings
 from pao.store import events, work
@@ -73,7 +73,7 @@ class Toolbox:
 
     def files(self) -> StepFiles:
         """The run's door to assets (loaded by the first step that saves or sends one)."""
-        from pao.assets import Limits
+        from pao.domain.assets import Limits
         from worker.files import StepFiles
 
         limits = self.file_limits

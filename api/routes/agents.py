@@ -9,8 +9,8 @@ from fastapi import APIRouter, Request, Response
 from api.deps import Admin, PageQuery, RunsRead, State, request_id
 from api.models import AgentCreated, AgentPublic, Page, UsagePublic
 from api.openapi import conflicts
-from pao import agents as logic
-from pao import budgets
+from pao.domain import agents as logic
+from pao.domain import budgets
 from pao.schemas import AgentCreate, AgentUpdate
 
 router = APIRouter(prefix="/agents", tags=["agents"])

@@ -15,8 +15,8 @@ from api.models import AssetLink, AssetPublic, Page
 from api.openapi import conflicts
 from api.ranges import ByteRange, none_match, parse_range, range_applies
 from api.uploads import PartEnd, PartStart, boundary_of, read_form
-from pao import assets as logic
 from pao import links, media
+from pao.domain import assets as logic
 from pao.errors import Forbidden, InvalidInput, TooLarge
 from pao.models import Agent, Asset
 from pao.schemas import AssetLinkCreate

@@ -12,7 +12,7 @@ from api.models import ClaimEnded, ClaimItem, ClaimLease, ClaimList, ClaimOutcom
 from api.openapi import conflicts
 from api.problems import problem_type
 from api.remote import POLL_SECONDS, RemoteWork
-from pao import claims as logic
+from pao.domain import claims as logic
 from pao.models import Agent
 from pao.schemas import ClaimComplete, ClaimCompleteMany, ClaimFail, ClaimProgress, ClaimRequest
 from pao.vocabulary import RemoteStepState, Scope

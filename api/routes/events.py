@@ -9,7 +9,7 @@ from api.deps import EventsPublish, State, request_id
 from api.idempotency import idempotent
 from api.models import EventAccepted
 from api.openapi import conflicts
-from pao import events as logic
+from pao.domain import events as logic
 from pao.schemas import EventPublish
 from pao.visibility import owner_filter
 

@@ -12,7 +12,7 @@ from api.deps import PageQuery, RunsRead, State, TasksWrite, request_id
 from api.models import Page, RunDetail, RunLogPublic, RunLogs, RunPublic
 from api.openapi import conflicts
 from api.streams import guarded, run_stream, sse_response
-from pao import runs as logic
+from pao.domain import runs as logic
 from pao.schemas import RunStatusField
 from pao.visibility import owner_filter
 

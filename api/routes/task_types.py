@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Response
 from api.deps import PageQuery, State, TasksRead, TypeEditor
 from api.models import TaskTypePage, TaskTypePublic
 from api.openapi import conflicts
-from pao import task_types as logic
+from pao.domain import task_types as logic
 from pao.schemas import TaskTypeCreate, TaskTypeDefinition
 
 router = APIRouter(prefix="/task-types", tags=["task types"])

@@ -25,8 +25,9 @@ from api.idempotency import idempotent
 from api.models import Occurrence, Occurrences, Page, RunPublic, TaskPublic
 from api.openapi import conflicts
 from api.streams import guarded, sse_response, task_stream
-from pao import tasks as logic
 from pao.db import Conn
+from pao.domain import tasks as logic
+from pao.domain.tasks import Context
 from pao.errors import InvalidInput
 from pao.models import Task
 from pao.schedule import Budget, off_loop, parse_schedule
@@ -38,7 +39,6 @@ from pao.schemas import (
     TaskStatusField,
     TaskUpdate,
 )
-from pao.tasks import Context
 from pao.vocabulary import ScheduleKind, TaskStatus
 from pao.zones import get_zone
 
@@ -46,7 +46,7 @@ router = APIRouter(prefix="/tasks", tags=["tasks"])
 
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 
-# How many fire times pao.tasks.hourly_peak samples (the first is next_run_at).
+# How many fire times pao.domain.tasks.hourly_peak samples (the first is next_run_at).
 _PEAK_SAMPLE = 121
 
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 
 from api.deps import State, TasksRead
 from api.models import ToolList, ToolPublic, ToolServerPublic
-from pao import task_types
+from pao.domain import task_types
 
 router = APIRouter(prefix="/tools", tags=["tools"])
 

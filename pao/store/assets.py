@@ -1,4 +1,4 @@
-"""`assets` and `asset_chunks`: uploaded files and their bytes (`pao.assets` decides)."""
+"""`assets` and `asset_chunks`: uploaded files and their bytes (`pao.domain.assets` decides)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Remote steps: a run's steps offered to the agents that claim their task type.
 
 `offer_remote_step` is what the worker calls when a pipeline reaches a step whose tool is a
-task type; the API's claim routes (`pao.claims`) do the rest. When a step ends (succeeded
+task type; the API's claim routes (`pao.domain.claims`) do the rest. When a step ends (succeeded
 or failed by its holder) `ENDED_CHANNEL` is notified with a JSON payload
 ``{"step": <remote step id>, "run": <run id>, "step_id": <step id>, "state": <state>}``.
 """
@@ -64,7 +64,7 @@ async def offer_remote_step(
 
     Returns the remote step's id; None when the type is not active (or does not exist) or
     this run already offered this step. Waiting claimers hear of it when the caller's
-    transaction commits. The caller checks the parameters first (`pao.claims.offer_step`
+    transaction commits. The caller checks the parameters first (`pao.domain.claims.offer_step`
     does both).
     """
     cur = await conn.execute(

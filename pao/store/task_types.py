@@ -1,4 +1,4 @@
-"""`task_types`: the declared kinds of remote step (`pao.task_types` checks them)."""
+"""`task_types`: the declared kinds of remote step (`pao.domain.task_types` checks them)."""
 
 from __future__ import annotations
 

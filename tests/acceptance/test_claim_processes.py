@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 
-from pao import claims
 from pao.db import connect
+from pao.domain import claims
 from tests.acceptance.procs import pao, wait_ready
 from tests.acceptance.test_streams import _api, _read_until, frames
 from tests.helpers import SEED_TASK, auth, claims_waiting, new_agent

@@ -22,8 +22,8 @@ from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from pydantic import AnyUrl
 
-from pao import claims
 from pao.db import connect
+from pao.domain import claims
 from pao.mcp_server import RESOURCE_MAX_BYTES, RESOURCE_PAGE, UPLOAD_MAX_BYTES
 from tests.acceptance.procs import Process, free_port
 from tests.acceptance.running import api_process, worker_process

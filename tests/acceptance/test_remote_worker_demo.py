@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import psycopg
 
-from pao import claims
 from pao.db import connect
+from pao.domain import claims
 from tests.acceptance.procs import ROOT, Process, until_logged, until_running, wait_ready
 from tests.acceptance.running import api_process, finished_run, worker_process
 from tests.acceptance.test_streams import _api

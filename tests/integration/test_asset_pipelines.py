@@ -19,9 +19,9 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from pao import assets, claims
 from pao import db as db_module
 from pao.db import connect
+from pao.domain import assets, claims
 from pao.settings import Settings
 from pao.store.work import Lease
 from scheduler.housekeeping import prune_step

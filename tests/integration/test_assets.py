@@ -15,9 +15,9 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from pao import assets as logic
 from pao import links
 from pao.db import connect
+from pao.domain import assets as logic
 from pao.errors import QuotaExceeded
 from tests.helpers import auth, until_async
 

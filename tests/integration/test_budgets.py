@@ -15,9 +15,9 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from pao import budgets
 from pao.costs import windows
 from pao.db import connect
+from pao.domain import budgets
 from pao.settings import Settings
 from pao.zones import get_zone
 from scheduler.materialise import materialise_batch

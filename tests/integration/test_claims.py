@@ -14,8 +14,8 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from pao import claims
 from pao.db import connect
+from pao.domain import claims
 from pao.store import remote_steps
 from tests.helpers import auth, claims_waiting, snapshot, until
 from tests.integration.test_task_types import TRANSCODE, create_type, transcode_task

@@ -564,8 +564,8 @@ def test_a_cancel_racing_a_complete_does_not_deadlock(
     remote step, so neither deadlocks (PostgreSQL would abort one: a 503). Whichever
     commits first decides: a step completed first is a checkpoint and the cancel then ends
     the continued run; a cancel first leaves the holder a 409 and the step cancelled."""
-    from pao import claims
-    from pao import runs as run_logic
+    from pao.domain import claims
+    from pao.domain import runs as run_logic
     from pao.errors import ClaimLost
     from pao.store import agents as agent_store
     from pao.store import remote_steps as remote_store

@@ -12,8 +12,8 @@ from zoneinfo import ZoneInfo
 import psycopg
 from fastapi.testclient import TestClient
 
-from pao import events
 from pao.db import connect
+from pao.domain import events
 from pao.settings import Settings
 from pao.store import events as event_store
 from tests.helpers import SEED_TASK, auth

@@ -307,7 +307,7 @@ def test_the_secret_holds_placeholders_that_cannot_be_deployed_by_mistake() -> N
     assert set(secret) == {"DATABASE_URL", "PAO_ADMIN_TOKEN"}
     assert secret["DATABASE_URL"].startswith("postgresql://")
     assert "REPLACE-ME" in secret["DATABASE_URL"]
-    # Not a well-formed token: the API refuses to start with it (pao.agents.ensure_admin_token).
+    # Not a well-formed token: the API refuses to start with it (domain.agents.ensure_admin_token).
     assert "REPLACE-ME" in secret["PAO_ADMIN_TOKEN"]
     assert not tokens.is_well_formed(secret["PAO_ADMIN_TOKEN"])
 

@@ -11,9 +11,9 @@ from dateutil.rrule import rrulestr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pao.domain.tasks import hourly_peak
 from pao.errors import InvalidInput
 from pao.schedule import KINDS, SEARCH_BUDGET, Budget, Schedule, event_matches, parse_schedule
-from pao.tasks import hourly_peak
 from pao.zones import UTC, get_zone, offset_bounds
 
 NY = "America/New_York"

@@ -14,10 +14,11 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from pao import assets, budgets, costs, pagination, task_types
-from pao.agents import check_step_scopes
+from pao import costs, pagination
 from pao.clock import DatabaseClock
 from pao.db import Conn
+from pao.domain import assets, budgets, task_types
+from pao.domain.agents import check_step_scopes
 from pao.errors import (
     Conflict,
     FieldError,

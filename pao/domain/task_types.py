@@ -2,7 +2,7 @@
 
 A step names a task type in `uses` like any tool; its `with` is checked against the type's
 `parameters_schema` when the task is written, and again, rendered, when the step is offered
-to the agents that claim the type (`pao.claims`). Names share the tool namespace, so a type
+to the agents that claim the type (`pao.domain.claims`). Names share the tool namespace, so a type
 may not take a built-in's name (or namespace) nor a name on a declared MCP server.
 
 Each API process keeps the active types in its `ToolRegistry`. Several processes serve one

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pao import pagination, streams
-from pao.assets import run_assets
 from pao.db import Conn
+from pao.domain.assets import run_assets
 from pao.errors import Conflict, NotFound
 from pao.models import Agent, Run, RunLog
 from pao.store import audit, remote_steps, run_events, runs

@@ -25,10 +25,12 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from pao import budgets, costs, streams
+from pao import costs, streams
 from pao.asset_inputs import asset_fields
 from pao.backoff import retry_delay
 from pao.db import Conn
+from pao.domain import budgets
+from pao.domain.task_types import check_output, check_parameters
 from pao.errors import (
     ClaimLost,
     FieldError,
@@ -48,7 +50,6 @@ from pao.store import work as work_store
 from pao.store.runs import WaitingWork
 from pao.store.task_types import TaskType
 from pao.streams import log as log_event
-from pao.task_types import check_output, check_parameters
 from pao.vocabulary import RemoteStepState, RunStatus, ScheduleKind, StepStatus
 
 DEFAULT_TIMEZONE = Settings.default_timezone
@@ -132,7 +133,9 @@ async def _input_assets(
     fields = asset_fields(found.parameters_schema, parameters)
     if not fields:
         return []
-    from pao import assets  # what reads assets is loaded by the workers whose steps take some
+    from pao.domain import (
+        assets,  # what reads assets is loaded by the workers whose steps take some
+    )
 
     origin = await event_store.step_origin(conn, run_id)
     if origin is None:

@@ -75,7 +75,7 @@ def _task_types(value: object) -> list[str] | None:
     """The task types an agent may claim, each a well-formed name, sorted; None: any."""
     if not isinstance(value, list):
         return None
-    from pao.task_types import check_name
+    from pao.domain.task_types import check_name
 
     for index, name in enumerate(value):
         check_name(str(name), ("task_types", index))

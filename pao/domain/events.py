@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from pao import budgets, occurrences
 from pao.db import Conn
+from pao.domain import budgets, occurrences
 from pao.errors import MissingScope
 from pao.models import Agent, Event, Run, Task
 from pao.settings import Settings

@@ -29,6 +29,10 @@ def ensure_embedded(data_dir: Path) -> str:
     data_dir = data_dir.expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     pgdata = data_dir / "pgdata"
+    # pgserver checks for the directory and then creates it, outside its lock: processes
+    # started together on a fresh data directory (`pao dev`, parallel tests) would race
+    # there. An existing empty directory is initialised under the lock, by one of them.
+    pgdata.mkdir(exist_ok=True)
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (CI, containers); harmless.
         warnings.simplefilter("ignore")

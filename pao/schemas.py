@@ -217,6 +217,16 @@ else:
     TaskUpdate = _all_optional("TaskUpdate", TaskFields, _TaskPatch)
 
 
+class TaskFilter(BaseModel):
+    """Which tasks a listing keeps (the query parameters of `GET /tasks`); unset keeps all."""
+
+    model_config = ConfigDict(frozen=True)
+
+    status: TaskStatusField | None = None
+    created_by: uuid.UUID | None = None
+    schedule_kind: ScheduleKindField | None = None
+
+
 class SchedulePreview(_Strict):
     schedule_kind: ScheduleKindField
     schedule_expr: str = Field(min_length=1, max_length=1000)

@@ -93,12 +93,8 @@ async def usage(state: State, agent: RunsRead, agent_id: uuid.UUID) -> UsagePubl
     keeps (`asset_bytes`, against `asset_quota_bytes`; each window's `asset_bytes_added`
     counts those of its kept assets created in the window). For the agent itself
     (scope runs:read) or an admin; another agent's answers 404."""
+    zone, quota = state.settings.default_timezone, state.settings.asset_quota_bytes
     async with state.tx() as conn:
-        found = await budgets.usage(
-            conn,
-            agent,
-            agent_id,
-            now=await state.clock.now(conn),
-            default_timezone=state.settings.default_timezone,
-        )
-    return UsagePublic.of(found, asset_quota_bytes=state.settings.asset_quota_bytes)
+        now = await state.clock.now(conn)
+        found = await budgets.usage(conn, agent, agent_id, now=now, default_timezone=zone)
+    return UsagePublic.of(found, asset_quota_bytes=quota)

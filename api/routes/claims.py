@@ -95,14 +95,10 @@ async def complete_many(state: State, agent: WorkClaim, body: ClaimCompleteMany)
     and on 403 (a claim that belongs to another agent).
     """
     items = [logic.Completion(i.claim_id, i.output, i.cost) for i in body.items]
+    zone = state.settings.default_timezone
     async with state.tx() as conn:
-        refused = await logic.complete_many(
-            conn,
-            agent,
-            items,
-            now=await state.clock.now(conn),
-            default_timezone=state.settings.default_timezone,
-        )
+        now = await state.clock.now(conn)
+        refused = await logic.complete_many(conn, agent, items, now=now, default_timezone=zone)
     outcomes = []
     for item, error in zip(items, refused, strict=True):
         if error is None:

@@ -32,11 +32,10 @@ from pao.errors import InvalidInput
 from pao.models import Task
 from pao.schedule import Budget, off_loop, parse_schedule
 from pao.schemas import (
-    ScheduleKindField,
     SchedulePreview,
     Snooze,
     TaskCreate,
-    TaskStatusField,
+    TaskFilter,
     TaskUpdate,
 )
 from pao.vocabulary import ScheduleKind, TaskStatus
@@ -163,22 +162,12 @@ async def list_tasks(
     state: State,
     agent: TasksRead,
     page: PageQuery,
-    status: TaskStatusField | None = None,
-    created_by: uuid.UUID | None = None,
-    schedule_kind: ScheduleKindField | None = None,
+    only: Annotated[TaskFilter, Query()],
 ) -> Page[TaskPublic]:
     """Tasks, newest first. Non-admin agents see only their own."""
     async with state.tx() as conn:
-        items, next_cursor = await logic.list_tasks(
-            conn,
-            agent,
-            limit=page.limit,
-            cursor=page.cursor,
-            status=status,
-            created_by=created_by,
-            schedule_kind=schedule_kind,
-        )
-    return Page(items=[TaskPublic.of(t) for t in items], next_cursor=next_cursor)
+        found = await logic.list_tasks(conn, agent, limit=page.limit, cursor=page.cursor, only=only)
+    return Page(items=[TaskPublic.of(t) for t in found[0]], next_cursor=found[1])
 
 
 @router.get(

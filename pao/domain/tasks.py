@@ -32,7 +32,7 @@ from pao.models import Agent, Run, Task
 from pao.netguard import private_target
 from pao.pipeline import Pipeline, asset_references, load_pipeline, validate_payload
 from pao.schedule import Schedule, off_loop, parse_schedule
-from pao.schemas import TaskCreate, TaskFields, TaskUpdate
+from pao.schemas import TaskCreate, TaskFields, TaskFilter, TaskUpdate
 from pao.store import agents, audit, runs, tasks
 from pao.store import occurrences as occurrence_store
 from pao.store.occurrences import DecisionRecord, QueueRequest
@@ -338,15 +338,16 @@ def visible_task(actor: Agent, task: Task | None, task_id: uuid.UUID) -> Task:
     return task
 
 
+ALL_TASKS = TaskFilter()
+
+
 async def list_tasks(
     conn: Conn,
     actor: Agent,
     *,
     limit: int,
     cursor: str | None,
-    status: TaskStatus | None = None,
-    created_by: uuid.UUID | None = None,
-    schedule_kind: ScheduleKind | None = None,
+    only: TaskFilter = ALL_TASKS,
 ) -> tuple[list[Task], str | None]:
     """A page of the tasks `actor` may see, newest first, and the cursor of the next page."""
     rows = await tasks.list_tasks(
@@ -354,9 +355,9 @@ async def list_tasks(
         owner=owner_filter(actor),
         limit=limit + 1,
         after=pagination.decode_cursor(cursor),
-        status=status,
-        created_by=created_by,
-        schedule_kind=schedule_kind,
+        status=only.status,
+        created_by=only.created_by,
+        schedule_kind=only.schedule_kind,
     )
     return pagination.page(rows, limit, lambda t: pagination.encode_cursor(t.created_at, t.id))
 

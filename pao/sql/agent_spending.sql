@@ -61,26 +61,14 @@ SET reserved = v.amount, reserved_by = %(agent_id)s
 FROM jsonb_to_recordset(%(batch)s::jsonb) AS v(id bigint, amount numeric)
 WHERE d.id = v.id
 
--- name: agent_spending_usage
--- An agent's runs (attempts queued, by queue time) and cost in its current day and month.
+-- name: agent_spending_run_counts
+-- An agent's runs (attempts queued, by queue time) in its current day and month; what it spent is agent_spending_state's.
 SELECT
-    (SELECT count(*) FROM tasks t JOIN runs r ON r.task_id = t.id
-     WHERE t.created_by = %(agent_id)s AND r.queued_at >= %(day)s AND r.queued_at < %(day_end)s)
-        AS day_runs,
-    (SELECT count(*) FROM tasks t JOIN runs r ON r.task_id = t.id
-     WHERE t.created_by = %(agent_id)s AND r.queued_at >= %(month)s
-       AND r.queued_at < %(month_end)s) AS month_runs,
-    (SELECT s.spent FROM agent_spending s
-     WHERE s.agent_id = %(agent_id)s AND s.period = 'day' AND s.starts_at = %(day)s) AS day_spent,
-    (SELECT s.spent FROM agent_spending s
-     WHERE s.agent_id = %(agent_id)s AND s.period = 'month' AND s.starts_at = %(month)s)
-        AS month_spent,
-    (SELECT s.runs FROM agent_spending s
-     WHERE s.agent_id = %(agent_id)s AND s.period = 'hour' AND s.starts_at = %(hour)s)
-        AS hour_runs,
-    (SELECT coalesce(sum(d.reserved), 0) FROM due_work d
-     WHERE d.reserved_by = %(agent_id)s AND d.reserved > 0
-       AND d.state IN ('queued', 'running', 'waiting')) AS reserved
+    count(*) FILTER (WHERE r.queued_at >= %(day)s AND r.queued_at < %(day_end)s) AS day_runs,
+    count(*) AS month_runs
+FROM tasks t
+JOIN runs r ON r.task_id = t.id
+WHERE t.created_by = %(agent_id)s AND r.queued_at >= %(month)s AND r.queued_at < %(month_end)s
 
 -- name: agent_spending_prune
 -- Forget windows that ended before the retention, a batch at a time.

@@ -150,12 +150,14 @@ class Usage:
 
 
 async def usage(conn: Conn, agent_id: uuid.UUID, w: Windows) -> Usage:
+    figures = await state(conn, agent_id, w)
     cur = await conn.execute(
-        QUERIES["agent_spending_usage"],
+        QUERIES["agent_spending_run_counts"],
         {
             "agent_id": agent_id,
-            **_starts(w),
+            "day": w.day.starts_at,
             "day_end": w.day.ends_at,
+            "month": w.month.starts_at,
             "month_end": w.month.ends_at,
         },
     )
@@ -164,10 +166,10 @@ async def usage(conn: Conn, agent_id: uuid.UUID, w: Windows) -> Usage:
     return Usage(
         day_runs=int(row["day_runs"]),
         month_runs=int(row["month_runs"]),
-        day_spent=row["day_spent"] or ZERO,
-        month_spent=row["month_spent"] or ZERO,
-        hour_runs=int(row["hour_runs"] or 0),
-        reserved=row["reserved"] or ZERO,
+        day_spent=figures.day_spent,
+        month_spent=figures.month_spent,
+        hour_runs=figures.hour_runs,
+        reserved=figures.reserved,
     )
 
 

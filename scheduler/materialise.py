@@ -23,8 +23,10 @@ from pao.models import Task
 from pao.schedule import Schedule, parse_schedule
 from pao.settings import Settings
 from pao.store import occurrences as occurrence_store
+from pao.store import queue
 from pao.store import tasks as task_store
-from pao.store.occurrences import DecisionRecord, QueueRequest
+from pao.store.occurrences import DecisionRecord
+from pao.store.queue import QueueRequest
 from pao.vocabulary import Decision, QueueReason, TaskStatus
 from scheduler import metrics
 from scheduler.plan import Plan, plan
@@ -159,7 +161,7 @@ async def materialise_batch(
             estimates=estimates,
         )
         decisions += refused
-    runs = await occurrence_store.queue_many(conn, requests)  # wakes workers at commit
+    runs = await queue.queue_many(conn, requests)  # wakes workers at commit
     for owner, admission in admissions.items():
         mine = [r for r in runs if owner_of[r.task_id] == owner]
         await admission.record(conn, {r.due_work_id: estimates[r.task_id] for r in mine}, len(mine))

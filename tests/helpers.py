@@ -21,7 +21,7 @@ from pytest_postgresql.janitor import DatabaseJanitor
 
 from pao.db import connect
 from pao.domain.agents import create_agent
-from pao.store.occurrences import QueueRequest, queue_many
+from pao.store.queue import QueueRequest, queue_many
 from pao.vocabulary import QueueReason
 
 if TYPE_CHECKING:

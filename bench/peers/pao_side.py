@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from bench.peers.side_common import emit, pickup, timed_enqueue
 from pao.db import connect
 from pao.models import Task
-from pao.store.occurrences import QueueRequest, queue, queue_many
+from pao.store.queue import QueueRequest, queue, queue_many
 from pao.store.tasks import get_task
 
 

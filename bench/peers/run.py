@@ -125,7 +125,7 @@ PAO_HOW = (
     "job = a run of a task with one no-op step, recorded in runs (with its occurrence and "
     "decision record); enqueue = store.occurrences.queue (run_now's statement without HTTP, "
     "one autocommit statement per job, waking workers at commit), batch = its list form "
-    "store.occurrences.queue_many; workers with PAO_WORKER_CONCURRENCY=" + PAO_WORKER_CONCURRENCY
+    "store.queue.queue_many; workers with PAO_WORKER_CONCURRENCY=" + PAO_WORKER_CONCURRENCY
 )
 # What is left, as for pgqueuer: queued and running work, each counted on its partial index
 # (a run's work and its run end in one statement). Counting the succeeded runs read the whole

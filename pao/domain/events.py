@@ -19,10 +19,11 @@ from pao.domain import budgets, occurrences
 from pao.errors import MissingScope
 from pao.models import Agent, Event, Run, Task
 from pao.settings import Settings
-from pao.store import audit, events, tasks, work
+from pao.store import audit, events, queue, tasks, work
 from pao.store import occurrences as occurrence_store
 from pao.store.events import AudienceValue
-from pao.store.occurrences import DecisionRecord, QueueRequest
+from pao.store.occurrences import DecisionRecord
+from pao.store.queue import QueueRequest
 from pao.vocabulary import Decision, QueueReason, Scope
 
 BROADCAST = Scope.EVENTS_BROADCAST
@@ -120,7 +121,7 @@ async def dispatch(
     if not matching:
         return fanned
     detail = f"event {event.type} {event.id} (hop {event.hop})"
-    first = await occurrence_store.queue_many(
+    first = await queue.queue_many(
         conn,
         [
             QueueRequest.of(
@@ -210,7 +211,7 @@ async def _nudged(conn: Conn, task: Task, event: Event, detail: str) -> Run | No
         if await work.event_at(conn, task.id, at) in (event.id, False):
             return None  # this very event is queued already (or the slot is free after all)
         at += timedelta(microseconds=1)
-        run = await occurrence_store.queue(
+        run = await queue.queue(
             conn, QueueRequest.of(task, at, QueueReason.EVENT, event_id=event.id, detail=detail)
         )
         if run is not None:

@@ -33,9 +33,10 @@ from pao.netguard import private_target
 from pao.pipeline import Pipeline, asset_references, load_pipeline, validate_payload
 from pao.schedule import Schedule, off_loop, parse_schedule
 from pao.schemas import TaskCreate, TaskFields, TaskFilter, TaskUpdate
-from pao.store import agents, audit, runs, tasks
+from pao.store import agents, audit, queue, runs, tasks
 from pao.store import occurrences as occurrence_store
-from pao.store.occurrences import DecisionRecord, QueueRequest
+from pao.store.occurrences import DecisionRecord
+from pao.store.queue import QueueRequest
 from pao.templates import parse_template
 from pao.tools import ToolRegistry
 from pao.visibility import may_see, owner_filter
@@ -610,7 +611,7 @@ async def run_now(conn: Conn, ctx: Context, task_id: uuid.UUID) -> Run:
             raise refusal.error()
     detail = f"run now by agent {ctx.actor.name}"
     request = QueueRequest.of(task, now, QueueReason.RUN_NOW, detail=detail)
-    run = await occurrence_store.queue(conn, request)  # wakes the workers at commit
+    run = await queue.queue(conn, request)  # wakes the workers at commit
     if run is None:  # same microsecond as another run_now of this task
         raise Conflict("a run of this task was queued at this very instant; retry")
     if admission is not None:

@@ -1,3 +1,67 @@
+-- name: due_work_queue_many
+-- Queue a batch of occurrences (one JSON document): due_work rows, first runs and decision
+-- records in one statement. Occurrences already queued are skipped and not returned. Idle
+-- workers are woken when the transaction commits (one notification per transaction, however
+-- many statements queue work in it), so the statement is a whole enqueue by itself.
+WITH q AS (
+    SELECT * FROM ROWS FROM (jsonb_to_recordset(%(batch)s::jsonb)
+        AS (task_id uuid, nominal_at timestamptz, scheduled_for timestamptz, priority int,
+            reason text, event_id uuid, detail text)) WITH ORDINALITY
+        AS q(task_id, nominal_at, scheduled_for, priority, reason, event_id, detail, n)
+), work AS (
+    INSERT INTO due_work (
+        task_id, scheduled_for, run_after, priority, reason, event_id, claim_key, claim_limit
+    )
+    SELECT q.task_id, q.scheduled_for, q.scheduled_for, q.priority, q.reason, q.event_id,
+           t.claim_key, t.claim_limit
+    FROM q JOIN tasks t ON t.id = q.task_id
+    ORDER BY q.n
+    ON CONFLICT (task_id, scheduled_for) DO NOTHING
+    RETURNING id, task_id, scheduled_for, attempt
+), run AS (
+    INSERT INTO runs (due_work_id, task_id, attempt, scheduled_for)
+    SELECT id, task_id, attempt, scheduled_for FROM work
+    RETURNING *
+), decision AS (
+    INSERT INTO occurrences (task_id, nominal_at, decision, due_work_id, detail)
+    SELECT DISTINCT ON (w.id) w.task_id, q.nominal_at, 'queued', w.id, q.detail
+    FROM work w JOIN q ON q.task_id = w.task_id AND q.scheduled_for = w.scheduled_for
+    ORDER BY w.id, q.n
+    ON CONFLICT (task_id, nominal_at) DO NOTHING
+), wake AS (
+    SELECT pg_notify('pao_work', '') FROM (SELECT 1 FROM work LIMIT 1) AS any_queued
+)
+SELECT run.* FROM run LEFT JOIN wake ON true
+
+-- name: due_work_queue_one
+-- due_work_queue_many for a single occurrence (run now, an event): the same rows, without
+-- decoding a batch document, sorting or matching rows back to requests. An idle worker's
+-- pickup waits on this statement, so its shorter plan is the pickup's latency. A change to
+-- either statement belongs in both (tests/integration/test_queue_statements.py holds them to
+-- the same rows).
+WITH work AS (
+    INSERT INTO due_work (
+        task_id, scheduled_for, run_after, priority, reason, event_id, claim_key, claim_limit
+    )
+    SELECT t.id, %(scheduled_for)s::timestamptz, %(scheduled_for)s::timestamptz, %(priority)s::int,
+           %(reason)s::text, %(event_id)s::uuid, t.claim_key, t.claim_limit
+    FROM tasks t
+    WHERE t.id = %(task_id)s
+    ON CONFLICT (task_id, scheduled_for) DO NOTHING
+    RETURNING id, task_id, scheduled_for, attempt
+), run AS (
+    INSERT INTO runs (due_work_id, task_id, attempt, scheduled_for)
+    SELECT id, task_id, attempt, scheduled_for FROM work
+    RETURNING *
+), decision AS (
+    INSERT INTO occurrences (task_id, nominal_at, decision, due_work_id, detail)
+    SELECT task_id, %(nominal_at)s::timestamptz, 'queued', id, %(detail)s::text FROM work
+    ON CONFLICT (task_id, nominal_at) DO NOTHING
+), wake AS (
+    SELECT pg_notify('pao_work', '') FROM work
+)
+SELECT run.* FROM run LEFT JOIN wake ON true
+
 -- name: due_work_cancel_queued_for_task
 -- Drop a cancelled task's queued work and work waiting for remote steps; return what was dropped.
 UPDATE due_work

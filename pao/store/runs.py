@@ -1,4 +1,4 @@
-"""`due_work`, `runs` and `run_logs`: occurrences, their runs and run logs."""
+"""`runs` and `run_logs` (with their `due_work` rows): as agents, rescue and retention see them."""
 
 from __future__ import annotations
 

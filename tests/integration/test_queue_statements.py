@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 
 from pao import db as pao_db
-from pao.store.occurrences import QueueRequest, queue, queue_many
+from pao.store.queue import QueueRequest, queue, queue_many
 from pao.vocabulary import QueueReason
 from tests.helpers import new_agent
 

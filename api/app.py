@@ -162,7 +162,9 @@ async def _open(settings: Settings, url: str, registry: ToolRegistry) -> AppStat
         discovery=ToolDiscovery(hub, registry),
         streams=StreamHub(db.listen_url(settings, url), pool),
         # An upload holds a connection while its client sends: at most half the pool.
-        uploads=UploadSlots(total=max(1, settings.pool_max_size // 2)),
+        uploads=UploadSlots(
+            total=max(1, settings.pool_max_size // 2), per_agent=settings.uploads_per_agent
+        ),
         clock=DatabaseClock(),
     )
 

@@ -9,6 +9,7 @@ size of every part that is not a file.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -175,28 +176,50 @@ async def read_form(stream: AsyncIterator[bytes], boundary: bytes) -> AsyncItera
 
 
 class UploadSlots:
-    """How many uploads this process streams at once.
+    """How many uploads this process receives at once, in all and per agent.
 
     Each upload holds one of this process's pooled connections (its transaction) for as
     long as its client sends: without a cap, a few slow uploads would take the pool every
-    request needs. That is a matter of this process's pool, so it is counted here; one
-    agent's share (PAO_UPLOADS_PER_AGENT) is counted in PostgreSQL, across replicas
-    (`pao.assets.hold_upload_slot`). Over the cap, 429 with Retry-After.
+    request needs. That is a matter of this process's pool, so `total` is counted here.
+    One agent's share (PAO_UPLOADS_PER_AGENT) is counted twice: here from the first byte
+    (so that one agent's forms stalled before their file cannot hold every slot of a
+    process), and in PostgreSQL, across replicas, once the file begins
+    (`pao.assets.hold_upload_slot`). Over either, 429 with Retry-After.
     """
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, per_agent: int) -> None:
         self.total = total
+        self.per_agent = per_agent
         self._busy = 0
+        self._by_agent: dict[uuid.UUID, int] = {}
+
+    @property
+    def busy(self) -> int:
+        """Uploads being received now."""
+        return self._busy
 
     @asynccontextmanager
-    async def hold(self) -> AsyncIterator[None]:
+    async def hold(self, agent_id: uuid.UUID) -> AsyncIterator[None]:
+        mine = self._by_agent.get(agent_id, 0)
+        if mine >= self.per_agent:
+            raise RateLimited(
+                f"this agent already has {mine} uploads in progress (PAO_UPLOADS_PER_AGENT); "
+                "wait for one to end",
+                retry_after=1,
+            )
         if self._busy >= self.total:
             raise RateLimited(
                 f"this server is already receiving {self._busy} uploads; retry shortly",
                 retry_after=1,
             )
         self._busy += 1
+        self._by_agent[agent_id] = mine + 1
         try:
             yield
         finally:
             self._busy -= 1
+            left = self._by_agent[agent_id] - 1
+            if left:
+                self._by_agent[agent_id] = left
+            else:
+                del self._by_agent[agent_id]

@@ -94,7 +94,7 @@ async def upload_asset(request: Request, state: State, agent: AssetsWrite) -> Re
             f"the body is {declared} bytes; the largest asset is {limits.max_bytes} bytes "
             "(PAO_ASSET_MAX_BYTES). Nothing was stored"
         )
-    async with state.uploads.hold():
+    async with state.uploads.hold(agent.id):
         asset = await _receive(request, state, agent, limits, boundary)
     return Response(
         AssetPublic.of(asset).model_dump_json(),

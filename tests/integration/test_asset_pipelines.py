@@ -715,7 +715,14 @@ def test_http_request_sends_an_asset_as_its_body(
         create(client, owner, post_asset("s", f"{receiver}/echo", mine, body="text"))
     )
     assert both["payload.pipeline[0].with"].startswith("use only one of: body, body_asset")
+    slow_call = {"url": f"{receiver}/echo", "timeout_seconds": 600}
+    assert (
+        create(client, owner, {"id": "s", "uses": "http.request", "with": slow_call}).status_code
+        == 422
+    )
     assert snapshot(db) == before
+    # Sending a file may take as long as fetching one.
+    created(client, owner, post_asset("s", f"{receiver}/echo", mine, timeout_seconds=600))
 
     task = created(
         client,

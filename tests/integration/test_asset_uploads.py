@@ -15,6 +15,7 @@ import httpx
 import psycopg
 import pytest
 import uvicorn
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from api.app import create_app
@@ -43,10 +44,11 @@ def other(make_token: Callable[..., str]) -> str:
 
 
 @contextmanager
-def serving_api(db_url: str, settings: Settings) -> Iterator[int]:
-    """The API on a port of its own, as `pao api` serves it; yields the port."""
+def serving_api(db_url: str, settings: Settings, app: FastAPI | None = None) -> Iterator[int]:
+    """The API (`app`, or a new one) on a port of its own, as `pao api` serves it; yields
+    the port."""
     port = free_port()
-    app = create_app(settings, database_url=db_url)
+    app = app or create_app(settings, database_url=db_url)
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     )
@@ -61,18 +63,20 @@ def serving_api(db_url: str, settings: Settings) -> Iterator[int]:
 
 
 @contextmanager
-def stalled_upload(port: int, token: str) -> Iterator[socket.socket]:
-    """An upload that sends its headers and SENT of a larger file, then nothing more; the
-    connection closes (the client goes away) when the block ends."""
-    declared = len(FILE_HEAD) + 10 * len(SENT)
+def stalled_upload(
+    port: int, token: str, sent: bytes = FILE_HEAD + SENT
+) -> Iterator[socket.socket]:
+    """An upload that sends its headers and `sent` of a larger body (by default, a file part
+    and SENT of its bytes), then nothing more; the connection closes (the client goes away)
+    when the block ends."""
     head = (
         f"POST /assets HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
         f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
-        f"Content-Length: {declared}\r\n\r\n"
+        f"Content-Length: {10 * len(sent)}\r\n\r\n"
     ).encode()
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
     try:
-        sock.sendall(head + FILE_HEAD + SENT)
+        sock.sendall(head + sent)
         yield sock
     finally:
         sock.close()
@@ -184,3 +188,29 @@ def test_a_process_receives_at_most_half_its_pool_of_uploads(
         assert stored(db) == (0, 0, 0)
         assert upload(http, other).status_code == 201
     assert stored(db) == (1, 1, 4)
+
+
+def test_an_agent_cannot_hold_a_process_slots_with_forms_stalled_before_their_file(
+    db_url: str, db: psycopg.Connection[Any], owner: str, other: str
+) -> None:
+    """Before its file part an upload holds no connection and no slot in PostgreSQL, but it
+    holds one of the process's: one agent gets no more of those than its own share."""
+    settings = Settings(pool_max_size=8, uploads_per_agent=1)
+    app = create_app(settings, database_url=db_url)
+    label_only = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="label"\r\n\r\nslow'
+    ).encode()
+    with (
+        serving_api(db_url, settings, app) as port,
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http,
+    ):
+        with stalled_upload(port, owner, label_only):
+            until(lambda: app.state.pao.uploads.busy == 1, "the first upload to be received")
+            assert held_slots(db) == 0  # no transaction yet
+            refused = upload(http, owner)
+            assert refused.status_code == 429, refused.text
+            assert "PAO_UPLOADS_PER_AGENT" in refused.json()["detail"]
+            assert upload(http, other).status_code == 201
+        until(lambda: app.state.pao.uploads.busy == 0, "the interrupted upload to end")
+        assert upload(http, owner).status_code == 201
+    assert stored(db) == (2, 2, 8)

@@ -163,8 +163,7 @@ async def _open(settings: Settings, url: str, registry: ToolRegistry) -> AppStat
         streams=StreamHub(db.listen_url(settings, url), pool),
         # An upload holds a connection while its client sends: at most half the pool.
         uploads=UploadSlots(
-            total=max(1, settings.pool_max_size // 2),
-            per_agent=max(1, settings.pool_max_size // 4),
+            total=max(1, settings.pool_max_size // 2), per_agent=settings.uploads_per_agent
         ),
         clock=DatabaseClock(),
     )

@@ -176,11 +176,15 @@ async def read_form(stream: AsyncIterator[bytes], boundary: bytes) -> AsyncItera
 
 
 class UploadSlots:
-    """How many uploads this process streams at once, in all and per agent.
+    """How many uploads this process receives at once, in all and per agent.
 
-    Each upload holds a database connection (its transaction) for as long as its client
-    sends: without a cap, a few slow uploads would take the pool every request needs.
-    Over a cap, 429 with Retry-After.
+    Each upload holds one of this process's pooled connections (its transaction) for as
+    long as its client sends: without a cap, a few slow uploads would take the pool every
+    request needs. That is a matter of this process's pool, so `total` is counted here.
+    One agent's share (PAO_UPLOADS_PER_AGENT) is counted twice: here from the first byte
+    (so that one agent's forms stalled before their file cannot hold every slot of a
+    process), and in PostgreSQL, across replicas, once the file begins
+    (`pao.domain.assets.hold_upload_slot`). Over either, 429 with Retry-After.
     """
 
     def __init__(self, total: int, per_agent: int) -> None:
@@ -189,12 +193,17 @@ class UploadSlots:
         self._busy = 0
         self._by_agent: dict[uuid.UUID, int] = {}
 
+    @property
+    def busy(self) -> int:
+        """Uploads being received now."""
+        return self._busy
+
     @asynccontextmanager
     async def hold(self, agent_id: uuid.UUID) -> AsyncIterator[None]:
         mine = self._by_agent.get(agent_id, 0)
         if mine >= self.per_agent:
             raise RateLimited(
-                f"this agent already has {mine} uploads in progress on this server; "
+                f"this agent already has {mine} uploads in progress (PAO_UPLOADS_PER_AGENT); "
                 "wait for one to end",
                 retry_after=1,
             )

@@ -25,18 +25,22 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @contextmanager
-def database() -> Iterator[str]:
-    """A fresh migrated database on a throwaway embedded server (or on BENCH_DATABASE_URL)."""
+def database(*, analyse_soon: bool = True) -> Iterator[str]:
+    """A fresh migrated database on a throwaway embedded server (or on BENCH_DATABASE_URL).
+
+    `analyse_soon=False` leaves the server's settings as a user's embedded server has them
+    (bench.assets: its figures are a user's)."""
     url = os.environ.get("BENCH_DATABASE_URL")
     if not url:
         data = Path(tempfile.mkdtemp(prefix="pao-bench-", dir="/tmp"))
         url = ensure_embedded(data)
-        with psycopg.connect(url, autocommit=True) as conn:
-            # Tables filled seconds before they are drained: analysed within a second, as a
-            # long-running database's are (the default waits a minute; until then the claim
-            # is planned without statistics and sorts every due row).
-            conn.execute("ALTER SYSTEM SET autovacuum_naptime = '1s'")
-            conn.execute("SELECT pg_reload_conf()")
+        if analyse_soon:
+            with psycopg.connect(url, autocommit=True) as conn:
+                # Tables filled seconds before they are drained: analysed within a second, as
+                # a long-running database's are (the default waits a minute; until then the
+                # claim is planned without statistics and sorts every due row).
+                conn.execute("ALTER SYSTEM SET autovacuum_naptime = '1s'")
+                conn.execute("SELECT pg_reload_conf()")
     asyncio.run(migrate(url))
     yield url
 

@@ -73,6 +73,9 @@ class Settings:
     # The key of signed asset links; unset: one made on first use and kept in the database,
     # so every API replica signs and checks links alike.
     asset_link_secret: str | None = None
+    # Uploads one agent may stream at once, across every API replica (each holds a
+    # connection and a transaction while its client sends).
+    uploads_per_agent: int = 2
     # What one call of a built-in tool costs, by name (PAO_TOOL_COSTS="log=0.5,sleep=0"):
     # charged before each step that calls it, against budgets. Unlisted tools are free.
     tool_costs: tuple[tuple[str, Decimal], ...] = ()
@@ -136,6 +139,7 @@ class Settings:
             asset_max_bytes=_int(env, "PAO_ASSET_MAX_BYTES", 1 << 30, low=1, high=1 << 40),
             asset_quota_bytes=_int(env, "PAO_ASSET_QUOTA_BYTES", 10 << 30, low=0, high=1 << 50),
             asset_link_secret=_secret(env, "PAO_ASSET_LINK_SECRET"),
+            uploads_per_agent=_int(env, "PAO_UPLOADS_PER_AGENT", 2, low=1, high=10_000),
             tool_costs=_costs(env, "PAO_TOOL_COSTS"),
         )
 

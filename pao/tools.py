@@ -85,8 +85,9 @@ _HTTP_REQUEST = ToolSpec(
     name="http.request",
     description=(
         "Make one HTTP request and return {status, headers, body, json}. 'json' is the "
-        "parsed response when it is JSON, otherwise null. Send a JSON body with 'json' or "
-        "raw text with 'body' (not both). Only http:// and https:// URLs; hosts may be "
+        "parsed response when it is JSON, otherwise null. Send a JSON body with 'json', "
+        "raw text with 'body', or an asset's content with 'body_asset' (one of them). Only "
+        "http:// and https:// URLs; hosts may be "
         "restricted by the operator (PAO_HTTP_ALLOW). A non-2xx status does not fail the "
         "step: check ${steps.<id>.status} in a later step's 'if'. With 'save_body' a 2xx "
         "response's body is stored as an asset of the task's owner (streamed, up to "
@@ -120,13 +121,23 @@ _HTTP_REQUEST = ToolSpec(
                 },
                 "json": {"description": "Any JSON value, sent as the JSON request body."},
                 "body": {"type": "string", "description": "Raw text request body."},
+                "body_asset": {
+                    "type": "string",
+                    "format": "asset",
+                    "description": (
+                        "An asset's id (one of the task owner's): its content is the request "
+                        "body, streamed (Content-Length its size, Content-Type its media type "
+                        "unless 'headers' gives one), up to PAO_ASSET_MAX_BYTES."
+                    ),
+                },
                 "timeout_seconds": {
                     "type": "number",
                     "exclusiveMinimum": 0,
                     "maximum": 3600,
                     "default": 30,
                     "description": (
-                        "Give up after this many seconds: at most 60, or 3600 with save_body."
+                        "Give up after this many seconds: at most 60, or 3600 with save_body "
+                        "or body_asset."
                     ),
                 },
                 "max_bytes": {
@@ -150,6 +161,8 @@ _HTTP_REQUEST = ToolSpec(
         ),
         "not": {"required": ["json", "body"]},
         "allOf": [
+            {"not": {"required": ["json", "body_asset"]}},
+            {"not": {"required": ["body", "body_asset"]}},
             {
                 "not": {
                     "properties": {"save_body": {"const": True}},
@@ -157,7 +170,13 @@ _HTTP_REQUEST = ToolSpec(
                 }
             },
             {
-                "if": {"properties": {"save_body": {"const": True}}, "required": ["save_body"]},
+                # A file going either way may take longer than a call.
+                "if": {
+                    "anyOf": [
+                        {"properties": {"save_body": {"const": True}}, "required": ["save_body"]},
+                        {"required": ["body_asset"]},
+                    ]
+                },
                 "else": {"properties": {"timeout_seconds": {"maximum": 60}}},
             },
         ],

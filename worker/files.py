@@ -17,7 +17,7 @@ import base64
 import contextlib
 import math
 import uuid
-from collections.abc import AsyncIterable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,11 +26,11 @@ from psycopg_pool import AsyncConnectionPool
 from pao import db
 from pao.asset_inputs import asset_fields
 from pao.domain import assets
-from pao.errors import QuotaExceeded, TooLarge
+from pao.errors import NotFound, QuotaExceeded, TooLarge
 from pao.models import Agent, Asset
 from pao.store import events, work
 from pao.store.work import Lease
-from worker.http_tool import ToolFailed
+from worker.http_tool import BodyFile, ToolFailed
 
 ASSETS_META = "pao/assets"
 """The `_meta` key of an MCP tool call that carries the content of the assets it is given."""
@@ -160,6 +160,30 @@ class StepFiles:
                 conn, owner, [(loc, f) for f in fields], whose=whose
             )
         return list({a.id: a for a in named}.values())
+
+    def body(self, asset: Asset) -> BodyFile:
+        """`asset` as a request body (http.request's `body_asset`), read a chunk at a time as
+        it is sent, each chunk on a connection of its own: never the whole file in memory.
+        Over PAO_ASSET_MAX_BYTES (an asset kept from before the limit was lowered) the step
+        fails for good."""
+        if asset.size > self.limits.max_bytes:
+            failed = ToolFailed(
+                f"asset {asset.id} is {asset.size} bytes, more than PAO_ASSET_MAX_BYTES "
+                f"({self.limits.max_bytes}); nothing was sent"
+            )
+            failed.final = True
+            raise failed
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                async for data in assets.read_bytes(
+                    lambda: db.connection(self.pool), asset, 0, asset.size
+                ):
+                    yield data
+            except NotFound:
+                raise ToolFailed(f"asset {asset.id} was deleted while it was sent") from None
+
+        return BodyFile(size=asset.size, media_type=asset.media_type, open=chunks)
 
     async def inline(self, step_id: str, given: list[Asset]) -> dict[str, Any]:
         """The content of `given`, base64, for an MCP tool call's `_meta`: at most

@@ -107,11 +107,25 @@ SaveBody = Callable[[AsyncIterator[bytes], str, str | None], Awaitable[dict[str,
 and says what was stored: `asset_id`, `size`, `media_type`, `sha256`, `filename`."""
 
 
+@dataclass(frozen=True)
+class BodyFile:
+    """A request body sent from a file (`body_asset`): its size and media type, and a way to
+    read it from the start, streamed (once per request sent: a 307 sends it again)."""
+
+    size: int
+    media_type: str
+    open: Callable[[], AsyncIterator[bytes]]
+
+
 async def http_request(
-    args: dict[str, Any], allow: Allow, save: SaveBody | None = None
+    args: dict[str, Any],
+    allow: Allow,
+    save: SaveBody | None = None,
+    send: BodyFile | None = None,
 ) -> dict[str, Any]:
     """Make the request a step asks for. With `save_body` (and `save`), a 2xx response's
-    body streams into `save` and the result says what was saved instead of holding it."""
+    body streams into `save` and the result says what was saved instead of holding it.
+    With `send` (the step's `body_asset`), the file is the request body, streamed."""
     import httpx
 
     save_body = bool(args.get("save_body")) and save is not None
@@ -126,6 +140,12 @@ async def http_request(
         headers.setdefault("Content-Type", "application/json")
     elif "body" in args:
         content = str(args["body"]).encode()
+    elif send is not None:
+        if not any(k.lower() == "content-type" for k in headers):
+            headers["Content-Type"] = send.media_type
+        # Its length, stated: sent as is, not chunked (servers may refuse chunked bodies).
+        headers = _without(headers, frozenset({"content-length", "transfer-encoding"}))
+        headers["Content-Length"] = str(send.size)
     try:
         async with (
             asyncio.timeout(timeout),
@@ -137,7 +157,7 @@ async def http_request(
                     method,
                     target,
                     headers={**headers, "Host": url.netloc.decode()},
-                    content=content,
+                    content=send.open() if send is not None else content,
                     extensions=extensions,
                 )
                 response = await client.send(request, stream=True)
@@ -150,7 +170,7 @@ async def http_request(
                         if response.status_code == 303 or (
                             response.status_code in (301, 302) and method == "POST"
                         ):
-                            method, content = "GET", None
+                            method, content, send = "GET", None, None
                             headers = _without(headers, BODY_HEADERS)
                         continue
                     if save_body and response.is_success:

@@ -158,7 +158,14 @@ class Toolbox:
                 )
                 return saved.summary()
 
-        result: JSONValue = await http_request(args, self.allow, save)
+        send = None
+        if args.get("body_asset") is not None:
+            files = self.files()
+            given = await files.inputs(call.step_id, _HTTP.input_schema, args)
+            if not given:  # checked above: an id that names no usable asset fails there
+                raise ToolFailed("body_asset names no asset")
+            send = files.body(given[0])
+        result: JSONValue = await http_request(args, self.allow, save, send)
         return result
 
     async def call_mcp(
@@ -220,6 +227,7 @@ class Toolbox:
 
 
 _PUBLISH = next(spec for spec in BUILTIN_TOOLS if spec.name == "events.publish")
+_HTTP = next(spec for spec in BUILTIN_TOOLS if spec.name == "http.request")
 
 
 def _audience(value: object) -> AudienceValue:

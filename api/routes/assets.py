@@ -55,6 +55,12 @@ CONTENT_DOC: dict[int | str, dict[str, Any]] = {
     304: {"description": "If-None-Match names the current ETag"},
     **conflicts(416),
 }
+HEAD_DOC: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The headers GET would answer with the whole content; no body"},
+    206: {"description": "The headers GET would answer for the range asked for; no body"},
+    304: {"description": "If-None-Match names the current ETag"},
+    **conflicts(416),
+}
 
 
 def _limits(state: AppState) -> logic.Limits:
@@ -127,6 +133,9 @@ async def _receive(
                     fields.filename = part.filename
                     fields.declared_type = part.content_type
                     conn = await stack.enter_async_context(state.tx())
+                    await logic.hold_upload_slot(
+                        conn, agent.id, cap=state.settings.uploads_per_agent
+                    )
                     owner = None
                     if fields.run_id is not None:  # the run came first: count its owner's
                         owner = (await logic.find_run_owner(conn, agent, fields.run_id)).created_by
@@ -233,6 +242,17 @@ async def asset_content(
     return content_response(request, state, asset)
 
 
+@router.head("/{asset_id}/content", response_class=Response, responses=HEAD_DOC)
+async def asset_content_head(
+    request: Request, state: State, agent: AssetsRead, asset_id: uuid.UUID
+) -> Response:
+    """What GET /assets/{id}/content would answer, headers only: `Content-Length`, `ETag`,
+    and with `Range` 206 and `Content-Range` (or 416); no byte is read."""
+    async with state.statements.connection() as conn:
+        asset = await logic.get_asset(conn, agent, asset_id, as_claimer=True)
+    return content_response(request, state, asset, head=True)
+
+
 @router.post("/{asset_id}/links", status_code=201, response_model=AssetLink)
 async def create_link(
     request: Request,
@@ -279,6 +299,30 @@ async def linked_content(
     """An asset's content through a signed link (POST /assets/{id}/links), no token
     needed: as GET /assets/{id}/content answers. A link changed in any character, or
     past its expiry, is a 403."""
+    asset = await _linked_asset(state, asset_id, expires, signature)
+    return content_response(request, state, asset)
+
+
+@links_router.head(
+    "/{asset_id}",
+    response_class=Response,
+    responses={**HEAD_DOC, 403: {"description": "The link is not valid or has expired"}},
+)
+async def linked_content_head(
+    request: Request,
+    state: State,
+    asset_id: str,
+    expires: Annotated[str, Query(max_length=20)] = "",
+    signature: Annotated[str, Query(max_length=100)] = "",
+) -> Response:
+    """What GET on a signed link would answer, headers only (as HEAD
+    /assets/{id}/content)."""
+    asset = await _linked_asset(state, asset_id, expires, signature)
+    return content_response(request, state, asset, head=True)
+
+
+async def _linked_asset(state: AppState, asset_id: str, expires: str, signature: str) -> Asset:
+    """The asset a genuine, unexpired link names; 403 for any other."""
     if state.link_key is None:
         async with state.tx() as conn:
             await _link_key(state, conn)
@@ -288,12 +332,14 @@ async def linked_content(
     if found is None:
         raise Forbidden("this link is not valid or has expired; ask for a new one")
     async with state.statements.connection() as conn:
-        asset = await logic.get_linked_asset(conn, found)
-    return content_response(request, state, asset)
+        return await logic.get_linked_asset(conn, found)
 
 
-def content_response(request: Request, state: AppState, asset: Asset) -> Response:
-    """The asset's bytes as a GET of them asks: 304, 206, 200 (or a 416 raised)."""
+def content_response(
+    request: Request, state: AppState, asset: Asset, *, head: bool = False
+) -> Response:
+    """The asset's bytes as a GET of them asks: 304, 206, 200 (or a 416 raised). With
+    `head`, the same status and headers and no body (nothing is read)."""
     headers = {
         "ETag": asset.etag,
         "Accept-Ranges": "bytes",
@@ -314,6 +360,9 @@ def content_response(request: Request, state: AppState, asset: Asset) -> Respons
     if wanted is not None:
         status = 206
         headers["Content-Range"] = wanted.content_range(asset.size)
+    if head:
+        # The length GET would send, stated, not counted from an empty body.
+        return Response(status_code=status, headers=headers, media_type=asset.media_type)
     return StreamingResponse(
         logic.read_bytes(state.statements.connection, asset, span.start, span.end),
         status_code=status,

@@ -36,6 +36,7 @@ from pao.errors import (
     InvalidInput,
     NotFound,
     QuotaExceeded,
+    RateLimited,
     TooLarge,
 )
 from pao.models import Agent, Asset
@@ -113,6 +114,17 @@ async def find_run_owner(conn: Conn, actor: Agent, run_id: uuid.UUID) -> store.R
     if found is None:
         raise InvalidInput.one(("run_id",), f"no run {run_id}")
     return found
+
+
+async def hold_upload_slot(conn: Conn, uploader: uuid.UUID, *, cap: int) -> None:
+    """Count this upload against its uploader's PAO_UPLOADS_PER_AGENT, on every API replica,
+    until its transaction (`conn`'s, open) ends; RateLimited (429) if all are in use."""
+    if await store.take_upload_slot(conn, uploader, cap=cap) is None:
+        raise RateLimited(
+            f"this agent already has {cap} uploads in progress (PAO_UPLOADS_PER_AGENT), on "
+            "this server or another; wait for one to end",
+            retry_after=1,
+        )
 
 
 class AssetWriter:

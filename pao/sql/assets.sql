@@ -12,6 +12,17 @@ RETURNING *
 -- An upload's chunks, streamed in binary (asset_id, seq, data) rows.
 COPY asset_chunks (asset_id, seq, data) FROM STDIN (FORMAT BINARY)
 
+-- name: asset_upload_slot
+-- Take the first free one of an agent's `cap` upload slots for this transaction (the
+-- upload's): a transaction-level advisory lock, let go when the upload commits or rolls
+-- back or its connection dies, and seen by every API replica of the database. The scan
+-- stops at the first lock it gets (no ORDER BY: a sort would try, and take, every free
+-- slot). NULL: all are held.
+SELECT (
+    SELECT n FROM generate_series(1, %(cap)s::int) AS n
+    WHERE pg_try_advisory_xact_lock(hashtextextended('pao-uploads:' || %(agent_id)s::text, n))
+    LIMIT 1) AS slot
+
 -- name: asset_get
 -- One asset, only if `owner` (NULL: anyone's) owns it, or it is an input of a remote step the
 -- agent `claimer` (NULL: none) holds a live claim on.

@@ -72,6 +72,16 @@ async def copy_chunks(conn: Conn) -> AsyncIterator[AsyncCopy]:
         yield copy
 
 
+async def take_upload_slot(conn: Conn, agent_id: uuid.UUID, *, cap: int) -> int | None:
+    """One of the agent's `cap` upload slots (1..cap), held until this transaction ends;
+    None if every one is held, by this replica or another."""
+    cur = await conn.execute(QUERIES["asset_upload_slot"], {"agent_id": agent_id, "cap": cap})
+    row = await cur.fetchone()
+    assert row is not None
+    slot = row["slot"]
+    return None if slot is None else int(slot)
+
+
 async def get(
     conn: Conn, asset_id: uuid.UUID, *, owner: uuid.UUID | None, claimer: uuid.UUID | None = None
 ) -> Asset | None:

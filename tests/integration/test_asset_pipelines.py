@@ -634,3 +634,154 @@ def test_a_step_names_at_most_a_hundred_assets(
         "payload.pipeline[0].with.files[100]": "a step may name at most 100 assets; this one "
         "names 101. Split the work over several steps"
     }
+
+
+# Sending an asset ---------------------------------------------------------------------------
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    """Takes request bodies: /echo answers with what it got (and keeps it in `received`),
+    /moved sends the client on to /echo with a 307 (the body must come again)."""
+
+    received: list[dict[str, Any]] = []
+
+    def do_POST(self) -> None:
+        if self.path == "/moved":
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            self.send_response(307)
+            self.send_header("Location", "/echo")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        length = int(self.headers["Content-Length"])
+        got = bytearray()
+        while len(got) < length:
+            got += self.rfile.read(min(65536, length - len(got)))
+        seen = {
+            "size": len(got),
+            "sha256": hashlib.sha256(got).hexdigest(),
+            "content_type": self.headers.get("Content-Type"),
+            "chunked": self.headers.get("Transfer-Encoding"),
+        }
+        type(self).received.append(seen)
+        body = json.dumps(seen).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver() -> Iterator[str]:
+    _Receiver.received = []
+    with serving(_Receiver) as base:
+        yield base
+
+
+def post_asset(step_id: str, url: str, asset: str, **extra: Any) -> dict[str, Any]:
+    body = {"method": "POST", "url": url, "body_asset": asset, **extra}
+    return {"id": step_id, "uses": "http.request", "with": body}
+
+
+def test_http_request_sends_an_asset_as_its_body(
+    client: TestClient,
+    owner: str,
+    other: str,
+    db_url: str,
+    db: psycopg.Connection[Any],
+    files: str,
+    receiver: str,
+) -> None:
+    # Three chunks and a bit: streamed a chunk at a time, never whole.
+    big = bytes(range(256)) * (3 * assets.CHUNK_BYTES // 256) + b"the end"
+    mine = upload(client, owner, big, "big.bin")
+    notes = upload(client, owner, NOTES, "notes.txt")
+    theirs = upload(client, other, NOTES, "theirs.txt")
+
+    # Refused when the task is written: another agent's asset reads as one that does not
+    # exist, and a body is given one way only.
+    before = snapshot(db)
+    field = "payload.pipeline[0].with.body_asset"
+    foreign = field_errors(create(client, owner, post_asset("s", f"{receiver}/echo", theirs)))
+    assert foreign[field].startswith(f"no asset {theirs} that this agent may use")
+    unknown = str(uuid.uuid4())
+    missing = field_errors(create(client, owner, post_asset("s", f"{receiver}/echo", unknown)))
+    assert missing[field] == foreign[field].replace(theirs, unknown)
+    both = field_errors(
+        create(client, owner, post_asset("s", f"{receiver}/echo", mine, body="text"))
+    )
+    assert both["payload.pipeline[0].with"].startswith("use only one of: body, body_asset")
+    slow_call = {"url": f"{receiver}/echo", "timeout_seconds": 600}
+    assert (
+        create(client, owner, {"id": "s", "uses": "http.request", "with": slow_call}).status_code
+        == 422
+    )
+    assert snapshot(db) == before
+    # Sending a file may take as long as fetching one.
+    created(client, owner, post_asset("s", f"{receiver}/echo", mine, timeout_seconds=600))
+
+    task = created(
+        client,
+        owner,
+        post_asset("whole", f"{receiver}/echo", mine),
+        # Its own Content-Type wins; a 307 sends the body again.
+        post_asset("moved", f"{receiver}/moved", notes, headers={"content-type": "text/csv"}),
+        # A file the run downloads, passed on by a lookup (checked when the step runs).
+        {
+            "id": "fetch",
+            "uses": "http.request",
+            "with": {"url": f"{files}/files/talk", "save_body": True},
+        },
+        post_asset("forward", f"{receiver}/echo", "${steps.fetch.asset_id}"),
+        max_retries=0,
+    )
+    with worker(db_url, http_allow=ALLOW):
+        run = ended(client, owner, run_now(client, owner, task))
+    assert run["status"] == "succeeded", run["error"]
+    outputs = {s["id"]: s["output"] for s in run["steps"]}
+    expect = {
+        "whole": (len(big), hashlib.sha256(big).hexdigest(), "application/octet-stream"),
+        "moved": (len(NOTES), hashlib.sha256(NOTES).hexdigest(), "text/csv"),
+        "forward": (len(AUDIO), hashlib.sha256(AUDIO).hexdigest(), "audio/mpeg"),
+    }
+    for step_id, (size, digest, kind) in expect.items():
+        got = outputs[step_id]["json"]
+        assert (got["size"], got["sha256"], got["content_type"]) == (size, digest, kind), step_id
+        assert got["chunked"] is None  # sent with its length, not chunked
+    assert len(_Receiver.received) == 3
+
+
+def test_http_request_refuses_to_send_what_the_owner_may_not(
+    client: TestClient, owner: str, other: str, db_url: str, receiver: str
+) -> None:
+    """An id a lookup brings (an event's payload) is checked as the task's owner before a
+    byte is sent: another agent's asset fails the step for good."""
+    theirs = upload(client, other, NOTES, "theirs.txt")
+    task = created(
+        client,
+        owner,
+        post_asset("send", f"{receiver}/echo", "${event.payload.file}"),
+        schedule_kind="event",
+        schedule_expr="file.ready",
+        max_retries=0,
+    )
+    with worker(db_url, http_allow=ALLOW):
+        resp = client.post(
+            "/events", json={"type": "file.ready", "payload": {"file": theirs}}, headers=auth(owner)
+        )
+        assert resp.status_code in (201, 202), resp.text
+        run_id = until(
+            lambda: next(
+                iter(client.get(f"/runs?task_id={task}", headers=auth(owner)).json()["items"]),
+                None,
+            ),
+            "the event's run",
+        )["id"]
+        run = ended(client, owner, run_id)
+    assert run["status"] == "failed"
+    assert f"no asset {theirs}" in run["error"]
+    assert _Receiver.received == []

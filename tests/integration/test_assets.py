@@ -187,6 +187,7 @@ def test_another_agents_asset_is_not_found_everywhere(
     for method, url in (
         ("GET", path),
         ("GET", f"{path}/content"),
+        ("HEAD", f"{path}/content"),
         ("DELETE", path),
         ("POST", f"{path}/links"),
     ):
@@ -213,12 +214,14 @@ def test_scopes_are_enforced(
         (writer, "GET", "/assets", "assets:read"),
         (writer, "GET", path, "assets:read"),
         (writer, "GET", f"{path}/content", "assets:read"),
+        (writer, "HEAD", f"{path}/content", "assets:read"),
         (writer, "POST", f"{path}/links", "assets:read"),
         (nothing, "GET", path, "assets:read"),
     ):
         resp = client.request(method, url, headers=headers)
         assert resp.status_code == 403, (method, url)
-        assert scope in resp.json()["detail"]
+        if method != "HEAD":  # a HEAD answer has no body to say why
+            assert scope in resp.json()["detail"]
     assert client.get(path, headers=auth(owner_token)).status_code == 200
     assert client.get("/assets").status_code == 401
 
@@ -300,6 +303,74 @@ def test_validators(client: TestClient, owner_token: str, data_asset: str) -> No
     whole = client.get(url, headers={**ranged, "If-Range": '"old"'})
     assert whole.status_code == 200
     assert whole.content == DATA
+
+
+SAME_HEADERS = (
+    "etag",
+    "accept-ranges",
+    "content-length",
+    "content-range",
+    "content-type",
+    "content-disposition",
+    "x-content-type-options",
+    "content-security-policy",
+    "cache-control",
+)
+
+
+@pytest.mark.parametrize(
+    ("header", "status"),
+    [
+        (None, 200),
+        ("bytes=0-0", 206),
+        ("bytes=-500", 206),
+        ("bytes=100-199", 206),
+        ("bytes=2048-", 416),
+        ("bytes=0-1,5-9", 200),
+        ("bytes=5-2", 200),
+    ],
+)
+def test_head_answers_as_get_would_without_a_body(
+    client: TestClient,
+    owner_token: str,
+    data_asset: str,
+    db: psycopg.Connection[Any],
+    header: str | None,
+    status: int,
+) -> None:
+    url = f"/assets/{data_asset}/content"
+    h = {**auth(owner_token), **({"Range": header} if header else {})}
+    got = client.get(url, headers=h)
+    assert got.status_code == status
+    # No byte is read: with its chunks gone, HEAD still says what GET said.
+    db.execute("DELETE FROM asset_chunks WHERE asset_id = %s", (data_asset,))
+    head = client.head(url, headers=h)
+    assert head.status_code == status, head.text
+    for name in SAME_HEADERS:
+        if status == 416 and name == "content-length":
+            continue  # a problem's own length
+        assert head.headers.get(name) == got.headers.get(name), name
+    if status != 416:
+        assert head.content == b""
+
+
+def test_head_honours_validators_and_signed_links(
+    client: TestClient, owner_token: str, data_asset: str
+) -> None:
+    h = auth(owner_token)
+    url = f"/assets/{data_asset}/content"
+    etag = client.head(url, headers=h).headers["etag"]
+    assert client.head(url, headers={**h, "If-None-Match": etag}).status_code == 304
+    stale = client.head(url, headers={**h, "Range": "bytes=0-9", "If-Range": '"old"'})
+    assert (stale.status_code, stale.headers["content-length"]) == (200, str(len(DATA)))
+    link = urlsplit(_link(client, owner_token, data_asset, expires_in=60).json()["url"])
+    head = client.head(f"{link.path}?{link.query}", headers={"Range": "bytes=-10"})
+    assert head.status_code == 206
+    assert head.headers["content-range"] == "bytes 2038-2047/2048"
+    assert head.headers["etag"] == etag
+    assert head.content == b""
+    forged = client.head(f"{link.path}?{link.query}".replace("signature=", "signature=0"))
+    assert forged.status_code == 403
 
 
 # Signed links ----------------------------------------------------------------------------

@@ -69,7 +69,8 @@ SET state = %(state)s, finished_at = now(), lease_owner = NULL, lease_expires_at
 WHERE id = %(id)s AND state = 'running' AND attempt = %(attempt)s
 
 -- name: due_work_prune
--- Delete finished work older than the retention, a batch at a time (runs and logs go with it).
+-- Delete finished work older than `before`, a batch at a time: its runs and logs go with it
+-- (those of the DEFAULT partitions; the monthly partitions are dropped whole before).
 DELETE FROM due_work
 WHERE id = ANY(ARRAY(
     SELECT id FROM due_work

@@ -236,7 +236,8 @@ def in_table(relation: object, table: str) -> bool:
     """Whether a relation a plan names is `table` or one of its monthly or DEFAULT partitions
     (runs, run_logs and occurrences are partitioned: version_0020.sql)."""
     return isinstance(relation, str) and (
-        relation == table or re.fullmatch(rf"{table}_(p\d{{4}}_\d{{2}}|default)", relation) is not None
+        relation == table
+        or re.fullmatch(rf"{table}_(p\d{{4}}_\d{{2}}|default)", relation) is not None
     )
 
 

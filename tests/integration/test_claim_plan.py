@@ -231,7 +231,8 @@ def test_end_reaches_its_own_rows_by_id(
     runs = _scans_of(nodes, "runs")
     assert runs, "no scan of runs"
     used = set().union(*map(_indexes, runs))
-    assert used and used <= _index_and_partitions(large_due_work, "runs_attempt_idx"), runs
+    assert used, runs
+    assert used <= _index_and_partitions(large_due_work, "runs_attempt_idx"), runs
 
 
 def test_renewal_reaches_its_own_rows_by_id(
@@ -291,7 +292,8 @@ def test_hot_tables_keep_room_for_updates(db: psycopg.Connection[Any]) -> None:
     options: dict[str, list[dict[str, str]]] = {}
     for table, _, opts in rows:
         options.setdefault(table, []).append(dict(o.split("=", 1) for o in opts))
-    assert len(options["runs"]) >= 5 and len(options["occurrences"]) >= 5  # 4 months, default
+    assert len(options["runs"]) >= 5  # 4 months and the default
+    assert len(options["occurrences"]) >= 5
     assert all(o["fillfactor"] == "20" for o in options["runs"])  # see test_run_storage.py
     assert options["due_work"][0]["fillfactor"] == "90"
     for table in ("runs", "due_work"):

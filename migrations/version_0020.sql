@@ -49,6 +49,30 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
         'hex')::uuid
 $$;
 
+-- The range of ids a run of an occurrence queued at `queued` can have, for statements that
+-- reach runs by their occurrence (the claim, the end): with it, PostgreSQL reads only the
+-- partitions of those months, not every month kept. A run's id is made when it is inserted:
+-- at or after its occurrence's creation (same transaction, or a later retry), and before
+-- now; a day's margin each side covers a server clock stepped back or ahead. An occurrence
+-- from before this migration may have runs with older (v4) ids anywhere: the whole range.
+-- Written with the migration's time in it, hence the EXECUTE.
+DO $$
+BEGIN
+    EXECUTE format($f$
+        CREATE FUNCTION pao_run_id_floor(queued timestamptz) RETURNS uuid
+        LANGUAGE sql STABLE PARALLEL SAFE AS $body$
+            SELECT CASE WHEN queued >= %1$L::timestamptz
+                        THEN pao_uuid_v7_floor(queued - interval '1 day')
+                        ELSE '00000000-0000-0000-0000-000000000000'::uuid END
+        $body$;
+        CREATE FUNCTION pao_run_id_ceiling(queued timestamptz) RETURNS uuid
+        LANGUAGE sql STABLE PARALLEL SAFE AS $body$
+            SELECT CASE WHEN queued >= %1$L::timestamptz
+                        THEN pao_uuid_v7_floor(now() + interval '1 day')
+                        ELSE 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid END
+        $body$ $f$, now());
+END $$;
+
 -- Create what is missing among the partitions of the month of `at` and the `months_ahead`
 -- months after it (UTC months), for runs with run_logs (together, so a run's logs always
 -- find the same range), and for occurrences. Safe with any number of schedulers: they take

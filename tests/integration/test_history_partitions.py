@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from psycopg.types.json import Jsonb
 from pytest_postgresql.janitor import DatabaseJanitor
 
 from pao import db as pao_db
@@ -421,6 +422,13 @@ def test_the_migration_moves_existing_history_with_its_keys(before_partitions: s
             "SELECT gen_random_uuid(), created_by, 'text/plain', 1, "
             "       decode(repeat('ab', 32), 'hex'), 1, (SELECT id FROM runs LIMIT 1) FROM tasks"
         )
+        # One occurrence still queued at the upgrade, with its run (a v4 id, in the default).
+        conn.execute(
+            "WITH w AS (INSERT INTO due_work (task_id, scheduled_for, run_after, reason) "
+            "    SELECT id, now(), now(), 'run_now' FROM tasks RETURNING id, task_id) "
+            "INSERT INTO runs (due_work_id, task_id, scheduled_for) "
+            "SELECT id, task_id, now() FROM w"
+        )
         tables = ("runs", "run_logs", "occurrences", "assets")
         before = {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall() for t in tables}
 
@@ -436,6 +444,7 @@ def test_the_migration_moves_existing_history_with_its_keys(before_partitions: s
             ).fetchall()
         )
         assert homes.get("runs_default", 0) >= 190
+        assert sum(homes.values()) == 201
         # The decision records went to their months (a year back at most) or the default.
         months: dict[str, int] = dict(
             conn.execute(
@@ -456,6 +465,35 @@ def test_the_migration_moves_existing_history_with_its_keys(before_partitions: s
             "INSERT INTO run_logs (run_id, message) VALUES (%s, 'new') RETURNING id", (new_run[0],)
         ).fetchone()[0]  # type: ignore[index]
         assert log_id > max(r[0] for r in before["run_logs"])
+        # The occurrence queued before the upgrade is claimed and ended with its old run,
+        # though its id bounds no partition (pao_run_id_floor).
+        claimed = conn.execute(
+            QUERIES["due_work_claim"], {"limit": 10, "worker_id": "w", "lease_seconds": 60.0}
+        ).fetchall()
+        assert len(claimed) == 1
+        old_run = claimed[0][7]
+        assert uuid.UUID(str(old_run)).version == 4
+        ended = conn.execute(
+            QUERIES["due_work_finish_many"],
+            {
+                "worker_id": "w",
+                "endings": Jsonb(
+                    [
+                        {
+                            "id": claimed[0][1],
+                            "attempt": 1,
+                            "state": "succeeded",
+                            "steps": [],
+                            "error": None,
+                        }
+                    ]
+                ),
+            },
+        ).fetchall()
+        assert ended == [(claimed[0][1],)]
+        assert conn.execute("SELECT status FROM runs WHERE id = %s", (old_run,)).fetchone() == (
+            "succeeded",
+        )
         # The keys hold: a deleted occurrence takes its runs, their logs and assets along.
         (asset_run,) = conn.execute("SELECT run_id FROM assets").fetchone()  # type: ignore[misc]
         conn.execute(

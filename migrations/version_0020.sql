@@ -327,9 +327,14 @@ CREATE INDEX occurrences_due_work_idx ON occurrences (due_work_id) WHERE due_wor
 CREATE TABLE occurrences_default PARTITION OF occurrences DEFAULT
     WITH (autovacuum_vacuum_threshold = 1000, autovacuum_analyze_threshold = 1000);
 
--- This month and the two after it; the scheduler keeps two months ahead from now on.
--- Months that hold decision records already (back to a year) get theirs too, so that the
--- history moved below is pruned by partition like the new.
+-- This month and the three after it (the scheduler keeps two ahead from now on). Made
+-- before the rows move: an old (v4) id that falls in one of these months' ranges goes to
+-- that month, not to the DEFAULT partition, where it would stop the month's partition
+-- from being made (PostgreSQL refuses to strand rows of the default). By the time the
+-- scheduler makes the month after those, retention has emptied the default partition of
+-- the old runs (at the default retention). Months that hold decision records already
+-- (back to a year) get theirs too, so that the history moved below is pruned by partition
+-- like the new.
 DO $$
 DECLARE
     oldest timestamptz;
@@ -340,7 +345,7 @@ BEGIN
         oldest,
         ((extract(year FROM now() AT TIME ZONE 'UTC') - extract(year FROM oldest AT TIME ZONE 'UTC')) * 12
          + extract(month FROM now() AT TIME ZONE 'UTC')
-         - extract(month FROM oldest AT TIME ZONE 'UTC'))::integer + 2);
+         - extract(month FROM oldest AT TIME ZONE 'UTC'))::integer + 3);
 END $$;
 
 INSERT INTO runs (id, due_work_id, task_id, attempt, status, scheduled_for, queued_at,

@@ -17,8 +17,12 @@
 -- practice the DEFAULT partition, which retention empties by row deletes as before.
 --
 -- run_logs: partitioned by RANGE (run_id) on the same bounds, so a run's logs live and die
--- with its month. occurrences: partitioned by RANGE (nominal_at); its one unique key
--- (task_id, nominal_at) already holds it.
+-- with its month. Its foreign key is per partition: each month's logs reference that
+-- month's runs (the DEFAULT partition's the DEFAULT's), which is where their runs are, as
+-- the bounds are the same. Referencing the partitioned `runs` instead would make dropping
+-- a month check every log line of every other month against it (PostgreSQL checks a
+-- detached partition for rows still referencing it). occurrences: partitioned by RANGE
+-- (nominal_at); its one unique key (task_id, nominal_at) already holds it.
 --
 -- Every table keeps a DEFAULT partition, so a write finds a home even when the month's
 -- partition is missing (a scheduler that did not run for months, a row with a time far
@@ -113,6 +117,12 @@ BEGIN
                     EXECUTE format(
                         'CREATE TABLE %I PARTITION OF run_logs FOR VALUES FROM (%L) TO (%L)',
                         'run_logs_p' || suffix, pao_uuid_v7_floor(lo), pao_uuid_v7_floor(hi));
+                    -- The month's logs reference the month's runs (see the top of this file).
+                    EXECUTE format(
+                        'ALTER TABLE %I ADD CONSTRAINT %I FOREIGN KEY (run_id) '
+                        'REFERENCES %I (id) ON DELETE CASCADE',
+                        'run_logs_p' || suffix, 'run_logs_p' || suffix || '_run_id_fkey',
+                        'runs_p' || suffix);
                 END IF;
                 created := true;
                 detail := NULL;
@@ -155,7 +165,7 @@ DECLARE
     lo uuid;
     hi uuid;
     hashjoin text;
-    nestloop text;
+    mergejoin text;
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtext('pao_history_partitions'));
     FOR part IN
@@ -184,18 +194,20 @@ BEGIN
         BEGIN
             DELETE FROM assets WHERE run_id >= lo AND run_id < hi;
             DELETE FROM remote_steps WHERE run_id >= lo AND run_id < hi;
+            -- The month's logs go first: their foreign key references the month's runs.
             EXECUTE format('DROP TABLE IF EXISTS %I', 'run_logs_p' || part.suffix);
-            -- The detach checks that no row of a referencing table points into the month.
-            -- A hash join would read every referencing table whole (all the logs); a merge
-            -- join on the indexes reads the month's ids and stops past them (the older
-            -- months are gone already). Only for this statement.
+            -- The detach checks that no row of a table referencing `runs` (remote_steps,
+            -- assets: few rows, and none of this month's now) points into the month. Left
+            -- to itself the planner may hash those and read the whole month; walking them
+            -- and looking each up in the month's key costs what they hold instead. Only
+            -- for this statement.
             hashjoin := current_setting('enable_hashjoin');
-            nestloop := current_setting('enable_nestloop');
+            mergejoin := current_setting('enable_mergejoin');
             PERFORM set_config('enable_hashjoin', 'off', true);
-            PERFORM set_config('enable_nestloop', 'off', true);
+            PERFORM set_config('enable_mergejoin', 'off', true);
             EXECUTE format('ALTER TABLE runs DETACH PARTITION %I', part.name);
             PERFORM set_config('enable_hashjoin', hashjoin, true);
-            PERFORM set_config('enable_nestloop', nestloop, true);
+            PERFORM set_config('enable_mergejoin', mergejoin, true);
             EXECUTE format('DROP TABLE %I', part.name);
             dropped := true;
             detail := NULL;
@@ -292,7 +304,8 @@ CREATE TABLE runs_default PARTITION OF runs DEFAULT WITH (
 
 CREATE TABLE run_logs (
     id       bigint GENERATED ALWAYS AS IDENTITY,
-    run_id   uuid NOT NULL CONSTRAINT run_logs_run_id_fkey REFERENCES runs (id) ON DELETE CASCADE,
+    -- Each partition's foreign key references its month's runs (see the top of this file).
+    run_id   uuid NOT NULL,
     at       timestamptz NOT NULL DEFAULT clock_timestamp(),
     level    text NOT NULL DEFAULT 'info',
     step_id  text,
@@ -302,6 +315,8 @@ CREATE TABLE run_logs (
     CONSTRAINT run_logs_level_known CHECK (level IN ('debug', 'info', 'warning', 'error'))
 ) PARTITION BY RANGE (run_id);
 CREATE TABLE run_logs_default PARTITION OF run_logs DEFAULT;
+ALTER TABLE run_logs_default ADD CONSTRAINT run_logs_default_run_id_fkey
+    FOREIGN KEY (run_id) REFERENCES runs_default (id) ON DELETE CASCADE;
 
 CREATE TABLE occurrences (
     id           bigint GENERATED ALWAYS AS IDENTITY,

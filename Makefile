@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help dev test pytest soak lint format pg15-test bench bench-peers clean
+.PHONY: help dev test pytest soak lint format pg15-test bench bench-peers bench-history clean
 
 help: ## list the commands
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -67,3 +67,6 @@ $(BENCH_STAMP): bench/peers/requirements.txt
 
 bench-peers: $(STAMP) $(BENCH_STAMP) ## pao vs pgqueuer and procrastinate (ARGS="--quick", "--rounds 5")
 	$(BIN)/python -m bench.peers.run $(ARGS)
+
+bench-history: $(STAMP) ## 10M runs of history: hot path vs empty, pruning a month (ARGS="--runs 100000")
+	$(BIN)/python -m bench.history $(ARGS)

@@ -30,7 +30,7 @@ from pao.store import events, heartbeats, runs
 from pao.vocabulary import ProcessKind, WorkState
 from pao.zones import tzdata_version
 from scheduler import metrics
-from scheduler.housekeeping import prune_step
+from scheduler.housekeeping import drop_partitions, ensure_partitions, prune_step
 from scheduler.materialise import materialise_batch
 from scheduler.rescue import rescue_batch
 from scheduler.retime import retime_batch
@@ -156,8 +156,25 @@ class Scheduler:
             await events.mark_dispatched(conn, [e.id for e in pending])
         return len(pending)
 
+    async def maintain_partitions(self) -> None:
+        """Create the history's partitions ahead and drop those past the retention, each in
+        a transaction of its own (the first runs at start: housekeeping's first tick)."""
+        retention = timedelta(days=self.settings.retention_days)
+        try:
+            async with db.connection(self.pool) as conn:
+                await ensure_partitions(conn, now=await self.now(conn))
+            async with db.connection(self.pool) as conn:
+                await drop_partitions(conn, now=await self.now(conn), retention=retention)
+        except psycopg.errors.LockNotAvailable as exc:
+            # Another replica's maintenance, or a long statement on the history, held a
+            # lock past the lock timeout: nothing was changed; the next pass tries again,
+            # and the row pruning goes on meanwhile.
+            log.info("history partitions not maintained this pass: %s", exc)
+
     async def housekeeping(self) -> int:
-        """Prune history older than the retention, in small transactions; returns rows deleted."""
+        """Keep the partitions (made ahead, old months dropped whole), then prune the rows left
+        older than the retention, in small transactions; returns rows deleted."""
+        await self.maintain_partitions()
         deleted = 0
         started = asyncio.get_running_loop().time()
         retention = timedelta(days=self.settings.retention_days)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 import threading
 import time
@@ -228,6 +229,15 @@ def database(
         dbname=name,
         template_dbname=template,
         as_template=as_template,
+    )
+
+
+def in_table(relation: object, table: str) -> bool:
+    """Whether a relation a plan names is `table` or one of its monthly or DEFAULT partitions
+    (runs, run_logs and occurrences are partitioned: version_0020.sql)."""
+    return isinstance(relation, str) and (
+        relation == table
+        or re.fullmatch(rf"{table}_(p\d{{4}}_\d{{2}}|default)", relation) is not None
     )
 
 

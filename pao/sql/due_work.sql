@@ -133,7 +133,8 @@ SET state = %(state)s, finished_at = now(), lease_owner = NULL, lease_expires_at
 WHERE id = %(id)s AND state = 'running' AND attempt = %(attempt)s
 
 -- name: due_work_prune
--- Delete finished work older than the retention, a batch at a time (runs and logs go with it).
+-- Delete finished work older than `before`, a batch at a time: its runs and logs go with it
+-- (those of the DEFAULT partitions; the monthly partitions are dropped whole before).
 DELETE FROM due_work
 WHERE id = ANY(ARRAY(
     SELECT id FROM due_work
@@ -164,7 +165,11 @@ WITH candidate AS (
         lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
     FROM candidate c
     WHERE d.id = c.id AND c.claim_key IS NULL
-    RETURNING d.id, d.task_id, d.scheduled_for, d.attempt, d.event_id, d.reason
+    RETURNING d.id, d.task_id, d.scheduled_for, d.attempt, d.event_id, d.reason,
+              -- The range of ids the run can have: computed here, once a row, they are plain
+              -- values below, cheap to plan for every partition (version_0020.sql).
+              pao_run_id_floor(d.created_at) AS run_floor,
+              pao_run_id_ceiling(d.created_at) AS run_ceiling
 ), started AS (
     -- Returning the claimed columns here spares a join of two CTEs, which the planner,
     -- blind to their sizes, would do as a nested loop (a batch of 128: 16,384 comparisons).
@@ -173,6 +178,8 @@ WITH candidate AS (
     SET status = 'running', started_at = COALESCE(r.started_at, now()), worker_id = %(worker_id)s
     FROM claimed c
     WHERE r.due_work_id = c.id AND r.attempt = c.attempt AND r.status = 'queued'
+      -- Only the months the run can be in, not every month kept.
+      AND r.id >= c.run_floor AND r.id < c.run_ceiling
     RETURNING c.id, c.task_id, c.scheduled_for, c.attempt, c.event_id, c.reason,
               r.id AS run_id, r.started_at,
               -- A run claimed again (handed back, or continued after a remote step) carries
@@ -227,13 +234,19 @@ WITH candidate AS (
         lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
     FROM fits
     WHERE d.id = fits.id
-    RETURNING d.id, d.task_id, d.scheduled_for, d.attempt, d.event_id, d.reason
+    RETURNING d.id, d.task_id, d.scheduled_for, d.attempt, d.event_id, d.reason,
+              -- The range of ids the run can have: computed here, once a row, they are plain
+              -- values below, cheap to plan for every partition (version_0020.sql).
+              pao_run_id_floor(d.created_at) AS run_floor,
+              pao_run_id_ceiling(d.created_at) AS run_ceiling
 ), started AS (
     UPDATE runs r
     -- A continuation keeps its first start: the run's deadline counts from there.
     SET status = 'running', started_at = COALESCE(r.started_at, now()), worker_id = %(worker_id)s
     FROM claimed c
     WHERE r.due_work_id = c.id AND r.attempt = c.attempt AND r.status = 'queued'
+      -- Only the months the run can be in, not every month kept.
+      AND r.id >= c.run_floor AND r.id < c.run_ceiling
     RETURNING c.id, c.task_id, c.scheduled_for, c.attempt, c.event_id, c.reason,
               r.id AS run_id, r.started_at,
               -- A run claimed again (handed back, or continued after a remote step) carries
@@ -309,13 +322,18 @@ WITH v AS (
     FROM v
     WHERE d.id = ANY(ARRAY(SELECT id FROM v)) AND d.id = v.id AND d.attempt = v.attempt
       AND d.lease_owner = %(worker_id)s
-    RETURNING d.id, d.task_id, d.claim_key
+    RETURNING d.id, d.task_id, d.claim_key,
+              -- As in due_work_claim: the range of ids the run can have (version_0020.sql).
+              pao_run_id_floor(d.created_at) AS run_floor,
+              pao_run_id_ceiling(d.created_at) AS run_ceiling
 ), ran AS (
     UPDATE runs r
     SET status = v.state, finished_at = now(), steps = v.steps, error = v.error
     FROM v
     JOIN done ON done.id = v.id
     WHERE r.due_work_id = v.id AND r.attempt = v.attempt AND r.status = 'running'
+      -- Only the months the run can be in, not every month kept.
+      AND r.id >= done.run_floor AND r.id < done.run_ceiling
 ), wake AS (
     SELECT pg_notify('pao_work', '')
     FROM (SELECT 1 FROM done WHERE claim_key IS NOT NULL LIMIT 1) AS key_freed

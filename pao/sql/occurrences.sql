@@ -30,10 +30,14 @@ SET decision = %(decision)s, detail = %(detail)s, decided_at = now()
 WHERE due_work_id = ANY(%(due_work_ids)s) AND decision = 'queued'
 
 -- name: occurrence_prune
--- Forget decision records older than the retention, a batch at a time.
+-- Forget decision records older than the retention, a batch at a time: those the monthly
+-- partitions did not take with them (the DEFAULT partition's). Bounded by `nominal_at` too,
+-- so only the partitions before `before` are looked at, never the kept months'.
 DELETE FROM occurrences
-WHERE id = ANY(ARRAY(
-    SELECT id FROM occurrences WHERE decided_at < %(before)s LIMIT %(limit)s
+WHERE nominal_at < %(before)s AND id = ANY(ARRAY(
+    SELECT id FROM occurrences
+    WHERE decided_at < %(before)s AND nominal_at < %(before)s
+    LIMIT %(limit)s
 ))
 
 -- name: occurrence_event_room

@@ -15,7 +15,7 @@ from pao.db import connect
 from pao.models import Run
 from pao.sql import QUERIES
 from pao.store.runs import OWNED_SCAN, list_runs
-from tests.helpers import SEED_TASK, auth, plan_nodes, queue_runs
+from tests.helpers import SEED_TASK, auth, in_table, plan_nodes, queue_runs
 
 BUSY_RUNS = 20_000
 
@@ -48,7 +48,7 @@ def _runs_read(
     row = db.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + QUERIES[statement], params).fetchone()
     assert row is not None
     doc = row[0] if isinstance(row[0], list) else json.loads(row[0])
-    scans = [n for n in plan_nodes(doc[0]["Plan"]) if n.get("Relation Name") == "runs"]
+    scans = [n for n in plan_nodes(doc[0]["Plan"]) if in_table(n.get("Relation Name"), "runs")]
     assert scans
     return sum(int(n["Actual Rows"]) * int(n["Actual Loops"]) for n in scans)
 
@@ -275,8 +275,9 @@ async def _list_counting_reads(url: str, owner: uuid.UUID, limit: int) -> tuple[
         async with conn.transaction():
             listed = await list_runs(conn, owner=owner, limit=limit, after=None)
             cur = await conn.execute(
-                "SELECT COALESCE(seq_tup_read, 0) + COALESCE(idx_tup_fetch, 0) AS n "
-                "FROM pg_stat_xact_user_tables WHERE relname = 'runs'"
+                "SELECT COALESCE(sum(COALESCE(seq_tup_read, 0) + COALESCE(idx_tup_fetch, 0)), 0) "
+                "AS n FROM pg_stat_xact_user_tables "
+                "WHERE relid IN (SELECT relid FROM pg_partition_tree('runs'))"
             )
             row = await cur.fetchone()
             assert row is not None

@@ -21,7 +21,8 @@ RUNS = 300
 def _updates(db: psycopg.Connection[Any]) -> tuple[int, int]:
     db.execute("SELECT pg_stat_clear_snapshot()")
     row = db.execute(
-        "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'runs'"
+        "SELECT sum(n_tup_upd)::bigint, sum(n_tup_hot_upd)::bigint FROM pg_stat_user_tables "
+        "WHERE relid IN (SELECT relid FROM pg_partition_tree('runs'))"
     ).fetchone()
     assert row is not None
     return row[0], row[1]

@@ -334,7 +334,9 @@ def test_housekeeping_prunes_old_history_but_keeps_dedupe_windows(
     task = _create(client, writer_token, dedupe_key="k", dedupe_window_seconds=20 * 86_400)
     old = client.post(f"/tasks/{task['id']}/run_now", headers=auth(writer_token)).json()
     new = client.post(f"/tasks/{task['id']}/run_now", headers=auth(writer_token)).json()
-    for run, age in ((old, "6 days"), (new, "1 day")):
+    # Rows are deleted one by one only before the month the retention ends in (later ones go
+    # with their month's partition, whole): 40 days is before it, whatever today's date.
+    for run, age in ((old, "40 days"), (new, "1 day")):
         db.execute(
             "UPDATE due_work SET state = 'succeeded', finished_at = now() - %s::interval "
             "WHERE id = (SELECT due_work_id FROM runs WHERE id = %s)",
@@ -350,7 +352,10 @@ def test_housekeeping_prunes_old_history_but_keeps_dedupe_windows(
         "VALUES (%s, 'k', now() - interval '10 days')",
         (task["id"],),
     )
-    db.execute("UPDATE occurrences SET decided_at = now() - interval '6 days'")
+    db.execute(
+        "UPDATE occurrences SET decided_at = now() - interval '40 days', "
+        "nominal_at = nominal_at - interval '40 days'"
+    )
     db.execute(
         "INSERT INTO dedupe_keys (task_id, key, seen_at) "
         "VALUES (%s, 'gone', now() - interval '25 days')",

@@ -22,8 +22,10 @@ dev: $(STAMP) ## run API, scheduler and worker on the embedded database
 
 # Test processes side by side (pytest-xdist): most tests wait on PostgreSQL or on processes
 # they started, so three keep this 2-core machine busy; TEST_WORKERS=0 runs them in one.
+# tests/conftest.py hands the tests out one at a time, in the order it gives them
+# (the longest first), so the run does not end on a long test started last.
 TEST_WORKERS ?= 3
-PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist worksteal
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist load
 
 test: $(STAMP) ## run every test (TEST_WORKERS=3 at once), then the linters and type checks
 	$(BIN)/python -m pytest $(PYTEST_PARALLEL)

@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -118,3 +119,91 @@ def cluster() -> Iterator[Cluster]:
         yield c
     finally:
         c.destroy()
+
+
+# --------------------------------------------------------------------------- xdist order
+
+# Seconds the longest tests take on this 2-core machine in a full run (measured beside other
+# work). Under pytest-xdist (`make test`) the tests start longest first, so that the run does
+# not end on one of them while the other workers stand idle; many of these wait for a
+# minute's boundary, and side by side they wait at once. A name is a test's node id or a
+# prefix of it (a file); a test not named counts by its directory below. Only the order
+# changes: every test runs, with the same checks.
+LONGEST: dict[str, float] = {
+    "tests/acceptance/test_load.py": 95,
+    "tests/acceptance/test_scheduler_processes.py::test_two_and_three": 70,
+    "tests/acceptance/test_clock_skew.py": 50,
+    "tests/acceptance/test_scheduler_processes.py::test_scheduler_catches_up": 48,
+    "tests/acceptance/test_failover.py": 40,
+    "tests/acceptance/test_dev.py": 40,
+    "tests/integration/test_openapi_fuzz.py::test_the_api_keeps_its_openapi_promises": 30,
+    "tests/acceptance/test_pgbouncer.py::test_processes_behind_pgbouncer": 35,
+    "tests/acceptance/test_asset_processes.py::test_a_200_mb_upload": 31,
+    "tests/acceptance/test_database_restart.py": 25,
+    "tests/acceptance/test_bind_processes.py::test_forwarded_for": 18,
+    "tests/acceptance/test_dashboard.py": 15,
+    "tests/acceptance/test_cli_assets.py": 15,
+    "tests/acceptance/test_cli_client.py": 15,
+    "tests/acceptance/test_claims_work_cli.py": 15,
+    "tests/acceptance/test_asset_processes.py": 15,
+    "tests/acceptance/test_pgbouncer.py::test_without_a_listen_url": 12,
+    "tests/unit/test_schedule.py::test_restarted_rrule_matches_plain_dateutil": 8,
+    "tests/acceptance/test_scheduler_restart.py": 9,
+    "tests/acceptance/test_budget_processes.py": 8,
+    "tests/integration/test_health.py::test_api_answers_503": 8,
+    "tests/integration/test_mcp_hub.py": 4,
+    "tests/unit/test_k8s_manifests.py": 3,
+    "tests/unit/test_compose.py": 2.5,
+    "tests/acceptance/": 6,
+    "tests/integration/": 0.5,
+    "tests/unit/": 0.05,
+}
+
+
+def _estimate(nodeid: str) -> float:
+    """The seconds LONGEST gives the test: its longest matching name's."""
+    best = max((name for name in LONGEST if nodeid.startswith(name)), key=len, default=None)
+    return LONGEST[best] if best is not None else 0.0
+
+
+# Files whose tests share a module-scoped fixture (a large database built once): each goes
+# to one worker whole, which builds it once rather than once per worker.
+SHARED_SETUP = frozenset(
+    {"tests/integration/test_claim_plan.py", "tests/integration/test_cursor_plans.py"}
+)
+
+
+def _unit(nodeid: str) -> str:
+    """What is handed to one worker at once: the test, or its whole file if in SHARED_SETUP."""
+    path = nodeid.split("::", 1)[0]
+    return path if path in SHARED_SETUP else nodeid
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In an xdist worker: the longest units first. Every worker orders the same collection
+    the same way, and the scheduler below hands the units out in this order."""
+    if not hasattr(config, "workerinput"):
+        return  # one process: the files' own order
+    seconds: dict[str, float] = {}
+    for item in items:
+        unit = _unit(item.nodeid)
+        seconds[unit] = seconds.get(unit, 0.0) + _estimate(item.nodeid)
+    items.sort(key=lambda item: -seconds[_unit(item.nodeid)])
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist load` (`make test`): hand out one unit at a time, in the workers' order
+    above, to whichever worker has little left: the longest tests start first, the run does
+    not end on a long one started last, and a SHARED_SETUP file stays on one worker.
+    (`--dist loadgroup` would do it with marks, but pytest-xdist 3.8 cannot rename a test
+    under pytest 9, so its groups are lost.)"""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class LongestFirst(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _unit(nodeid)
+
+    return LongestFirst(config, log)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+import os
 import signal
 import socket
 import subprocess
@@ -33,6 +37,68 @@ def pao(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=60,
         cwd=ROOT,
+    )
+
+
+@contextmanager
+def _environment(env: dict[str, str]) -> Iterator[None]:
+    """`os.environ` is `env` for the block, then what it was."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def pao_inline(
+    *args: str, env: dict[str, str], cwd: Path | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """`pao ARGS` as `pao()` runs it, but in this process: `pao.cli.main` with this environment,
+    working directory and stdin closed, its exit status and output (bytes) captured as a
+    subprocess's would be. A second rather than a Python start-up and the imports per command;
+    the tests that use it keep at least one real `pao()` per command family for the process
+    boundary itself."""
+    from pao.cli import main
+
+    out, err = io.BytesIO(), io.BytesIO()
+    stdout = io.TextIOWrapper(out, encoding="utf-8", write_through=True)
+    stderr = io.TextIOWrapper(err, encoding="utf-8", write_through=True)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level  # `main` sends logging to its stderr
+    try:
+        with (
+            _environment(env),
+            contextlib.chdir(cwd or ROOT),
+            contextlib.redirect_stdout(stdout),
+            contextlib.redirect_stderr(stderr),
+            open(os.devnull) as stdin,
+        ):
+            saved_stdin, sys.stdin = sys.stdin, stdin
+            try:
+                code = main(list(args))
+            except SystemExit as exc:  # argparse's usage errors, as `python -m pao` would exit
+                if isinstance(exc.code, str):
+                    print(exc.code, file=sys.stderr)
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            finally:
+                sys.stdin = saved_stdin
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)
+    return subprocess.CompletedProcess(["pao", *args], code, out.getvalue(), err.getvalue())
+
+
+def pao_text(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`pao_inline` with its output decoded, as `pao()` returns it."""
+    done = pao_inline(*args, env=env)
+    return subprocess.CompletedProcess(
+        done.args, done.returncode, done.stdout.decode(), done.stderr.decode()
     )
 
 

@@ -1,5 +1,9 @@
-"""`pao assets` as subprocesses against a real `pao api`: upload, list, get, download
-(resumed, to stdout), link, rm, the progress bar on a terminal, and flat memory."""
+"""`pao assets` against a real `pao api`: upload, list, get, download (resumed, to stdout),
+link, rm, the progress bar on a terminal, and flat memory.
+
+The progress bar and memory tests run `pao` as subprocesses (a terminal, a peak RSS), as do
+an upload, a download to stdout and `pao usage` in the first test; its other commands run
+`pao`'s main in this process (`pao_inline`), the same code without a Python start-up each."""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.acceptance.procs import ROOT
+from tests.acceptance.procs import ROOT, pao_inline
 from tests.acceptance.running import api_process
 from tests.helpers import auth
 
@@ -25,7 +29,7 @@ PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(range(256)) * 4096  #
 MIB = 1 << 20
 
 Cli = Callable[..., subprocess.CompletedProcess[bytes]]
-# Each test starts the CLI a dozen times or more (a second or two each on a busy machine).
+# The memory test moves 64 MiB each way through subprocesses (a busy machine is slow at it).
 pytestmark = pytest.mark.timeout(300)
 
 
@@ -40,11 +44,14 @@ def _env(base: str, token: str) -> dict[str, str]:
     return {**env, "PAO_API_URL": base, "PAO_TOKEN": token, "PYTHONPATH": str(ROOT)}
 
 
-def _cli(base: str, token: str, cwd: Path) -> Cli:
-    """`pao ...` run in `cwd` (where downloads land), stdin closed, output as bytes."""
+def _cli(base: str, token: str, cwd: Path, *, process: bool = False) -> Cli:
+    """`pao ...` run in `cwd` (where downloads land), stdin closed, output as bytes: in this
+    process, or as a subprocess."""
     env = _env(base, token)
 
     def run(*args: str) -> subprocess.CompletedProcess[bytes]:
+        if not process:
+            return pao_inline(*args, env=env, cwd=cwd)
         return subprocess.run(
             [sys.executable, "-m", "pao", *args],
             env=env,
@@ -81,11 +88,14 @@ def test_upload_list_download_link_and_remove(
     work = tmp_path / "work"
     work.mkdir()
     cli = _cli(api, token, work)
+    subprocess_cli = _cli(api, token, work, process=True)
     source = work / "cat.png"
     source.write_bytes(PNG)
 
     # Upload: not on a terminal, so nothing but the result is printed.
-    done = cli("assets", "upload", str(source), "--label", "a cat", "--tag", "pets", "--tag", "x")
+    done = subprocess_cli(
+        "assets", "upload", str(source), "--label", "a cat", "--tag", "pets", "--tag", "x"
+    )
     text = _ok(done)
     assert done.stderr == b""
     assert text.startswith("uploaded asset ")
@@ -151,7 +161,7 @@ def test_upload_list_download_link_and_remove(
     assert not part.exists()
 
     # To stdout, byte for byte, with nothing else there.
-    piped = cli("assets", "download", asset_id, "-o", "-")
+    piped = subprocess_cli("assets", "download", asset_id, "-o", "-")
     assert piped.returncode == 0, piped.stderr
     assert piped.stdout == PNG
     assert _failed(cli("assets", "download", asset_id, "-o", "-", "--json"), 2)
@@ -177,7 +187,7 @@ def test_upload_list_download_link_and_remove(
     assert "is not an id" in _failed(cli("assets", "get", "nope"), 2)
 
     # Usage counts what is kept; rm frees it.
-    usage = _ok(cli("usage"))
+    usage = _ok(subprocess_cli("usage"))
     kept = len(PNG) + len("hello\n")
     assert f"assets kept: {kept / MIB:.1f} MiB of 10.0 GiB ({kept} of" in usage
     assert _ok(cli("assets", "rm", asset_id)).strip() == f"deleted asset {asset_id}"

@@ -1,4 +1,8 @@
-"""`pao tasks|runs|events` as subprocesses against a real `pao api` and `pao worker`."""
+"""`pao tasks|runs|events` against a real `pao api` and `pao worker`.
+
+Each command family runs at least once as a real `pao` subprocess (its exit status and
+output across the process boundary); the other commands run `pao`'s main in this process
+(`pao_text`), the same code without a Python start-up and its imports each time."""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import httpx
 import psycopg
 import pytest
 
-from tests.acceptance.procs import pao
+from tests.acceptance.procs import Process, pao, pao_text
 from tests.acceptance.running import api_process, finished_run, worker_process
 from tests.helpers import auth, snapshot
 
@@ -36,11 +40,14 @@ def _env(base: str, token: str | None) -> dict[str, str]:
     return env
 
 
-def _cli(base: str, token: str | None) -> Callable[..., subprocess.CompletedProcess[str]]:
+def _cli(
+    base: str, token: str | None, *, process: bool = False
+) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """`pao ARGS` against the API with this token: in this process, or as a subprocess."""
     env = _env(base, token)
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return pao(*args, env=env)
+        return pao(*args, env=env) if process else pao_text(*args, env=env)
 
     return run
 
@@ -77,12 +84,20 @@ def _at(value: str) -> datetime:
     return datetime.fromisoformat(value)
 
 
+@pytest.fixture
+def worker(db_url: str, tmp_path: Path) -> Iterator[Process]:
+    """A `pao worker`, asked for before `api` so that the two start side by side. With no
+    scheduler it runs only what `pao tasks run` queues."""
+    with worker_process(db_url, tmp_path) as proc:
+        yield proc
+
+
 def test_the_cli_creates_lists_runs_pauses_and_reads_runs(
-    api: str, writer_token: str, db_url: str, tmp_path: Path
+    worker: Process, api: str, writer_token: str, tmp_path: Path
 ) -> None:
     cli = _cli(api, writer_token)
     created = _json(
-        cli(
+        _cli(api, writer_token, process=True)(
             "tasks", "create", "--json", "--title", "CLI hello", "--cron", "*/5 * * * *",
             "--timezone", "UTC", "--payload", json.dumps(HELLO),
         )
@@ -126,12 +141,11 @@ def test_the_cli_creates_lists_runs_pauses_and_reads_runs(
     assert len(coming) == 2
     assert _at(coming[0]["at"]) == _at(created["next_run_at"])
 
-    with worker_process(db_url, tmp_path):
-        run = _json(cli("tasks", "run", task_id, "--json"))
-        assert run["status"] == "queued"
-        assert finished_run(api, writer_token, run["id"])["status"] == "succeeded"
+    run = _json(cli("tasks", "run", task_id, "--json"))
+    assert run["status"] == "queued"
+    assert finished_run(api, writer_token, run["id"])["status"] == "succeeded"
 
-    runs = _rows(_ok(cli("runs", "list", "--task", task_id)))
+    runs = _rows(_ok(_cli(api, writer_token, process=True)("runs", "list", "--task", task_id)))
     assert [(r["ID"], r["TASK"], r["STATUS"], r["ATTEMPT"]) for r in runs] == [
         (run["id"], task_id, "succeeded", "1")
     ]
@@ -153,7 +167,8 @@ def test_the_cli_creates_lists_runs_pauses_and_reads_runs(
     snoozed = _json(cli("tasks", "snooze", task_id, "2h", "--json"))
     assert _at(snoozed["next_run_at"]) > _at(before)
 
-    published = _json(cli("events", "publish", "cli.ping", "--payload", '{"n": 1}', "--json"))
+    publish = _cli(api, writer_token, process=True)
+    published = _json(publish("events", "publish", "cli.ping", "--payload", '{"n": 1}', "--json"))
     assert published["type"] == "cli.ping"
     assert published["queued"] == 1
     event_runs = _json(cli("runs", "list", "--task", event_task.group(1), "--json"))["items"]
@@ -172,7 +187,7 @@ def test_refused_requests_exit_non_zero_with_the_problem_and_change_nothing(
     reader = _cli(api, make_token("tasks:read", name="reader"))
     before = snapshot(db)
     args = ("tasks", "create", "--title", "bad", "--cron", "61 * * * *", "--payload", "{}")
-    bad = cli(*args)
+    bad = _cli(api, writer_token, process=True)(*args)
     assert bad.returncode == 1
     assert bad.stdout == ""
     # The CLI shows exactly what the API said.
@@ -204,7 +219,9 @@ def test_refused_requests_exit_non_zero_with_the_problem_and_change_nothing(
     wrong = _cli(api, "pao_not_a_real_token")("runs", "list")
     assert wrong.returncode == 1
     assert "Unauthenticated (401)" in wrong.stderr
-    not_json = cli("events", "publish", "x.y", "--payload", "{oops")
+    not_json = _cli(api, writer_token, process=True)(
+        "events", "publish", "x.y", "--payload", "{oops"
+    )
     assert not_json.returncode == 2
     assert "--payload is not valid JSON" in not_json.stderr
     not_an_id = cli("tasks", "pause", "../agents")

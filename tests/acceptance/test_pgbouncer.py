@@ -2,10 +2,11 @@
 
 An API, two schedulers and two workers reach PostgreSQL only through the pooler, with
 PAO_DATABASE_POOLER=transaction, and LISTEN on a direct URL (PAO_LISTEN_DATABASE_URL).
-A mixed load (rrule, cron and once tasks, events, run_now) must lose nothing and do
-nothing twice, answer no request with a 5xx, and pick work up about as fast as without
-the pooler (measured here both ways, on idle workers woken by NOTIFY). Without a direct
-URL the processes say so at start and work by polling.
+A mixed load (rrule, cron and once tasks, events, run_now, and runs with a remote step
+that two claimants in the test claim over HTTP) must lose nothing and do nothing twice,
+answer no request with a 5xx, and pick work up about as fast as without the pooler
+(measured here both ways, on idle workers woken by NOTIFY). Without a direct URL the
+processes say so at start and work by polling.
 
 Skipped where PgBouncer is not installed, unless PAO_REQUIRE_PGBOUNCER is set (CI).
 """
@@ -18,6 +19,7 @@ import os
 import signal
 import statistics
 import sys
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -44,6 +46,13 @@ Conn = psycopg.Connection[Any]
 SCOPES = ("tasks:read", "tasks:write", "runs:read", "events:publish")
 PICKUPS = 25
 QUICK = [{"id": "note", "uses": "log", "with": {"message": "tick"}}]
+# A step done outside pao: offered by the worker, claimed and completed over HTTP.
+REMOTE_TYPE = "pgb.render"
+REMOTE_RUNS = 10
+REMOTE = [
+    {"id": "render", "uses": REMOTE_TYPE, "with": {"n": 1}},
+    {"id": "after", "uses": "log", "with": {"message": "rendered"}},
+]
 
 
 @pytest.fixture
@@ -139,6 +148,34 @@ class Client:
         return resp.json()
 
 
+class Claimant(threading.Thread):
+    """An agent outside pao doing the remote steps: long-polls for a step of the type through
+    the API, completes it, and notes every step it was handed (to prove none came twice)."""
+
+    def __init__(self, base: str, token: str, stop: threading.Event) -> None:
+        super().__init__(daemon=True)
+        self.client = Client(base, token)
+        self.stop = stop
+        self.done: list[tuple[str, str]] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                claimed = self.client.post(
+                    f"/task-types/{REMOTE_TYPE}/claim", {"limit": 2, "wait_seconds": 1}
+                )
+                for item in claimed["items"]:
+                    self.done.append((item["run_id"], item["step_id"]))
+                    self.client.post(
+                        f"/claims/{item['claim_id']}/complete", {"output": {"ok": True}}
+                    )
+        except BaseException as exc:  # reported by the test after join
+            self.error = exc
+        finally:
+            self.client.close()
+
+
 def _measure_pickups(client: Client, db: Conn, count: int) -> list[float]:
     """Seconds from run_now to the run's start, one run at a time on idle workers (so each
     is woken by its notification, or found by a poll), by the database's clock."""
@@ -206,6 +243,8 @@ def test_processes_behind_pgbouncer_lose_nothing_duplicate_nothing_and_pick_up_f
         direct = _measure_pickups(probe, db, PICKUPS)
         probe.close()
 
+    admin = make_token("admin", name="typist")
+    claimer = make_token("work:claim", name="claimant")
     pooled_env = _env(
         DATABASE_URL=bouncer.url(db_url),
         PAO_DATABASE_POOLER="transaction",
@@ -214,6 +253,13 @@ def test_processes_behind_pgbouncer_lose_nothing_duplicate_nothing_and_pick_up_f
     names = ("scheduler", "scheduler", "worker", "worker")
     with _processes(pooled_env, tmp_path / "pooled", names) as (base, procs):
         client = Client(base, token)
+        typist = Client(base, admin)
+        typist.post("/task-types", {"name": REMOTE_TYPE, "parameters_schema": {"type": "object"}})
+        typist.close()
+        stop = threading.Event()
+        claimants = [Claimant(base, claimer, stop) for _ in range(2)]
+        for claimant in claimants:
+            claimant.start()
         now = datetime.now(UTC)
         expected: dict[uuid.UUID, set[datetime]] = {}
         # rrule: once a minute at a second a few seconds from now, a different one each.
@@ -238,10 +284,14 @@ def test_processes_behind_pgbouncer_lose_nothing_duplicate_nothing_and_pick_up_f
             client.post("/events", {"type": "pgb.ping", "payload": {"n": i}}) for i in range(10)
         ]
         by_hand = client.post("/tasks", _task("event", "never.fired", "by hand"))["id"]
+        remote = client.post(
+            "/tasks", {**_task("event", "never.fired", "remote"), "payload": {"pipeline": REMOTE}}
+        )["id"]
         for _ in range(10):
             client.post(f"/tasks/{by_hand}/run_now")
             client.get(f"/tasks/{by_hand}")
             client.get("/runs?limit=20")
+        remote_runs = {client.post(f"/tasks/{remote}/run_now")["id"] for _ in range(REMOTE_RUNS)}
 
         want = {task: len(times) for task, times in expected.items()}
         until(
@@ -251,14 +301,23 @@ def test_processes_behind_pgbouncer_lose_nothing_duplicate_nothing_and_pick_up_f
         )
         until(lambda: _succeeded(db, "t.id = %s", (on_ping,)) == 10, "the events' runs")
         until(lambda: _succeeded(db, "t.id = %s", (by_hand,)) == 10, "the run_now runs")
+        until(
+            lambda: _succeeded(db, "t.id = %s", (remote,)) == REMOTE_RUNS,
+            "the runs with a remote step",
+        )
+        stop.set()
+        for claimant in claimants:
+            claimant.join(timeout=30)
+            assert claimant.error is None, claimant.error
         pooled = _measure_pickups(client, db, PICKUPS)
         client.close()
         _no_pooler_trouble(procs)
 
     print(f"\npickup direct:        {_figures(direct)}")
     print(f"pickup via PgBouncer: {_figures(pooled)} (LISTEN on a direct URL)")
-    print(f"HTTP statuses: {dict(client.statuses)}")
-    assert not [s for s in client.statuses if s >= 500], client.statuses
+    statuses = sum((c.client.statuses for c in claimants), client.statuses)
+    print(f"HTTP statuses: {dict(statuses)}")
+    assert not [s for s in statuses if s >= 500], statuses
     stored = db.execute(
         "SELECT count(*) FILTER (WHERE dispatched_at IS NOT NULL), count(*) FROM events"
         " WHERE id = ANY(%s)",
@@ -269,6 +328,15 @@ def test_processes_behind_pgbouncer_lose_nothing_duplicate_nothing_and_pick_up_f
         "SELECT due_work_id FROM runs WHERE status = 'succeeded' GROUP BY 1 HAVING count(*) > 1"
     ).fetchall()
     assert twice == []
+    # Each remote step was handed out once, to one claimant, and completed: none done twice
+    # (the claimants' own notes and the claim counts agree), none lost.
+    handed = [step for c in claimants for step in c.done]
+    assert sorted(handed) == sorted((run, "render") for run in remote_runs)
+    remote_steps = db.execute(
+        "SELECT run_id::text, state, deliveries FROM remote_steps WHERE task_type = %s",
+        (REMOTE_TYPE,),
+    ).fetchall()
+    assert sorted(remote_steps) == sorted((run, "succeeded", 1) for run in remote_runs)
     assert_work_consistent(db, expected=expected, all_final=False)
     # Woken by notifications, not found by polls; loosely within twice the direct figures.
     assert statistics.median(pooled) < 0.1, _figures(pooled)

@@ -40,8 +40,8 @@ from api.app import create_app
 from bench.common import database
 from bench.lateness import NOOP
 from pao import db as pao_db
-from pao.agents import create_agent
 from pao.db import connect
+from pao.domain.agents import create_agent
 from pao.pagination import encode_cursor
 from pao.settings import Settings
 from pao.sql import QUERIES

@@ -58,16 +58,12 @@ async def ensure_partitions(conn: Conn, *, now: datetime) -> list[partitions.Out
     with several schedulers); log what could not be made (its rows go to the DEFAULT
     partition meanwhile, so no write fails)."""
     outcomes = await partitions.ensure(conn, at=now, months_ahead=MONTHS_AHEAD)
-    for o in outcomes:
-        if o.done:
-            log.info("created history partition %s", o.partition_name)
-        else:
-            log.warning(
-                "could not create history partition %s: %s; its month's rows go to the "
-                "default partition and are pruned row by row",
-                o.partition_name,
-                o.detail,
-            )
+    _log(
+        outcomes,
+        "created history partition %s",
+        "could not create history partition %s: %s; its month's rows go to the default "
+        "partition and are pruned row by row",
+    )
     return outcomes
 
 
@@ -76,17 +72,21 @@ async def drop_partitions(
 ) -> list[partitions.Outcome]:
     """Drop the monthly partitions whose month ended longer ago than the retention."""
     outcomes = await partitions.drop_before(conn, before=now - retention)
+    _log(
+        outcomes,
+        "dropped history partition %s (past the retention)",
+        "kept history partition %s past the retention: %s; tried again at the next housekeeping",
+    )
+    return outcomes
+
+
+def _log(outcomes: list[partitions.Outcome], done: str, not_done: str) -> None:
+    """Each outcome at info when done, else as a warning with why."""
     for o in outcomes:
         if o.done:
-            log.info("dropped history partition %s (past the retention)", o.partition_name)
+            log.info(done, o.partition_name)
         else:
-            log.warning(
-                "kept history partition %s past the retention: %s; tried again at the next "
-                "housekeeping",
-                o.partition_name,
-                o.detail,
-            )
-    return outcomes
+            log.warning(not_done, o.partition_name, o.detail)
 
 
 async def prune_step(conn: Conn, *, now: datetime, retention: timedelta) -> int:

@@ -7,7 +7,7 @@ from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from api.deps import AppState, AssetsRead, AssetsWrite, PageQuery, State
@@ -284,44 +284,12 @@ async def _link_key(state: AppState, conn: Any) -> bytes:
     return state.link_key
 
 
-@links_router.get(
-    "/{asset_id}",
-    response_class=StreamingResponse,
-    responses={**CONTENT_DOC, 403: {"description": "The link is not valid or has expired"}},
-)
-async def linked_content(
-    request: Request,
+async def _linked_asset(
     state: State,
     asset_id: str,
     expires: Annotated[str, Query(max_length=20)] = "",
     signature: Annotated[str, Query(max_length=100)] = "",
-) -> Response:
-    """An asset's content through a signed link (POST /assets/{id}/links), no token
-    needed: as GET /assets/{id}/content answers. A link changed in any character, or
-    past its expiry, is a 403."""
-    asset = await _linked_asset(state, asset_id, expires, signature)
-    return content_response(request, state, asset)
-
-
-@links_router.head(
-    "/{asset_id}",
-    response_class=Response,
-    responses={**HEAD_DOC, 403: {"description": "The link is not valid or has expired"}},
-)
-async def linked_content_head(
-    request: Request,
-    state: State,
-    asset_id: str,
-    expires: Annotated[str, Query(max_length=20)] = "",
-    signature: Annotated[str, Query(max_length=100)] = "",
-) -> Response:
-    """What GET on a signed link would answer, headers only (as HEAD
-    /assets/{id}/content)."""
-    asset = await _linked_asset(state, asset_id, expires, signature)
-    return content_response(request, state, asset, head=True)
-
-
-async def _linked_asset(state: AppState, asset_id: str, expires: str, signature: str) -> Asset:
+) -> Asset:
     """The asset a genuine, unexpired link names; 403 for any other."""
     if state.link_key is None:
         async with state.tx() as conn:
@@ -333,6 +301,29 @@ async def _linked_asset(state: AppState, asset_id: str, expires: str, signature:
         raise Forbidden("this link is not valid or has expired; ask for a new one")
     async with state.statements.connection() as conn:
         return await logic.get_linked_asset(conn, found)
+
+
+LinkedAsset = Annotated[Asset, Depends(_linked_asset)]
+LINK_REFUSED: dict[int | str, dict[str, Any]] = {
+    403: {"description": "The link is not valid or has expired"}
+}
+
+
+@links_router.get(
+    "/{asset_id}", response_class=StreamingResponse, responses={**CONTENT_DOC, **LINK_REFUSED}
+)
+async def linked_content(request: Request, state: State, asset: LinkedAsset) -> Response:
+    """An asset's content through a signed link (POST /assets/{id}/links), no token
+    needed: as GET /assets/{id}/content answers. A link changed in any character, or
+    past its expiry, is a 403."""
+    return content_response(request, state, asset)
+
+
+@links_router.head("/{asset_id}", response_class=Response, responses={**HEAD_DOC, **LINK_REFUSED})
+async def linked_content_head(request: Request, state: State, asset: LinkedAsset) -> Response:
+    """What GET on a signed link would answer, headers only (as HEAD
+    /assets/{id}/content)."""
+    return content_response(request, state, asset, head=True)
 
 
 def content_response(

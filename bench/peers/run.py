@@ -20,7 +20,7 @@ Workloads, per system and round:
 
 For pao a job is a run of a task with one no-op step (`sleep 0`), recorded in
 `runs` as in production. pao's enqueue is the statement the API's run_now uses
-(`store.occurrences.queue`: the occurrence, its first run and its decision
+(`store.queue.queue`: the occurrence, its first run and its decision
 record, waking idle workers at commit), one job per call, or the scheduler's
 (`queue_many`) with 1,000 per call, each call a transaction by itself like the
 peers'; the HTTP hop is not in these figures (bench/throughput.py and
@@ -123,7 +123,7 @@ PEERS = [
 ]
 PAO_HOW = (
     "job = a run of a task with one no-op step, recorded in runs (with its occurrence and "
-    "decision record); enqueue = store.occurrences.queue (run_now's statement without HTTP, "
+    "decision record); enqueue = store.queue.queue (run_now's statement without HTTP, "
     "one autocommit statement per job, waking workers at commit), batch = its list form "
     "store.queue.queue_many; workers with PAO_WORKER_CONCURRENCY=" + PAO_WORKER_CONCURRENCY
 )

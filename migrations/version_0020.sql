@@ -180,10 +180,15 @@ BEGIN
         partition_name := part.name;
         lo := pao_uuid_v7_floor(part.starts);
         hi := pao_uuid_v7_floor(part.starts + interval '1 month');
+        -- Unfinished work, each state read from its own partial index: written as one
+        -- `state IN (...)` it matched no index and read the whole queue (about 3 s over ten
+        -- million finished rows).
         IF EXISTS (
-            SELECT 1 FROM due_work d
-            WHERE d.state IN ('queued', 'running', 'waiting')
-              AND EXISTS (SELECT 1 FROM runs r
+            SELECT 1
+            FROM (SELECT id FROM due_work WHERE state = 'queued'
+                  UNION ALL SELECT id FROM due_work WHERE state = 'running'
+                  UNION ALL SELECT id FROM due_work WHERE state = 'waiting') AS d
+            WHERE EXISTS (SELECT 1 FROM runs r
                           WHERE r.due_work_id = d.id AND r.id >= lo AND r.id < hi))
         THEN
             dropped := false;

@@ -21,13 +21,14 @@ dev: $(STAMP) ## run API, scheduler and worker on the embedded database
 	$(BIN)/pao dev
 
 # Test processes side by side (pytest-xdist): most tests wait on PostgreSQL or on processes
-# they started, so three keep this 2-core machine busy; TEST_WORKERS=0 runs them in one.
+# they started (three left the 2 cores idle two fifths of the time), so four keep this 2-core
+# machine busy; TEST_WORKERS=0 runs them in one.
 # tests/conftest.py hands the tests out one at a time, in the order it gives them
 # (the longest first), so the run does not end on a long test started last.
-TEST_WORKERS ?= 3
+TEST_WORKERS ?= 4
 PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist load
 
-test: $(STAMP) ## run every test (TEST_WORKERS=3 at once), then the linters and type checks
+test: $(STAMP) ## run every test (TEST_WORKERS=4 at once), then the linters and type checks
 	$(BIN)/python -m pytest $(PYTEST_PARALLEL)
 	$(MAKE) --no-print-directory lint
 

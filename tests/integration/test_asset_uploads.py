@@ -106,7 +106,12 @@ def upload(http: httpx.Client | TestClient, token: str, data: bytes = b"kept") -
 
 
 def held_slots(db: psycopg.Connection[Any]) -> int:
-    row = db.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").fetchone()
+    """Advisory locks held in this test's database (pg_locks shows the whole server's, and
+    the tests beside this one take theirs)."""
+    row = db.execute(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    ).fetchone()
     assert row is not None
     return int(row[0])
 

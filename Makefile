@@ -53,12 +53,8 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-# The integration tests keep the 2 cores busy with three processes (a fourth only adds
-# contention), unlike the whole suite, whose acceptance tests mostly wait.
-PG15_WORKERS ?= 3
-
 pg15-test: $(STAMP) ## run the integration tests again on a Debian PostgreSQL 15 cluster, if installed
-	bash .ci/pg15-suite -n $(PG15_WORKERS) --dist load
+	bash .ci/pg15-suite $(PYTEST_PARALLEL)
 
 clean: ## remove the virtual environment and local databases
 	rm -rf $(VENV) $(BENCH_VENV) .pao .pao-test

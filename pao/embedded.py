@@ -8,8 +8,11 @@ it and stops the server when the last of them exits.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pao.errors import PaoError
@@ -39,7 +42,8 @@ def ensure_embedded(data_dir: Path) -> str:
         from pgserver.postgres_server import get_server
 
         try:
-            server = get_server(pgdata, cleanup_mode="stop")
+            with _held(data_dir / ".start.lock"):
+                server = get_server(pgdata, cleanup_mode="stop")
         except Exception as exc:
             raise EmbeddedDatabaseError(
                 f"could not start the embedded PostgreSQL in {pgdata}: {exc}; "
@@ -48,6 +52,19 @@ def ensure_embedded(data_dir: Path) -> str:
     url: str = server.get_uri()
     log.info("embedded PostgreSQL running in %s", pgdata)
     return url
+
+
+@contextmanager
+def _held(path: Path) -> Iterator[None]:
+    """One process at a time: as root, pgserver adds its system user before taking its own
+    lock, and two `useradd`s at once on a fresh machine left one process with a user id that
+    no longer existed (initdb: "could not look up effective user ID")."""
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def database_url(database_url: str | None, data_dir: Path) -> str:

@@ -23,7 +23,7 @@ from pytest_postgresql.janitor import DatabaseJanitor
 
 from pao.embedded import ensure_embedded
 from pao.migrate import migrate
-from tests.pgcluster import Cluster
+from tests.pgcluster import RUN_AS, Cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -177,6 +177,17 @@ def _unit(nodeid: str) -> str:
     """What is handed to one worker at once: the test, or its whole file if in SHARED_SETUP."""
     path = nodeid.split("::", 1)[0]
     return path if path in SHARED_SETUP else nodeid
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """As root, add the system user the embedded server, PgBouncer and the test clusters run
+    as, once, before any test process starts: tests starting together each ran `useradd`,
+    and on a fresh machine one of them was left with a user id that no longer existed."""
+    if hasattr(config, "workerinput") or os.geteuid() != 0:
+        return
+    from pgserver.utils import ensure_user_exists
+
+    ensure_user_exists(RUN_AS)
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -221,6 +221,53 @@ def test_a_late_write_lands_in_its_old_month_or_in_the_default(
     assert _where(db, "runs", "id", orphan) == "runs_default"
 
 
+@pytest.mark.parametrize("statement", ["due_work_claim", "due_work_claim_start"])
+def test_one_claim_and_one_end_reach_runs_of_several_months(
+    db: psycopg.Connection[Any], client: TestClient, writer_token: str, statement: str
+) -> None:
+    """A batch mixing work queued months ago with work queued now: the claim and the end
+    bound the runs' ids once for the whole batch, from its oldest occurrence, and must
+    still reach every run, whichever month (or the default partition) it is in."""
+    task = _task(client, writer_token)
+    now = datetime.now(UTC)
+    old = _months(now, -3) + timedelta(days=2)  # a month with a partition (made below)
+    older = _months(now, -6) + timedelta(days=2)  # a month without one: the default
+    db.execute("SELECT count(*) FROM pao_history_partitions_ensure(%s, 0)", (old,))
+    made = db.execute(
+        "WITH w AS (INSERT INTO due_work (task_id, scheduled_for, run_after, reason, created_at) "
+        "    SELECT %(task)s, t, t, 'run_now', t FROM unnest(%(times)s::timestamptz[]) t "
+        "    RETURNING id, task_id, scheduled_for, created_at) "
+        "INSERT INTO runs (id, due_work_id, task_id, scheduled_for, queued_at) "
+        "SELECT pao_uuid_v7(created_at), id, task_id, scheduled_for, created_at FROM w "
+        "RETURNING id, due_work_id",
+        {"task": task, "times": [old, older, now]},
+    ).fetchall()
+    homes = {_where(db, "runs", "id", run_id) for run_id, _ in made}
+    assert homes == {f"runs_p{_suffix(old)}", "runs_default", f"runs_p{_suffix(now)}"}
+    work = [work_id for _, work_id in made]
+
+    lease = {"worker_id": "w1", "lease_seconds": 60}
+    if statement == "due_work_claim":
+        params: dict[str, Any] = {**lease, "limit": 10}
+    else:
+        params = {**lease, "ids": work}
+    with db.transaction():
+        started = db.execute(QUERIES[statement], params).fetchall()
+    assert len(started) == 3, started
+    running = db.execute("SELECT count(*) FROM runs WHERE status = 'running'").fetchone()
+    assert running == (3,)
+
+    endings = [
+        {"id": w, "attempt": 1, "state": "succeeded", "steps": [], "error": None} for w in work
+    ]
+    ended = db.execute(
+        QUERIES["due_work_finish_many"], {"endings": Jsonb(endings), "worker_id": "w1"}
+    ).fetchall()
+    assert sorted(r[0] for r in ended) == sorted(work)
+    statuses = db.execute("SELECT status, count(*) FROM runs GROUP BY status").fetchall()
+    assert statuses == [("succeeded", 3)]
+
+
 def test_retention_drops_a_month_while_a_listing_pages_through_it(
     db_url: str, db: psycopg.Connection[Any], client: TestClient, writer_token: str
 ) -> None:

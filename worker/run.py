@@ -23,7 +23,7 @@ from pao import costs, db, logs
 from pao.backoff import retry_delay
 from pao.clock import Clock
 from pao.domain import budgets, claims
-from pao.errors import InvalidInput, TaskTypeUnavailable
+from pao.errors import DatabaseUnavailable, InvalidInput, TaskTypeUnavailable
 from pao.models import Event, StepRecord, Task
 from pao.pipeline import RESUME_FROM_START, Pipeline, load_pipeline
 from pao.settings import Settings
@@ -34,7 +34,7 @@ from worker import metrics
 from worker.http_tool import Allow
 from worker.leases import Leases, Running
 from worker.limits import Limits
-from worker.outcomes import End, Outcomes
+from worker.outcomes import RETRY_SECONDS, End, Outcomes
 from worker.pipeline import (
     ConditionNotMet,
     Execution,
@@ -185,6 +185,39 @@ class Runner:
     async def _wait(
         self, held: Running, task: Task, waiting: Waiting, steps: list[StepRecord]
     ) -> None:
+        """Offer the remote step, trying again while the database is away or a statement
+        fails for now: the lease is still renewed meanwhile, and the lease watch stops the
+        run if it may have run out. A try whose answer was lost after it committed leaves the
+        next one finding the lease gone, which then changes nothing."""
+        tries = 0
+        while True:
+            try:
+                await self._offer(held, task, waiting, steps, again=tries > 0)
+                return
+            except Exception as exc:
+                if not (isinstance(exc, DatabaseUnavailable) or db.is_transient(exc)):
+                    raise
+                delay = RETRY_SECONDS[min(tries, len(RETRY_SECONDS) - 1)]
+                tries += 1
+                log.warning(
+                    "run %s: cannot offer remote step %s yet (%s); retrying in %.1fs while "
+                    "its lease is renewed",
+                    held.claimed.run_id,
+                    waiting.record["id"],
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+
+    async def _offer(
+        self,
+        held: Running,
+        task: Task,
+        waiting: Waiting,
+        steps: list[StepRecord],
+        *,
+        again: bool,
+    ) -> None:
         """Offer the remote step and let the run wait for it without this worker: in one
         transaction, fenced by the lease. The step's end continues the run (`pao.domain.claims`)."""
         c = held.claimed
@@ -238,7 +271,15 @@ class Runner:
             self._charged(c, record["id"], *charged)
         if state is None:
             metrics.run_ended("lost")
-            log.warning("run %s: lease lost before its remote step was offered", c.run_id)
+            # After a failed try, that try may have committed the offer before its answer
+            # was lost: then the lease is gone because the run waits.
+            lost = (
+                "the lease is gone: an earlier try offered the remote step and lost its answer, "
+                "or the lease ran out"
+                if again
+                else "lease lost before its remote step was offered"
+            )
+            log.warning("run %s: %s", c.run_id, lost)
         elif state is False:  # a cancel was asked for: the step is not offered
             steps.remove(record)
             end = End(held.lease, c.run_id, task, RunStatus.CANCELLED, steps, "cancelled")

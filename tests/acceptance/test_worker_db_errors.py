@@ -1,11 +1,12 @@
-"""A real `pao worker` meeting real database errors that are not outages.
+"""A real `pao worker` meeting real database errors, most of them not outages.
 
-Triggers make PostgreSQL itself refuse the worker's claim, its lease renewals or the end of
-its runs, with the SQLSTATE a statement timeout, a revoked privilege or an internal error
-raise, and a table lock makes every statement hang. Only the faulty worker's connections
-(application_name) meet them; the scheduler beside it rescues as in production. Each test
-checks that the worker lives on, that the promises hold (a run whose lease was lost writes
-nothing more; two attempts never overlap), and that SIGTERM still ends it in time.
+Triggers make PostgreSQL itself refuse the worker's claim, its lease renewals, the offer of
+a remote step or the end of its runs, with the SQLSTATE a statement timeout, a revoked
+privilege, an internal error or a shutdown raise, and a table lock makes every statement
+hang. Only the faulty worker's connections (application_name) meet them; the scheduler
+beside it rescues as in production. Each test checks that the worker lives on, that the
+promises hold (a run whose lease was lost writes nothing more; two attempts never
+overlap), and that SIGTERM still ends it in time.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from fastapi.testclient import TestClient
 
 from tests.acceptance.faults import assert_work_consistent
 from tests.acceptance.procs import Process, pao_process, worker_id
-from tests.helpers import create_task, run_now, until
+from tests.helpers import auth, create_task, run_now, until
 
 Conn = psycopg.Connection[Any]
 APP = "pao-faulty-worker"
@@ -63,6 +64,20 @@ END $$;
 
 CREATE TRIGGER test_due_work_fault BEFORE UPDATE ON due_work
 FOR EACH ROW EXECUTE FUNCTION test_due_work_fault();
+
+CREATE SEQUENCE test_offer_tries;  -- counts the faulty worker's tries (not rolled back)
+
+CREATE FUNCTION test_offer_fault() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF current_setting('application_name') = '%(app)s' THEN
+        PERFORM nextval('test_offer_tries');
+    END IF;
+    PERFORM test_fault('offer');
+    RETURN NEW;
+END $$;
+
+CREATE TRIGGER test_offer_fault BEFORE INSERT ON remote_steps
+FOR EACH ROW EXECUTE FUNCTION test_offer_fault();
 """.replace("%(app)s", APP).replace("%%", "%")
 
 
@@ -102,6 +117,16 @@ def _runs(db: Conn, task_id: str) -> list[tuple[int, str]]:
         "SELECT attempt, status FROM runs WHERE task_id = %s ORDER BY attempt", (task_id,)
     ).fetchall()
     return [(int(a), str(s)) for a, s in rows]
+
+
+def _work(db: Conn, task_id: str) -> list[tuple[int, str]]:
+    rows = db.execute("SELECT attempt, state FROM due_work WHERE task_id = %s", (task_id,))
+    return [(int(a), str(s)) for a, s in rows.fetchall()]
+
+
+def _offer_tries(db: Conn) -> int:
+    row = db.execute("SELECT last_value, is_called FROM test_offer_tries").fetchone()
+    return int(row[0]) if row is not None and row[1] else 0
 
 
 def _logged(db: Conn, task_id: str, message: str) -> list[int]:
@@ -236,6 +261,59 @@ def test_an_end_that_cannot_be_written_leaves_the_run_to_its_lease(
     assert _runs(faults, task_id) == [(1, "failed"), (2, "succeeded")]
     assert _logged(faults, task_id, "ran") == [1, 2]  # one after the other, never together
     assert_work_consistent(faults)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "sqlstate",
+    [
+        "57P01",  # admin_shutdown: the database going away, as in a failover
+        "57014",  # query_canceled (a statement timeout): a failure for now, not an outage
+    ],
+)
+def test_an_offer_that_fails_for_now_is_tried_again_under_the_same_lease(
+    sqlstate: str,
+    client: TestClient,
+    admin_token: str,
+    writer_token: str,
+    db_url: str,
+    faults: Conn,
+    tmp_path: Path,
+) -> None:
+    """The offer of a remote step fails for longer than the lease: the worker tries it again
+    while it renews the lease, and once the offer goes through the run waits for its step,
+    still its first attempt (no retries allowed: a lost lease would fail it), offered once.
+    Before, the failed offer ended the run's task silently and the lease ran out."""
+    kind = {"name": "db.errors.render", "parameters_schema": {"type": "object"}}
+    resp = client.post("/task-types", json=kind, headers=auth(admin_token))
+    assert resp.status_code == 201, resp.text
+    task_id = create_task(
+        client, writer_token, {"id": "render", "uses": kind["name"]}, max_retries=0
+    )
+    _inject(faults, "offer", sqlstate)
+    with (
+        pao_process("scheduler", _env(db_url), tmp_path / "scheduler.log"),
+        _faulty_worker(db_url, tmp_path) as worker,
+    ):
+        worker_id(faults, worker)
+        run_now(client, writer_token, task_id)
+        # Five tries are 3.7 s apart at least: longer than the 3 s lease.
+        _until(lambda: _offer_tries(faults) >= 5, "the offer to be tried five times")
+        assert "cannot offer remote step render yet" in worker.output()
+        assert _runs(faults, task_id) == [(1, "running")]
+        _heal(faults, "offer")
+        _until(lambda: _work(faults, task_id) == [(1, "waiting")], "the run to wait for its step")
+        assert _runs(faults, task_id) == [(1, "running")]  # a waiting run stays running
+        offered = faults.execute(
+            "SELECT s.step_id, s.state FROM remote_steps s JOIN runs r ON r.id = s.run_id"
+            " WHERE r.task_id = %s",
+            (task_id,),
+        ).fetchall()
+        assert offered == [("render", "queued")]
+        assert "lease lost" not in worker.output()
+        assert worker.proc.poll() is None
+        _stop_in_time(worker)
+    assert_work_consistent(faults, all_final=False)  # the run waits for its remote step
 
 
 @pytest.mark.timeout(120)

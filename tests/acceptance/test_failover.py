@@ -4,7 +4,8 @@ A PostgreSQL 15 primary streams synchronously to a hot standby (tests/pgpair.py)
 two schedulers and two workers all reach it through one multi-host DATABASE_URL with
 `target_session_attrs=read-write`. A mixed load runs: minutely cron and rrule tasks (the
 rrule ones a few seconds apart), one-off tasks falling due every few seconds, events and
-run_now through the API. Once work flows the primary is stopped (`-m immediate`, as a
+run_now through the API, and runs with a remote step that two claimants in the test claim
+and complete over HTTP. Once work flows the primary is stopped (`-m immediate`, as a
 crash would), every process sees the outage (the API answers 503), then the standby is
 promoted while the load goes on. Each process finds the new primary by itself; the work
 due meanwhile runs; and the SQL check of the promises on the new primary finds no
@@ -52,6 +53,13 @@ WORK = [
 ]
 OK = {200, 201, 202}
 BACKGROUND = ("scheduler", "scheduler", "worker", "worker")
+# A step done outside pao, by the claimants below: offered by a worker, claimed and
+# completed over HTTP, across the outage too.
+REMOTE_TYPE = "failover.render"
+REMOTE = [
+    {"id": "render", "uses": REMOTE_TYPE, "with": {"n": 1}},
+    {"id": "after", "uses": "log", "with": {"message": "rendered"}},
+]
 
 
 @pytest.fixture
@@ -79,25 +87,30 @@ class Load(threading.Thread):
     task answered 2xx must be found stored afterwards.
     """
 
-    def __init__(self, base: str, token: str, on_ping: str, by_hand: str) -> None:
+    def __init__(self, base: str, token: str, on_ping: str, by_hand: str, remote: str) -> None:
         super().__init__(daemon=True)
         self.base, self.token, self.on_ping, self.by_hand = base, token, on_ping, by_hand
+        self.remote = remote
         self.stop = threading.Event()
         self.statuses: Counter[int] = Counter()
         self.unanswered: list[str] = []
         self.events: list[str] = []
         self.runs: list[str] = []
+        self.remote_runs: list[str] = []
         self.once: dict[str, datetime] = {}
         self.refused: list[str] = []  # any answer not 2xx nor 503
 
     def ok(self, kind: str) -> int:
-        return {"event": len(self.events), "run_now": len(self.runs), "once": len(self.once)}[kind]
+        made = {"event": self.events, "run_now": self.runs, "remote": self.remote_runs}
+        return len(made[kind]) if kind in made else len(self.once)
 
     def _request(self, what: str, n: int, at: datetime) -> tuple[str, str, Any]:
         if what == "event":
             return "POST", "/events", {"type": "failover.ping", "payload": {"n": n}}
         if what == "run_now":
             return "POST", f"/tasks/{self.by_hand}/run_now", None
+        if what == "remote":
+            return "POST", f"/tasks/{self.remote}/run_now", None
         if what == "once":
             return "POST", "/tasks", _task("once", at.isoformat(), f"once {n}", QUICK)
         return "GET", "/runs?limit=20", None
@@ -107,7 +120,7 @@ class Load(threading.Thread):
             n = 0
             while not self.stop.is_set():
                 n += 1
-                for what in ("event", "run_now", "once", "read"):
+                for what in ("event", "run_now", "remote", "once", "read"):
                     # A one-off due a few seconds after it is asked for (not after the
                     # requests before it, which take seconds while there is no primary).
                     at = (datetime.now(UTC) + timedelta(seconds=3 + n % 4)).replace(microsecond=0)
@@ -123,6 +136,8 @@ class Load(threading.Thread):
                             self.events.append(resp.json()["id"])
                         elif what == "run_now":
                             self.runs.append(resp.json()["id"])
+                        elif what == "remote":
+                            self.remote_runs.append(resp.json()["id"])
                         elif what == "once":
                             self.once[resp.json()["id"]] = at
                     elif resp.status_code != 503:
@@ -130,10 +145,57 @@ class Load(threading.Thread):
                 time.sleep(0.05)
 
 
+class Claimant(threading.Thread):
+    """A service outside pao doing the remote steps until `stop`: long-polls for steps of the
+    type and completes each, asking again while there is no primary (a 503 or no answer),
+    until its completion is answered. Notes the steps it was handed and each answer to its
+    completions, to prove that no step was done twice and none lost."""
+
+    def __init__(self, base: str, token: str, stop: threading.Event) -> None:
+        super().__init__(daemon=True)
+        self.base, self.token, self.stop = base, token, stop
+        self.handed: list[tuple[str, str]] = []
+        self.completed: list[tuple[str, str, int]] = []  # run, step, final status
+        self.refused: list[str] = []  # any answer not 2xx, 409 nor 503
+
+    def _ask(self, http: httpx.Client, path: str, body: dict[str, Any]) -> httpx.Response | None:
+        """The answer, or None while there is no primary (asked again by the caller)."""
+        try:
+            resp = http.post(path, json=body)
+        except httpx.HTTPError:
+            return None
+        if resp.status_code == 503:
+            return None
+        if resp.status_code not in OK | {409}:
+            self.refused.append(f"{path}: {resp.status_code} {resp.text[:300]}")
+        return resp
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.base, headers=auth(self.token), timeout=30) as http:
+            while not self.stop.is_set():
+                claim = {"limit": 2, "wait_seconds": 1}
+                resp = self._ask(http, f"/task-types/{REMOTE_TYPE}/claim", claim)
+                if resp is None or resp.status_code != 200:
+                    time.sleep(0.2)
+                    continue
+                for item in resp.json()["items"]:
+                    step = (item["run_id"], item["step_id"])
+                    self.handed.append(step)
+                    done = None
+                    while done is None and not self.stop.is_set():
+                        path = f"/claims/{item['claim_id']}/complete"
+                        done = self._ask(http, path, {"output": {"ok": True}})
+                        if done is None:
+                            time.sleep(0.2)
+                    if done is not None:
+                        self.completed.append((*step, done.status_code))
+
+
 def _succeeded(db: Conn, kind: str) -> int:
     row = db.execute(
         "SELECT count(*) FROM runs r JOIN tasks t ON t.id = r.task_id"
-        " WHERE r.status = 'succeeded' AND t.schedule_kind = %s AND t.title <> 'by hand'",
+        " WHERE r.status = 'succeeded' AND t.schedule_kind = %s"
+        " AND t.title NOT IN ('by hand', 'remote')",
         (kind,),
     ).fetchone()
     assert row is not None
@@ -146,8 +208,13 @@ def _flowing(db: Conn, load: Load) -> bool:
         "SELECT count(*) FROM runs r JOIN tasks t ON t.id = r.task_id"
         " WHERE r.status = 'succeeded' AND t.title = 'by hand'"
     ).fetchone()
+    remote = db.execute(
+        "SELECT count(*) FROM runs r JOIN tasks t ON t.id = r.task_id"
+        " WHERE r.status = 'succeeded' AND t.title = 'remote'"
+    ).fetchone()
     kinds = {k: _succeeded(db, k) for k in ("rrule", "once", "event")}
-    return bool(by_hand and by_hand[0] >= 2) and all(n >= 2 for n in kinds.values())
+    hand_and_remote = bool(by_hand and by_hand[0] >= 2 and remote and remote[0] >= 2)
+    return hand_and_remote and all(n >= 2 for n in kinds.values())
 
 
 def _expected(first: dict[uuid.UUID, datetime], end: datetime) -> dict[uuid.UUID, set[datetime]]:
@@ -177,6 +244,23 @@ def _all_ran(db: Conn, expected: dict[uuid.UUID, set[datetime]], end: datetime) 
         "SELECT count(*) FROM due_work WHERE run_after <= %s AND state <> 'succeeded'", (end,)
     ).fetchone()
     return unfinished == (0,)
+
+
+def _unfinished(db: Conn, end: datetime) -> str:
+    """What is due by `end` and has not succeeded, with its run and remote steps: what a
+    failed wait for every run prints."""
+    rows = db.execute(
+        "SELECT d.id, t.title, d.state, d.attempt, d.run_after, d.lease_owner,"
+        "       d.lease_expires_at, r.status, r.error,"
+        "       (SELECT json_agg(json_build_object('step', s.step_id, 'state', s.state,"
+        "               'deliveries', s.deliveries, 'lease', s.lease_expires_at))"
+        "        FROM remote_steps s WHERE s.run_id = r.id) AS remote"
+        " FROM due_work d JOIN tasks t ON t.id = d.task_id"
+        " LEFT JOIN runs r ON r.due_work_id = d.id AND r.attempt = d.attempt"
+        " WHERE d.run_after <= %s AND d.state <> 'succeeded' ORDER BY d.id LIMIT 20",
+        (end,),
+    ).fetchall()
+    return "\n".join(str(row) for row in rows)
 
 
 def _listening_workers(db: Conn) -> int:
@@ -232,6 +316,8 @@ def test_a_primary_failover_under_load_loses_nothing_and_doubles_nothing(
     background = procs[1:]
     base = f"http://127.0.0.1:{port}"
     load: Load | None = None
+    claimants: list[Claimant] = []
+    claiming = threading.Event()  # set: the claimants stop
     opened: list[Conn] = []  # closed at the end
     try:
         wait_ready(base, api)
@@ -252,7 +338,21 @@ def test_a_primary_failover_under_load_loses_nothing_and_doubles_nothing(
             first[uuid.UUID(made["id"])] = datetime.fromisoformat(made["next_run_at"])
         on_ping = make(_task("event", "failover.ping", "on ping", WORK))["id"]
         by_hand = make(_task("event", "never.fired", "by hand", WORK))["id"]
+        resp = http.post(
+            "/task-types",
+            json={
+                "name": REMOTE_TYPE,
+                "parameters_schema": {"type": "object"},
+                # A claim whose answer is lost in the outage is offered again soon.
+                "lease_seconds": 15,
+            },
+        )
+        assert resp.status_code == 201, resp.text
+        remote = make(_task("event", "never.fired", "remote", REMOTE))["id"]
         http.close()
+        claimants = [Claimant(base, token, claiming) for _ in range(2)]
+        for claimant in claimants:
+            claimant.start()
         cron_minute = min(at for task, at in first.items() if at.second == 0)
 
         # A live stream, opened and left: the API now LISTENs too, and must do so again.
@@ -261,7 +361,7 @@ def test_a_primary_failover_under_load_loses_nothing_and_doubles_nothing(
         ) as stream:
             assert stream.status_code == 200, stream.read()
 
-        load = Load(base, token, on_ping, by_hand)
+        load = Load(base, token, on_ping, by_hand, remote)
         load.start()
         with _connect(pair.primary.url) as old:
             until_running(procs, lambda: _flowing(old, load), "work of every kind to flow", 60)
@@ -269,7 +369,7 @@ def test_a_primary_failover_under_load_loses_nothing_and_doubles_nothing(
 
         # The primary dies; nothing answers on its port any more, and the standby refuses
         # writes: every process sees the database gone.
-        acknowledged = {k: load.ok(k) for k in ("event", "run_now", "once")}
+        acknowledged = {k: load.ok(k) for k in ("event", "run_now", "remote", "once")}
         stopped_at = datetime.now(UTC)
         pair.primary.stop("immediate")
         until_running(procs, lambda: load.statuses[503] > 0, "a 503 from the API", 30)
@@ -296,7 +396,7 @@ def test_a_primary_failover_under_load_loses_nothing_and_doubles_nothing(
         until_running(
             procs,
             lambda: all(load.ok(k) >= n + 3 for k, n in acknowledged.items()),
-            "events, run_now and one-offs acknowledged after the promotion",
+            "events, run_now, remote runs and one-offs acknowledged after the promotion",
             60,
         )
         new = _connect(pair.standby.url)
@@ -316,18 +416,25 @@ def test_a_primary_failover_under_load_loses_nothing_and_doubles_nothing(
         expected = _expected(first, load_ended - timedelta(seconds=1))
         # The last one-offs fall due a few seconds after the load.
         settled = max([load_ended, *load.once.values()])
-        until_running(
-            procs,
-            lambda: datetime.now(UTC) > settled and _all_ran(new, expected, settled),
-            "every occurrence due and every acknowledged run to succeed",
-            60,
-        )
+        try:
+            until_running(
+                procs,
+                lambda: datetime.now(UTC) > settled and _all_ran(new, expected, settled),
+                "every occurrence due and every acknowledged run to succeed",
+                60,
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nnot succeeded:\n{_unfinished(new, settled)}") from None
+        claiming.set()
+        for claimant in claimants:
+            claimant.join(timeout=60)
         for proc in procs:  # a clean stop is part of the test
             code = proc.stop()
             # uvicorn re-raises the SIGTERM it handled once it has shut down cleanly.
             clean = (0, -signal.SIGTERM) if proc is api else (0,)
             assert code in clean, (proc.proc.args, code, proc.output()[-3000:])
     finally:
+        claiming.set()
         if load is not None:
             load.stop.set()
         for p in procs:
@@ -339,12 +446,14 @@ def test_a_primary_failover_under_load_loses_nothing_and_doubles_nothing(
     print(
         f"\nfailover test: {wall:.0f} s; statuses {dict(load.statuses)}; "
         f"acknowledged {len(load.events)} events, {len(load.runs)} run_now, "
+        f"{len(load.remote_runs)} remote runs, "
         f"{len(load.once)} one-offs; outage {stopped_at:%H:%M:%S.%f} → {promoted_at:%H:%M:%S.%f}"
     )
     # Every request was answered: 2xx or, while there was no primary, 503; never a 500.
     assert load.unanswered == [], load.unanswered[:10]
     assert load.refused == [], load.refused[:10]
     assert set(load.statuses) <= OK | {503}, load.statuses
+    assert [r for c in claimants for r in c.refused] == []
 
     with _connect(pair.standby.url) as new:
         # Everything the API acknowledged is on the new primary: each event stored and
@@ -379,6 +488,26 @@ def test_a_primary_failover_under_load_loses_nothing_and_doubles_nothing(
         ).fetchall()
         assert twice == []
         assert_work_consistent(new, expected=expected, all_final=False)
+        # Each remote step of an acknowledged run (and of any run whose answer was lost) was
+        # completed once: one completion answered 200, none lost. A step handed out and
+        # whose claim's answer was lost in the outage is offered again after its lease, so
+        # `handed` may hold it twice; then one completion of it is a 409 at most.
+        completed = Counter(
+            (run, step) for c in claimants for run, step, code in c.completed if code == 200
+        )
+        assert set(completed.values()) == {1}, completed
+        assert {(run, "render") for run in load.remote_runs} <= set(completed)
+        steps = new.execute(
+            "SELECT s.run_id::text, s.step_id, s.state FROM remote_steps s"
+            " JOIN runs r ON r.id = s.run_id WHERE s.task_type = %s",
+            (REMOTE_TYPE,),
+        ).fetchall()
+        assert {(run, step) for run, step, _ in steps} == set(completed)
+        assert {state for _, _, state in steps} == {"succeeded"}
+        handed = Counter(step for c in claimants for step in c.handed)
+        print(
+            f"remote steps: {len(steps)} done, {sum(handed.values()) - len(handed)} offered again"
+        )
         # Work fell due while there was no primary, and ran after the promotion.
         in_outage = new.execute(
             "SELECT count(*) FROM due_work WHERE run_after BETWEEN %s AND %s",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -185,45 +186,83 @@ class Runner:
     async def _wait(
         self, held: Running, task: Task, waiting: Waiting, steps: list[StepRecord]
     ) -> None:
-        """Offer the remote step, trying again while the database is away or a statement
-        fails for now: the lease is still renewed meanwhile, and the lease watch stops the
-        run if it may have run out. A try whose answer was lost after it committed leaves the
-        next one finding the lease gone, which then changes nothing."""
-        tries = 0
-        while True:
-            try:
-                await self._offer(held, task, waiting, steps, again=tries > 0)
-                return
-            except Exception as exc:
-                if not (isinstance(exc, DatabaseUnavailable) or db.is_transient(exc)):
-                    raise
-                delay = RETRY_SECONDS[min(tries, len(RETRY_SECONDS) - 1)]
-                tries += 1
-                log.warning(
-                    "run %s: cannot offer remote step %s yet (%s); retrying in %.1fs while "
-                    "its lease is renewed",
-                    held.claimed.run_id,
-                    waiting.record["id"],
-                    exc,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-
-    async def _offer(
-        self,
-        held: Running,
-        task: Task,
-        waiting: Waiting,
-        steps: list[StepRecord],
-        *,
-        again: bool,
-    ) -> None:
-        """Offer the remote step and let the run wait for it without this worker: in one
-        transaction, fenced by the lease. The step's end continues the run (`pao.domain.claims`)."""
+        """Offer the remote step and let the run wait for it without this worker. The offer
+        (`_offer`) that fails for now, the database away or a statement refused, is tried
+        again for as long as the step itself may take: the lease is renewed meanwhile, and
+        the lease watch stops the run if it may have run out. A try whose answer was lost
+        after it committed leaves the next one finding the lease gone, which changes nothing.
+        The step's end continues the run (`pao.domain.claims`)."""
         c = held.claimed
         record = waiting.record
         self.outcomes.forget(c.id)  # progress written later could not apply anyway
-        charged: tuple[Decimal, Decimal] | None = None  # (the step's cost, the run's)
+        give_up = time.monotonic() + waiting.seconds
+        tries = 0
+        try:
+            while True:
+                try:
+                    state, charged = await self._offer(held, task, waiting, steps)
+                    break
+                except Exception as exc:
+                    if not (isinstance(exc, DatabaseUnavailable) or db.is_transient(exc)):
+                        raise
+                    delay = RETRY_SECONDS[min(tries, len(RETRY_SECONDS) - 1)]
+                    tries += 1
+                    if time.monotonic() + delay > give_up:
+                        raise StepFailed(f"could not be offered in its time: {exc}") from exc
+                    log.warning(
+                        "run %s: cannot offer remote step %s yet (%s); retrying in %.1fs "
+                        "while its lease is renewed",
+                        c.run_id,
+                        record["id"],
+                        exc,
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+        except (StepFailed, TaskTypeUnavailable, InvalidInput) as exc:
+            message = exc.message
+            if not message.startswith(f"step {record['id']}"):
+                message = f"step {record['id']}: {message}"
+            record.pop("cost", None)  # rolled back with the offer
+            record["status"] = StepStatus.FAILED
+            record["error"] = message
+            await self._end(held, task, _FAILED, message, steps, retry=not exc.final)
+            return
+        if charged is not None:
+            self._charged(c, record["id"], *charged)
+        if state is None:
+            metrics.run_ended("lost")
+            # After a failed try, that try may have committed the offer before its answer
+            # was lost: then the lease is gone because the run waits.
+            lost = (
+                "the lease is gone: an earlier try offered the remote step and lost its answer, "
+                "or the lease ran out"
+                if tries
+                else "lease lost before its remote step was offered"
+            )
+            log.warning("run %s: %s", c.run_id, lost)
+        elif state is False:  # a cancel was asked for: the step is not offered
+            steps.remove(record)
+            end = End(held.lease, c.run_id, task, RunStatus.CANCELLED, steps, "cancelled")
+            await self._write(held, end)
+        else:
+            held.ending = True  # no longer this worker's: nothing to renew or stop
+            metrics.run_ended(WorkState.WAITING)
+            log.info(
+                "run %s: waiting for remote step %s (%s)",
+                c.run_id,
+                record["id"],
+                waiting.task_type,
+            )
+
+    async def _offer(
+        self, held: Running, task: Task, waiting: Waiting, steps: list[StepRecord]
+    ) -> tuple[bool | None, tuple[Decimal, Decimal] | None]:
+        """One try at the offer, in one transaction fenced by the lease: whether the run now
+        waits (None: the lease is gone; False: a cancel was asked for, nothing offered), and
+        what was charged for the step (its cost, the run's), None when nothing was."""
+        c = held.claimed
+        record = waiting.record
+        charged: tuple[Decimal, Decimal] | None = None
         try:
             async with db.connection(self.pool) as conn:
                 found = await task_types.get(conn, waiting.task_type)
@@ -257,42 +296,8 @@ class Runner:
                         record["remote_step"] = offered
                     await work.save_waiting_steps(conn, run_id=c.run_id, steps=steps)
         except _NotOffered as not_offered:
-            state, charged = not_offered.state, None
-        except (StepFailed, TaskTypeUnavailable, InvalidInput) as exc:
-            message = exc.message
-            if not message.startswith(f"step {record['id']}"):
-                message = f"step {record['id']}: {message}"
-            record.pop("cost", None)  # rolled back with the offer
-            record["status"] = StepStatus.FAILED
-            record["error"] = message
-            await self._end(held, task, _FAILED, message, steps, retry=not exc.final)
-            return
-        if charged is not None:
-            self._charged(c, record["id"], *charged)
-        if state is None:
-            metrics.run_ended("lost")
-            # After a failed try, that try may have committed the offer before its answer
-            # was lost: then the lease is gone because the run waits.
-            lost = (
-                "the lease is gone: an earlier try offered the remote step and lost its answer, "
-                "or the lease ran out"
-                if again
-                else "lease lost before its remote step was offered"
-            )
-            log.warning("run %s: %s", c.run_id, lost)
-        elif state is False:  # a cancel was asked for: the step is not offered
-            steps.remove(record)
-            end = End(held.lease, c.run_id, task, RunStatus.CANCELLED, steps, "cancelled")
-            await self._write(held, end)
-        else:
-            held.ending = True  # no longer this worker's: nothing to renew or stop
-            metrics.run_ended(WorkState.WAITING)
-            log.info(
-                "run %s: waiting for remote step %s (%s)",
-                c.run_id,
-                record["id"],
-                waiting.task_type,
-            )
+            return not_offered.state, None
+        return state, charged
 
     async def _charge(
         self, conn: db.Conn, held: Running, task: Task, step_id: str, cost: Decimal

@@ -317,6 +317,39 @@ def test_an_offer_that_fails_for_now_is_tried_again_under_the_same_lease(
 
 
 @pytest.mark.timeout(120)
+def test_an_offer_refused_for_longer_than_its_step_may_take_fails_the_step(
+    client: TestClient,
+    admin_token: str,
+    writer_token: str,
+    db_url: str,
+    faults: Conn,
+    tmp_path: Path,
+) -> None:
+    """Tried again only as long as the step may take (its timeout): then the step fails
+    with why, and the run with it, instead of the worker holding it, lease renewed, for
+    ever."""
+    kind = {"name": "db.errors.render", "parameters_schema": {"type": "object"}}
+    resp = client.post("/task-types", json=kind, headers=auth(admin_token))
+    assert resp.status_code == 201, resp.text
+    step = {"id": "render", "uses": kind["name"], "timeout_seconds": 2}
+    task_id = create_task(client, writer_token, step, max_retries=0)
+    _inject(faults, "offer", "57014")
+    with _faulty_worker(db_url, tmp_path) as worker:
+        worker_id(faults, worker)
+        run_now(client, writer_token, task_id)
+        _until(lambda: _runs(faults, task_id) == [(1, "failed")], "the run to fail")
+        row = faults.execute("SELECT error FROM runs WHERE task_id = %s", (task_id,)).fetchone()
+        assert row is not None
+        error = str(row[0])
+        assert error.startswith("step render: could not be offered in its time"), error
+        assert _offer_tries(faults) >= 2
+        assert faults.execute("SELECT count(*) FROM remote_steps").fetchone() == (0,)
+        assert worker.proc.poll() is None
+        _stop_in_time(worker)
+    assert_work_consistent(faults)
+
+
+@pytest.mark.timeout(120)
 def test_sigterm_ends_the_worker_in_time_while_every_statement_hangs(
     client: TestClient, writer_token: str, db_url: str, faults: Conn, tmp_path: Path
 ) -> None:

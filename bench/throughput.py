@@ -59,11 +59,12 @@ def queue_jobs(url: str, owner: str, count: int) -> str:
         ).fetchone()
         assert task is not None
         conn.execute(
-            "WITH work AS (INSERT INTO due_work (task_id, scheduled_for, run_after, reason) "
-            "SELECT %s, now() + i * interval '1 microsecond', now(), 'run_now' "
-            "FROM generate_series(1, %s) i RETURNING id, task_id, scheduled_for) "
-            "INSERT INTO runs (due_work_id, task_id, scheduled_for) "
-            "SELECT id, task_id, scheduled_for FROM work",
+            "WITH work AS (INSERT INTO due_work (task_id, scheduled_for, run_after, reason, "
+            "run_id) SELECT %s, now() + i * interval '1 microsecond', now(), 'run_now', "
+            "pao_uuid_v7() FROM generate_series(1, %s) i "
+            "RETURNING id, task_id, scheduled_for, run_id) "
+            "INSERT INTO runs (id, due_work_id, task_id, scheduled_for) "
+            "SELECT run_id, id, task_id, scheduled_for FROM work",
             (task[0], count),
         )
         return str(task[0])

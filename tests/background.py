@@ -67,7 +67,8 @@ def worker(db_url: str, **settings: Any) -> Iterator[Background]:
     """A worker serving `db_url` until the block ends (SIGTERM-like drain)."""
 
     async def body(bg: Background) -> None:
-        pool = db.make_pool(db_url, min_size=1, max_size=8)
+        # Plans made once, as worker/main.py has them.
+        pool = db.make_pool(db_url, min_size=1, max_size=8, plan_once=True)
         await pool.open(wait=True)
         try:
             assert bg.stop is not None

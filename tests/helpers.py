@@ -251,10 +251,10 @@ def plan_nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
 def queue_runs(db: psycopg.Connection[Any], task_id: object, count: int) -> None:
     """`count` queued occurrences of the task with their runs, a second apart, newest now."""
     db.execute(
-        "WITH w AS (INSERT INTO due_work (task_id, scheduled_for, run_after, reason) "
-        "SELECT %s, now() - i * interval '1 second', now(), 'run_now' "
-        "FROM generate_series(1, %s) i RETURNING id, task_id, scheduled_for) "
-        "INSERT INTO runs (due_work_id, task_id, scheduled_for, queued_at) "
-        "SELECT id, task_id, scheduled_for, scheduled_for FROM w",
+        "WITH w AS (INSERT INTO due_work (task_id, scheduled_for, run_after, reason, run_id) "
+        "SELECT %s, now() - i * interval '1 second', now(), 'run_now', pao_uuid_v7() "
+        "FROM generate_series(1, %s) i RETURNING id, task_id, scheduled_for, run_id) "
+        "INSERT INTO runs (id, due_work_id, task_id, scheduled_for, queued_at) "
+        "SELECT run_id, id, task_id, scheduled_for, scheduled_for FROM w",
         (task_id, count),
     )

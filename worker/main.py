@@ -40,6 +40,7 @@ async def _main(settings: Settings, url: str) -> None:
         name=ProcessKind.WORKER,
         trust_recent=1.0,
         prepare=not db.pooled(settings),
+        plan_once=True,
     )
     await pool.open(wait=False)
     db.warn_if_polling(settings, ProcessKind.WORKER)

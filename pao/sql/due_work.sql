@@ -10,17 +10,19 @@ WITH q AS (
         AS q(task_id, nominal_at, scheduled_for, priority, reason, event_id, detail, n)
 ), work AS (
     INSERT INTO due_work (
-        task_id, scheduled_for, run_after, priority, reason, event_id, claim_key, claim_limit
+        task_id, scheduled_for, run_after, priority, reason, event_id, claim_key, claim_limit,
+        run_id
     )
     SELECT q.task_id, q.scheduled_for, q.scheduled_for, q.priority, q.reason, q.event_id,
-           t.claim_key, t.claim_limit
+           t.claim_key, t.claim_limit, pao_uuid_v7()
     FROM q JOIN tasks t ON t.id = q.task_id
     ORDER BY q.n
     ON CONFLICT (task_id, scheduled_for) DO NOTHING
-    RETURNING id, task_id, scheduled_for, attempt
+    RETURNING id, task_id, scheduled_for, attempt, run_id
 ), run AS (
-    INSERT INTO runs (due_work_id, task_id, attempt, scheduled_for)
-    SELECT id, task_id, attempt, scheduled_for FROM work
+    -- The run's id is made with its queue row, which names it (version_0021.sql).
+    INSERT INTO runs (id, due_work_id, task_id, attempt, scheduled_for)
+    SELECT run_id, id, task_id, attempt, scheduled_for FROM work
     RETURNING *
 ), decision AS (
     INSERT INTO occurrences (task_id, nominal_at, decision, due_work_id, detail)
@@ -41,17 +43,18 @@ SELECT run.* FROM run LEFT JOIN wake ON true
 -- the same rows).
 WITH work AS (
     INSERT INTO due_work (
-        task_id, scheduled_for, run_after, priority, reason, event_id, claim_key, claim_limit
+        task_id, scheduled_for, run_after, priority, reason, event_id, claim_key, claim_limit,
+        run_id
     )
     SELECT t.id, %(scheduled_for)s::timestamptz, %(scheduled_for)s::timestamptz, %(priority)s::int,
-           %(reason)s::text, %(event_id)s::uuid, t.claim_key, t.claim_limit
+           %(reason)s::text, %(event_id)s::uuid, t.claim_key, t.claim_limit, pao_uuid_v7()
     FROM tasks t
     WHERE t.id = %(task_id)s
     ON CONFLICT (task_id, scheduled_for) DO NOTHING
-    RETURNING id, task_id, scheduled_for, attempt
+    RETURNING id, task_id, scheduled_for, attempt, run_id
 ), run AS (
-    INSERT INTO runs (due_work_id, task_id, attempt, scheduled_for)
-    SELECT id, task_id, attempt, scheduled_for FROM work
+    INSERT INTO runs (id, due_work_id, task_id, attempt, scheduled_for)
+    SELECT run_id, id, task_id, attempt, scheduled_for FROM work
     RETURNING *
 ), decision AS (
     INSERT INTO occurrences (task_id, nominal_at, decision, due_work_id, detail)
@@ -165,16 +168,7 @@ WITH candidate AS (
         lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
     FROM candidate c
     WHERE d.id = c.id AND c.claim_key IS NULL
-    RETURNING d.id, d.task_id, d.scheduled_for, d.attempt, d.event_id, d.reason,
-              d.created_at
-), months AS (
-    -- The range of ids the batch's runs can have (version_0020.sql), made once for the batch
-    -- from its oldest occurrence: made for each row (two uuids out of text), it cost a
-    -- claim or an end of 128 runs a tenth of its time. Read below as one-off subqueries, so
-    -- that PostgreSQL skips the runs' partitions outside it.
-    SELECT pao_run_id_floor(min(created_at)) AS floor,
-           pao_run_id_ceiling(min(created_at)) AS ceiling
-    FROM claimed
+    RETURNING d.id, d.task_id, d.scheduled_for, d.attempt, d.event_id, d.reason, d.run_id
 ), started AS (
     -- Returning the claimed columns here spares a join of two CTEs, which the planner,
     -- blind to their sizes, would do as a nested loop (a batch of 128: 16,384 comparisons).
@@ -182,9 +176,9 @@ WITH candidate AS (
     -- A continuation keeps its first start: the run's deadline counts from there.
     SET status = 'running', started_at = COALESCE(r.started_at, now()), worker_id = %(worker_id)s
     FROM claimed c
-    WHERE r.due_work_id = c.id AND r.attempt = c.attempt AND r.status = 'queued'
-      -- Only the months the batch's runs can be in, not every month kept.
-      AND r.id >= (SELECT floor FROM months) AND r.id < (SELECT ceiling FROM months)
+    -- By the run's id, the partition key: each row reads its own run's month, and one
+    -- plan, made once, serves every claim (version_0021.sql).
+    WHERE r.id = c.run_id AND r.status = 'queued'
     RETURNING c.id, c.task_id, c.scheduled_for, c.attempt, c.event_id, c.reason,
               r.id AS run_id, r.started_at,
               -- A run claimed again (handed back, or continued after a remote step) carries
@@ -239,21 +233,15 @@ WITH candidate AS (
         lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
     FROM fits
     WHERE d.id = fits.id
-    RETURNING d.id, d.task_id, d.scheduled_for, d.attempt, d.event_id, d.reason,
-              d.created_at
-), months AS (
-    -- As in due_work_claim: the range of ids the batch's runs can have, made once.
-    SELECT pao_run_id_floor(min(created_at)) AS floor,
-           pao_run_id_ceiling(min(created_at)) AS ceiling
-    FROM claimed
+    RETURNING d.id, d.task_id, d.scheduled_for, d.attempt, d.event_id, d.reason, d.run_id
 ), started AS (
     UPDATE runs r
     -- A continuation keeps its first start: the run's deadline counts from there.
     SET status = 'running', started_at = COALESCE(r.started_at, now()), worker_id = %(worker_id)s
     FROM claimed c
-    WHERE r.due_work_id = c.id AND r.attempt = c.attempt AND r.status = 'queued'
-      -- Only the months the batch's runs can be in, not every month kept.
-      AND r.id >= (SELECT floor FROM months) AND r.id < (SELECT ceiling FROM months)
+    -- By the run's id, the partition key: each row reads its own run's month, and one
+    -- plan, made once, serves every claim (version_0021.sql).
+    WHERE r.id = c.run_id AND r.status = 'queued'
     RETURNING c.id, c.task_id, c.scheduled_for, c.attempt, c.event_id, c.reason,
               r.id AS run_id, r.started_at,
               -- A run claimed again (handed back, or continued after a remote step) carries
@@ -329,21 +317,14 @@ WITH v AS (
     FROM v
     WHERE d.id = ANY(ARRAY(SELECT id FROM v)) AND d.id = v.id AND d.attempt = v.attempt
       AND d.lease_owner = %(worker_id)s
-    RETURNING d.id, d.task_id, d.claim_key,
-              d.created_at
-), months AS (
-    -- As in due_work_claim: the range of ids the batch's runs can have, made once.
-    SELECT pao_run_id_floor(min(created_at)) AS floor,
-           pao_run_id_ceiling(min(created_at)) AS ceiling
-    FROM done
+    RETURNING d.id, d.task_id, d.claim_key, d.run_id
 ), ran AS (
+    -- The attempt's run by its id, as in due_work_claim: each row reads its run's month.
     UPDATE runs r
     SET status = v.state, finished_at = now(), steps = v.steps, error = v.error
     FROM v
     JOIN done ON done.id = v.id
-    WHERE r.due_work_id = v.id AND r.attempt = v.attempt AND r.status = 'running'
-      -- Only the months the batch's runs can be in, not every month kept.
-      AND r.id >= (SELECT floor FROM months) AND r.id < (SELECT ceiling FROM months)
+    WHERE r.id = done.run_id AND r.status = 'running'
 ), wake AS (
     SELECT pg_notify('pao_work', '')
     FROM (SELECT 1 FROM done WHERE claim_key IS NOT NULL LIMIT 1) AS key_freed

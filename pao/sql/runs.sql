@@ -143,9 +143,17 @@ WHERE due_work_id = ANY(%(due_work_ids)s) AND status IN ('queued', 'running')
 RETURNING id
 
 -- name: run_insert_retry
--- The queued next attempt of an occurrence that is tried again.
-INSERT INTO runs (due_work_id, task_id, attempt, scheduled_for)
-VALUES (%(due_work_id)s, %(task_id)s, %(attempt)s, %(scheduled_for)s)
+-- The queued next attempt of an occurrence that is tried again; its queue row names it from
+-- now on, for the claim (version_0021.sql).
+WITH run AS (
+    INSERT INTO runs (due_work_id, task_id, attempt, scheduled_for)
+    VALUES (%(due_work_id)s, %(task_id)s, %(attempt)s, %(scheduled_for)s)
+    RETURNING id, due_work_id, attempt
+)
+UPDATE due_work d
+SET run_id = run.id
+FROM run
+WHERE d.id = run.due_work_id AND d.attempt = run.attempt
 
 -- name: run_end_lost
 -- The attempt whose worker lost its lease ends, with the reason.

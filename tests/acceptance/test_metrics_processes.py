@@ -43,10 +43,11 @@ def test_scheduler_and_worker_metrics_move_and_logs_are_json(
     # A worker that died holding an occurrence: its lease ran out long ago.
     db.execute(
         "WITH w AS (INSERT INTO due_work (task_id, scheduled_for, run_after, reason, state, "
-        "lease_owner, lease_expires_at) VALUES (%s, now() - interval '1 day', now(), 'run_now', "
-        "'running', 'worker-gone', now() - interval '1 minute') RETURNING id, task_id, "
-        "scheduled_for) INSERT INTO runs (due_work_id, task_id, scheduled_for, status, started_at) "
-        "SELECT id, task_id, scheduled_for, 'running', now() FROM w",
+        "lease_owner, lease_expires_at, run_id) VALUES (%s, now() - interval '1 day', now(), "
+        "'run_now', 'running', 'worker-gone', now() - interval '1 minute', pao_uuid_v7()) "
+        "RETURNING id, task_id, scheduled_for, run_id) "
+        "INSERT INTO runs (id, due_work_id, task_id, scheduled_for, status, started_at) "
+        "SELECT run_id, id, task_id, scheduled_for, 'running', now() FROM w",
         (task["id"],),
     )
     sched_port, worker_port = free_port(), free_port()

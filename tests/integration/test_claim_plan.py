@@ -14,11 +14,13 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from pao.sql import QUERIES
@@ -33,6 +35,48 @@ def _explain(
     db: psycopg.Connection[Any], name: str, params: dict[str, Any]
 ) -> list[dict[str, Any]]:
     row = db.execute("EXPLAIN (FORMAT JSON) " + QUERIES[name], params).fetchone()
+    assert row is not None
+    doc = row[0] if isinstance(row[0], list) else json.loads(row[0])
+    return list(plan_nodes(doc[0]["Plan"]))
+
+
+# The types psycopg sends the worker's parameters as.
+_TYPES = {
+    "limit": "bigint",
+    "worker_id": "text",
+    "lease_seconds": "float8",
+    "ids": "bigint[]",
+    "endings": "jsonb",
+}
+
+
+def _explain_once(
+    db: psycopg.Connection[Any], name: str, params: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The plan the worker keeps for a statement: prepared, and planned once for any values
+    (worker/main.py: plan_cache_mode force_generic_plan)."""
+    names: list[str] = []
+
+    def placeholder(m: re.Match[str]) -> str:
+        if m.group(1) not in names:
+            names.append(m.group(1))
+        return f"${names.index(m.group(1)) + 1}"
+
+    text = re.sub(r"%\((\w+)\)s", placeholder, QUERIES[name]).replace("%%", "%")
+    db.execute("SET plan_cache_mode = force_generic_plan")
+    types = ", ".join(_TYPES[n] for n in names)
+    db.execute(f"PREPARE once ({types}) AS {text}")
+    try:
+        # Values written into the statement: EXPLAIN EXECUTE takes no bound parameters.
+        values = sql.SQL(", ").join(
+            sql.SQL("{}::{}").format(sql.Literal(params[n]), sql.SQL(_TYPES[n])) for n in names
+        )
+        row = db.execute(
+            sql.SQL("EXPLAIN (FORMAT JSON) EXECUTE once({})").format(values)
+        ).fetchone()
+    finally:
+        db.execute("DEALLOCATE once")
+        db.execute("RESET plan_cache_mode")
     assert row is not None
     doc = row[0] if isinstance(row[0], list) else json.loads(row[0])
     return list(plan_nodes(doc[0]["Plan"]))
@@ -110,13 +154,13 @@ def _fill(db_url: str, db: psycopg.Connection[Any]) -> None:
         """
         WITH t AS (SELECT id, row_number() OVER (ORDER BY id) AS n FROM tasks)
         INSERT INTO due_work (task_id, scheduled_for, run_after, reason, state, lease_owner,
-                              lease_expires_at, finished_at, claim_key, claim_limit)
+                              lease_expires_at, finished_at, claim_key, claim_limit, run_id)
         SELECT t.id, s.at, s.at, 'schedule', s.state,
                CASE WHEN s.state = 'running' THEN 'worker-x' END,
                CASE WHEN s.state = 'running' THEN now() + interval '5 minutes' END,
                CASE WHEN s.state IN ('queued', 'running') THEN NULL ELSE s.at END,
                CASE WHEN t.n %% 10 = 0 THEN 'key/' || t.n END,
-               CASE WHEN t.n %% 10 = 0 THEN 2 END
+               CASE WHEN t.n %% 10 = 0 THEN 2 END, pao_uuid_v7()
         FROM generate_series(1, %(rows)s) i
         JOIN t ON t.n = i %% 100 + 1
         CROSS JOIN LATERAL (SELECT
@@ -130,8 +174,8 @@ def _fill(db_url: str, db: psycopg.Connection[Any]) -> None:
         {"rows": ROWS},
     )
     db.execute(
-        "INSERT INTO runs (due_work_id, task_id, scheduled_for, status, started_at, finished_at) "
-        "SELECT id, task_id, scheduled_for, state, "
+        "INSERT INTO runs (id, due_work_id, task_id, scheduled_for, status, started_at, "
+        "finished_at) SELECT run_id, id, task_id, scheduled_for, state, "
         "CASE WHEN state <> 'queued' THEN scheduled_for END, finished_at FROM due_work"
     )
     db.execute("ANALYZE due_work")
@@ -232,7 +276,7 @@ def test_end_reaches_its_own_rows_by_id(
     assert runs, "no scan of runs"
     used = set().union(*map(_indexes, runs))
     assert used, runs
-    assert used <= _index_and_partitions(large_due_work, "runs_attempt_idx"), runs
+    assert used <= _index_and_partitions(large_due_work, "runs_pkey"), runs
 
 
 def test_renewal_reaches_its_own_rows_by_id(
@@ -304,3 +348,41 @@ def test_hot_tables_keep_room_for_updates(db: psycopg.Connection[Any]) -> None:
         for o in options[table]:
             assert int(o["autovacuum_analyze_threshold"]) >= 1000
             assert int(o["autovacuum_vacuum_threshold"]) >= 1000
+
+
+@pytest.mark.parametrize("name", ["due_work_claim", "due_work_claim_start", "due_work_finish_many"])
+def test_the_plan_made_once_reaches_each_run_by_its_id(
+    large_due_work: psycopg.Connection[Any], held_by_y: list[tuple[int, int]], name: str
+) -> None:
+    """The worker keeps one plan per statement, made for any batch. It must probe each run's
+    partition by the run's id: a plan that reads a range of a month's runs and joins them by
+    hash (what a plan made once did with the claim before version_0021.sql) reads every
+    queued run of the month for each claim, 10 ms for a batch of 128."""
+    due = [
+        r[0]
+        for r in large_due_work.execute(
+            "SELECT id FROM due_work WHERE state = 'queued' AND run_after <= now() LIMIT 32"
+        )
+    ]
+    endings: list[dict[str, Any]] = [
+        {"id": i, "attempt": a, "state": "succeeded", "steps": [], "error": None}
+        for i, a in held_by_y
+    ]
+    params: dict[str, Any] = {
+        "limit": 32,
+        "worker_id": "worker-y",
+        "lease_seconds": 60.0,
+        "ids": due,
+        "endings": Jsonb(endings),
+    }
+    nodes = _explain_once(large_due_work, name, params)
+    runs = [
+        n for n in _filled(large_due_work, _scans_of(nodes, "runs")) if "Scan" in n["Node Type"]
+    ]
+    assert runs, nodes
+    for scan in runs:
+        assert scan["Node Type"] == "Index Scan", scan
+        assert _indexes(scan) <= _index_and_partitions(large_due_work, "runs_pkey"), scan
+        assert re.fullmatch(r"\(id = \w+\.run_id\)", scan["Index Cond"]), scan
+    joins = [n for n in nodes if n["Node Type"] in ("Hash Join", "Merge Join")]
+    assert not [j for j in joins if _scans_of(list(plan_nodes(j)), "runs")], joins

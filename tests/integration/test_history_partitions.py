@@ -234,11 +234,13 @@ def test_one_claim_and_one_end_reach_runs_of_several_months(
     older = _months(now, -6) + timedelta(days=2)  # a month without one: the default
     db.execute("SELECT count(*) FROM pao_history_partitions_ensure(%s, 0)", (old,))
     made = db.execute(
-        "WITH w AS (INSERT INTO due_work (task_id, scheduled_for, run_after, reason, created_at) "
-        "    SELECT %(task)s, t, t, 'run_now', t FROM unnest(%(times)s::timestamptz[]) t "
-        "    RETURNING id, task_id, scheduled_for, created_at) "
+        "WITH w AS (INSERT INTO due_work (task_id, scheduled_for, run_after, reason, created_at, "
+        "                                 run_id) "
+        "    SELECT %(task)s, t, t, 'run_now', t, pao_uuid_v7(t) "
+        "    FROM unnest(%(times)s::timestamptz[]) t "
+        "    RETURNING id, task_id, scheduled_for, created_at, run_id) "
         "INSERT INTO runs (id, due_work_id, task_id, scheduled_for, queued_at) "
-        "SELECT pao_uuid_v7(created_at), id, task_id, scheduled_for, created_at FROM w "
+        "SELECT run_id, id, task_id, scheduled_for, created_at FROM w "
         "RETURNING id, due_work_id",
         {"task": task, "times": [old, older, now]},
     ).fetchall()
@@ -362,9 +364,9 @@ def test_a_month_with_unfinished_work_is_kept_past_the_retention(
         conn.execute("SELECT count(*) FROM pao_history_partitions_ensure(%s, 0)", (gone,))
     (run,) = _finished_runs(db, task, [gone + timedelta(days=1)])
     db.execute(
-        "UPDATE due_work SET state = 'queued', finished_at = NULL "
+        "UPDATE due_work SET state = 'queued', finished_at = NULL, run_id = %s "
         "WHERE id = (SELECT due_work_id FROM runs WHERE id = %s)",
-        (run,),
+        (run, run),
     )
 
     async def drop() -> list[partitions.Outcome]:
@@ -479,7 +481,10 @@ def test_the_migration_moves_existing_history_with_its_keys(before_partitions: s
         tables = ("runs", "run_logs", "occurrences", "assets")
         before = {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall() for t in tables}
 
-    assert [m.name for m in asyncio.run(migrate(url))] == ["version_0020.sql"]
+    assert [m.name for m in asyncio.run(migrate(url))] == [
+        "version_0020.sql",
+        "version_0021.sql",
+    ]
 
     with psycopg.connect(url, autocommit=True) as conn:
         for t in tables:
@@ -513,7 +518,7 @@ def test_the_migration_moves_existing_history_with_its_keys(before_partitions: s
         ).fetchone()[0]  # type: ignore[index]
         assert log_id > max(r[0] for r in before["run_logs"])
         # The occurrence queued before the upgrade is claimed and ended with its old run,
-        # though its id bounds no partition (pao_run_id_floor).
+        # which version_0021.sql named on its queue row.
         claimed = conn.execute(
             QUERIES["due_work_claim"], {"limit": 10, "worker_id": "w", "lease_seconds": 60.0}
         ).fetchall()

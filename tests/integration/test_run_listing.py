@@ -201,13 +201,14 @@ def test_pages_are_whole_however_the_owners_runs_are_found(
     def runs(tasks: list[str], count: int, every: int) -> None:
         """`count` runs over `tasks` in turn, the i-th at the (i * every)-th place in history."""
         db.execute(
-            "WITH w AS (INSERT INTO due_work (task_id, scheduled_for, run_after, reason) "
+            "WITH w AS (INSERT INTO due_work (task_id, scheduled_for, run_after, reason, run_id) "
             "SELECT (%s::uuid[])[1 + i %% cardinality(%s::uuid[])], "
             "date_trunc('second', now()) - (i * %s / 10) * interval '1 second' "
-            "+ i * interval '1 microsecond', now(), 'run_now' "
-            "FROM generate_series(1, %s) i RETURNING id, task_id, scheduled_for) "
-            "INSERT INTO runs (due_work_id, task_id, scheduled_for, queued_at) "
-            "SELECT id, task_id, scheduled_for, date_trunc('second', scheduled_for) FROM w",
+            "+ i * interval '1 microsecond', now(), 'run_now', pao_uuid_v7() "
+            "FROM generate_series(1, %s) i RETURNING id, task_id, scheduled_for, run_id) "
+            "INSERT INTO runs (id, due_work_id, task_id, scheduled_for, queued_at) "
+            "SELECT run_id, id, task_id, scheduled_for, date_trunc('second', scheduled_for) "
+            "FROM w",
             (tasks, tasks, every, count),
         )
 

@@ -20,6 +20,7 @@ from pao.vocabulary import LIVE_RUN_STATUSES, BackoffStrategy, RunStatus, WorkSt
 LIVE = LIVE_RUN_STATUSES
 # How many of the newest runs (after the cursor) an owner's page is first looked for among:
 # about a millisecond's read, which holds a page of 50 whenever one run in 20 of them is theirs.
+# Written out in run_list_owned_recent and run_list_owned_cost (their comment says why).
 OWNED_SCAN = 1000
 # An owner's tasks are counted up to this many, to weigh a walk task by task against one
 # through every agent's runs (beyond it, task by task is taken only when the walk has no bound).
@@ -141,7 +142,6 @@ async def list_runs(
         "after_id": after[1] if after else None,
         "task_id": task_id,
         "status": status,
-        "scan": OWNED_SCAN,
         "tasks_cap": OWNED_TASKS_COUNTED,
     }
     if status in LIVE:

@@ -150,7 +150,6 @@ def test_a_page_of_runs_starts_at_its_cursor(
         "after_queued": at,
         "after_id": run_id,
         "limit": 51,
-        "scan": 1000,
     }
     assert _cursor_bounds_the_scan(_generic_plan(db, statement, values), "runs")
 

@@ -43,7 +43,6 @@ def _runs_read(
         "after_queued": None,
         "after_id": None,
         "limit": limit,
-        "scan": OWNED_SCAN,
     }
     row = db.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + QUERIES[statement], params).fetchone()
     assert row is not None

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+
+from pao.sql import QUERIES
 from pao.store.runs import OWNED_SCAN, owned_way
 from pao.vocabulary import RunStatus
 
@@ -37,3 +40,9 @@ def test_a_status_filter_is_walked() -> None:
     assert owned_way(found=0, window=OWNED_SCAN, tasks=3, limit=51, status=RunStatus.FAILED) == (
         "run_list"
     )
+
+
+def test_the_statements_read_the_window_this_module_counts_on() -> None:
+    """The window is written out in SQL (a plan made once is priced right only then)."""
+    for name in ("run_list_owned_recent", "run_list_owned_cost"):
+        assert re.findall(r"LIMIT (\d+)\)?", QUERIES[name]).count(str(OWNED_SCAN)) == 1, name

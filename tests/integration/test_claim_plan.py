@@ -47,6 +47,7 @@ _TYPES = {
     "lease_seconds": "float8",
     "ids": "bigint[]",
     "endings": "jsonb",
+    "progress": "jsonb",
 }
 
 
@@ -350,7 +351,10 @@ def test_hot_tables_keep_room_for_updates(db: psycopg.Connection[Any]) -> None:
             assert int(o["autovacuum_vacuum_threshold"]) >= 1000
 
 
-@pytest.mark.parametrize("name", ["due_work_claim", "due_work_claim_start", "due_work_finish_many"])
+@pytest.mark.parametrize(
+    "name",
+    ["due_work_claim", "due_work_claim_start", "due_work_finish_many", "run_save_steps_many"],
+)
 def test_the_plan_made_once_reaches_each_run_by_its_id(
     large_due_work: psycopg.Connection[Any], held_by_y: list[tuple[int, int]], name: str
 ) -> None:
@@ -368,12 +372,19 @@ def test_the_plan_made_once_reaches_each_run_by_its_id(
         {"id": i, "attempt": a, "state": "succeeded", "steps": [], "error": None}
         for i, a in held_by_y
     ]
+    progress = [
+        {"run_id": str(r), "id": i, "attempt": a, "steps": []}
+        for i, a, r in large_due_work.execute(
+            "SELECT id, attempt, run_id FROM due_work WHERE lease_owner = 'worker-y'"
+        )
+    ]
     params: dict[str, Any] = {
         "limit": 32,
         "worker_id": "worker-y",
         "lease_seconds": 60.0,
         "ids": due,
         "endings": Jsonb(endings),
+        "progress": Jsonb(progress),
     }
     nodes = _explain_once(large_due_work, name, params)
     runs = [

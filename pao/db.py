@@ -173,9 +173,8 @@ async def _configure_generic(conn: Conn) -> None:
     history are kept. tests/integration/test_claim_plan.py holds the worker's statements
     to plans made once that read indexes.
     """
-    await conn.execute("SET TIME ZONE 'UTC'")
     await conn.execute("SET plan_cache_mode = force_generic_plan")
-    await conn.commit()
+    await _configure(conn)
 
 
 def pooled(settings: Settings) -> bool:

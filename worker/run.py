@@ -195,29 +195,8 @@ class Runner:
         c = held.claimed
         record = waiting.record
         self.outcomes.forget(c.id)  # progress written later could not apply anyway
-        give_up = time.monotonic() + waiting.seconds
-        tries = 0
         try:
-            while True:
-                try:
-                    state, charged = await self._offer(held, task, waiting, steps)
-                    break
-                except Exception as exc:
-                    if not (isinstance(exc, DatabaseUnavailable) or db.is_transient(exc)):
-                        raise
-                    delay = RETRY_SECONDS[min(tries, len(RETRY_SECONDS) - 1)]
-                    tries += 1
-                    if time.monotonic() + delay > give_up:
-                        raise StepFailed(f"could not be offered in its time: {exc}") from exc
-                    log.warning(
-                        "run %s: cannot offer remote step %s yet (%s); retrying in %.1fs "
-                        "while its lease is renewed",
-                        c.run_id,
-                        record["id"],
-                        exc,
-                        delay,
-                    )
-                    await asyncio.sleep(delay)
+            state, charged, tries = await self._offer_in_time(held, task, waiting, steps)
         except (StepFailed, TaskTypeUnavailable, InvalidInput) as exc:
             message = exc.message
             if not message.startswith(f"step {record['id']}"):
@@ -253,6 +232,34 @@ class Runner:
                 record["id"],
                 waiting.task_type,
             )
+
+    async def _offer_in_time(
+        self, held: Running, task: Task, waiting: Waiting, steps: list[StepRecord]
+    ) -> tuple[bool | None, tuple[Decimal, Decimal] | None, int]:
+        """`_offer`, tried again while it fails for now and the step's time lasts; with how
+        many tries failed first. StepFailed once the next try would come too late."""
+        give_up = time.monotonic() + waiting.seconds
+        tries = 0
+        while True:
+            try:
+                state, charged = await self._offer(held, task, waiting, steps)
+                return state, charged, tries
+            except Exception as exc:
+                if not (isinstance(exc, DatabaseUnavailable) or db.is_transient(exc)):
+                    raise
+                delay = RETRY_SECONDS[min(tries, len(RETRY_SECONDS) - 1)]
+                tries += 1
+                if time.monotonic() + delay > give_up:
+                    raise StepFailed(f"could not be offered in its time: {exc}") from exc
+                log.warning(
+                    "run %s: cannot offer remote step %s yet (%s); retrying in %.1fs "
+                    "while its lease is renewed",
+                    held.claimed.run_id,
+                    waiting.record["id"],
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
 
     async def _offer(
         self, held: Running, task: Task, waiting: Waiting, steps: list[StepRecord]

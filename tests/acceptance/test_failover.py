@@ -176,7 +176,7 @@ class Claimant(threading.Thread):
                 claim = {"limit": 2, "wait_seconds": 1}
                 resp = self._ask(http, f"/task-types/{REMOTE_TYPE}/claim", claim)
                 if resp is None or resp.status_code != 200:
-                    time.sleep(0.2)
+                    self.stop.wait(0.2)  # the outage: a pause, cut short when the test ends
                     continue
                 for item in resp.json()["items"]:
                     step = (item["run_id"], item["step_id"])
@@ -186,7 +186,7 @@ class Claimant(threading.Thread):
                         path = f"/claims/{item['claim_id']}/complete"
                         done = self._ask(http, path, {"output": {"ok": True}})
                         if done is None:
-                            time.sleep(0.2)
+                            self.stop.wait(0.2)
                     if done is not None:
                         self.completed.append((*step, done.status_code))
 

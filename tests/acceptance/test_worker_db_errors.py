@@ -263,6 +263,14 @@ def test_an_end_that_cannot_be_written_leaves_the_run_to_its_lease(
     assert_work_consistent(faults)
 
 
+def _remote_type(client: TestClient, admin_token: str) -> str:
+    """A task type whose steps remote services do: the worker offers them."""
+    kind = {"name": "db.errors.render", "parameters_schema": {"type": "object"}}
+    resp = client.post("/task-types", json=kind, headers=auth(admin_token))
+    assert resp.status_code == 201, resp.text
+    return str(kind["name"])
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
     "sqlstate",
@@ -284,12 +292,8 @@ def test_an_offer_that_fails_for_now_is_tried_again_under_the_same_lease(
     while it renews the lease, and once the offer goes through the run waits for its step,
     still its first attempt (no retries allowed: a lost lease would fail it), offered once.
     Before, the failed offer ended the run's task silently and the lease ran out."""
-    kind = {"name": "db.errors.render", "parameters_schema": {"type": "object"}}
-    resp = client.post("/task-types", json=kind, headers=auth(admin_token))
-    assert resp.status_code == 201, resp.text
-    task_id = create_task(
-        client, writer_token, {"id": "render", "uses": kind["name"]}, max_retries=0
-    )
+    step = {"id": "render", "uses": _remote_type(client, admin_token)}
+    task_id = create_task(client, writer_token, step, max_retries=0)
     _inject(faults, "offer", sqlstate)
     with (
         pao_process("scheduler", _env(db_url), tmp_path / "scheduler.log"),
@@ -328,10 +332,7 @@ def test_an_offer_refused_for_longer_than_its_step_may_take_fails_the_step(
     """Tried again only as long as the step may take (its timeout): then the step fails
     with why, and the run with it, instead of the worker holding it, lease renewed, for
     ever."""
-    kind = {"name": "db.errors.render", "parameters_schema": {"type": "object"}}
-    resp = client.post("/task-types", json=kind, headers=auth(admin_token))
-    assert resp.status_code == 201, resp.text
-    step = {"id": "render", "uses": kind["name"], "timeout_seconds": 2}
+    step = {"id": "render", "uses": _remote_type(client, admin_token), "timeout_seconds": 2}
     task_id = create_task(client, writer_token, step, max_retries=0)
     _inject(faults, "offer", "57014")
     with _faulty_worker(db_url, tmp_path) as worker:

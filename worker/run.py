@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -52,6 +53,31 @@ if TYPE_CHECKING:
     from pao.mcp import McpHub
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+async def _for_now(
+    attempt: Callable[[], Awaitable[T]], *, doing: str, warn: str, give_up: float = math.inf
+) -> tuple[T, int]:
+    """`attempt` (one transaction) tried again while it fails for now, the database away
+    or a statement refused, with the outcome writer's backoff: a failover of a few seconds
+    must not fail a step. Returns its result and how many tries failed first; StepFailed
+    once the next try would come after `give_up` (time.monotonic). A try whose answer was
+    lost after it committed is made again: each caller says what that costs."""
+    tries = 0
+    while True:
+        try:
+            return await attempt(), tries
+        except Exception as exc:
+            if not (isinstance(exc, DatabaseUnavailable) or db.is_transient(exc)):
+                raise
+            delay = RETRY_SECONDS[min(tries, len(RETRY_SECONDS) - 1)]
+            tries += 1
+            if time.monotonic() + delay > give_up:
+                raise StepFailed(f"could not be {doing} in its time: {exc}") from exc
+            log.warning("%s (%s); retrying in %.1fs", warn, exc, delay)
+            await asyncio.sleep(delay)
+
 
 PIPELINE_CACHE = 10_000
 LOG_LEVELS = frozenset(LogLevel)
@@ -196,7 +222,13 @@ class Runner:
         record = waiting.record
         self.outcomes.forget(c.id)  # progress written later could not apply anyway
         try:
-            state, charged, tries = await self._offer_in_time(held, task, waiting, steps)
+            (state, charged), tries = await _for_now(
+                lambda: self._offer(held, task, waiting, steps),
+                doing="offered",
+                warn=f"run {c.run_id}: cannot offer remote step {record['id']} yet, "
+                "its lease renewed meanwhile",
+                give_up=time.monotonic() + waiting.seconds,
+            )
         except (StepFailed, TaskTypeUnavailable, InvalidInput) as exc:
             message = exc.message
             if not message.startswith(f"step {record['id']}"):
@@ -232,34 +264,6 @@ class Runner:
                 record["id"],
                 waiting.task_type,
             )
-
-    async def _offer_in_time(
-        self, held: Running, task: Task, waiting: Waiting, steps: list[StepRecord]
-    ) -> tuple[bool | None, tuple[Decimal, Decimal] | None, int]:
-        """`_offer`, tried again while it fails for now and the step's time lasts; with how
-        many tries failed first. StepFailed once the next try would come too late."""
-        give_up = time.monotonic() + waiting.seconds
-        tries = 0
-        while True:
-            try:
-                state, charged = await self._offer(held, task, waiting, steps)
-                return state, charged, tries
-            except Exception as exc:
-                if not (isinstance(exc, DatabaseUnavailable) or db.is_transient(exc)):
-                    raise
-                delay = RETRY_SECONDS[min(tries, len(RETRY_SECONDS) - 1)]
-                tries += 1
-                if time.monotonic() + delay > give_up:
-                    raise StepFailed(f"could not be offered in its time: {exc}") from exc
-                log.warning(
-                    "run %s: cannot offer remote step %s yet (%s); retrying in %.1fs "
-                    "while its lease is renewed",
-                    held.claimed.run_id,
-                    waiting.record["id"],
-                    exc,
-                    delay,
-                )
-                await asyncio.sleep(delay)
 
     async def _offer(
         self, held: Running, task: Task, waiting: Waiting, steps: list[StepRecord]
@@ -470,15 +474,23 @@ class Hooks:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("step %s: %s", step_id, message[:1000])
         held = self.held
-        async with db.connection(self.runner.pool) as conn:
-            log_id = await work.log(
-                conn,
-                held.lease,
-                run_id=held.claimed.run_id,
-                level=level if level in LOG_LEVELS else LogLevel.INFO,
-                step_id=step_id,
-                message=message[:10_000],
-            )
+
+        async def write() -> int | None:
+            async with db.connection(self.runner.pool) as conn:
+                return await work.log(
+                    conn,
+                    held.lease,
+                    run_id=held.claimed.run_id,
+                    level=level if level in LOG_LEVELS else LogLevel.INFO,
+                    step_id=step_id,
+                    message=message[:10_000],
+                )
+
+        # Until the step's own timeout stops it; a line whose answer was lost may be
+        # written twice.
+        log_id, _ = await _for_now(
+            write, doing="logged", warn=f"run {held.claimed.run_id}: cannot write a log line yet"
+        )
         if log_id is not None:
             self.runner.events.log(held.claimed, log_id)
 

@@ -78,6 +78,15 @@ END $$;
 
 CREATE TRIGGER test_offer_fault BEFORE INSERT ON remote_steps
 FOR EACH ROW EXECUTE FUNCTION test_offer_fault();
+
+CREATE FUNCTION test_log_fault() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM test_fault('log');
+    RETURN NEW;
+END $$;
+
+CREATE TRIGGER test_log_fault BEFORE INSERT ON run_logs
+FOR EACH ROW EXECUTE FUNCTION test_log_fault();
 """.replace("%(app)s", APP).replace("%%", "%")
 
 
@@ -260,6 +269,29 @@ def test_an_end_that_cannot_be_written_leaves_the_run_to_its_lease(
         _stop_in_time(worker)
     assert _runs(faults, task_id) == [(1, "failed"), (2, "succeeded")]
     assert _logged(faults, task_id, "ran") == [1, 2]  # one after the other, never together
+    assert_work_consistent(faults)
+
+
+@pytest.mark.timeout(120)
+def test_a_log_line_refused_for_now_is_written_when_the_database_is_back(
+    client: TestClient, writer_token: str, db_url: str, faults: Conn, tmp_path: Path
+) -> None:
+    """A `log` step meets a database going away (as in a failover): the line is written
+    again until it goes through, and the run, allowed no retry, succeeds. Before, the step
+    failed with "The database cannot be reached right now", and the run with it."""
+    step = {"id": "hi", "uses": "log", "with": {"message": "through"}}
+    task_id = create_task(client, writer_token, step, max_retries=0)
+    _inject(faults, "log", "57P01")
+    with _faulty_worker(db_url, tmp_path) as worker:
+        worker_id(faults, worker)
+        run_now(client, writer_token, task_id)
+        _until(lambda: "cannot write a log line yet" in worker.output(), "a refused log line")
+        assert _runs(faults, task_id) == [(1, "running")]
+        _heal(faults, "log")
+        _until(lambda: _runs(faults, task_id) == [(1, "succeeded")], "the run to succeed")
+        assert worker.proc.poll() is None
+        _stop_in_time(worker)
+    assert _logged(faults, task_id, "through") == [1]
     assert_work_consistent(faults)
 
 

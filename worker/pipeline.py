@@ -273,10 +273,24 @@ async def execute(
         held += budget.spent
         if held > limits.run_max_bytes:
             raise _fail(ex, record, _run_too_large(step.id, limits, held), hook, final=True)
+        step_timeout = float(step.timeout_seconds or DEFAULT_STEP_TIMEOUT)
         cost = cost_of(step.uses)
         if cost:
             # Charged before it starts: a step a budget refuses never starts (StepFailed).
-            await hooks.charge(step.id, step.uses, cost)
+            # A charge the database refuses for now is tried again (Hooks.charge), for as
+            # long as the step itself may take.
+            bound = step_timeout
+            if deadline is not None:
+                bound = min(step_timeout, deadline - time.monotonic())
+            try:
+                with limits.within(max(bound, 0.0)):
+                    await hooks.charge(step.id, step.uses, cost)
+            except TimeoutError:
+                if bound < step_timeout:
+                    _fail(ex, record, f"step {step.id}: stopped at the run's deadline", hook)
+                    raise RunTimedOut() from None
+                message = f"step {step.id}: could not be charged within {step_timeout:g}s"
+                raise _fail(ex, record, message, hook) from None
             record["cost"] = costs.text(cost)
         # Already storable: rendered from stored JSON and from outputs made storable below.
         record["input"] = args
@@ -289,7 +303,6 @@ async def execute(
 
         call = StepCall(step.id, f"{ex.due_work_id}:{step.id}", step_log)
         started = time.monotonic()
-        step_timeout = float(step.timeout_seconds or DEFAULT_STEP_TIMEOUT)
         timeout = step_timeout if deadline is None else min(step_timeout, deadline - started)
         if timeout <= 0:
             raise RunTimedOut()
@@ -344,7 +357,12 @@ async def execute(
                 now_true = parse_guard(ex.pipeline.condition).evaluate(context)
             except TemplateError as exc:
                 raise StepFailed(f"the condition failed: {exc}") from None
-            await hooks.on_condition(now_true)
+            try:
+                with limits.within(step_timeout):
+                    await hooks.on_condition(now_true)
+            except TimeoutError:
+                message = f"the condition's state could not be saved within {step_timeout:g}s"
+                raise StepFailed(message) from None
             if not (now_true and ex.condition_state is not True):
                 raise ConditionNotMet(
                     f"condition is {str(now_true).lower()} (was {ex.condition_state}); "

@@ -495,13 +495,27 @@ class Hooks:
             self.runner.events.log(held.claimed, log_id)
 
     async def on_condition(self, state: bool) -> None:
-        async with db.connection(self.runner.pool) as conn:
-            await work.set_condition_state(conn, self.task.id, state)
+        async def write() -> None:
+            async with db.connection(self.runner.pool) as conn:
+                await work.set_condition_state(conn, self.task.id, state)
+
+        # Until the step's timeout stops it (execute); writing the state twice is harmless.
+        await _for_now(
+            write, doing="saved", warn=f"task {self.task.id}: cannot save its condition yet"
+        )
 
     def cost_of(self, uses: str) -> Decimal | None:
         return self.runner.costs(uses)
 
     async def charge(self, step_id: str, uses: str, cost: Decimal) -> None:
-        async with db.connection(self.runner.pool) as conn:
-            total = await self.runner._charge(conn, self.held, self.task, step_id, cost)
+        async def write() -> Decimal:
+            async with db.connection(self.runner.pool) as conn:
+                return await self.runner._charge(conn, self.held, self.task, step_id, cost)
+
+        # Until the step's timeout stops it (execute). A charge whose answer was lost after
+        # it committed is charged again: the run and its owner are charged twice, never
+        # less, so no budget is overrun.
+        total, _ = await _for_now(
+            write, doing="charged", warn=f"run {self.held.claimed.run_id}: cannot charge a step yet"
+        )
         self.runner._charged(self.held.claimed, step_id, cost, total)

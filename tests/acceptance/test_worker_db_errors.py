@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import os
 import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,28 @@ END $$;
 
 CREATE TRIGGER test_log_fault BEFORE INSERT ON run_logs
 FOR EACH ROW EXECUTE FUNCTION test_log_fault();
+
+CREATE FUNCTION test_charge_fault() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.cost IS DISTINCT FROM OLD.cost THEN
+        PERFORM test_fault('charge');
+    END IF;
+    RETURN NEW;
+END $$;
+
+CREATE TRIGGER test_charge_fault BEFORE UPDATE ON runs
+FOR EACH ROW EXECUTE FUNCTION test_charge_fault();
+
+CREATE FUNCTION test_condition_fault() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.condition_state IS DISTINCT FROM OLD.condition_state THEN
+        PERFORM test_fault('condition');
+    END IF;
+    RETURN NEW;
+END $$;
+
+CREATE TRIGGER test_condition_fault BEFORE UPDATE ON tasks
+FOR EACH ROW EXECUTE FUNCTION test_condition_fault();
 """.replace("%(app)s", APP).replace("%%", "%")
 
 
@@ -131,6 +154,11 @@ def _runs(db: Conn, task_id: str) -> list[tuple[int, str]]:
 def _work(db: Conn, task_id: str) -> list[tuple[int, str]]:
     rows = db.execute("SELECT attempt, state FROM due_work WHERE task_id = %s", (task_id,))
     return [(int(a), str(s)) for a, s in rows.fetchall()]
+
+
+def _ended(db: Conn, task_id: str) -> bool:
+    """Whether a run of the task has ended (to fail at once where it must not)."""
+    return any(status not in ("queued", "running") for _, status in _runs(db, task_id))
 
 
 def _offer_tries(db: Conn) -> int:
@@ -292,6 +320,97 @@ def test_a_log_line_refused_for_now_is_written_when_the_database_is_back(
         assert worker.proc.poll() is None
         _stop_in_time(worker)
     assert _logged(faults, task_id, "through") == [1]
+    assert_work_consistent(faults)
+
+
+def test_a_charge_refused_for_now_is_made_when_the_database_is_back(
+    client: TestClient, writer_token: str, db_url: str, faults: Conn, tmp_path: Path
+) -> None:
+    """A paid step's charge meets a database going away: it is made again until it goes
+    through, once, and the run, allowed no retry, succeeds. Before, the step failed with
+    "The database cannot be reached right now", and the run with it."""
+    step = {"id": "paid", "uses": "log", "with": {"message": "paid for"}}
+    task_id = create_task(client, writer_token, step, max_retries=0)
+    _inject(faults, "charge", "57P01")
+    env = _env(db_url, PGAPPNAME=APP, PAO_TOOL_COSTS="log=1.5")
+    with pao_process("worker", env, tmp_path / "worker.log") as worker:
+        worker_id(faults, worker)
+        run_now(client, writer_token, task_id)
+        _until(
+            lambda: "cannot charge a step yet" in worker.output() or _ended(faults, task_id),
+            "a refused charge",
+        )
+        assert _runs(faults, task_id) == [(1, "running")], worker.output()[-3000:]
+        _heal(faults, "charge")
+        _until(lambda: _runs(faults, task_id) == [(1, "succeeded")], "the run to succeed")
+        _stop_in_time(worker)
+    cost = faults.execute("SELECT cost FROM runs WHERE task_id = %s", (task_id,)).fetchall()
+    assert cost == [(Decimal("1.5"),)]
+    spent = faults.execute(
+        "SELECT s.spent FROM agent_spending s JOIN tasks t ON t.created_by = s.agent_id"
+        " WHERE t.id = %s AND s.period = 'day'",
+        (task_id,),
+    ).fetchall()
+    assert spent == [(Decimal("1.5"),)]
+    assert _logged(faults, task_id, "paid for") == [1]
+    assert_work_consistent(faults)
+
+
+def test_a_charge_refused_for_longer_than_its_step_may_take_fails_the_step(
+    client: TestClient, writer_token: str, db_url: str, faults: Conn, tmp_path: Path
+) -> None:
+    """Tried again only as long as the step may take: then the step fails with why, never
+    having started, and nothing is charged."""
+    step = {"id": "paid", "uses": "log", "with": {"message": "paid for"}, "timeout_seconds": 2}
+    task_id = create_task(client, writer_token, step, max_retries=0)
+    _inject(faults, "charge", "57014")
+    env = _env(db_url, PGAPPNAME=APP, PAO_TOOL_COSTS="log=1.5")
+    with pao_process("worker", env, tmp_path / "worker.log") as worker:
+        worker_id(faults, worker)
+        run_now(client, writer_token, task_id)
+        _until(lambda: _runs(faults, task_id) == [(1, "failed")], "the run to fail")
+        row = faults.execute("SELECT error, cost FROM runs WHERE task_id = %s", (task_id,))
+        assert row.fetchall() == [("step paid: could not be charged within 2s", None)]
+        assert "cannot charge a step yet" in worker.output()
+        assert worker.proc.poll() is None
+        _stop_in_time(worker)
+    assert faults.execute("SELECT count(*) FROM agent_spending").fetchone() == (0,)
+    assert _logged(faults, task_id, "paid for") == []
+    assert_work_consistent(faults)
+
+
+def test_a_condition_refused_for_now_is_saved_when_the_database_is_back(
+    client: TestClient, writer_token: str, db_url: str, faults: Conn, tmp_path: Path
+) -> None:
+    """A condition's state meets a database going away after the first step: it is saved
+    again until it goes through, and the rest of the run follows. Before, the run failed."""
+    first = {"id": "look", "uses": "log", "with": {"message": "looked"}}
+    then = {"id": "act", "uses": "log", "with": {"message": "acted"}}
+    payload = {"pipeline": [first, then], "condition": '${task.title} == "seed"'}
+    task_id = create_task(
+        client,
+        writer_token,
+        schedule_kind="condition",
+        schedule_expr="0 0 1 1 *",
+        payload=payload,
+        title="seed",
+        max_retries=0,
+    )
+    _inject(faults, "condition", "57P01")
+    with _faulty_worker(db_url, tmp_path) as worker:
+        worker_id(faults, worker)
+        run_now(client, writer_token, task_id)
+        _until(
+            lambda: "cannot save its condition yet" in worker.output() or _ended(faults, task_id),
+            "a refused state",
+        )
+        assert _runs(faults, task_id) == [(1, "running")], worker.output()[-3000:]
+        _heal(faults, "condition")
+        _until(lambda: _runs(faults, task_id) == [(1, "succeeded")], "the run to succeed")
+        _stop_in_time(worker)
+    state = faults.execute("SELECT condition_state FROM tasks WHERE id = %s", (task_id,))
+    assert state.fetchall() == [(True,)]
+    assert _logged(faults, task_id, "acted") == [1]
     assert_work_consistent(faults)
 
 

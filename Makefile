@@ -57,6 +57,7 @@ pg15-test: $(STAMP) ## run the integration tests again on a Debian PostgreSQL 15
 	bash .ci/pg15-suite $(PYTEST_PARALLEL)
 
 clean: ## remove the virtual environment and local databases
+	-test -x $(BIN)/python && $(BIN)/python -c "import shutil; from tests.scratch import embedded_data_dir; shutil.rmtree(embedded_data_dir(), ignore_errors=True)"
 	rm -rf $(VENV) $(BENCH_VENV) .pao .pao-test
 
 BENCH_VENV := .bench-venv

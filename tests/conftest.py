@@ -1,9 +1,9 @@
 """How tests find PostgreSQL.
 
 `DATABASE_URL` set: that server. Unset: the embedded server (pgserver) under
-`PAO_TEST_DATA_DIR` (default `.pao-test`). The migrations are applied once to a
-template database; every test that asks for `db_url` gets a fresh database
-cloned from it, dropped afterwards.
+`PAO_TEST_DATA_DIR` (default: in memory when there is room, else `.pao-test`; see
+tests/scratch.py). The migrations are applied once to a template database; every test
+that asks for `db_url` gets a fresh database cloned from it, dropped afterwards.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import itertools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -24,8 +23,7 @@ from pytest_postgresql.janitor import DatabaseJanitor
 from pao.embedded import ensure_embedded
 from pao.migrate import migrate
 from tests.pgcluster import RUN_AS, Cluster
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.scratch import embedded_data_dir
 
 
 @dataclass(frozen=True)
@@ -55,8 +53,7 @@ def _server_from_url(url: str) -> Server:
 def pg_server() -> Server:
     url = os.environ.get("DATABASE_URL")
     if not url:
-        data_dir = Path(os.environ.get("PAO_TEST_DATA_DIR") or ROOT / ".pao-test")
-        url = ensure_embedded(data_dir)  # stopped when the test session exits
+        url = ensure_embedded(embedded_data_dir())  # stopped when the test session exits
         _throwaway(url)
     return _server_from_url(url)
 

@@ -13,13 +13,14 @@ import pwd
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from tests.scratch import cluster_dir
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -69,7 +70,7 @@ class Bouncer:
     def __init__(self, upstream_url: str, pool_mode: str = "transaction") -> None:
         params = conninfo_to_dict(upstream_url)
         self.user = str(params.get("user") or os.environ.get("USER") or "postgres")
-        self.dir = Path(tempfile.mkdtemp(prefix="pao-pgbouncer-", dir="/tmp"))
+        self.dir = cluster_dir("pao-pgbouncer-")
         self.port = _free_port()
         self._run_as: str | None = None
         if os.geteuid() == 0:

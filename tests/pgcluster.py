@@ -12,9 +12,9 @@ import os
 import pwd
 import shutil
 import subprocess
-import tempfile
 import warnings
-from pathlib import Path
+
+from tests.scratch import cluster_dir
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -26,7 +26,7 @@ RUN_AS = "pgserver"
 
 class Cluster:
     def __init__(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="pao-cluster-", dir="/tmp"))
+        self.root = cluster_dir("pao-cluster-")
         self.data = self.root / "data"
         self._user: str | None = None
         if os.geteuid() == 0:

@@ -23,7 +23,6 @@ import pwd
 import shutil
 import socket
 import subprocess
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +31,7 @@ import psycopg
 import pytest
 
 from tests.helpers import until
+from tests.scratch import cluster_dir
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -123,7 +123,7 @@ class Pair:
     """A primary streaming synchronously to a hot standby, both started."""
 
     def __init__(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="pao-pair-", dir="/tmp"))
+        self.root = cluster_dir("pao-pair-")
         self._user: str | None = None
         if os.geteuid() == 0:
             ensure_user_exists(RUN_AS)

@@ -204,13 +204,7 @@ class Scheduler:
 
     async def heartbeat(self) -> None:
         async with db.connection(self.pool) as conn:
-            await heartbeats.beat(
-                conn,
-                process_id=self.process_id,
-                kind=ProcessKind.SCHEDULER,
-                hostname=socket.gethostname(),
-                pid=os.getpid(),
-            )
+            await heartbeats.beat(conn, process_id=self.process_id, kind=ProcessKind.SCHEDULER)
 
     async def say_goodbye(self) -> None:
         """Remove this replica's heartbeat; a database that fails or hangs only leaves it

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 import time
 from dataclasses import dataclass, field
 from typing import Literal
@@ -168,13 +166,7 @@ class Leases:
 
     async def _beat(self) -> None:
         async with db.connection(self.pool) as conn:
-            await heartbeats.beat(
-                conn,
-                process_id=self.worker_id,
-                kind=ProcessKind.WORKER,
-                hostname=socket.gethostname(),
-                pid=os.getpid(),
-            )
+            await heartbeats.beat(conn, process_id=self.worker_id, kind=ProcessKind.WORKER)
 
     async def forget(self) -> None:
         """Remove this process's heartbeat: it is stopping."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from datetime import datetime
 from typing import Any
 
@@ -9,10 +11,16 @@ from pao.db import Conn
 from pao.sql import QUERIES
 
 
-async def beat(conn: Conn, *, process_id: str, kind: str, hostname: str, pid: int) -> None:
+async def beat(conn: Conn, *, process_id: str, kind: str) -> None:
+    """This process is alive: its host and pid go with its id, for /health to show."""
     await conn.execute(
         QUERIES["heartbeat_beat"],
-        {"process_id": process_id, "kind": kind, "hostname": hostname, "pid": pid},
+        {
+            "process_id": process_id,
+            "kind": kind,
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+        },
     )
 
 

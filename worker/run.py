@@ -253,7 +253,8 @@ class Runner:
             log.warning("run %s: %s", c.run_id, lost)
         elif state is False:  # a cancel was asked for: the step is not offered
             steps.remove(record)
-            end = End(held.lease, c.run_id, task, RunStatus.CANCELLED, steps, "cancelled")
+            error = f"cancelled before remote step {record['id']} was offered"
+            end = End(held.lease, c.run_id, task, RunStatus.CANCELLED, steps, error)
             await self._write(held, end)
         else:
             held.ending = True  # no longer this worker's: nothing to renew or stop

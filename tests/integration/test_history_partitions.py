@@ -484,6 +484,7 @@ def test_the_migration_moves_existing_history_with_its_keys(before_partitions: s
     assert [m.name for m in asyncio.run(migrate(url))] == [
         "version_0020.sql",
         "version_0021.sql",
+        "version_0022.sql",
     ]
 
     with psycopg.connect(url, autocommit=True) as conn:

@@ -194,8 +194,8 @@ def _hanging(db: Conn) -> bool:
     return row is not None and row[0] > 0
 
 
-def _faulty_worker(db_url: str, tmp_path: Path) -> Any:
-    return pao_process("worker", _env(db_url, PGAPPNAME=APP), tmp_path / "worker.log")
+def _faulty_worker(db_url: str, tmp_path: Path, **extra: str) -> Any:
+    return pao_process("worker", _env(db_url, PGAPPNAME=APP, **extra), tmp_path / "worker.log")
 
 
 def _stop_in_time(worker: Process) -> float:
@@ -334,8 +334,7 @@ def test_a_charge_refused_for_now_is_made_when_the_database_is_back(
     step = {"id": "paid", "uses": "log", "with": {"message": "paid for"}}
     task_id = create_task(client, writer_token, step, max_retries=0)
     _inject(faults, "charge", "57P01")
-    env = _env(db_url, PGAPPNAME=APP, PAO_TOOL_COSTS="log=1.5")
-    with pao_process("worker", env, tmp_path / "worker.log") as worker:
+    with _faulty_worker(db_url, tmp_path, PAO_TOOL_COSTS="log=1.5") as worker:
         run_id = run_now(client, writer_token, task_id)
         _ride_out(faults, worker, run_id, "charge", "cannot charge a step yet")
     cost = faults.execute("SELECT cost FROM runs WHERE task_id = %s", (task_id,)).fetchall()
@@ -358,8 +357,7 @@ def test_a_charge_refused_for_longer_than_its_step_may_take_fails_the_step(
     step = {"id": "paid", "uses": "log", "with": {"message": "paid for"}, "timeout_seconds": 2}
     task_id = create_task(client, writer_token, step, max_retries=0)
     _inject(faults, "charge", "57014")
-    env = _env(db_url, PGAPPNAME=APP, PAO_TOOL_COSTS="log=1.5")
-    with pao_process("worker", env, tmp_path / "worker.log") as worker:
+    with _faulty_worker(db_url, tmp_path, PAO_TOOL_COSTS="log=1.5") as worker:
         worker_id(faults, worker)
         run_now(client, writer_token, task_id)
         _until(lambda: _runs(faults, task_id) == [(1, "failed")], "the run to fail")
